@@ -1,0 +1,3 @@
+"""hypercontainer: pods in lightweight VMs, with the feel of containers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,143 @@
+#define _GNU_SOURCE
+#include "boot.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static int do_mount(struct err *e, const char *src, const char *dst, const char *type, unsigned long flags,
+		    const char *data)
+{
+	if (mkdir_p(dst, 0755) < 0)
+		return fail_errno(e, "mkdir %s", dst);
+	if (mount(src, dst, type, flags, data) < 0 && errno != EBUSY)
+		return fail_errno(e, "mount %s on %s", type, dst);
+	return 0;
+}
+
+int boot_mounts(struct err *e)
+{
+	if (do_mount(e, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0 ||
+	    do_mount(e, "sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0 ||
+	    do_mount(e, "devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755") < 0 ||
+	    do_mount(e, "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "ptmxmode=0666,mode=0620") < 0 ||
+	    do_mount(e, "shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0 ||
+	    do_mount(e, "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0 ||
+	    do_mount(e, "tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
+		return -1;
+	/* The kernel leaves fds 0-2 closed when the initramfs lacks /dev/console. */
+	for (int fd = 0; fd < 3; fd++)
+		if (fcntl(fd, F_GETFD) < 0) {
+			int c = open("/dev/console", O_RDWR);
+			if (c >= 0 && c != fd)
+				dup2(c, fd), close(c);
+		}
+	return 0;
+}
+
+int boot_modules(struct err *e)
+{
+	FILE *f = fopen("/modules/load.list", "re");
+	char line[256], path[512];
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\r\n")] = 0;
+		if (!*line || strchr(line, '/'))
+			continue;
+		snprintf(path, sizeof(path), "/modules/%s", line);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			fclose(f);
+			return fail_errno(e, "open module %s", path);
+		}
+		long r = syscall(SYS_finit_module, fd, "", 0);
+		int saved = errno;
+		close(fd);
+		if (r < 0 && saved != EEXIST) {
+			errno = saved;
+			fclose(f);
+			return fail_errno(e, "load module %s", line);
+		}
+	}
+	fclose(f);
+	return 0;
+}
+
+static int find_port(const char *name, char *dev, size_t devlen)
+{
+	DIR *d = opendir("/sys/class/virtio-ports");
+	struct dirent *de;
+	int found = 0;
+	if (!d)
+		return 0;
+	while (!found && (de = readdir(d))) {
+		char p[512], buf[128] = {0};
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof(p), "/sys/class/virtio-ports/%s/name", de->d_name);
+		int fd = open(p, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (n <= 0)
+			continue;
+		buf[strcspn(buf, "\n")] = 0;
+		if (strcmp(buf, name) == 0) {
+			snprintf(dev, devlen, "/dev/%s", de->d_name);
+			found = 1;
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+int boot_open_port(const char *name, int timeout_ms, struct err *e)
+{
+	char dev[300];
+	struct timespec pause = {0, 2 * 1000 * 1000};
+	for (int waited = 0;; waited += 2) {
+		if (find_port(name, dev, sizeof(dev))) {
+			int fd = open(dev, O_RDWR | O_CLOEXEC);
+			if (fd >= 0)
+				return fd;
+			if (errno != ENOENT)
+				return fail_errno(e, "open %s", dev);
+		}
+		if (waited >= timeout_ms)
+			return fail(e, ENODEV, "virtio-serial port %s did not appear", name);
+		nanosleep(&pause, NULL);
+	}
+}
+
+int mount_share(const char *tag, const char *fstype, const char *target, struct err *e)
+{
+	if (mkdir_p(target, 0755) < 0)
+		return fail_errno(e, "mkdir %s", target);
+	if (strcmp(fstype, "virtiofs") == 0) {
+		if (mount(tag, target, "virtiofs", 0, NULL) < 0)
+			return fail_errno(e, "mount virtiofs %s", tag);
+	} else if (strcmp(fstype, "9p") == 0) {
+		if (mount(tag, target, "9p", 0, "trans=virtio,version=9p2000.L,msize=512000,cache=mmap") < 0)
+			return fail_errno(e, "mount 9p %s", tag);
+	} else {
+		return fail(e, EINVAL, "unknown share filesystem %s", fstype);
+	}
+	return 0;
+}
+
+void power_off(void)
+{
+	sync();
+	reboot(RB_POWER_OFF);
+	_exit(0);
+}

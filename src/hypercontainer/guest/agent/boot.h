@@ -1,0 +1,15 @@
+/* PID 1 duties: early mounts, kernel modules, finding the virtio-serial ports, power-off. */
+#ifndef HC_BOOT_H
+#define HC_BOOT_H
+
+#include "util.h"
+
+int boot_mounts(struct err *e);
+/* Loads the modules listed in /modules/load.list, in order; a missing list is fine. */
+int boot_modules(struct err *e);
+/* Opens the port named `name` (see /sys/class/virtio-ports), waiting up to timeout_ms for it to appear. */
+int boot_open_port(const char *name, int timeout_ms, struct err *e);
+int mount_share(const char *tag, const char *fstype, const char *target, struct err *e);
+void power_off(void);
+
+#endif

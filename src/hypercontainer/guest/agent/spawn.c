@@ -1,0 +1,222 @@
+/*
+ * Process start. The child reports a setup failure through a close-on-exec pipe as a struct err, so the host
+ * gets "exec nosuchcmd: No such file or directory" instead of a silent exit code.
+ */
+#define _GNU_SOURCE
+#include "spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pty.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static const char *DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+static int mount_at(struct err *e, const char *src, const char *root, const char *dir, const char *type,
+		    unsigned long flags, const char *data)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/%s", root, dir);
+	if (mkdir_p(path, 0755) < 0)
+		return fail_errno(e, "mkdir %s", path);
+	if (mount(src, path, type, flags, data) < 0)
+		return fail_errno(e, "mount %s on %s", type ? type : src, path);
+	return 0;
+}
+
+static int make_dev(struct err *e, const char *root)
+{
+	static const struct {
+		const char *name;
+		unsigned maj, min;
+	} nodes[] = {{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9},
+		     {"tty", 5, 0}};
+	static const char *links[][2] = {{"pts/ptmx", "ptmx"}, {"/proc/self/fd", "fd"},
+					 {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"},
+					 {"/proc/self/fd/2", "stderr"}};
+	char path[4096];
+
+	if (mount_at(e, "tmpfs", root, "dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k") < 0)
+		return -1;
+	for (size_t i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++) {
+		snprintf(path, sizeof(path), "%s/dev/%s", root, nodes[i].name);
+		if (mknod(path, S_IFCHR | 0666, makedev(nodes[i].maj, nodes[i].min)) < 0)
+			return fail_errno(e, "mknod %s", path);
+		chmod(path, 0666);
+	}
+	if (mount_at(e, "devpts", root, "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+		     "newinstance,ptmxmode=0666,mode=0620") < 0)
+		return -1;
+	if (mount_at(e, "shm", root, "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777") < 0)
+		return -1;
+	for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+		snprintf(path, sizeof(path), "%s/dev/%s", root, links[i][1]);
+		if (symlink(links[i][0], path) < 0)
+			return fail_errno(e, "symlink %s", path);
+	}
+	return 0;
+}
+
+/* In the child: a new mount namespace whose root is `root`. */
+static int enter_new_root(struct err *e, const char *root, int readonly)
+{
+	if (unshare(CLONE_NEWNS) < 0)
+		return fail_errno(e, "unshare mount namespace");
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		return fail_errno(e, "make / private");
+	if (mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0)
+		return fail_errno(e, "bind %s", root);
+	if (mount_at(e, "proc", root, "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		return -1;
+	if (mount_at(e, "sysfs", root, "sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) < 0)
+		return -1;
+	if (make_dev(e, root) < 0)
+		return -1;
+	if (chdir(root) < 0)
+		return fail_errno(e, "chdir %s", root);
+	if (syscall(SYS_pivot_root, ".", ".") < 0)
+		return fail_errno(e, "pivot_root %s", root);
+	if (umount2(".", MNT_DETACH) < 0)
+		return fail_errno(e, "detach old root");
+	if (chdir("/") < 0)
+		return fail_errno(e, "chdir /");
+	if (readonly && mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
+		return fail_errno(e, "remount / read-only");
+	return 0;
+}
+
+static int child_setup(struct err *e, const struct proc_spec *s)
+{
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+
+	if (s->rootfs && enter_new_root(e, s->rootfs, s->readonly) < 0)
+		return -1;
+	if (s->join_mntns >= 0) {
+		if (setns(s->join_mntns, CLONE_NEWNS) < 0)
+			return fail_errno(e, "join the container's mount namespace");
+		if (chdir("/") < 0)
+			return fail_errno(e, "chdir /");
+	}
+	if (s->cwd && *s->cwd && chdir(s->cwd) < 0)
+		return fail_errno(e, "chdir to working directory %s", s->cwd);
+	if (setgroups(s->ngroups, s->groups) < 0)
+		return fail_errno(e, "setgroups");
+	if (setgid(s->gid) < 0)
+		return fail_errno(e, "setgid %u", (unsigned)s->gid);
+	if (setuid(s->uid) < 0)
+		return fail_errno(e, "setuid %u", (unsigned)s->uid);
+	environ = s->envp;
+	if (!getenv("PATH"))
+		setenv("PATH", DEFAULT_PATH, 1);
+	execvp(s->argv[0], s->argv);
+	return fail_errno(e, "exec %s", s->argv[0]);
+}
+
+static void close_pair(int p[2])
+{
+	for (int i = 0; i < 2; i++)
+		if (p[i] >= 0)
+			close(p[i]);
+}
+
+int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, struct err *e)
+{
+	int errp[2] = {-1, -1}, in[2] = {-1, -1}, out[2] = {-1, -1}, errs[2] = {-1, -1};
+	int master = -1, slave = -1;
+
+	if (pipe2(errp, O_CLOEXEC) < 0)
+		return fail_errno(e, "pipe");
+	if (s->terminal) {
+		if (openpty(&master, &slave, NULL, NULL, NULL) < 0) {
+			close_pair(errp);
+			return fail_errno(e, "openpty");
+		}
+		fcntl(master, F_SETFD, FD_CLOEXEC);
+		fcntl(slave, F_SETFD, FD_CLOEXEC);
+	} else {
+		int ok = pipe2(out, O_CLOEXEC) == 0 && pipe2(errs, O_CLOEXEC) == 0;
+		if (ok && s->want_stdin)
+			ok = pipe2(in, O_CLOEXEC) == 0;
+		else if (ok)
+			ok = (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;
+		if (!ok) {
+			fail_errno(e, "pipe");
+			close_pair(errp), close_pair(in), close_pair(out), close_pair(errs);
+			return -1;
+		}
+	}
+
+	pid_t pid = fork();
+	if (pid < 0) {
+		fail_errno(e, "fork");
+		close_pair(errp), close_pair(in), close_pair(out), close_pair(errs);
+		if (master >= 0)
+			close(master), close(slave);
+		return -1;
+	}
+	if (pid == 0) {
+		struct err ce = {0};
+		close(errp[0]);
+		setsid();
+		if (s->terminal) {
+			ioctl(slave, TIOCSCTTY, 0);
+			dup2(slave, 0), dup2(slave, 1), dup2(slave, 2);
+		} else {
+			dup2(in[0], 0), dup2(out[1], 1), dup2(errs[1], 2);
+		}
+		child_setup(&ce, s);
+		(void)write_full(errp[1], &ce, sizeof(ce));
+		_exit(127);
+	}
+
+	close(errp[1]);
+	struct err ce;
+	ssize_t n;
+	do
+		n = read(errp[0], &ce, sizeof(ce));
+	while (n < 0 && errno == EINTR);
+	close(errp[0]);
+	if (s->terminal) {
+		close(slave);
+		io->in = io->out = master;
+		io->err = -1;
+	} else {
+		close(in[0]), close(out[1]), close(errs[1]);
+		io->in = s->want_stdin ? in[1] : -1;
+		io->out = out[0];
+		io->err = errs[0];
+	}
+	if (n == (ssize_t)sizeof(ce)) {
+		*e = ce;
+		e->msg[sizeof(e->msg) - 1] = 0;
+		waitpid(pid, NULL, 0);
+		if (s->terminal)
+			close(master);
+		else {
+			if (io->in >= 0)
+				close(io->in);
+			close(io->out), close(io->err);
+		}
+		return -1;
+	}
+	*pidp = pid;
+	return 0;
+}

@@ -1,0 +1,31 @@
+/* Starting a process: in a new container (own mount namespace on a root), in an existing one, or bare. */
+#ifndef HC_SPAWN_H
+#define HC_SPAWN_H
+
+#include <sys/types.h>
+
+#include "util.h"
+
+struct proc_spec {
+	const char *rootfs; /* new container on this root; NULL: no new root */
+	int join_mntns;     /* >= 0: join this mount namespace (exec into a container) */
+	int readonly;
+	char **argv;
+	char **envp;
+	const char *cwd;
+	uid_t uid;
+	gid_t gid;
+	gid_t *groups;
+	size_t ngroups;
+	int terminal;
+	int want_stdin;
+};
+
+/* Agent-side ends; with a terminal, out is the pty master and in == out, err == -1. */
+struct proc_io {
+	int in, out, err;
+};
+
+int spawn_process(const struct proc_spec *s, pid_t *pid, struct proc_io *io, struct err *e);
+
+#endif

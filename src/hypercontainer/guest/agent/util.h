@@ -1,0 +1,28 @@
+/* Error convention and small helpers shared by the agent's files. */
+#ifndef HC_UTIL_H
+#define HC_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Functions that can fail return an int < 0 and fill a struct err: an errno value and a short text naming the
+ * operation and its object ("mount /proc: Operation not permitted"). The host gets both in an ERROR reply.
+ */
+struct err {
+	int code;
+	char msg[512];
+};
+
+int fail(struct err *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* fail() with errno and strerror(errno) appended. */
+int fail_errno(struct err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int write_full(int fd, const void *p, size_t n);
+int set_nonblock(int fd, int on);
+int mkdir_p(const char *path, unsigned mode);
+/* A relative path with no "." or ".." components and no empty ones. */
+int path_is_clean_relative(const char *p);
+
+#endif
