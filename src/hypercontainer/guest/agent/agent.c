@@ -635,7 +635,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: hc-agent runs as PID 1 in the guest, or: hc-agent --test CTLFD IOFD [ROOT]\n");
 		return 2;
 	} else {
-		if (boot_mounts(&e) < 0 || boot_modules(&e) < 0)
+		if (boot_mounts(&e) < 0)
+			goto fatal;
+		if (boot_probe_requested()) /* accelerator probe and boot-floor benchmark: off at once */
+			power_off();
+		if (boot_modules(&e) < 0)
 			goto fatal;
 		if ((ctl_fd = boot_open_port("hc.ctl", 10000, &e)) < 0 || (io_fd = boot_open_port("hc.io", 10000, &e)) < 0)
 			goto fatal;

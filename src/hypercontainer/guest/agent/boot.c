@@ -135,6 +135,22 @@ int mount_share(const char *tag, const char *fstype, const char *target, struct 
 	return 0;
 }
 
+int boot_probe_requested(void)
+{
+	char cmdline[4096] = {0};
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, cmdline, sizeof(cmdline) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	for (char *tok = strtok(cmdline, " \n"); tok; tok = strtok(NULL, " \n"))
+		if (strcmp(tok, "hc.probe") == 0)
+			return 1;
+	return 0;
+}
+
 void power_off(void)
 {
 	sync();

@@ -1,0 +1,71 @@
+"""One exception tree with messages meant for people; HTTP status and CLI exit code come from one table.
+
+    HCError
+    ├── InvalidArgument   400  bad input: spec, flags, archive contents
+    │   └── ImageError    400  an image that cannot be loaded or unpacked
+    ├── NotFound          404  no such pod, container or image
+    ├── Conflict          409  name in use, wrong state for the request
+    ├── VMError           500  QEMU or the guest failed
+    │   └── AgentError    500  the agent refused a request (carries its errno)
+    └── Unavailable       503  hyperd is not running or not reachable
+"""
+
+from __future__ import annotations
+
+
+class HCError(Exception):
+    status = 500
+    code = "internal"
+    exit_code = 125  # docker's "the daemon failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(HCError):
+    status, code = 400, "invalid_argument"
+
+
+class ImageError(InvalidArgument):
+    code = "image"
+
+
+class NotFound(HCError):
+    status, code = 404, "not_found"
+
+
+class Conflict(HCError):
+    status, code = 409, "conflict"
+
+
+class VMError(HCError):
+    code = "vm"
+
+
+class AgentError(VMError):
+    code = "agent"
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class Unavailable(HCError):
+    status, code = 503, "unavailable"
+
+
+class CommandNotRunnable(InvalidArgument):
+    """The container's command could not be started (docker: 126 not executable, 127 not found)."""
+
+    code = "command"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+BY_CODE: dict[str, type[HCError]] = {
+    c.code: c
+    for c in (HCError, InvalidArgument, ImageError, NotFound, Conflict, VMError, AgentError, Unavailable)
+}

@@ -1,0 +1,104 @@
+"""Builds the guest assets into a cache directory, rebuilding only what changed (content hashes).
+
+    <assets>/kernel-<pkg>/        the unpacked distro kernel and its modules
+    <assets>/agent-<hash>/        the static agent built from guest/agent/*
+    <assets>/initrd-<hash>.cpio   /init (the agent) + modules + load list
+    <assets>/current.json         what the daemon boots
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import HCError
+from . import initramfs
+from .kernel import Kernel, distro_kernel
+
+AGENT_SRC = Path(__file__).parent / "agent"
+
+
+@dataclass(frozen=True)
+class Assets:
+    kernel: Path
+    initrd: Path
+    kernel_release: str
+    agent_hash: str
+    digest: str  # of kernel + initrd: keys caches such as the accelerator probe
+
+    def to_json(self) -> str:
+        return json.dumps({k: str(v) for k, v in asdict(self).items()}, indent=2)
+
+
+def _tree_hash(root: Path, patterns: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for pat in patterns:
+        for p in sorted(root.glob(pat)):
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_agent(cache: Path) -> tuple[Path, str]:
+    digest = _tree_hash(AGENT_SRC, ("*.c", "*.h", "Makefile"))
+    out = cache / f"agent-{digest}"
+    binary = out / "hc-agent"
+    if not binary.exists():
+        if not shutil.which("musl-gcc"):
+            raise HCError("musl-gcc is missing: install Debian's musl-tools (make demo does)")
+        tmp = cache / f".agent-{digest}.{os.getpid()}"
+        r = subprocess.run(["make", "-s", "-C", str(AGENT_SRC), f"OUT={tmp}", f"{tmp}/hc-agent"],
+                           capture_output=True, text=True)
+        if r.returncode:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise HCError(f"building the guest agent failed:\n{r.stdout}{r.stderr}")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return binary, digest
+
+
+def build_initrd(cache: Path, agent: Path, kernel: Kernel) -> Path:
+    entries = [initramfs.directory(d) for d in ("dev", "proc", "sys", "tmp", "run", "modules")]
+    entries.append(initramfs.chardev("dev/console", 5, 1))
+    entries.append(initramfs.file("init", agent.read_bytes(), 0o755))
+    for ko in kernel.modules:
+        entries.append(initramfs.file(f"modules/{ko.name}", ko.read_bytes()))
+    entries.append(initramfs.file("modules/load.list", "".join(k.name + "\n" for k in kernel.modules).encode()))
+    data = initramfs.build(entries)
+    path = cache / f"initrd-{hashlib.sha256(data).hexdigest()[:16]}.cpio"
+    if not path.exists():
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.rename(path)
+    return path
+
+
+def ensure(cache: Path) -> Assets:
+    cache.mkdir(parents=True, exist_ok=True)
+    kernel = distro_kernel(cache)
+    agent, agent_hash = build_agent(cache)
+    initrd = build_initrd(cache, agent, kernel)
+    digest = hashlib.sha256(f"{kernel.digest()}:{initrd.name}".encode()).hexdigest()[:16]
+    assets = Assets(kernel.image, initrd, kernel.release, agent_hash, digest)
+    current = cache / "current.json"
+    tmp = current.with_suffix(".tmp")
+    tmp.write_text(assets.to_json())
+    tmp.rename(current)
+    return assets
+
+
+def main() -> None:
+    from ..config import paths
+
+    a = ensure(paths().assets)
+    print(a.to_json())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

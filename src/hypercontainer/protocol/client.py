@@ -1,0 +1,221 @@
+"""The host's connection to one guest agent: requests with replies, process streams, exit events.
+
+Two unix sockets (QEMU's ends of the virtio-serial ports). One reader task per socket; a frame that breaks
+the protocol ends the connection and fails everything waiting on it (the guest is untrusted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno as errno_mod
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import AgentError, VMError
+from .codec import (
+    VERSION,
+    CtlFrame,
+    Fields,
+    FrameReader,
+    IoFrame,
+    Msg,
+    ProtocolError,
+    check_from_guest,
+    encode_ctl,
+    encode_io,
+)
+
+log = logging.getLogger(__name__)
+STREAM_QUEUE = 64  # chunks of up to 64 KiB buffered per output stream before the guest is slowed down
+
+
+class ProcessStreams:
+    """The host end of one guest process: output queues (None = EOF), stdin writer, exit status."""
+
+    def __init__(self, client: AgentClient, stream: int, terminal: bool) -> None:
+        self.client = client
+        self.stream = stream
+        self.terminal = terminal
+        self.stdout: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
+        self.stderr: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
+        self.exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.stdin_closed = False
+        if terminal:
+            self.stderr.put_nowait(None)
+
+    async def write_stdin(self, data: bytes) -> None:
+        for i in range(0, len(data), 65536):
+            await self.client.send_io(self.stream, data[i : i + 65536])
+
+    async def close_stdin(self) -> None:
+        if not self.stdin_closed:
+            self.stdin_closed = True
+            await self.client.send_io(self.stream, b"")
+
+
+class AgentClient:
+    def __init__(self, ctl_path: Path, io_path: Path) -> None:
+        self.ctl_path, self.io_path = ctl_path, io_path
+        self._ctl: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._io: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._seq = 0
+        self._pending: dict[int, asyncio.Future[CtlFrame]] = {}
+        self._procs: dict[int, ProcessStreams] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._write_lock = asyncio.Lock()
+        self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.agent = ""
+        self.on_lost: Callable[[str], None] | None = None
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                self._ctl = await asyncio.open_unix_connection(str(self.ctl_path))
+                self._io = await asyncio.open_unix_connection(str(self.io_path), limit=1 << 20)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if loop.time() > deadline:
+                    raise VMError(f"cannot connect to the agent's sockets in {self.ctl_path.parent}") from None
+                await asyncio.sleep(0.005)
+        self._tasks = [asyncio.create_task(self._read_ctl()), asyncio.create_task(self._read_io())]
+
+    async def handshake(self, timeout: float) -> str:
+        try:
+            reply = await asyncio.wait_for(self.request(Msg.VERSION, {"version": VERSION}), timeout)
+        except TimeoutError:
+            raise VMError(f"the guest agent did not answer within {timeout:.0f} s") from None
+        if reply.get("version") != VERSION:
+            raise VMError(f"agent speaks protocol {reply.get('version')}, we speak {VERSION}")
+        self.agent = str(reply.get("agent", ""))
+        return self.agent
+
+    def _fail(self, why: str) -> None:
+        if self.lost.done():
+            return
+        self.lost.set_result(why)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(VMError(f"lost the guest agent: {why}"))
+        for p in self._procs.values():
+            if not p.exit.done():
+                p.exit.set_exception(VMError(f"lost the guest agent: {why}"))
+            for q in (p.stdout, p.stderr):
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.put_nowait(None)
+        if self.on_lost:
+            self.on_lost(why)
+
+    async def _read_ctl(self) -> None:
+        assert self._ctl
+        reader = FrameReader("ctl")
+        try:
+            while data := await self._ctl[0].read(65536):
+                for frame in reader.feed(data):
+                    check_from_guest(frame)
+                    self._on_ctl(frame)
+            self._fail("control channel closed")
+        except ProtocolError as e:
+            log.error("agent protocol error on control channel: %s", e)
+            self._fail(f"protocol error: {e}")
+        except (ConnectionError, OSError) as e:
+            self._fail(f"control channel: {e}")
+
+    def _on_ctl(self, frame: CtlFrame) -> None:
+        if frame.type == Msg.EXITED:
+            stream, status = int(frame.fields["stream"]), int(frame.fields["status"])
+            proc = self._procs.get(stream)
+            if proc is None:
+                raise ProtocolError(f"EXITED for unknown stream {stream}")
+            if status > 255:
+                raise ProtocolError(f"exit status {status} out of range")
+            if not proc.exit.done():
+                proc.exit.set_result(status)
+            return
+        fut = self._pending.pop(frame.seq, None)
+        if fut is None:
+            raise ProtocolError(f"reply to unknown request seq {frame.seq}")
+        if not fut.done():
+            fut.set_result(frame)
+
+    async def _read_io(self) -> None:
+        assert self._io
+        reader = FrameReader("io")
+        try:
+            while data := await self._io[0].read(1 << 17):
+                for frame in reader.feed(data):
+                    await self._on_io(frame)  # type: ignore[arg-type]
+            self._fail("stream channel closed")
+        except ProtocolError as e:
+            log.error("agent protocol error on stream channel: %s", e)
+            self._fail(f"protocol error: {e}")
+        except (ConnectionError, OSError) as e:
+            self._fail(f"stream channel: {e}")
+
+    async def _on_io(self, frame: IoFrame) -> None:
+        base = frame.stream & ~1
+        proc = self._procs.get(base)
+        if proc is None or (proc.terminal and frame.stream != base):
+            log.debug("dropping %d bytes for unknown stream %d", len(frame.data), frame.stream)
+            return
+        q = proc.stdout if frame.stream == base else proc.stderr
+        await q.put(frame.data or None)
+
+    async def request(self, msg: Msg, fields: Fields | None = None) -> Fields:
+        if self.lost.done():
+            raise VMError(f"lost the guest agent: {self.lost.result()}")
+        assert self._ctl
+        self._seq = self._seq % 0xFFFFFFFF + 1
+        seq = self._seq
+        fut: asyncio.Future[CtlFrame] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = fut
+        try:
+            self._ctl[1].write(encode_ctl(msg, seq, fields))
+            await self._ctl[1].drain()
+            reply = await fut
+        finally:
+            self._pending.pop(seq, None)
+        if reply.type == Msg.ERROR:
+            code = int(reply.fields["code"])
+            raise AgentError(str(reply.fields["message"]), code)
+        return reply.fields
+
+    def register(self, stream: int, terminal: bool) -> ProcessStreams:
+        if stream in self._procs:
+            raise ValueError(f"stream {stream} in use")
+        p = ProcessStreams(self, stream, terminal)
+        self._procs[stream] = p
+        return p
+
+    def unregister(self, stream: int) -> None:
+        self._procs.pop(stream, None)
+
+    async def send_io(self, stream: int, data: bytes) -> None:
+        if self.lost.done():
+            return
+        assert self._io
+        async with self._write_lock:
+            self._io[1].write(encode_io(stream, data))
+            await self._io[1].drain()
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for conn in (self._ctl, self._io):
+            if conn:
+                conn[1].close()
+                with contextlib.suppress(Exception):
+                    await conn[1].wait_closed()
+        if not self.lost.done():
+            self.lost.set_result("closed")
+
+
+def exec_failure_exit_code(err: AgentError) -> int:
+    """docker's convention: 127 command not found, 126 not executable."""
+    return 127 if err.errno in (errno_mod.ENOENT, errno_mod.ENOTDIR) else 126

@@ -1,0 +1,57 @@
+"""Sharing a pod's directory into its VM: a virtiofsd per pod, or virtio-9p where virtiofsd is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from .. import procs
+from ..errors import VMError
+from ..vm.qemu import Share
+
+VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
+SHARE_TAG = "hcshare"
+
+
+def find_virtiofsd() -> str | None:
+    for p in VIRTIOFSD_PATHS:
+        if Path(p).exists():
+            return p
+    return shutil.which("virtiofsd")
+
+
+class PodShare:
+    """Owns the daemon that serves `source` to the guest, if the share kind needs one."""
+
+    def __init__(self, source: Path, rundir: Path) -> None:
+        self.source = source
+        self.rundir = rundir
+        self.proc: asyncio.subprocess.Process | None = None
+        binary = find_virtiofsd()
+        self.binary = binary
+        self.share = (Share("virtiofs", SHARE_TAG, socket=rundir / "virtiofs.sock") if binary
+                      else Share("9p", SHARE_TAG, path=source))
+
+    async def start(self) -> Share:
+        if self.share.kind != "virtiofs":
+            return self.share
+        assert self.binary and self.share.socket
+        sock = self.share.socket
+        if Path(self.binary).name == "virtiofsd" and self.binary.startswith("/usr/lib/qemu"):
+            argv = [self.binary, f"--socket-path={sock}", "-o", f"source={self.source}", "-o", "cache=auto",
+                    "-o", "no_posix_lock"]
+        else:  # the Rust virtiofsd (Debian 13, Ubuntu)
+            argv = [self.binary, f"--socket-path={sock}", f"--shared-dir={self.source}", "--cache=auto"]
+        self.proc = await procs.spawn(argv, log=self.rundir / "virtiofsd.log")
+        try:
+            await procs.wait_for_path(sock, self.proc, 5.0, "virtiofsd")
+        except (RuntimeError, TimeoutError) as e:
+            await self.stop()
+            log = (self.rundir / "virtiofsd.log").read_text(errors="replace")[-500:]
+            raise VMError(f"virtiofsd did not start: {e}. {log}") from None
+        return self.share
+
+    async def stop(self) -> None:
+        if self.proc:
+            await procs.stop(self.proc, grace=1.0)

@@ -1,0 +1,1 @@
+"""Hypervisor driver: the only place that knows QEMU's command line and QMP."""

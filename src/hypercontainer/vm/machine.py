@@ -1,0 +1,81 @@
+"""A running QEMU process and its QMP monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from qemu.qmp import QMPClient
+
+from .. import procs
+from ..errors import VMError
+from .qemu import VMConfig, command
+
+log = logging.getLogger(__name__)
+
+
+class Machine:
+    """One VM. start() returns once QEMU listens on its sockets; stop() always leaves no process behind."""
+
+    def __init__(self, cfg: VMConfig) -> None:
+        self.cfg = cfg
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def start(self) -> None:
+        argv = command(self.cfg)
+        log.debug("qemu: %s", " ".join(argv))
+        self.started_at = time.monotonic()
+        self.proc = await procs.spawn(argv, log=self.cfg.sockets.rundir / "qemu.log")
+        wait_on = self.cfg.sockets.ctl if self.cfg.with_ports else self.cfg.sockets.qmp
+        try:
+            await procs.wait_for_path(wait_on, self.proc, 10.0, "qemu")
+        except (RuntimeError, TimeoutError) as e:
+            await self.stop(grace=0)
+            raise VMError(f"QEMU did not start: {e}. {self.qemu_log_tail()}") from None
+
+    def qemu_log_tail(self) -> str:
+        try:
+            text = (self.cfg.sockets.rundir / "qemu.log").read_text(errors="replace").strip()
+        except OSError:
+            return ""
+        return f"QEMU said: {text[-800:]}" if text else ""
+
+    def console_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.cfg.sockets.console.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def wait(self) -> int:
+        assert self.proc
+        return await self.proc.wait()
+
+    async def _qmp_quit(self) -> None:
+        qmp = QMPClient(self.cfg.sockets.rundir.name)
+        try:
+            await asyncio.wait_for(qmp.connect(str(self.cfg.sockets.qmp)), 1.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(qmp.execute("quit"), 1.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await qmp.disconnect()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Waits up to `grace` for a guest-initiated power-off, then asks QMP to quit, then kills."""
+        if not self.proc or self.proc.returncode is not None:
+            return
+        if grace > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), grace)
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self._qmp_quit()
+        await procs.stop(self.proc, grace=1.0)

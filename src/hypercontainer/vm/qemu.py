@@ -1,0 +1,132 @@
+"""The QEMU command line for a pod VM: `-M microvm`, virtio-mmio devices, no firmware, no display."""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import VMError
+
+CTL_PORT = "hc.ctl"
+IO_PORT = "hc.io"
+
+
+@dataclass(frozen=True)
+class Share:
+    """How the pod's directory reaches the guest: a virtiofsd socket, or a host path over 9p."""
+
+    kind: Literal["virtiofs", "9p"]
+    tag: str
+    socket: Path | None = None  # virtiofs
+    path: Path | None = None  # 9p
+
+
+@dataclass(frozen=True)
+class Sockets:
+    """The unix sockets QEMU listens on for one VM, all in the pod's runtime directory."""
+
+    rundir: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.rundir / "qmp.sock"
+
+    @property
+    def ctl(self) -> Path:
+        return self.rundir / "ctl.sock"
+
+    @property
+    def io(self) -> Path:
+        return self.rundir / "io.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.rundir / "console.log"
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    kernel: Path
+    initrd: Path
+    sockets: Sockets
+    accel: Literal["kvm", "tcg"] = "tcg"
+    cpus: int = 1
+    memory_mib: int = 256
+    share: Share | None = None
+    cmdline: tuple[str, ...] = field(default_factory=tuple)
+    with_ports: bool = True
+
+
+@functools.cache
+def qemu_binary() -> str:
+    path = shutil.which("qemu-system-x86_64")
+    if not path:
+        raise VMError("qemu-system-x86_64 is not installed (Debian package qemu-system-x86; make demo installs it)")
+    return path
+
+
+@functools.cache
+def host_tsc_khz() -> int | None:
+    """The host TSC frequency; a microvm guest under TCG needs it or it hangs now and then."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.M)
+    return round(float(m.group(1)) * 1000) if m else None
+
+
+def kernel_cmdline(cfg: VMConfig) -> str:
+    args = ["console=ttyS0", "quiet", "panic=-1", "rdinit=/init"]
+    khz = host_tsc_khz()
+    if khz:
+        args.append(f"tsc_early_khz={khz}")
+    return " ".join([*args, *cfg.cmdline])
+
+
+def command(cfg: VMConfig) -> list[str]:
+    s = cfg.sockets
+    mem = f"{cfg.memory_mib}M"
+    argv = [
+        qemu_binary(),
+        "-name", s.rundir.name,
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        "-M", "microvm,memory-backend=mem,x-option-roms=off",
+        "-global", "virtio-mmio.force-legacy=false",
+        "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+        "-m", mem,
+        "-smp", str(cfg.cpus),
+        "-kernel", str(cfg.kernel),
+        "-initrd", str(cfg.initrd),
+        "-append", kernel_cmdline(cfg),
+        "-chardev", f"file,id=console,path={s.console}",
+        "-serial", "chardev:console",
+        "-qmp", f"unix:{s.qmp},server=on,wait=off",
+        "-device", "virtio-rng-device",
+    ]
+    if cfg.accel == "kvm":
+        argv += ["-accel", "kvm", "-cpu", "host"]
+    else:
+        argv += ["-accel", "tcg", "-cpu", "max"]
+    if cfg.with_ports:
+        argv += ["-device", "virtio-serial-device"]
+        for chardev, path, name in (("ctl", s.ctl, CTL_PORT), ("io", s.io, IO_PORT)):
+            argv += [
+                "-chardev", f"socket,id={chardev},path={path},server=on,wait=off",
+                "-device", f"virtserialport,chardev={chardev},name={name}",
+            ]
+    if cfg.share and cfg.share.kind == "virtiofs":
+        argv += [
+            "-chardev", f"socket,id=share,path={cfg.share.socket}",
+            "-device", f"vhost-user-fs-device,chardev=share,tag={cfg.share.tag}",
+        ]
+    elif cfg.share:
+        argv += [
+            "-fsdev", f"local,id=share,path={cfg.share.path},security_model=passthrough",
+            "-device", f"virtio-9p-device,fsdev=share,mount_tag={cfg.share.tag}",
+        ]
+    return argv
