@@ -23,8 +23,30 @@ static int do_mount(struct err *e, const char *src, const char *dst, const char 
 	return 0;
 }
 
+/*
+ * The initramfs root cannot be pivot_root'ed away from (the kernel refuses the rootfs mount), which every
+ * container start needs. Bind the root onto a subdirectory and move that over "/": same files, no copy,
+ * but now a real mount with a parent.
+ */
+static int remount_root(struct err *e)
+{
+	if (mkdir("/newroot", 0755) < 0 && errno != EEXIST)
+		return fail_errno(e, "mkdir /newroot");
+	if (mount("/", "/newroot", NULL, MS_BIND, NULL) < 0)
+		return fail_errno(e, "bind / on /newroot");
+	if (chdir("/newroot") < 0)
+		return fail_errno(e, "chdir /newroot");
+	if (mount("/newroot", "/", NULL, MS_MOVE, NULL) < 0)
+		return fail_errno(e, "move /newroot to /");
+	if (chroot(".") < 0 || chdir("/") < 0)
+		return fail_errno(e, "chroot into the new root");
+	return 0;
+}
+
 int boot_mounts(struct err *e)
 {
+	if (remount_root(e) < 0)
+		return -1;
 	if (do_mount(e, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0 ||
 	    do_mount(e, "sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0 ||
 	    do_mount(e, "devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755") < 0 ||

@@ -1,0 +1,1 @@
+"""Command lines: hyperctl (talks to hyperd) and runv (an OCI runtime)."""

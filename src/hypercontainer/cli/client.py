@@ -1,0 +1,81 @@
+"""hyperctl's connection to hyperd: REST over the unix socket (httpx), attach streams over a websocket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..config import paths
+from ..errors import BY_CODE, CommandNotRunnable, HCError, Unavailable
+
+
+def socket_path() -> Path:
+    return paths().socket
+
+
+def unavailable(sock: Path, why: object) -> Unavailable:
+    return Unavailable(f"cannot reach hyperd at {sock} ({why}). Is it running? Start it with 'hyperd &' as root "
+                       "(or 'make demo'), or point HYPERCONTAINER_SOCKET at its socket.")
+
+
+def error_from(body: Any, status: int) -> HCError:
+    if not isinstance(body, dict):
+        return HCError(f"hyperd answered {status}: {body}")
+    if "exit_code" in body:
+        return CommandNotRunnable(str(body.get("message")), int(body["exit_code"]))
+    cls = BY_CODE.get(str(body.get("code")), HCError)
+    return cls(str(body.get("message", f"hyperd answered {status}")))
+
+
+class Client:
+    def __init__(self, sock: Path | None = None, timeout: float | None = 120.0) -> None:
+        self.sock = sock or socket_path()
+        self.http = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)), base_url="http://hyperd",
+                                 timeout=timeout)
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self.http.request(method, path, **kw)
+        except (httpx.ConnectError, FileNotFoundError) as e:
+            raise unavailable(self.sock, e) from None
+        except httpx.TransportError as e:
+            raise HCError(f"lost the connection to hyperd: {e}") from None
+        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+        if r.status_code >= 400:
+            raise error_from(body, r.status_code)
+        return body
+
+    def stream_lines(self, path: str, **params: Any) -> Iterator[bytes]:
+        try:
+            with self.http.stream("GET", path, params=params, timeout=None) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise error_from(r.json(), r.status_code)
+                for line in r.iter_lines():
+                    yield line.encode()
+        except (httpx.ConnectError, FileNotFoundError) as e:
+            raise unavailable(self.sock, e) from None
+
+    def upload(self, path: str, file: Path) -> Any:
+        def chunks() -> Iterator[bytes]:
+            with open(file, "rb") as f:
+                while data := f.read(1 << 20):
+                    yield data
+
+        return self.request("POST", path, content=chunks(), headers={"content-type": "application/x-tar"})
+
+    def websocket(self, path: str):  # noqa: ANN201 - websockets' ClientConnection
+        from websockets.sync.client import unix_connect
+
+        try:
+            return unix_connect(str(self.sock), f"ws://hyperd{path}", max_size=None, compression=None)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise unavailable(self.sock, e) from None
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,43 @@
+"""hyperctl info and version."""
+
+from __future__ import annotations
+
+import click
+
+from ... import __version__
+from ..client import Client, dumps
+
+
+@click.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def info(as_json: bool) -> None:
+    """Show the accelerator, guest kernel, versions and counts."""
+    i = Client().request("GET", "/v1/info")
+    if as_json:
+        click.echo(dumps(i))
+        return
+    lines = [
+        f"Server version:   {i['version']} (API {i['api']}, protocol {i['protocol']})",
+        f"Accelerator:      {i['accelerator']['name']} ({i['accelerator']['reason']})",
+        f"Guest kernel:     {i['guest']['kernel_release']} ({i['guest']['kernel']})",
+        f"Guest initrd:     {i['guest']['initrd']}",
+        f"Agent build:      {i['guest']['agent']}",
+        f"Host kernel:      {i['host_kernel']}",
+        f"Python:           {i['python']}",
+        f"Root dir:         {i['root']}",
+        f"Pods:             {i['pods']['total']} ({i['pods']['running']} running)",
+        f"Images:           {i['images']}",
+    ]
+    for t in i.get("recent_boots", [])[:3]:
+        lines.append("Recent boot:      " + ", ".join(f"{k} {v:.3f}s" for k, v in t.items()))
+    click.echo("\n".join(lines))
+
+
+@click.command("version")
+def version() -> None:
+    """Show client and server versions."""
+    click.echo(f"Client: hyperctl {__version__}")
+    click.echo(f"Server: hyperd {Client().request('GET', '/v1/version')['version']}")
+
+
+COMMANDS = [info, version]

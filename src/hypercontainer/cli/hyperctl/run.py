@@ -1,0 +1,148 @@
+"""hyperctl run: create a pod, attach its stdio, exit with the container's exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import termios
+import threading
+import tty
+
+import click
+
+from ...errors import CommandNotRunnable, HCError
+from ..client import Client, error_from
+
+STDIN, STDOUT, STDERR = 0, 1, 2
+PROXIED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def build_spec(image: str, command: tuple[str, ...], *, name: str | None, hostname: str | None, env: tuple[str, ...],
+               workdir: str | None, user: str | None, tty_: bool, interactive: bool, rm: bool, memory: int | None,
+               cpus: int | None, entrypoint: str | None) -> dict:
+    container: dict = {"name": name or "main", "image": image, "env": list(env), "tty": tty_, "stdin": interactive}
+    if command:
+        container["command"] = list(command)
+    if entrypoint is not None:
+        container["entrypoint"] = [entrypoint] if entrypoint else []
+    if workdir:
+        container["workdir"] = workdir
+    if user:
+        container["user"] = user
+    spec: dict = {"containers": [container], "auto_remove": rm}
+    if name:
+        spec["name"] = name
+    if hostname:
+        spec["hostname"] = hostname
+    resources = {k: v for k, v in (("memory", memory), ("vcpu", cpus)) if v is not None}
+    if resources:
+        spec["resources"] = resources
+    return spec
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _pump_stdin(ws) -> None:  # noqa: ANN001
+    try:
+        while data := os.read(0, 65536):
+            ws.send(bytes([STDIN]) + data)
+        ws.send(json.dumps({"type": "stdin_eof"}))
+    except Exception:  # noqa: BLE001 - the connection closed under us: the run is over
+        pass
+
+
+def attach(ws, spec: dict, interactive: bool, tty_: bool) -> int:  # noqa: ANN001
+    first: dict = {"spec": spec}
+    raw_mode = tty_ and os.isatty(0)
+    if tty_:
+        size = shutil.get_terminal_size()
+        first.update(rows=size.lines, cols=size.columns)
+    ws.send(json.dumps(first))
+    saved = termios.tcgetattr(0) if raw_mode else None
+    old_handlers = {}
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(Exception):
+            ws.send(json.dumps({"type": "signal", "signal": signum}))
+
+    def resize(_signum: int, _frame: object) -> None:
+        size = shutil.get_terminal_size()
+        with contextlib.suppress(Exception):
+            ws.send(json.dumps({"type": "resize", "rows": size.lines, "cols": size.columns}))
+
+    try:
+        if raw_mode:
+            tty.setraw(0)
+            old_handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, resize)
+        else:
+            for sig in PROXIED_SIGNALS:
+                old_handlers[sig] = signal.signal(sig, forward)
+        if interactive:
+            threading.Thread(target=_pump_stdin, args=(ws,), daemon=True).start()
+        for msg in ws:
+            if isinstance(msg, bytes):
+                if msg[:1] == bytes([STDOUT]):
+                    _write_all(1, msg[1:])
+                elif msg[:1] == bytes([STDERR]):
+                    _write_all(2, msg[1:])
+                continue
+            event = json.loads(msg)
+            if event.get("type") == "exit":
+                return int(event["code"])
+            if event.get("type") == "error":
+                raise error_from(event, 500)
+        raise HCError("hyperd closed the connection before the container exited")
+    finally:
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@click.option("--rm", is_flag=True, help="Remove the pod when it exits.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", "tty_", is_flag=True, help="Allocate a pseudo-terminal.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the pod id.")
+@click.option("-e", "--env", multiple=True, help="Set an environment variable (KEY=VALUE).")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("-u", "--user", help="User: name|uid[:group|gid].")
+@click.option("--name", help="Pod name.")
+@click.option("--hostname", help="Hostname inside the VM.")
+@click.option("--memory", type=int, help="VM memory in MiB [256].")
+@click.option("--cpus", type=int, help="VM vCPUs [1].")
+@click.option("--entrypoint", help="Override the image's entrypoint.")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[str, ...], workdir: str | None,
+            user: str | None, name: str | None, hostname: str | None, memory: int | None, cpus: int | None,
+            entrypoint: str | None, image: str, command: tuple[str, ...]) -> None:
+    """Run a command in a new pod (its own VM)."""
+    env = tuple(e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env)
+    spec = build_spec(image, command, name=name, hostname=hostname, env=env, workdir=workdir, user=user,
+                      tty_=tty_, interactive=interactive, rm=rm, memory=memory, cpus=cpus, entrypoint=entrypoint)
+    client = Client()
+    if detach:
+        created = client.request("POST", "/v1/pods", json={"spec": spec})
+        click.echo(created["id"])
+        return
+    with client.websocket("/v1/pods/run") as ws:
+        try:
+            code = attach(ws, spec, interactive, tty_)
+        except CommandNotRunnable as e:
+            click.echo(f"hyperctl: {e.message}", err=True)
+            sys.exit(e.exit_code)
+    sys.exit(code)
+
+
+run_cmd.name = "run"
+COMMANDS = [run_cmd]

@@ -1,0 +1,272 @@
+"""The REST API. Each route turns a request into one call on the pod manager or the image store.
+
+This module imports nothing from vm/: the API never talks to QEMU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from .. import __version__
+from ..errors import CommandNotRunnable, HCError, InvalidArgument
+from ..image import archive
+from ..image.reference import parse as parse_ref
+from ..image.store import Image, ImageStore
+from ..pod.container import Container
+from ..pod.manager import PodManager
+from ..pod.pod import Pod
+from ..protocol.codec import VERSION as PROTOCOL_VERSION
+
+API_VERSION = "v1"
+STDIN, STDOUT, STDERR = 0, 1, 2
+
+
+@dataclass
+class DaemonInfo:
+    accel: str
+    accel_reason: str
+    kernel: str
+    kernel_release: str
+    initrd: str
+    agent: str
+    root: str
+    started: float = field(default_factory=time.time)
+
+
+class CreateRequest(BaseModel):
+    spec: dict
+
+
+class KillRequest(BaseModel):
+    signal: int = 15
+    container: str | None = None
+
+
+def _error_body(e: HCError) -> dict:
+    body = {"code": e.code, "message": e.message}
+    if isinstance(e, CommandNotRunnable):
+        body["exit_code"] = e.exit_code
+    return body
+
+
+def _image_info(img: Image) -> dict:
+    return {"id": img.id, "refs": [parse_ref(r).short for r in img.refs], "size": img.size,
+            "created": img.created, "layers": list(img.diff_ids), "config": img.run_config}
+
+
+def create_app(manager: PodManager, images: ImageStore, info: DaemonInfo) -> FastAPI:
+    app = FastAPI(title="hyperd", version=__version__, description="hypercontainer daemon API")
+
+    @app.exception_handler(HCError)
+    async def _hc_error(_: Request, e: HCError) -> JSONResponse:
+        return JSONResponse(_error_body(e), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
+        msg = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        return JSONResponse({"code": "invalid_argument", "message": msg}, status_code=400)
+
+    @app.get("/v1/version")
+    async def version() -> dict:
+        return {"version": __version__, "api": API_VERSION, "protocol": PROTOCOL_VERSION}
+
+    @app.get("/v1/info")
+    async def get_info() -> dict:
+        pods = manager.list()
+        recent = [p["timings"] for p in pods if p.get("timings", {}).get("started")][:5]
+        return {
+            "version": __version__, "api": API_VERSION, "protocol": PROTOCOL_VERSION,
+            "python": platform.python_version(), "host_kernel": platform.release(),
+            "accelerator": {"name": info.accel, "reason": info.accel_reason},
+            "guest": {"kernel": info.kernel, "kernel_release": info.kernel_release, "initrd": info.initrd,
+                      "agent": info.agent},
+            "root": info.root,
+            "pods": {"total": len(pods), "running": sum(p["state"] == "running" for p in pods)},
+            "images": len(images.list()),
+            "recent_boots": recent,
+        }
+
+    # ---- pods --------------------------------------------------------------------------------------------
+    @app.get("/v1/pods")
+    async def list_pods() -> list[dict]:
+        return manager.list()
+
+    @app.post("/v1/pods", status_code=201)
+    async def create_pod(req: CreateRequest) -> dict:
+        pod = manager.create(req.spec)
+        await manager.start(pod)
+        return {"id": pod.id, "name": pod.name}
+
+    @app.get("/v1/pods/{ref}")
+    async def inspect_pod(ref: str) -> dict:
+        return manager.get(ref).info()
+
+    @app.delete("/v1/pods/{ref}")
+    async def remove_pod(ref: str, force: bool = False) -> dict:
+        return {"id": await manager.remove(ref, force=force)}
+
+    @app.post("/v1/pods/{ref}/kill")
+    async def kill_pod(ref: str, req: KillRequest) -> dict:
+        await manager.get(ref).signal(req.container, req.signal)
+        return {}
+
+    @app.get("/v1/pods/{ref}/logs")
+    async def logs(ref: str, follow: bool = False, container: str | None = Query(None)) -> StreamingResponse:
+        path, done = manager.log_source(ref, container)
+        return StreamingResponse(_tail(path, follow, done), media_type="application/x-ndjson")
+
+    @app.websocket("/v1/pods/run")
+    async def run(ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            req = await ws.receive_json()
+            if not isinstance(req, dict) or not isinstance(req.get("spec"), dict):
+                raise InvalidArgument("the first message must be {\"spec\": {...}}")
+            pod = manager.create(req["spec"])
+        except HCError as e:
+            await _send_error(ws, e)
+            return
+        except (ValueError, WebSocketDisconnect):
+            return
+        await _attach_and_start(ws, pod, req)
+
+    async def _attach_and_start(ws: WebSocket, pod: Pod, req: dict) -> None:
+        c = pod.containers[0]
+        events = c.subscribe()
+        await ws.send_json({"type": "created", "id": pod.id, "name": pod.name})
+        reader = asyncio.create_task(_client_input(ws, pod, c))
+        try:
+            try:
+                await manager.start(pod)
+            except HCError as e:
+                await _send_error(ws, e)
+                return
+            if req.get("rows") and req.get("cols"):
+                await pod.resize(None, int(req["rows"]), int(req["cols"]))
+            while True:
+                kind, payload = await events.get()
+                if kind == "stdout":
+                    await ws.send_bytes(bytes([STDOUT]) + payload)  # type: ignore[operator]
+                elif kind == "stderr":
+                    await ws.send_bytes(bytes([STDERR]) + payload)  # type: ignore[operator]
+                elif kind == "exit":
+                    await ws.send_json({"type": "exit", "code": payload})
+                    break
+                else:
+                    await ws.send_json({"type": "error", "code": "vm", "message": payload})
+                    break
+            with contextlib.suppress(Exception):
+                await ws.close()
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            reader.cancel()
+            c.unsubscribe(events)
+
+    async def _client_input(ws: WebSocket, pod: Pod, c: Container) -> None:
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+                if msg.get("bytes") is not None:
+                    data = msg["bytes"]
+                    if data[:1] == bytes([STDIN]) and await _running(c):
+                        await c.streams.write_stdin(data[1:])  # type: ignore[union-attr]
+                    continue
+                ctl = json.loads(msg.get("text") or "{}")
+                kind = ctl.get("type")
+                if kind == "stdin_eof" and await _running(c):
+                    await c.streams.close_stdin()  # type: ignore[union-attr]
+                elif kind == "signal":
+                    with contextlib.suppress(HCError):
+                        await pod.signal(None, int(ctl["signal"]))
+                elif kind == "resize":
+                    await pod.resize(None, int(ctl["rows"]), int(ctl["cols"]))
+        except (WebSocketDisconnect, RuntimeError, ValueError, KeyError):
+            pass
+        finally:
+            if c.spec.stdin and c.streams and not c.done.is_set():
+                with contextlib.suppress(Exception):
+                    await c.streams.close_stdin()
+
+    # ---- images ------------------------------------------------------------------------------------------
+    @app.get("/v1/images")
+    async def list_images() -> list[dict]:
+        return [_image_info(i) for i in await asyncio.to_thread(images.list)]
+
+    @app.get("/v1/images/{ref:path}")
+    async def inspect_image(ref: str) -> dict:
+        return _image_info(await asyncio.to_thread(images.get, ref))
+
+    @app.post("/v1/images/load")
+    async def load_image(request: Request) -> dict:
+        with tempfile.NamedTemporaryFile(dir=images.tmp, suffix=".tar") as f:
+            async for chunk in request.stream():
+                f.write(chunk)
+            f.flush()
+            loaded = await asyncio.to_thread(archive.load, Path(f.name), images)
+        return {"loaded": [_image_info(i) for i in loaded]}
+
+    @app.delete("/v1/images/{ref:path}")
+    async def remove_image(ref: str) -> dict:
+        in_use = {c.image.id for p in manager.pods.values() for c in p.containers}
+        img = await asyncio.to_thread(images.get, ref)
+        if img.id in in_use and len(img.refs) <= 1:
+            raise HCError(f"image {ref} is used by a pod; remove the pod first")
+        return {"removed": await asyncio.to_thread(images.remove, ref)}
+
+    return app
+
+
+async def _running(c: Container) -> bool:
+    """Waits until the container runs; False if it never will."""
+    if not c.started.is_set():
+        started = asyncio.ensure_future(c.started.wait())
+        done = asyncio.ensure_future(c.done.wait())
+        await asyncio.wait({started, done}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        done.cancel()
+    return c.started.is_set() and c.streams is not None and not c.done.is_set()
+
+
+async def _send_error(ws: WebSocket, e: HCError) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_json({"type": "error", **_error_body(e)})
+        await ws.close()
+
+
+async def _tail(path: Path, follow: bool, done: asyncio.Event | None):  # noqa: ANN201 - async generator
+    """Log lines; with follow, keeps reading until the container is done."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed in finally
+    except FileNotFoundError:
+        return
+    try:
+        while True:
+            line = f.readline()
+            if line.endswith(b"\n"):
+                yield line
+                continue
+            if line:
+                f.seek(-len(line), 1)
+            if not follow or done is None or done.is_set():
+                rest = f.read()
+                if rest:
+                    yield rest
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        f.close()

@@ -1,0 +1,110 @@
+"""hyperd: prepares guest assets, finds the accelerator, recovers state, serves the API on a unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import click
+import uvicorn
+
+from .. import __version__
+from ..config import Paths, paths
+from ..errors import HCError
+from ..guest import assets as guest_assets
+from ..image.store import ImageStore
+from ..pod.manager import PodManager
+from ..pod.pod import GuestAssets
+from ..vm.accel import detect
+from .api import DaemonInfo, create_app
+from .state import StateDB
+
+log = logging.getLogger("hyperd")
+SOCKET_MODE = 0o660
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Binds the API socket with mode 0660; refuses to take over the socket of a running daemon."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+            raise HCError(f"hyperd is already running on {path}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o117)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, SOCKET_MODE)
+    sock.listen(128)
+    return sock
+
+
+async def serve(p: Paths) -> None:
+    p.ensure()
+    log.info("preparing guest assets in %s", p.assets)
+    a = await asyncio.to_thread(guest_assets.ensure, p.assets)
+    accel = await detect(a.kernel, a.initrd, a.digest, p.root / "accel.json")
+    log.info("accelerator: %s (%s)", accel.name, accel.reason)
+    images = ImageStore(p.images)
+    db = StateDB(p.db)
+    manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name))
+    manager.recover()
+    info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
+                      str(p.root))
+    app = create_app(manager, images, info)
+    sock = bind_socket(p.socket)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_ping_interval=None)
+    server = uvicorn.Server(config)
+    log.info("hyperd %s listening on %s", __version__, p.socket)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        log.info("stopping: shutting down %d pods", len(manager.pods))
+        await manager.shutdown()
+        db.close()
+        with contextlib.suppress(FileNotFoundError):
+            p.socket.unlink()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(path_type=Path), help="State directory [/var/lib/hypercontainer].")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Runtime directory [/run/hypercontainer].")
+@click.option("--socket", "sock", type=click.Path(path_type=Path), help="API socket [<run>/hyperd.sock].")
+@click.option("--debug", is_flag=True, help="Verbose logs.")
+@click.version_option(__version__, prog_name="hyperd")
+def main(root: Path | None, run_dir: Path | None, sock: Path | None, debug: bool) -> None:
+    """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
+    if root:
+        os.environ["HYPERCONTAINER_ROOT"] = str(root)
+    if run_dir:
+        os.environ["HYPERCONTAINER_RUN"] = str(run_dir)
+    if sock:
+        os.environ["HYPERCONTAINER_SOCKET"] = str(sock)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.geteuid() != 0:
+        click.echo("hyperd: must run as root (it mounts overlays and starts VMs)", err=True)
+        sys.exit(1)
+    try:
+        asyncio.run(serve(paths()))
+    except HCError as e:
+        click.echo(f"hyperd: {e.message}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""hyperd's persistent state: one sqlite database (pods and their last known info)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pods (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    info TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
+
+class StateDB:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def save(self, pod_id: str, name: str, state: str, info: dict) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO pods (id, name, state, info, updated) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET name=excluded.name, state=excluded.state, info=excluded.info, "
+                "updated=excluded.updated",
+                (pod_id, name, state, json.dumps(info), time.time()),
+            )
+
+    def delete(self, pod_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pods WHERE id = ?", (pod_id,))
+
+    def all(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, name, state, info FROM pods").fetchall()
+        return [{"id": r[0], "name": r[1], "state": r[2], "info": json.loads(r[3])} for r in rows]
+
+    def close(self) -> None:
+        self._db.close()

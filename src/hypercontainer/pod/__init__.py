@@ -1,0 +1,1 @@
+"""The core: a pod is one VM; its containers, their processes, stdio and lifecycle."""

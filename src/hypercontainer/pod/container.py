@@ -1,0 +1,118 @@
+"""One container of a pod: its process fields, its output relay, its log file and its subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CommandNotRunnable, InvalidArgument
+from ..image.store import Image
+from ..protocol.client import ProcessStreams
+from ..spec.pod import ContainerSpec
+from ..storage.safefs import make_dirs
+from .users import resolve
+
+# What a subscriber receives: ("stdout"|"stderr", bytes), ("exit", int) or ("error", str).
+Event = tuple[str, "bytes | int | str"]
+
+
+def process_fields(spec: ContainerSpec, image: Image, rootfs: Path, hostname: str) -> dict:
+    """The NEW_CONTAINER fields: command from entrypoint/cmd, env, user, workdir (created as docker does)."""
+    cfg = image.run_config
+    entrypoint = spec.entrypoint if spec.entrypoint is not None else (cfg.get("Entrypoint") or [])
+    cmd = spec.command if spec.command else ([] if spec.entrypoint is not None else (cfg.get("Cmd") or []))
+    argv = [*entrypoint, *cmd]
+    if not argv or not argv[0]:
+        raise CommandNotRunnable(f"no command specified: image {image.refs[0] if image.refs else image.id[:19]} "
+                                 "has no Cmd or Entrypoint and none was given", 125)
+    user = resolve(rootfs, spec.user or cfg.get("User") or None)
+    env: dict[str, str] = {}
+    for item in [*(cfg.get("Env") or []), f"HOSTNAME={hostname}", f"HOME={user.home}",
+                 *(["TERM=xterm"] if spec.tty else []), *spec.env]:
+        k, _, v = item.partition("=")
+        env[k] = v
+    workdir = spec.workdir or cfg.get("WorkingDir") or "/"
+    if not workdir.startswith("/"):
+        raise InvalidArgument(f"working directory {workdir!r} is not absolute")
+    try:
+        make_dirs(rootfs, workdir, user.uid, user.gid)
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"cannot create working directory {workdir}: {e}") from None
+    return {
+        "arg": argv,
+        "env": [f"{k}={v}" for k, v in env.items()],
+        "cwd": workdir,
+        "uid": user.uid,
+        "gid": user.gid,
+        "group": list(user.groups),
+        "terminal": int(spec.tty),
+        "stdin": int(spec.stdin),
+        "readonly": int(spec.readonly),
+    }
+
+
+@dataclass
+class Container:
+    spec: ContainerSpec
+    image: Image
+    stream: int
+    log_path: Path
+    streams: ProcessStreams | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    pid: int | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    subscribers: list[asyncio.Queue[Event]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def subscribe(self) -> asyncio.Queue[Event]:
+        q: asyncio.Queue[Event] = asyncio.Queue()
+        self.subscribers.append(q)
+        if self.done.is_set():
+            q.put_nowait(("exit", self.exit_code) if self.error is None else ("error", self.error))
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
+        with contextlib.suppress(ValueError):
+            self.subscribers.remove(q)
+
+    def _publish(self, ev: Event) -> None:
+        for q in self.subscribers:
+            q.put_nowait(ev)
+
+    def finish(self, exit_code: int, error: str | None = None) -> None:
+        if self.done.is_set():
+            return
+        self.exit_code, self.error = exit_code, error
+        self.done.set()
+        self._publish(("exit", exit_code) if error is None else ("error", error))
+
+    async def relay(self) -> None:
+        """Copies output to the log file and the subscribers until both streams end, then reports the exit."""
+        assert self.streams
+        s = self.streams
+        with open(self.log_path, "a") as log:
+
+            async def pump(q: asyncio.Queue[bytes | None], name: str) -> None:
+                while (chunk := await q.get()) is not None:
+                    now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+                    log.write(json.dumps({"time": now, "stream": name,
+                                          "log": chunk.decode("utf-8", "backslashreplace")}) + "\n")
+                    log.flush()
+                    self._publish((name, chunk))
+
+            await asyncio.gather(pump(s.stdout, "stdout"), pump(s.stderr, "stderr"))
+        try:
+            code = await s.exit
+        except Exception as e:  # the VM or the agent went away
+            self.finish(255, str(e))
+            return
+        self.finish(code)

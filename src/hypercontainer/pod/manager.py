@@ -1,0 +1,177 @@
+"""The pod manager: the one entry point the API layer calls. It owns every pod of this daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..errors import Conflict, InvalidArgument, NotFound
+from ..image.store import ImageStore
+from ..spec.errors import invalid_spec
+from ..spec.pod import PodSpec
+from ..storage.mount import mounts_under, umount
+from .container import Container
+from .pod import GuestAssets, Pod
+from .records import PodRecords
+from .states import FINAL, PodState
+
+log = logging.getLogger(__name__)
+
+
+class PodManager:
+    def __init__(self, images: ImageStore, records: PodRecords, poddir: Path, rundir: Path,
+                 assets: GuestAssets) -> None:
+        self.images, self.records = images, records
+        self.poddir, self.rundir, self.assets = poddir, rundir, assets
+        self.pods: dict[str, Pod] = {}
+        self._starts: dict[str, asyncio.Task] = {}
+        self._stale: dict[str, dict] = {}  # records of pods from an earlier run of the daemon
+
+    # ---- lookup ------------------------------------------------------------------------------------------
+    def get(self, ref: str) -> Pod:
+        if ref in self.pods:
+            return self.pods[ref]
+        by_name = [p for p in self.pods.values() if p.name == ref]
+        if by_name:
+            return by_name[0]
+        matches = [p for p in self.pods.values() if p.id.startswith(ref)] if len(ref) >= 3 else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"pod id prefix {ref} is ambiguous")
+        raise NotFound(f"no such pod: {ref}")
+
+    def log_source(self, ref: str, container: str | None) -> tuple[Path, asyncio.Event | None]:
+        """The container's log file and an event set once no more output will come (None: never more)."""
+        try:
+            pod = self.get(ref)
+        except NotFound:
+            stale = [r for i, r in self._stale.items() if r["name"] == ref or i.startswith(ref)]
+            if len(stale) != 1:
+                raise
+            name = container or stale[0]["containers"][0]["name"]
+            return self.poddir / stale[0]["id"] / "logs" / f"{name}.log", None
+        c = pod.container(container)
+        return c.log_path, c.done
+
+    def list(self) -> list[dict]:
+        live = [p.info() for p in self.pods.values()]
+        return sorted(live + list(self._stale.values()), key=lambda i: i["created"], reverse=True)
+
+    # ---- create / start ----------------------------------------------------------------------------------
+    def create(self, raw_spec: dict) -> Pod:
+        """Validates the spec and resolves images; creates nothing on disk until start."""
+        try:
+            spec = PodSpec.model_validate(raw_spec)
+        except ValidationError as e:
+            raise invalid_spec(e) from None
+        pod_id = secrets.token_hex(32)
+        name = spec.name or pod_id[:12]
+        if any(p.name == name for p in self.pods.values()) or any(r["name"] == name for r in self._stale.values()):
+            raise Conflict(f"the name {name} is already in use by another pod; remove it or choose another name")
+        containers = []
+        for i, cspec in enumerate(spec.containers):
+            image = self.images.get(cspec.image)
+            containers.append(Container(cspec, image, stream=2 * (i + 1),
+                                        log_path=self.poddir / pod_id / "logs" / f"{cspec.name}.log"))
+        pod = Pod(pod_id, name, spec, containers, self.poddir / pod_id, self.rundir / pod_id[:16], self.assets)
+        pod.on_change.append(self._persist)
+        self.pods[pod_id] = pod
+        return pod
+
+    def _persist(self, pod: Pod) -> None:
+        if pod.state in FINAL and pod.spec.auto_remove:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.remove(pod.id, force=True)))
+        if pod.id in self.pods:
+            self.records.save(pod.id, pod.name, pod.state.value, pod.info())
+
+    async def start(self, pod: Pod) -> None:
+        (pod.statedir / "logs").mkdir(parents=True, exist_ok=True)
+        task = asyncio.ensure_future(pod.start())
+        self._starts[pod.id] = task
+        try:
+            await asyncio.shield(task)
+        finally:
+            self._starts.pop(pod.id, None)
+
+    # ---- remove ------------------------------------------------------------------------------------------
+    async def remove(self, ref: str, force: bool = False) -> str:
+        if ref in self._stale:
+            return self._remove_stale(ref)
+        try:
+            pod = self.get(ref)
+        except NotFound:
+            stale = [i for i, r in self._stale.items() if r["name"] == ref or i.startswith(ref)]
+            if len(stale) == 1:
+                return self._remove_stale(stale[0])
+            raise
+        if pod.state not in FINAL and pod.state != PodState.CREATED and not force:
+            raise Conflict(f"pod {pod.name} is {pod.state.value}: stop it first or use rm -f")
+        start = self._starts.get(pod.id)
+        if start:
+            start.cancel()
+            with contextlib.suppress(BaseException):
+                await start
+        await pod.stop()
+        await pod.teardown()
+        self.pods.pop(pod.id, None)
+        shutil.rmtree(pod.statedir, ignore_errors=True)
+        self.records.delete(pod.id)
+        return pod.id
+
+    def _remove_stale(self, pod_id: str) -> str:
+        self._cleanup_dirs(pod_id)
+        self._stale.pop(pod_id, None)
+        self.records.delete(pod_id)
+        return pod_id
+
+    def _cleanup_dirs(self, pod_id: str) -> None:
+        for mp in mounts_under(self.poddir / pod_id):
+            with contextlib.suppress(OSError):
+                umount(mp)
+        shutil.rmtree(self.poddir / pod_id, ignore_errors=True)
+        shutil.rmtree(self.rundir / pod_id[:16], ignore_errors=True)
+
+    # ---- daemon start and stop ---------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Pods recorded by an earlier daemon: any VM or mount they left is released; they show as exited."""
+        for rec in self.records.all():
+            info = rec["info"]
+            if info["state"] not in (s.value for s in FINAL):
+                pid = (info.get("vm") or {}).get("pid")
+                if pid and _is_our_qemu(pid, self.rundir / info["id"][:16]):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                for mp in mounts_under(self.poddir / info["id"]):
+                    with contextlib.suppress(OSError):
+                        umount(mp)
+                shutil.rmtree(self.rundir / info["id"][:16], ignore_errors=True)
+                info.update(state="exited", error="hyperd restarted while the pod ran", exit_code=255)
+                self.records.save(info["id"], info["name"], "exited", info)
+            if info.get("spec", {}).get("auto_remove"):
+                self._remove_stale(info["id"])
+                continue
+            self._stale[info["id"]] = info
+
+    async def shutdown(self) -> None:
+        for pod_id in list(self._starts):
+            self._starts[pod_id].cancel()
+        await asyncio.gather(*(p.stop() for p in list(self.pods.values())), return_exceptions=True)
+        for p in list(self.pods.values()):
+            await p.teardown()
+
+
+def _is_our_qemu(pid: int, rundir: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"qemu-system" in cmdline and str(rundir).encode() in cmdline

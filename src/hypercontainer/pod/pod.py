@@ -1,0 +1,237 @@
+"""A pod: one VM, its share, its containers. `start()` is the one builder; it reads top to bottom.
+
+    rootfs overlays -> share daemon -> QEMU -> agent handshake -> START_POD -> one NEW_CONTAINER each
+
+Whatever fails, `teardown()` undoes every step that ran: no QEMU, virtiofsd, socket or mount is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import AgentError, CommandNotRunnable, HCError, VMError
+from ..protocol.client import AgentClient, exec_failure_exit_code
+from ..protocol.codec import Msg
+from ..spec.pod import PodSpec
+from ..storage.mount import mounts_under, umount
+from ..storage.rootfs import mount_rootfs
+from ..storage.share import PodShare
+from ..vm.machine import Machine
+from ..vm.qemu import Sockets, VMConfig
+from .container import Container, process_fields
+from .states import PodState, check
+
+log = logging.getLogger(__name__)
+BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second
+
+
+@dataclass(frozen=True)
+class GuestAssets:
+    kernel: Path
+    initrd: Path
+    accel: str
+
+
+@dataclass
+class Timings:
+    """Seconds from the start request: the boot breakdown reported by inspect, info and the benchmark."""
+
+    t0: float = field(default_factory=time.monotonic)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = round(time.monotonic() - self.t0, 4)
+
+
+class Pod:
+    def __init__(self, pod_id: str, name: str, spec: PodSpec, containers: list[Container],
+                 statedir: Path, rundir: Path, assets: GuestAssets) -> None:
+        self.id, self.name, self.spec = pod_id, name, spec
+        self.containers = containers
+        self.statedir, self.rundir, self.assets = statedir, rundir, assets
+        self.state = PodState.CREATED
+        self.hostname = spec.hostname or pod_id[:12]
+        self.machine: Machine | None = None
+        self.share: PodShare | None = None
+        self.agent: AgentClient | None = None
+        self.timings = Timings()
+        self.error: str | None = None
+        self.exit_code: int | None = None
+        self.created = time.time()
+        self.finished: float | None = None
+        self._relays: list[asyncio.Task] = []
+        self._lock = asyncio.Lock()
+        self.on_change: list = []  # callbacks(pod), e.g. persisting the record
+
+    @property
+    def share_dir(self) -> Path:
+        return self.statedir / "share"
+
+    def _set(self, state: PodState) -> None:
+        check(self.state, state, self.id[:12])
+        self.state = state
+        for cb in self.on_change:
+            cb(self)
+
+    def container(self, name: str | None) -> Container:
+        if name is None:
+            return self.containers[0]
+        for c in self.containers:
+            if c.name == name:
+                return c
+        raise HCError(f"pod {self.name} has no container {name}")
+
+    # ---- the builder -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Boots the VM and starts every container. On failure everything is undone and the error raised."""
+        self.timings = Timings()
+        self._set(PodState.STARTING)
+        try:
+            await self._build()
+        except BaseException as e:
+            self.error = e.message if isinstance(e, HCError) else f"{type(e).__name__}: {e}"
+            for c in self.containers:
+                c.finish(e.exit_code if isinstance(e, CommandNotRunnable) else 125, self.error)
+            await self.teardown()
+            self.exit_code = self.containers[0].exit_code
+            self._set(PodState.FAILED)
+            raise
+        self._set(PodState.RUNNING)
+        asyncio.create_task(self._watch())
+
+    async def _build(self) -> None:
+        self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fields = []
+        for c in self.containers:
+            base = self.statedir / "containers" / c.name
+            root = self.share_dir / c.name
+            mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
+            fields.append(process_fields(c.spec, c.image, root, self.hostname))
+        self.timings.mark("rootfs")
+        self.share = PodShare(self.share_dir, self.rundir)
+        share = await self.share.start()
+        self.timings.mark("share")
+        sockets = Sockets(self.rundir)
+        self.machine = Machine(VMConfig(
+            self.assets.kernel, self.assets.initrd, sockets, accel=self.assets.accel,  # type: ignore[arg-type]
+            cpus=self.spec.resources.vcpu, memory_mib=self.spec.resources.memory, share=share))
+        await self.machine.start()
+        self.timings.mark("qemu")
+        self.agent = AgentClient(sockets.ctl, sockets.io)
+        await self.agent.connect()
+        await self._guest(self.agent.handshake(BOOT_TIMEOUT))
+        self.timings.mark("agent")
+        await self._guest(self.agent.request(Msg.START_POD, {
+            "hostname": self.hostname, "share": share.tag, "sharefs": share.kind}))
+        for c, f in zip(self.containers, fields, strict=True):
+            await self._start_container(c, f)
+        self.timings.mark("started")
+
+    async def _guest(self, aw):  # noqa: ANN001, ANN202 - any awaitable talking to the guest
+        """Runs a guest request, failing fast (with the console's last words) if QEMU dies meanwhile."""
+        assert self.machine
+        task = asyncio.ensure_future(aw)
+        died = asyncio.ensure_future(self.machine.wait())
+        try:
+            done, _ = await asyncio.wait({task, died}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            raise VMError(f"the VM exited with status {died.result()} during boot. "
+                          f"{self.machine.qemu_log_tail()}\nGuest console:\n{self.machine.console_tail()}")
+        finally:
+            for t in (task, died):
+                if not t.done():
+                    t.cancel()
+
+    async def _start_container(self, c: Container, fields: dict) -> None:
+        assert self.agent
+        c.streams = self.agent.register(c.stream, bool(c.spec.tty))
+        try:
+            reply = await self._guest(self.agent.request(Msg.NEW_CONTAINER, {
+                "id": c.name, "rootfs": c.name, "stream": c.stream, **fields}))
+        except AgentError as e:
+            self.agent.unregister(c.stream)
+            c.streams = None
+            if e.message.startswith(("exec ", "chdir to ")):
+                raise CommandNotRunnable(e.message, exec_failure_exit_code(e)) from None
+            raise
+        c.pid = int(reply.get("pid", 0))
+        c.started.set()
+        self._relays.append(asyncio.create_task(c.relay()))
+
+    # ---- running -----------------------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """When every container has exited (or the VM died), the pod stops."""
+        await asyncio.gather(*(c.done.wait() for c in self.containers))
+        await self.stop()
+
+    async def signal(self, container: str | None, sig: int) -> None:
+        c = self.container(container)
+        if self.state != PodState.RUNNING or not self.agent or c.done.is_set():
+            raise HCError(f"container {c.name} of pod {self.name} is not running")
+        await self.agent.request(Msg.SIGNAL, {"stream": c.stream, "signal": sig})
+
+    async def resize(self, container: str | None, rows: int, cols: int) -> None:
+        c = self.container(container)
+        if self.agent and c.started.is_set() and not c.done.is_set() and c.spec.tty:
+            with contextlib.suppress(HCError):
+                await self.agent.request(Msg.WINSIZE, {"stream": c.stream, "rows": rows, "cols": cols})
+
+    async def stop(self) -> None:
+        """Shuts the VM down (the agent syncs and powers off) and releases everything."""
+        async with self._lock:
+            if self.state != PodState.RUNNING:  # a start in progress is cancelled by its owner instead
+                return
+            self._set(PodState.STOPPING)
+            await self.teardown()
+            for c in self.containers:
+                c.finish(137, "pod stopped before the container exited") if not c.done.is_set() else None
+            self.exit_code = self.containers[0].exit_code
+            self.finished = time.time()
+            self._set(PodState.EXITED)
+
+    async def teardown(self) -> None:
+        """Idempotent: agent, VM, share daemon, mounts, runtime directory."""
+        if self.agent and self.machine and self.machine.proc and self.machine.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.agent.request(Msg.SHUTDOWN), 1.0)
+        if self.machine:
+            await self.machine.stop(grace=2.0)
+        for t in self._relays:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(t), 2.0)
+            t.cancel()
+        if self.agent:
+            await self.agent.close()
+        if self.share:
+            await self.share.stop()
+        for mp in mounts_under(self.share_dir):
+            with contextlib.suppress(OSError):
+                umount(mp)
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+    def info(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state.value,
+            "hostname": self.hostname,
+            "image": self.containers[0].spec.image,
+            "command": self.containers[0].spec.command,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "created": self.created,
+            "finished": self.finished,
+            "vm": {"pid": self.machine.pid if self.machine else None, "accel": self.assets.accel,
+                   "vcpu": self.spec.resources.vcpu, "memory_mib": self.spec.resources.memory},
+            "timings": self.timings.marks,
+            "containers": [{"name": c.name, "image": c.image.id, "pid": c.pid, "exit_code": c.exit_code,
+                            "error": c.error} for c in self.containers],
+            "spec": self.spec.model_dump(),
+        }

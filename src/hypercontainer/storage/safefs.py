@@ -1,0 +1,60 @@
+"""Reading and creating paths inside a container root from the host without following its symlinks.
+
+A root filesystem comes from an untrusted image: `/etc/passwd` may be a symlink to the host's files. Every
+component is opened relative to its parent with O_NOFOLLOW, so nothing resolves outside the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _parts(path: str) -> list[str]:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"path {path!r} has '..'")
+    return parts
+
+
+def read_file(root: Path, path: str, limit: int = 1 << 20) -> bytes | None:
+    """The file's bytes, or None if it is missing or reached only through a symlink."""
+    parts = _parts(path)
+    if not parts:
+        return None
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for p in parts[:-1]:
+            nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+        with os.fdopen(ffd, "rb") as f:
+            if not os.path.isfile(f"/proc/self/fd/{ffd}"):
+                return None
+            return f.read(limit)
+    except OSError:
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def make_dirs(root: Path, path: str, uid: int = 0, gid: int = 0) -> None:
+    """mkdir -p inside the root; raises OSError if a component exists and is not a real directory."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for p in _parts(path):
+            try:
+                os.mkdir(p, 0o755, dir_fd=fd)
+                os.chown(p, uid, gid, dir_fd=fd, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
