@@ -55,7 +55,7 @@ async def serve(p: Paths) -> None:
     p.ensure()
     log.info("preparing guest assets in %s", p.assets)
     a = await asyncio.to_thread(guest_assets.ensure, p.assets)
-    accel = await detect(a.kernel, a.initrd, a.digest, p.root / "accel.json")
+    accel = await detect(a.kernel, a.initrd, a.digest, p.assets / "accel.json")
     log.info("accelerator: %s (%s)", accel.name, accel.reason)
     images = ImageStore(p.images)
     db = StateDB(p.db)

@@ -127,6 +127,8 @@ class Pod:
         await self.agent.connect()
         await self._guest(self.agent.handshake(BOOT_TIMEOUT))
         self.timings.mark("agent")
+        if self.agent.guest_uptime is not None:
+            self.timings.marks["guest_uptime_at_agent"] = self.agent.guest_uptime
         await self._guest(self.agent.request(Msg.START_POD, {
             "hostname": self.hostname, "share": share.tag, "sharefs": share.kind}))
         for c, f in zip(self.containers, fields, strict=True):
@@ -169,6 +171,7 @@ class Pod:
     async def _watch(self) -> None:
         """When every container has exited (or the VM died), the pod stops."""
         await asyncio.gather(*(c.done.wait() for c in self.containers))
+        self.timings.mark("exited")
         await self.stop()
 
     async def signal(self, container: str | None, sig: int) -> None:

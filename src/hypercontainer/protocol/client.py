@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import errno as errno_mod
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,7 +57,7 @@ class ProcessStreams:
 
 
 class AgentClient:
-    def __init__(self, ctl_path: Path, io_path: Path) -> None:
+    def __init__(self, ctl_path: Path | None = None, io_path: Path | None = None) -> None:
         self.ctl_path, self.io_path = ctl_path, io_path
         self._ctl: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._io: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -67,6 +68,7 @@ class AgentClient:
         self._write_lock = asyncio.Lock()
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.agent = ""
+        self.guest_uptime: float | None = None  # seconds since guest kernel start, at the handshake
         self.on_lost: Callable[[str], None] | None = None
 
     async def connect(self, timeout: float = 10.0) -> None:
@@ -74,13 +76,23 @@ class AgentClient:
         deadline = loop.time() + timeout
         while True:
             try:
+                assert self.ctl_path and self.io_path
                 self._ctl = await asyncio.open_unix_connection(str(self.ctl_path))
                 self._io = await asyncio.open_unix_connection(str(self.io_path), limit=1 << 20)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if loop.time() > deadline:
-                    raise VMError(f"cannot connect to the agent's sockets in {self.ctl_path.parent}") from None
+                    raise VMError(f"cannot connect to the agent's sockets {self.ctl_path}") from None
                 await asyncio.sleep(0.005)
+        self._start_readers()
+
+    async def connect_sockets(self, ctl: socket.socket, io: socket.socket) -> None:
+        """Uses already connected sockets (tests drive the agent over socketpairs)."""
+        self._ctl = await asyncio.open_unix_connection(sock=ctl)
+        self._io = await asyncio.open_unix_connection(sock=io, limit=1 << 20)
+        self._start_readers()
+
+    def _start_readers(self) -> None:
         self._tasks = [asyncio.create_task(self._read_ctl()), asyncio.create_task(self._read_io())]
 
     async def handshake(self, timeout: float) -> str:
@@ -91,6 +103,8 @@ class AgentClient:
         if reply.get("version") != VERSION:
             raise VMError(f"agent speaks protocol {reply.get('version')}, we speak {VERSION}")
         self.agent = str(reply.get("agent", ""))
+        if "uptime_ms" in reply:
+            self.guest_uptime = int(reply["uptime_ms"]) / 1000
         return self.agent
 
     def _fail(self, why: str) -> None:

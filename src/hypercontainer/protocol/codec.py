@@ -75,6 +75,7 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(22, "stdin", "u64"),
     FieldDef(23, "share", "str"),
     FieldDef(24, "sharefs", "str"),
+    FieldDef(25, "uptime_ms", "u64"),
 )
 BY_TAG = {f.tag: f for f in FIELDS}
 BY_NAME = {f.name: f for f in FIELDS}

@@ -69,7 +69,6 @@ async def detect(kernel: Path, initrd: Path, digest: str, cache: Path) -> Accel:
         pass
     ok, took, why = await probe_kvm(kernel, initrd)
     accel = Accel("kvm" if ok else "tcg", why, round(took, 3))
-    log.info("accelerator: %s (%s)", accel.name, why)
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "accel": asdict(accel)}))
     tmp.rename(cache)

@@ -362,6 +362,13 @@ static int handle_winsize(const struct msg *m, struct err *e)
 	return 0;
 }
 
+static uint64_t uptime_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static void shutdown_now(void)
 {
 	if (test_mode)
@@ -389,6 +396,7 @@ static void dispatch(const struct msg *m)
 			negotiated = 1;
 			frame_add_u64(&out, F_VERSION, PROTO_VERSION);
 			frame_add_str(&out, F_AGENT, AGENT_NAME);
+			frame_add_u64(&out, F_UPTIME_MS, uptime_ms());
 			break;
 		case MSG_PING:
 			break;

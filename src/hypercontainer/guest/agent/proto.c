@@ -29,6 +29,7 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_STDIN] = {F_STDIN, "stdin", KIND_U64, 0},
 	[F_SHARE] = {F_SHARE, "share", KIND_STR, 0},
 	[F_SHAREFS] = {F_SHAREFS, "sharefs", KIND_STR, 0},
+	[F_UPTIME_MS] = {F_UPTIME_MS, "uptime_ms", KIND_U64, 0},
 };
 
 const struct msg_def msg_table[] = {

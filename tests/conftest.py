@@ -1,0 +1,101 @@
+"""Shared fixtures. VM tests run against a real hyperd with its own root, runtime dir and socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+AGENT_SRC = REPO / "src" / "hypercontainer" / "guest" / "agent"
+BIN = Path(sys.executable).parent
+BUILD = REPO / "build"
+
+
+def _build_busybox_archive() -> Path:
+    out = BUILD / "busybox.tar"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "hypercontainer.image.busybox", str(out)], check=True,
+                       capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def busybox_tar() -> Path:
+    return _build_busybox_archive()
+
+
+@pytest.fixture(scope="session")
+def agent_host_binary() -> Path:
+    out = BUILD / "agent-host"
+    subprocess.run(["make", "-s", "-C", str(AGENT_SRC), f"OUT={out}", f"{out}/hc-agent-host"], check=True)
+    return out / "hc-agent-host"
+
+
+class Daemon:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.env = dict(os.environ,
+                        HYPERCONTAINER_ROOT=str(root / "state"),
+                        HYPERCONTAINER_RUN=str(root / "run"),
+                        HYPERCONTAINER_SOCKET=str(root / "run" / "hyperd.sock"))
+        self.proc: subprocess.Popen | None = None
+        self.log = root / "hyperd.log"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([str(BIN / "hyperd")], env=self.env, stdout=log, stderr=log,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 600  # the first start may fetch the kernel and probe the accelerator
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hyperd exited: {self.log.read_text()[-2000:]}")
+            if self.hyperctl("version", check=False).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("hyperd did not come up")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def hyperctl(self, *args: str, input: bytes | None = None, check: bool = False,
+                 timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "hyperctl"), *args], env=self.env, input=input, capture_output=True,
+                              timeout=timeout, check=check)
+
+    def popen(self, *args: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen([str(BIN / "hyperctl"), *args], env=self.env, **kw)
+
+    @property
+    def rundir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def statedir(self) -> Path:
+        return self.root / "state"
+
+
+@pytest.fixture(scope="session")
+def hyperd(busybox_tar: Path):
+    if os.geteuid() != 0:
+        pytest.skip("VM tests need root (overlay mounts, QEMU)")
+    root = Path(tempfile.mkdtemp(prefix="hc-test-"))
+    d = Daemon(root)
+    d.start()
+    d.hyperctl("load", "-i", str(busybox_tar), check=True)
+    yield d
+    d.stop()
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,182 @@
+"""The real agent binary, built for the host, in test mode over socketpairs: no VM needed."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from hypercontainer.errors import AgentError
+from hypercontainer.image.unpack import unpack_layer
+from hypercontainer.protocol.client import AgentClient
+from hypercontainer.protocol.codec import CTL_HDR, Msg, encode_ctl
+
+
+class Agent:
+    def __init__(self, binary: Path, root: Path | None = None) -> None:
+        self.ctl, ctl_child = socket.socketpair()
+        self.io, io_child = socket.socketpair()
+        args = [str(binary), "--test", str(ctl_child.fileno()), str(io_child.fileno())]
+        if root:
+            args.append(str(root))
+        self.proc = subprocess.Popen(args, pass_fds=(ctl_child.fileno(), io_child.fileno()))
+        ctl_child.close()
+        io_child.close()
+
+    async def __aenter__(self) -> AgentClient:
+        self.client = AgentClient()
+        await self.client.connect_sockets(self.ctl, self.io)
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+        self.proc.wait(5)
+
+
+async def run(client: AgentClient, argv: list[str], stream: int = 2, stdin: bytes | None = None,
+              **extra: object) -> tuple[bytes, bytes, int]:
+    p = client.register(stream, bool(extra.get("terminal")))
+    await client.request(Msg.NEW_CONTAINER, {"id": f"c{stream}", "arg": argv, "stream": stream,
+                                             "stdin": int(stdin is not None), **extra})  # type: ignore[dict-item]
+    if stdin is not None:
+        await p.write_stdin(stdin)
+        await p.close_stdin()
+
+    async def drain(q: asyncio.Queue) -> bytes:
+        out = b""
+        while (chunk := await q.get()) is not None:
+            out += chunk
+        return out
+
+    out, err = await asyncio.gather(drain(p.stdout), drain(p.stderr))
+    return out, err, await asyncio.wait_for(p.exit, 10)
+
+
+@pytest.fixture
+def agent(agent_host_binary: Path) -> Agent:
+    return Agent(agent_host_binary)
+
+
+async def test_handshake_and_ping(agent: Agent) -> None:
+    async with agent as c:
+        assert (await c.handshake(5)).startswith("hc-agent/")
+        assert c.guest_uptime is not None
+        assert await c.request(Msg.PING) == {}
+
+
+async def test_requests_before_version_refused(agent: Agent) -> None:
+    async with agent as c:
+        with pytest.raises(AgentError, match="VERSION must be the first") as e:
+            await c.request(Msg.PING)
+        assert e.value.errno == errno.EPROTO
+
+
+async def test_version_mismatch(agent: Agent) -> None:
+    async with agent as c:
+        with pytest.raises(AgentError, match="version 99 not supported") as e:
+            await c.request(Msg.VERSION, {"version": 99})
+        assert e.value.errno == errno.EPROTONOSUPPORT
+
+
+async def test_unknown_type_and_bad_payload(agent: Agent) -> None:
+    async with agent as c:
+        await c.handshake(5)
+        with pytest.raises(AgentError) as e:
+            await c.request(99)  # type: ignore[arg-type]
+        assert e.value.errno == errno.ENOSYS
+        # A u64 field with a 3-byte value: the agent answers EINVAL and keeps serving.
+        fut = asyncio.get_running_loop().create_future()
+        c._pending[500] = fut
+        body = (1).to_bytes(2, "big") + (3).to_bytes(4, "big") + b"abc"
+        c._ctl[1].write(CTL_HDR.pack(Msg.VERSION, 500, len(body)) + body)  # type: ignore[index]
+        reply = await fut
+        assert reply.type == Msg.ERROR and reply.fields["code"] == errno.EINVAL
+        assert await c.request(Msg.PING) == {}
+
+
+async def test_oversized_frame_from_host_is_refused(agent: Agent) -> None:
+    async with agent as c:
+        await c.handshake(5)
+        fut = asyncio.get_running_loop().create_future()
+        c._pending[9] = fut
+        c._ctl[1].write(CTL_HDR.pack(Msg.PING, 9, 2 << 20))  # type: ignore[index]
+        reply = await fut
+        assert reply.type == Msg.ERROR and reply.fields["code"] == errno.EMSGSIZE
+
+
+async def test_process_stdio_and_exit_codes(agent: Agent) -> None:
+    async with agent as c:
+        await c.handshake(5)
+        out, err, code = await run(c, ["sh", "-c", "echo out; echo err >&2; exit 17"])
+        assert (out, err, code) == (b"out\n", b"err\n", 17)
+        out, _, code = await run(c, ["cat"], stream=4, stdin=b"abc" * 100000)
+        assert out == b"abc" * 100000 and code == 0
+        _, _, code = await run(c, ["sh", "-c", "kill -9 $$"], stream=6)
+        assert code == 128 + 9
+
+
+async def test_env_cwd_and_signal(agent: Agent, tmp_path: Path) -> None:
+    async with agent as c:
+        await c.handshake(5)
+        out, _, _ = await run(c, ["sh", "-c", 'echo "$A $PWD"'], env=["A=1", "PATH=/usr/bin:/bin"], cwd=str(tmp_path))
+        assert out.decode().strip() == f"1 {tmp_path}"
+        p = c.register(8, False)
+        await c.request(Msg.NEW_CONTAINER, {"id": "sleeper", "arg": ["sleep", "30"], "stream": 8})
+        await c.request(Msg.SIGNAL, {"stream": 8, "signal": 15})
+        assert await asyncio.wait_for(p.exit, 10) == 128 + 15
+        with pytest.raises(AgentError) as e:
+            await c.request(Msg.SIGNAL, {"stream": 8, "signal": 15})
+        assert e.value.errno == errno.ESRCH
+
+
+async def test_missing_command_is_a_clear_error(agent: Agent) -> None:
+    async with agent as c:
+        await c.handshake(5)
+        c.register(2, False)
+        with pytest.raises(AgentError, match="exec no-such-command: No such file or directory") as e:
+            await c.request(Msg.NEW_CONTAINER, {"id": "x", "arg": ["no-such-command"], "stream": 2})
+        assert e.value.errno == errno.ENOENT
+        with pytest.raises(AgentError, match="stream id must be even"):
+            await c.request(Msg.NEW_CONTAINER, {"id": "y", "arg": ["true"], "stream": 3})
+        with pytest.raises(AgentError, match="invalid container id"):
+            await c.request(Msg.NEW_CONTAINER, {"id": "../x", "arg": ["true"], "stream": 4})
+
+
+async def test_terminal(agent: Agent) -> None:
+    async with agent as c:
+        await c.handshake(5)
+        out, err, code = await run(c, ["sh", "-c", "tty; stty size"], terminal=1)
+        assert code == 0 and err == b""
+        assert b"/dev/pts/" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="container setup needs root")
+async def test_container_root_and_isolation(agent_host_binary: Path, busybox_tar: Path, tmp_path: Path) -> None:
+    """NEW_CONTAINER with a rootfs: own mount namespace, pivot_root, /proc and /dev inside; host untouched."""
+    share = tmp_path / "share"
+    share.mkdir()
+    with tarfile.open(busybox_tar) as outer:
+        layer = outer.extractfile("layer/layer.tar")
+        assert layer
+        unpack_layer(layer, share / "c1")  # type: ignore[arg-type]
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    async with Agent(agent_host_binary, share) as c:
+        await c.handshake(5)
+        out, err, code = await run(c, ["sh", "-c", "cat /etc/passwd | head -1; ls /dev; id -u; ls /proc/1/"],
+                                   rootfs="c1", uid=1000, gid=1000)
+        assert code == 0, err
+        lines = out.decode().split()
+        assert lines[0] == "root:x:0:0:root:/root:/bin/sh"
+        assert "null" in lines and "pts" in lines and "1000" in lines
+        with pytest.raises(AgentError, match="not a clean relative path"):
+            c.register(4, False)
+            await c.request(Msg.NEW_CONTAINER, {"id": "other", "rootfs": "../etc", "arg": ["true"], "stream": 4})
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before
+    shutil.rmtree(share)

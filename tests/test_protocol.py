@@ -1,0 +1,106 @@
+"""The host codec against the shared vectors, the C side against the same vectors, and both tables agree."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hypercontainer.protocol.codec import (
+    BY_NAME,
+    FIELDS,
+    CtlFrame,
+    FrameReader,
+    Msg,
+    ProtocolError,
+    check_from_guest,
+    encode_ctl,
+    encode_io,
+)
+
+from .conftest import AGENT_SRC, BUILD
+
+VECTORS = Path(__file__).parent / "vectors" / "frames.txt"
+
+
+def vectors() -> list[tuple[str, str, bytes]]:
+    rows = []
+    for line in VECTORS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, kind, hexdata = line.split()
+            rows.append((name, kind, bytes.fromhex(hexdata)))
+    return rows
+
+
+@pytest.mark.parametrize(("name", "kind", "raw"), vectors(), ids=[v[0] for v in vectors()])
+def test_vector(name: str, kind: str, raw: bytes) -> None:
+    channel = "ctl" if "ctl" in kind else "io"
+    reader = FrameReader(channel)  # type: ignore[arg-type]
+    if kind.startswith("bad-"):
+        with pytest.raises(ProtocolError):
+            frames = reader.feed(raw)
+            assert frames, "bad vector decoded to nothing"  # an incomplete frame is not a rejection
+        return
+    (frame,) = reader.feed(raw)
+    assert reader.pending == 0
+    if channel == "ctl":
+        assert encode_ctl(frame.type, frame.seq, frame.fields) == raw
+    else:
+        assert encode_io(frame.stream, frame.data) == raw
+
+
+def test_vectors_byte_at_a_time() -> None:
+    for _, kind, raw in vectors():
+        if kind in ("ctl", "io"):
+            reader = FrameReader(kind)  # type: ignore[arg-type]
+            got = []
+            for b in raw:
+                got += reader.feed(bytes([b]))
+            assert len(got) == 1
+
+
+def test_c_agent_runs_the_same_vectors() -> None:
+    r = subprocess.run(["make", "-s", "-C", str(AGENT_SRC), f"OUT={BUILD}/agent-test", "test",
+                        f"VECTORS={VECTORS}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(vectors())} passed, 0 failed" in r.stdout
+
+
+def test_tables_agree(agent_host_binary: Path) -> None:
+    out = subprocess.run([str(agent_host_binary), "--tables"], capture_output=True, text=True, check=True).stdout
+    c_msgs = {int(n): name for kind, n, name, *_ in (line.split() for line in out.splitlines()) if kind == "msg"}
+    assert c_msgs == {m.value: m.name for m in Msg}
+    c_fields = [line.split()[1:] for line in out.splitlines() if line.startswith("field ")]
+    py_fields = [[str(f.tag), f.name, f.kind, *(["list"] if f.list else [])] for f in FIELDS]
+    assert c_fields == py_fields
+
+
+def test_host_rejects_unknown_tag_from_guest() -> None:
+    raw = encode_ctl(Msg.ACK, 1) [:8] + (10).to_bytes(4, "big") + (999).to_bytes(2, "big") + (4).to_bytes(4, "big") \
+        + b"abcd"
+    with pytest.raises(ProtocolError, match="unknown field tag 999"):
+        FrameReader("ctl").feed(raw)
+
+
+@pytest.mark.parametrize(("frame", "why"), [
+    (CtlFrame(Msg.NEW_CONTAINER, 1, {}), "only the host sends"),
+    (CtlFrame(77, 1, {}), "unknown message type"),
+    (CtlFrame(Msg.ERROR, 1, {"code": 2}), "without message"),
+    (CtlFrame(Msg.EXITED, 0, {"stream": 2}), "without status"),
+    (CtlFrame(Msg.EXITED, 5, {"stream": 2, "status": 0}), "with seq 5"),
+    (CtlFrame(Msg.ACK, 0, {}), "with seq 0"),
+])
+def test_guest_frames_checked(frame: CtlFrame, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        check_from_guest(frame)
+
+
+def test_encoder_refuses_bad_values() -> None:
+    with pytest.raises(ValueError):
+        encode_ctl(Msg.SIGNAL, 1, {"signal": -1})
+    with pytest.raises(ValueError):
+        encode_ctl(Msg.START_POD, 1, {"hostname": "a\0b"})
+    with pytest.raises(ProtocolError):
+        encode_io(2, b"x" * 65537)
+    assert BY_NAME["arg"].list

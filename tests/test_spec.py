@@ -1,0 +1,67 @@
+"""Pod spec validation: errors name the field; users resolve like docker's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from hypercontainer.errors import InvalidArgument
+from hypercontainer.pod.users import resolve
+from hypercontainer.spec.errors import invalid_spec
+from hypercontainer.spec.pod import PodSpec
+
+
+def err(raw: dict) -> str:
+    with pytest.raises(ValidationError) as e:
+        PodSpec.model_validate(raw)
+    return invalid_spec(e.value).message
+
+
+def ok(**over: object) -> dict:
+    return {"containers": [{"name": "a", "image": "busybox"}], **over}
+
+
+def test_valid() -> None:
+    spec = PodSpec.model_validate(ok(hostname="web-1", resources={"memory": 128, "vcpu": 2}))
+    assert spec.resources.memory == 128 and spec.containers[0].tty is False
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (ok(hostname="Bad_Host"), "hostname: "),
+    (ok(hostname="x" * 64), "hostname: "),
+    (ok(bogus=1), "bogus: unknown field"),
+    ({"containers": [{"name": "a", "image": "b", "colour": 1}]}, "containers.0.colour: unknown field"),
+    ({"containers": [{"name": "a", "image": "b"}, {"name": "a", "image": "c"}]}, "duplicate container names: a"),
+    (ok(resources={"memory": 16}), "resources.memory"),
+    ({"containers": []}, "containers: "),
+    ({"containers": [{"name": "a", "image": "b"}] * 65}, "containers: "),
+    ({"containers": [{"name": "a", "image": "b", "env": ["NOEQUALS"]}]}, "containers.0.env: "),
+    ({"containers": [{"name": "a", "image": "b", "workdir": "relative"}]}, "containers.0.workdir: "),
+    ({"containers": [{"name": "a", "image": "b", "workdir": "/a/../b"}]}, "containers.0.workdir: "),
+    ({"containers": [{"name": "../a", "image": "b"}]}, "containers.0.name: "),
+    ({"containers": [{"name": "a", "image": "b", "user": "x y"}]}, "containers.0.user: "),
+])
+def test_invalid(raw: dict, why: str) -> None:
+    assert why in err(raw)
+
+
+def test_user_resolution(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\nstaff:x:50:app\napp:x:1001:\n")
+    assert resolve(tmp_path, None).home == "/root"
+    u = resolve(tmp_path, "app")
+    assert (u.uid, u.gid, u.groups, u.home) == (1000, 1001, (50,), "/home/app")
+    assert (resolve(tmp_path, "1000:50").gid, resolve(tmp_path, "4242").gid) == (50, 0)
+    with pytest.raises(InvalidArgument, match="unable to find user nobody"):
+        resolve(tmp_path, "nobody")
+
+
+def test_user_lookup_does_not_follow_symlinks_out_of_the_root(tmp_path: Path) -> None:
+    (tmp_path / "etc").symlink_to("/etc")
+    assert os.path.exists("/etc/passwd")
+    with pytest.raises(InvalidArgument):
+        resolve(tmp_path, "root")
