@@ -16,7 +16,7 @@ import pytest
 from hypercontainer.errors import AgentError
 from hypercontainer.image.unpack import unpack_layer
 from hypercontainer.protocol.client import AgentClient
-from hypercontainer.protocol.codec import CTL_HDR, Msg, encode_ctl
+from hypercontainer.protocol.codec import CTL_HDR, Msg
 
 
 class Agent:

@@ -68,7 +68,7 @@ class Client:
 
         return self.request("POST", path, content=chunks(), headers={"content-type": "application/x-tar"})
 
-    def websocket(self, path: str):  # noqa: ANN201 - websockets' ClientConnection
+    def websocket(self, path: str):
         from websockets.sync.client import unix_connect
 
         try:

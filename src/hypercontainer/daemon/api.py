@@ -85,7 +85,7 @@ def create_app(manager: PodManager, images: ImageStore, info: DaemonInfo) -> Fas
     @app.get("/v1/info")
     async def get_info() -> dict:
         pods = manager.list()
-        recent = [p["timings"] for p in pods if p.get("timings", {}).get("started")][:5]
+        recent = list(reversed(manager.recent_boots))
         return {
             "version": __version__, "api": API_VERSION, "protocol": PROTOCOL_VERSION,
             "python": platform.python_version(), "host_kernel": platform.release(),
@@ -248,7 +248,7 @@ async def _send_error(ws: WebSocket, e: HCError) -> None:
         await ws.close()
 
 
-async def _tail(path: Path, follow: bool, done: asyncio.Event | None):  # noqa: ANN201 - async generator
+async def _tail(path: Path, follow: bool, done: asyncio.Event | None):
     """Log lines; with follow, keeps reading until the container is done."""
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed in finally

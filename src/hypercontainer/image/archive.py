@@ -94,7 +94,7 @@ def _load_oci(tf: tarfile.TarFile, store: ImageStore, name_hint: str | None) -> 
 def load(path: Path, store: ImageStore, name_hint: str | None = None) -> list[Image]:
     """Loads every image in the archive; returns them. Raises ImageError for anything malformed."""
     try:
-        tf = tarfile.open(path, mode="r:*")
+        tf = tarfile.open(path, mode="r:*")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except (tarfile.TarError, OSError, EOFError) as e:

@@ -41,7 +41,8 @@ class Reference:
 def parse(text: str) -> Reference:
     if not text or len(text) > 512 or text != text.strip():
         raise InvalidArgument(f"invalid image reference {text!r}")
-    rest, digest = (text.split("@", 1) + [None])[:2] if "@" in text else (text, None)
+    rest, _, digest_part = text.partition("@")
+    digest = digest_part if "@" in text else None
     if digest is not None and not _DIGEST.match(digest):
         raise InvalidArgument(f"invalid digest in image reference {text!r}")
     tag = None

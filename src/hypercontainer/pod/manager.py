@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -34,6 +35,7 @@ class PodManager:
         self.pods: dict[str, Pod] = {}
         self._starts: dict[str, asyncio.Task] = {}
         self._stale: dict[str, dict] = {}  # records of pods from an earlier run of the daemon
+        self.recent_boots: collections.deque[dict] = collections.deque(maxlen=10)  # newest last
 
     # ---- lookup ------------------------------------------------------------------------------------------
     def get(self, ref: str) -> Pod:
@@ -88,6 +90,8 @@ class PodManager:
         return pod
 
     def _persist(self, pod: Pod) -> None:
+        if pod.state in FINAL and "started" in pod.timings.marks:
+            self.recent_boots.append(dict(pod.timings.marks))
         if pod.state in FINAL and pod.spec.auto_remove:
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.remove(pod.id, force=True)))
         if pod.id in self.pods:

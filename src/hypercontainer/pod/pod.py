@@ -66,6 +66,7 @@ class Pod:
         self.created = time.time()
         self.finished: float | None = None
         self._relays: list[asyncio.Task] = []
+        self._watcher: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self.on_change: list = []  # callbacks(pod), e.g. persisting the record
 
@@ -103,7 +104,7 @@ class Pod:
             self._set(PodState.FAILED)
             raise
         self._set(PodState.RUNNING)
-        asyncio.create_task(self._watch())
+        self._watcher = asyncio.create_task(self._watch())
 
     async def _build(self) -> None:
         self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -135,7 +136,7 @@ class Pod:
             await self._start_container(c, f)
         self.timings.mark("started")
 
-    async def _guest(self, aw):  # noqa: ANN001, ANN202 - any awaitable talking to the guest
+    async def _guest(self, aw):
         """Runs a guest request, failing fast (with the console's last words) if QEMU dies meanwhile."""
         assert self.machine
         task = asyncio.ensure_future(aw)

@@ -51,16 +51,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _pump_stdin(ws) -> None:  # noqa: ANN001
+def _pump_stdin(ws) -> None:
     try:
         while data := os.read(0, 65536):
             ws.send(bytes([STDIN]) + data)
         ws.send(json.dumps({"type": "stdin_eof"}))
-    except Exception:  # noqa: BLE001 - the connection closed under us: the run is over
+    except Exception:
         pass
 
 
-def attach(ws, spec: dict, interactive: bool, tty_: bool) -> int:  # noqa: ANN001
+def attach(ws, spec: dict, interactive: bool, tty_: bool) -> int:
     first: dict = {"spec": spec}
     raw_mode = tty_ and os.isatty(0)
     if tty_:

@@ -58,8 +58,11 @@ static int make_dev(struct err *e, const char *root)
 			return fail_errno(e, "mknod %s", path);
 		chmod(path, 0666);
 	}
-	if (mount_at(e, "devpts", root, "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-		     "newinstance,ptmxmode=0666,mode=0620") < 0)
+	/*
+	 * The pod's one devpts (the agent opens terminals there before the container exists), so a container's
+	 * tty keeps its /dev/pts/N name. Containers of a pod share it as they share PIDs.
+	 */
+	if (mount_at(e, "/dev/pts", root, "dev/pts", NULL, MS_BIND, NULL) < 0)
 		return -1;
 	if (mount_at(e, "shm", root, "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777") < 0)
 		return -1;

@@ -1,0 +1,36 @@
+# hypercontainer: `make demo` sets everything up and runs a pod; `make test` runs the tests.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+AGENT   := src/hypercontainer/guest/agent
+ASSETS  ?= $(or $(HYPERCONTAINER_ASSETS),/var/lib/hypercontainer/assets)
+
+.PHONY: demo test bench assets bootstrap image lint clean
+
+bootstrap:
+	@tools/bootstrap.sh
+
+build/busybox.tar: | bootstrap
+	@mkdir -p build
+	$(PY) -m hypercontainer.image.busybox $@
+
+image: build/busybox.tar
+
+assets: bootstrap
+	HYPERCONTAINER_ASSETS=$(ASSETS) $(PY) -m hypercontainer.guest.assets >/dev/null
+	@echo ">> guest assets ready in $(ASSETS)"
+
+demo: assets image
+	@tools/demo.sh
+
+lint: bootstrap
+	$(VENV)/bin/ruff check src tests bench
+
+test: assets image lint
+	$(MAKE) -s -C $(AGENT) OUT=$(CURDIR)/build/agent-test test VECTORS=$(CURDIR)/tests/vectors/frames.txt
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: assets image
+	$(PY) bench/boot.py
+
+clean:
+	rm -rf build $(AGENT)/build

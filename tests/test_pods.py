@@ -1,0 +1,209 @@
+"""End to end through hyperctl -> hyperd -> QEMU -> agent, with real VMs (TCG here, KVM where it works)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Daemon
+from .layers import docker_archive, entry, layer
+
+pytestmark = pytest.mark.vm
+
+
+def run(d: Daemon, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    return d.hyperctl("run", "--rm", *args, input=input)
+
+
+def qemu_pids(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    return out.split()
+
+
+def test_echo_runs_in_a_vm(hyperd: Daemon) -> None:
+    r = run(hyperd, "busybox", "echo", "hello from a VM")
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"hello from a VM\n", b"")
+
+
+def test_exit_code(hyperd: Daemon) -> None:
+    assert run(hyperd, "busybox", "sh", "-c", "exit 17").returncode == 17
+
+
+def test_stdout_and_stderr_apart(hyperd: Daemon) -> None:
+    r = run(hyperd, "busybox", "sh", "-c", "echo to-out; echo to-err >&2")
+    assert (r.stdout, r.stderr) == (b"to-out\n", b"to-err\n")
+
+
+def test_stdin_piped(hyperd: Daemon) -> None:
+    r = run(hyperd, "-i", "busybox", "cat", input=b"abc\n")
+    assert (r.returncode, r.stdout) == (0, b"abc\n")
+
+
+def test_stdin_closed_without_i(hyperd: Daemon) -> None:
+    r = run(hyperd, "busybox", "cat", input=b"ignored")
+    assert (r.returncode, r.stdout) == (0, b"")
+
+
+def test_env_workdir_user_hostname(hyperd: Daemon) -> None:
+    r = run(hyperd, "-e", "GREETING=hi there", "-w", "/srv/app", "-u", "1000", "--hostname", "podhost",
+            "busybox", "sh", "-c", 'echo "$GREETING"; pwd; id -u; id -g; hostname')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split("\n")[:5] == ["hi there", "/srv/app", "1000", "0", "podhost"]
+
+
+def test_user_by_name_from_image(hyperd: Daemon) -> None:
+    r = run(hyperd, "-u", "nobody", "busybox", "id")
+    assert r.stdout.startswith(b"uid=65534(nobody) gid=65534(nogroup)")
+
+
+def test_killed_by_signal(hyperd: Daemon) -> None:
+    assert run(hyperd, "busybox", "sh", "-c", "kill -9 $$").returncode == 128 + 9
+
+
+def test_signal_forwarded_from_client(hyperd: Daemon) -> None:
+    p = hyperd.popen("run", "--rm", "busybox", "sh", "-c", "echo ready; exec sleep 60", stdout=subprocess.PIPE)
+    assert p.stdout and p.stdout.readline() == b"ready\n"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 128 + signal.SIGTERM
+
+
+def test_ten_megabytes_intact(hyperd: Daemon) -> None:
+    r = run(hyperd, "busybox", "sh", "-c", "yes 0123456789abcdef | head -c 10485760")
+    expected = (b"0123456789abcdef\n" * (10485760 // 17 + 1))[:10485760]
+    assert r.returncode == 0
+    assert hashlib.sha256(r.stdout).hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+def test_big_stdin_intact(hyperd: Daemon) -> None:
+    data = os.urandom(3 << 20)
+    r = run(hyperd, "-i", "busybox", "sha256sum", input=data)
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_tty(hyperd: Daemon) -> None:
+    r = run(hyperd, "-t", "busybox", "sh", "-c", "tty; echo $TERM")
+    assert r.returncode == 0
+    assert r.stdout.replace(b"\r", b"").split(b"\n")[:2] == [b"/dev/pts/0", b"xterm"]
+
+
+def test_two_pods_at_once(hyperd: Daemon) -> None:
+    procs = [hyperd.popen("run", "--rm", "busybox", "sh", "-c", "hostname; sleep 1", stdout=subprocess.PIPE)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs[0] != outs[1]
+
+
+def test_guest_kernel_is_not_the_host_kernel(hyperd: Daemon) -> None:
+    info = json.loads(hyperd.hyperctl("info", "--json", check=True).stdout)
+    r = run(hyperd, "busybox", "uname", "-r")
+    assert r.stdout.decode().strip() == info["guest"]["kernel_release"] != platform.release()
+    assert info["accelerator"]["name"] in ("kvm", "tcg")
+
+
+def test_rm_f_of_running_pod_leaves_nothing(hyperd: Daemon) -> None:
+    pod_id = hyperd.hyperctl("run", "-d", "--name", "sleeper", "busybox", "sleep", "300", check=True)
+    pod_id_s = pod_id.stdout.decode().strip()
+    rundir = hyperd.rundir / "pods" / pod_id_s[:16]
+    assert qemu_pids(str(rundir)), "the pod's qemu should be running"
+    ps = hyperd.hyperctl("ps", check=True).stdout.decode()
+    assert "sleeper" in ps and "Up" in ps
+    assert hyperd.hyperctl("rm", "sleeper").returncode == 1  # running: needs -f
+    hyperd.hyperctl("rm", "-f", "sleeper", check=True)
+    assert qemu_pids(str(rundir)) == []
+    assert not rundir.exists()
+    assert str(hyperd.statedir / "pods" / pod_id_s) not in Path("/proc/self/mountinfo").read_text()
+    assert not (hyperd.statedir / "pods" / pod_id_s).exists()
+    assert "sleeper" not in hyperd.hyperctl("ps", "-a", check=True).stdout.decode()
+
+
+def test_logs_and_ps_after_exit(hyperd: Daemon) -> None:
+    hyperd.hyperctl("run", "--name", "talker", "busybox", "sh", "-c", "echo one; echo two >&2; exit 3")
+    for _ in range(50):
+        if "Exited (3)" in hyperd.hyperctl("ps", "-a").stdout.decode():
+            break
+        time.sleep(0.1)
+    assert "Exited (3)" in hyperd.hyperctl("ps", "-a").stdout.decode()
+    logs = hyperd.hyperctl("logs", "talker", check=True)
+    assert (logs.stdout, logs.stderr) == (b"one\n", b"two\n")
+    hyperd.hyperctl("rm", "talker", check=True)
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+
+def no_leftovers(d: Daemon) -> None:
+    assert qemu_pids(str(d.rundir)) == []
+    assert str(d.statedir / "pods") not in Path("/proc/self/mountinfo").read_text()
+    pods_run = d.rundir / "pods"
+    assert not pods_run.exists() or not any(pods_run.iterdir())
+
+
+def test_unknown_image(hyperd: Daemon) -> None:
+    r = run(hyperd, "no-such-image", "true")
+    assert r.returncode == 125 and b"no such image: no-such-image" in r.stderr
+    no_leftovers(hyperd)
+
+
+def test_missing_command(hyperd: Daemon) -> None:
+    r = run(hyperd, "busybox", "no-such-command")
+    assert r.returncode == 127
+    assert b"exec no-such-command: No such file or directory" in r.stderr
+    no_leftovers(hyperd)
+    assert b"no-such-command" not in hyperd.hyperctl("ps", "-a").stdout
+
+
+def test_image_without_command(hyperd: Daemon, tmp_path: Path) -> None:
+    tar = tmp_path / "nocmd.tar"
+    tar.write_bytes(docker_archive([layer(entry("x", data=b"1"))], tag="nocmd:1"))
+    hyperd.hyperctl("load", "-i", str(tar), check=True)
+    r = run(hyperd, "nocmd:1")
+    assert r.returncode == 125 and b"no command specified" in r.stderr
+    no_leftovers(hyperd)
+
+
+def test_invalid_flags(hyperd: Daemon) -> None:
+    r = run(hyperd, "--hostname", "Not_Valid", "busybox", "true")
+    assert r.returncode == 125 and b"hostname" in r.stderr
+    r = run(hyperd, "-e", "=x", "busybox", "true")
+    assert r.returncode == 125 and b"env" in r.stderr
+
+
+def test_malformed_tarball(hyperd: Daemon, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"definitely not a tarball" * 100)
+    before = hyperd.hyperctl("images", "-q").stdout
+    r = hyperd.hyperctl("load", "-i", str(bad))
+    assert r.returncode == 1 and b"not a tar archive" in r.stderr
+    assert hyperd.hyperctl("images", "-q").stdout == before
+    assert not any((hyperd.statedir / "images" / "tmp").iterdir())
+
+
+@pytest.mark.parametrize(("name", "entries", "why"), [
+    ("dotdot", [entry("../../../../tmp/hc-escape-dotdot", data=b"x")], b"with '..'"),
+    ("symlink", [entry("esc", __import__("tarfile").SYMTYPE, link="/tmp"), entry("esc/hc-escape-symlink", data=b"x")],
+     b"through the symlink"),
+])
+def test_escaping_image(hyperd: Daemon, tmp_path: Path, name: str, entries: list, why: bytes) -> None:
+    tar = tmp_path / f"{name}.tar"
+    tar.write_bytes(docker_archive([layer(*entries)], tag=f"evil-{name}:1"))
+    r = hyperd.hyperctl("load", "-i", str(tar))
+    assert r.returncode == 1 and why in r.stderr
+    assert not Path(f"/tmp/hc-escape-{name}").exists()
+    assert f"evil-{name}".encode() not in hyperd.hyperctl("images").stdout
+    assert not any((hyperd.statedir / "images" / "tmp").iterdir())
+
+
+def test_hyperctl_without_daemon(tmp_path: Path) -> None:
+    env = dict(os.environ, HYPERCONTAINER_SOCKET=str(tmp_path / "none.sock"))
+    r = subprocess.run([str(Path(__import__("sys").executable).parent / "hyperctl"), "ps"], env=env,
+                       capture_output=True)
+    assert r.returncode == 1
+    assert b"cannot reach hyperd" in r.stderr and b"hyperd &" in r.stderr

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what hypercontainer needs on a fresh Debian or Ubuntu host, idempotently:
+# system packages (apt-get), then a virtual environment with the package and its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(qemu-system-x86 musl-tools busybox-static make gcc zstd ca-certificates)
+# Where virtiofsd is its own package (Debian 13, Ubuntu), take it too.
+OPTIONAL=(virtiofsd)
+
+need=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+  echo ">> apt-get install ${need[*]:-(refreshing lists)}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  for p in "${OPTIONAL[@]}"; do
+    if apt-cache show "$p" >/dev/null 2>&1 && ! dpkg-query -W "$p" >/dev/null 2>&1; then need+=("$p"); fi
+  done
+  [ ${#need[@]} -gt 0 ] && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "hypercontainer needs Python 3.11 or newer; $PY is $("$PY" --version)" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo ">> creating .venv"
+  "$PY" -m venv .venv 2>/dev/null || {
+    apt-get install -y -qq python3-venv >/dev/null
+    "$PY" -m venv .venv
+  }
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo ">> installing hypercontainer into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
