@@ -12,7 +12,7 @@ need=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
-if [ ${#need[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+if [ ${#need[@]} -gt 0 ] || ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
   echo ">> apt-get install ${need[*]:-(refreshing lists)}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

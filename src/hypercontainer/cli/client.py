@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 from ..config import paths
 from ..errors import BY_CODE, CommandNotRunnable, HCError, Unavailable
@@ -32,12 +33,25 @@ def error_from(body: Any, status: int) -> HCError:
 
 
 class Client:
+    """httpx is imported on first use: `hyperctl run` needs only the websocket, and start-up time counts."""
+
     def __init__(self, sock: Path | None = None, timeout: float | None = 120.0) -> None:
         self.sock = sock or socket_path()
-        self.http = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)), base_url="http://hyperd",
-                                 timeout=timeout)
+        self.timeout = timeout
+        self._http: httpx.Client | None = None
+
+    @property
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)), base_url="http://hyperd",
+                                      timeout=self.timeout)
+        return self._http
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
         try:
             r = self.http.request(method, path, **kw)
         except (httpx.ConnectError, FileNotFoundError) as e:
@@ -50,6 +64,8 @@ class Client:
         return body
 
     def stream_lines(self, path: str, **params: Any) -> Iterator[bytes]:
+        import httpx
+
         try:
             with self.http.stream("GET", path, params=params, timeout=None) as r:
                 if r.status_code >= 400:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from ..client import Client
 
@@ -28,6 +26,9 @@ def images(quiet: bool) -> None:
         for img in rows:
             click.echo(img["id"][7:19])
         return
+    from rich.console import Console
+    from rich.table import Table
+
     t = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"):
         t.add_column(col, no_wrap=True)

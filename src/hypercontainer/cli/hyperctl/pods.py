@@ -9,8 +9,6 @@ import sys
 import time
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from ...errors import HCError
 from ..client import Client, dumps
@@ -45,6 +43,9 @@ def ps(all_: bool, quiet: bool) -> None:
         for p in pods:
             click.echo(p["id"][:12])
         return
+    from rich.console import Console
+    from rich.table import Table
+
     t = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("POD ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS"):
         t.add_column(col, no_wrap=True)
