@@ -207,3 +207,26 @@ def test_hyperctl_without_daemon(tmp_path: Path) -> None:
                        capture_output=True)
     assert r.returncode == 1
     assert b"cannot reach hyperd" in r.stderr and b"hyperd &" in r.stderr
+
+
+def test_hyperd_killed_leaves_nothing_after_restart(busybox_tar: Path, tmp_path: Path) -> None:
+    """kill -9 of hyperd with a pod running: the next hyperd stops its VM, unmounts, shows it exited."""
+    d = Daemon(tmp_path)
+    d.start()
+    try:
+        d.hyperctl("load", "-i", str(busybox_tar), check=True)
+        pod_id = d.hyperctl("run", "-d", "--name", "orphan", "busybox", "sleep", "300", check=True).stdout.decode()
+        rundir = d.rundir / "pods" / pod_id.strip()[:16]
+        assert qemu_pids(str(rundir))
+        assert d.proc
+        d.proc.kill()
+        d.proc.wait()
+        d.start()
+        assert qemu_pids(str(rundir)) == []
+        assert str(d.statedir) not in Path("/proc/self/mountinfo").read_text()
+        ps = d.hyperctl("ps", "-a", check=True).stdout.decode()
+        assert "orphan" in ps and "Exited (255)" in ps
+        d.hyperctl("rm", "orphan", check=True)
+        assert not (d.statedir / "pods" / pod_id.strip()).exists()
+    finally:
+        d.stop()

@@ -118,7 +118,7 @@ class Pod:
         self.share = PodShare(self.share_dir, self.rundir)
         share = await self.share.start()
         self.timings.mark("share")
-        sockets = Sockets(self.rundir)
+        sockets = Sockets(self.rundir, logdir=self.statedir)
         self.machine = Machine(VMConfig(
             self.assets.kernel, self.assets.initrd, sockets, accel=self.assets.accel,  # type: ignore[arg-type]
             cpus=self.spec.resources.vcpu, memory_mib=self.spec.resources.memory, share=share))

@@ -43,8 +43,10 @@ class ProcessStreams:
         self.stderr: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
         self.exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.stdin_closed = False
+        self.ended: set[int] = set()  # output streams that saw EOF: later frames are the guest's error
         if terminal:
             self.stderr.put_nowait(None)
+            self.ended.add(stream + 1)
 
     async def write_stdin(self, data: bytes) -> None:
         for i in range(0, len(data), 65536):
@@ -175,6 +177,11 @@ class AgentClient:
         if proc is None or (proc.terminal and frame.stream != base):
             log.debug("dropping %d bytes for unknown stream %d", len(frame.data), frame.stream)
             return
+        if frame.stream in proc.ended:
+            log.debug("dropping %d bytes after EOF on stream %d", len(frame.data), frame.stream)
+            return
+        if not frame.data:
+            proc.ended.add(frame.stream)
         q = proc.stdout if frame.stream == base else proc.stderr
         await q.put(frame.data or None)
 

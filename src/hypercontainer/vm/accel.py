@@ -37,7 +37,7 @@ async def probe_kvm(kernel: Path, initrd: Path, timeout: float = PROBE_TIMEOUT) 
         cfg = VMConfig(kernel, initrd, Sockets(rundir), accel="kvm", memory_mib=128,
                        cmdline=("hc.probe",), with_ports=False)
         t0 = time.monotonic()
-        proc = await procs.spawn(command(cfg), log=rundir / "qemu.log")
+        proc = await procs.spawn(command(cfg), log=cfg.sockets.qemu_log)
         try:
             rc = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
@@ -45,7 +45,7 @@ async def probe_kvm(kernel: Path, initrd: Path, timeout: float = PROBE_TIMEOUT) 
             return False, timeout, f"a KVM guest did not boot within {timeout:.0f} s"
         took = time.monotonic() - t0
         if rc != 0:
-            err = (rundir / "qemu.log").read_text(errors="replace").strip().splitlines()
+            err = cfg.sockets.qemu_log.read_text(errors="replace").strip().splitlines()
             return False, took, f"qemu -accel kvm failed: {err[-1] if err else rc}"
         return True, took, "probe boot under KVM succeeded"
     finally:

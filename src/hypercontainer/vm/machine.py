@@ -32,7 +32,7 @@ class Machine:
         argv = command(self.cfg)
         log.debug("qemu: %s", " ".join(argv))
         self.started_at = time.monotonic()
-        self.proc = await procs.spawn(argv, log=self.cfg.sockets.rundir / "qemu.log")
+        self.proc = await procs.spawn(argv, log=self.cfg.sockets.qemu_log)
         wait_on = self.cfg.sockets.ctl if self.cfg.with_ports else self.cfg.sockets.qmp
         try:
             await procs.wait_for_path(wait_on, self.proc, 10.0, "qemu")
@@ -42,7 +42,7 @@ class Machine:
 
     def qemu_log_tail(self) -> str:
         try:
-            text = (self.cfg.sockets.rundir / "qemu.log").read_text(errors="replace").strip()
+            text = self.cfg.sockets.qemu_log.read_text(errors="replace").strip()
         except OSError:
             return ""
         return f"QEMU said: {text[-800:]}" if text else ""

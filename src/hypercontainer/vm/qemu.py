@@ -27,9 +27,10 @@ class Share:
 
 @dataclass(frozen=True)
 class Sockets:
-    """The unix sockets QEMU listens on for one VM, all in the pod's runtime directory."""
+    """The unix sockets QEMU listens on for one VM, in the pod's runtime directory; its logs in `logdir`."""
 
     rundir: Path
+    logdir: Path | None = None
 
     @property
     def qmp(self) -> Path:
@@ -45,7 +46,11 @@ class Sockets:
 
     @property
     def console(self) -> Path:
-        return self.rundir / "console.log"
+        return (self.logdir or self.rundir) / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return (self.logdir or self.rundir) / "qemu.log"
 
 
 @dataclass(frozen=True)
