@@ -95,7 +95,7 @@ class AgentClient:
         self._start_readers()
 
     def _start_readers(self) -> None:
-        self._tasks = [asyncio.create_task(self._read_ctl()), asyncio.create_task(self._read_io())]
+        self._tasks = [asyncio.create_task(self._read("ctl")), asyncio.create_task(self._read("io"))]
 
     async def handshake(self, timeout: float) -> str:
         try:
@@ -125,20 +125,25 @@ class AgentClient:
         if self.on_lost:
             self.on_lost(why)
 
-    async def _read_ctl(self) -> None:
-        assert self._ctl
-        reader = FrameReader("ctl")
+    async def _read(self, kind: str) -> None:
+        """One reader task per channel; any breach of the protocol ends the connection."""
+        conn, name = (self._ctl, "control") if kind == "ctl" else (self._io, "stream")
+        assert conn
+        reader = FrameReader(kind)  # type: ignore[arg-type]
         try:
-            while data := await self._ctl[0].read(65536):
+            while data := await conn[0].read(1 << 17):
                 for frame in reader.feed(data):
-                    check_from_guest(frame)
-                    self._on_ctl(frame)
-            self._fail("control channel closed")
+                    if kind == "ctl":
+                        check_from_guest(frame)  # type: ignore[arg-type]
+                        self._on_ctl(frame)  # type: ignore[arg-type]
+                    else:
+                        await self._on_io(frame)  # type: ignore[arg-type]
+            self._fail(f"{name} channel closed")
         except ProtocolError as e:
-            log.error("agent protocol error on control channel: %s", e)
+            log.error("agent protocol error on the %s channel: %s", name, e)
             self._fail(f"protocol error: {e}")
         except (ConnectionError, OSError) as e:
-            self._fail(f"control channel: {e}")
+            self._fail(f"{name} channel: {e}")
 
     def _on_ctl(self, frame: CtlFrame) -> None:
         if frame.type == Msg.EXITED:
@@ -156,20 +161,6 @@ class AgentClient:
             raise ProtocolError(f"reply to unknown request seq {frame.seq}")
         if not fut.done():
             fut.set_result(frame)
-
-    async def _read_io(self) -> None:
-        assert self._io
-        reader = FrameReader("io")
-        try:
-            while data := await self._io[0].read(1 << 17):
-                for frame in reader.feed(data):
-                    await self._on_io(frame)  # type: ignore[arg-type]
-            self._fail("stream channel closed")
-        except ProtocolError as e:
-            log.error("agent protocol error on stream channel: %s", e)
-            self._fail(f"protocol error: {e}")
-        except (ConnectionError, OSError) as e:
-            self._fail(f"stream channel: {e}")
 
     async def _on_io(self, frame: IoFrame) -> None:
         base = frame.stream & ~1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -13,6 +13,15 @@ _ENV_KEY = re.compile(r"^[^=\0]+$")
 _USER = re.compile(r"^([a-z_][a-z0-9_.-]{0,31}|[0-9]{1,10})(:([a-z_][a-z0-9_.-]{0,31}|[0-9]{1,10}))?$")
 MIN_MEMORY_MIB = 64
 MAX_CONTAINERS = 64
+
+
+def _check_name(v: str) -> str:
+    if not _NAME.match(v):
+        raise ValueError("must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
 
 
 class Strict(BaseModel):
@@ -25,7 +34,7 @@ class Resources(Strict):
 
 
 class ContainerSpec(Strict):
-    name: str
+    name: Name
     image: str
     command: list[str] | None = None
     entrypoint: list[str] | None = None
@@ -36,12 +45,6 @@ class ContainerSpec(Strict):
     stdin: bool = False
     readonly: bool = False
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
-        return v
 
     @field_validator("image")
     @classmethod
@@ -82,18 +85,12 @@ class ContainerSpec(Strict):
 
 
 class PodSpec(Strict):
-    name: str | None = None
+    name: Name | None = None
     hostname: str | None = None
     resources: Resources = Resources()
     containers: Annotated[list[ContainerSpec], Field(min_length=1, max_length=MAX_CONTAINERS)]
     auto_remove: bool = False
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME.match(v):
-            raise ValueError("must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
-        return v
 
     @field_validator("hostname")
     @classmethod
