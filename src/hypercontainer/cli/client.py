@@ -63,11 +63,11 @@ class Client:
             raise error_from(body, r.status_code)
         return body
 
-    def stream_lines(self, path: str, **params: Any) -> Iterator[bytes]:
+    def stream_lines(self, path: str, method: str = "GET", json: Any = None, **params: Any) -> Iterator[bytes]:
         import httpx
 
         try:
-            with self.http.stream("GET", path, params=params, timeout=None) as r:
+            with self.http.stream(method, path, params=params, json=json, timeout=None) as r:
                 if r.status_code >= 400:
                     r.read()
                     raise error_from(r.json(), r.status_code)
@@ -75,6 +75,25 @@ class Client:
                     yield line.encode()
         except (httpx.ConnectError, FileNotFoundError) as e:
             raise unavailable(self.sock, e) from None
+
+    def download(self, path: str, dest: Path, params: dict) -> None:
+        """Streams a response body into dest (written to a temp file, then renamed)."""
+        import httpx
+
+        tmp = dest.with_name(f".{dest.name}.part")
+        try:
+            with self.http.stream("GET", path, params=params, timeout=None) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise error_from(r.json(), r.status_code)
+                with open(tmp, "wb") as f:
+                    for chunk in r.iter_bytes(1 << 20):
+                        f.write(chunk)
+            tmp.rename(dest)
+        except (httpx.ConnectError, FileNotFoundError) as e:
+            raise unavailable(self.sock, e) from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def upload(self, path: str, file: Path) -> Any:
         def chunks() -> Iterator[bytes]:

@@ -8,21 +8,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 
 from .. import __version__
 from ..errors import CommandNotRunnable, HCError, InvalidArgument
 from ..image import archive
+from ..image.auth import Credentials
+from ..image.pull import Puller
 from ..image.reference import parse as parse_ref
+from ..image.registry import Registry
 from ..image.store import Image, ImageStore
 from ..pod.container import Container
 from ..pod.manager import PodManager
@@ -49,6 +55,28 @@ class CreateRequest(BaseModel):
     spec: dict
 
 
+class Auth(BaseModel):
+    username: str
+    password: str
+
+
+class PullRequest(BaseModel):
+    ref: str
+    platform: str | None = None
+    auth: Auth | None = None
+
+
+class TagRequest(BaseModel):
+    source: str
+    target: str
+
+
+class LoginRequest(BaseModel):
+    registry: str
+    username: str
+    password: str
+
+
 class KillRequest(BaseModel):
     signal: int = 15
     container: str | None = None
@@ -63,10 +91,28 @@ def _error_body(e: HCError) -> dict:
 
 def _image_info(img: Image) -> dict:
     return {"id": img.id, "refs": [parse_ref(r).short for r in img.refs], "size": img.size,
-            "created": img.created, "layers": list(img.diff_ids), "config": img.run_config}
+            "digests": [parse_ref(d).short for d in img.repo_digests], "created": img.created,
+            "layers": list(img.diff_ids), "config": img.run_config,
+            "architecture": img.config.get("architecture"), "os": img.config.get("os")}
 
 
-def create_app(manager: PodManager, images: ImageStore, info: DaemonInfo) -> FastAPI:
+async def _pull_events(puller: Puller, ref: str, creds: Credentials | None, platform: str | None):
+    """Progress of one pull as NDJSON lines; the last line is the image or the error."""
+    queue: asyncio.Queue[dict | None] = asyncio.Queue()
+    task = asyncio.ensure_future(puller.pull(ref, creds, platform, queue.put_nowait))
+    task.add_done_callback(lambda _t: queue.put_nowait(None))
+    while (ev := await queue.get()) is not None:
+        yield json.dumps(ev).encode() + b"\n"
+    try:
+        image = task.result()
+        yield json.dumps({"status": "done", "image": _image_info(image)}).encode() + b"\n"
+    except HCError as e:
+        yield json.dumps({"error": _error_body(e)}).encode() + b"\n"
+    except Exception as e:
+        yield json.dumps({"error": {"code": "internal", "message": f"{type(e).__name__}: {e}"}}).encode() + b"\n"
+
+
+def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: DaemonInfo) -> FastAPI:
     app = FastAPI(title="hyperd", version=__version__, description="hypercontainer daemon API")
 
     @app.exception_handler(HCError)
@@ -123,7 +169,7 @@ def create_app(manager: PodManager, images: ImageStore, info: DaemonInfo) -> Fas
         return {}
 
     @app.get("/v1/pods/{ref}/logs")
-    async def logs(ref: str, follow: bool = False, container: str | None = Query(None)) -> StreamingResponse:
+    async def logs(ref: str, follow: bool = False, container: str | None = None) -> StreamingResponse:
         path, done = manager.log_source(ref, container)
         return StreamingResponse(_tail(path, follow, done), media_type="application/x-ndjson")
 
@@ -203,13 +249,18 @@ def create_app(manager: PodManager, images: ImageStore, info: DaemonInfo) -> Fas
                     await c.streams.close_stdin()
 
     # ---- images ------------------------------------------------------------------------------------------
+    def in_use() -> set[str]:
+        return {c.image.id for p in manager.pods.values() for c in p.containers}
+
     @app.get("/v1/images")
     async def list_images() -> list[dict]:
         return [_image_info(i) for i in await asyncio.to_thread(images.list)]
 
-    @app.get("/v1/images/{ref:path}")
-    async def inspect_image(ref: str) -> dict:
-        return _image_info(await asyncio.to_thread(images.get, ref))
+    @app.post("/v1/images/pull")
+    async def pull_image(req: PullRequest) -> StreamingResponse:
+        creds = Credentials(req.auth.username, req.auth.password) if req.auth else None
+        return StreamingResponse(_pull_events(puller, req.ref, creds, req.platform),
+                                 media_type="application/x-ndjson")
 
     @app.post("/v1/images/load")
     async def load_image(request: Request) -> dict:
@@ -220,13 +271,48 @@ def create_app(manager: PodManager, images: ImageStore, info: DaemonInfo) -> Fas
             loaded = await asyncio.to_thread(archive.load, Path(f.name), images)
         return {"loaded": [_image_info(i) for i in loaded]}
 
+    @app.get("/v1/images/save")
+    async def save_images(ref: Annotated[list[str], Query()], format: str = "docker") -> FileResponse:
+        chosen = [(await asyncio.to_thread(images.get, r), r) for r in ref]
+        fd, tmp = tempfile.mkstemp(dir=images.tmp, suffix=".tar")
+        os.close(fd)
+        try:
+            await asyncio.to_thread(archive.save, chosen, images, Path(tmp), format)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return FileResponse(tmp, media_type="application/x-tar",
+                            background=BackgroundTask(lambda: Path(tmp).unlink(missing_ok=True)))
+
+    @app.post("/v1/images/tag")
+    async def tag_image(req: TagRequest) -> dict:
+        return {"id": await asyncio.to_thread(images.tag, req.source, req.target)}
+
+    @app.post("/v1/images/prune")
+    async def prune_images() -> dict:
+        return await asyncio.to_thread(images.prune, in_use())
+
+    @app.get("/v1/images/check")
+    async def check_images() -> dict:
+        return {"problems": await asyncio.to_thread(images.check)}
+
+    @app.post("/v1/auth")
+    async def login(req: LoginRequest) -> dict:
+        reg = Registry(req.registry, Credentials(req.username, req.password),
+                       insecure=req.registry in puller.insecure)
+        try:
+            await reg.ping()
+        finally:
+            await reg.close()
+        return {"status": "Login Succeeded"}
+
+    @app.get("/v1/images/{ref:path}")
+    async def inspect_image(ref: str) -> dict:
+        return _image_info(await asyncio.to_thread(images.get, ref))
+
     @app.delete("/v1/images/{ref:path}")
     async def remove_image(ref: str) -> dict:
-        in_use = {c.image.id for p in manager.pods.values() for c in p.containers}
-        img = await asyncio.to_thread(images.get, ref)
-        if img.id in in_use and len(img.refs) <= 1:
-            raise HCError(f"image {ref} is used by a pod; remove the pod first")
-        return {"removed": await asyncio.to_thread(images.remove, ref)}
+        return {"removed": await asyncio.to_thread(images.remove, ref, in_use())}
 
     return app
 

@@ -17,6 +17,7 @@ from .. import __version__
 from ..config import Paths, paths
 from ..errors import HCError
 from ..guest import assets as guest_assets
+from ..image.pull import Puller
 from ..image.store import ImageStore
 from ..pod.manager import PodManager
 from ..pod.pod import GuestAssets
@@ -63,7 +64,8 @@ async def serve(p: Paths) -> None:
     manager.recover()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
                       str(p.root))
-    app = create_app(manager, images, info)
+    insecure = {r for r in os.environ.get("HYPERCONTAINER_INSECURE_REGISTRIES", "").split(",") if r}
+    app = create_app(manager, images, Puller(images, insecure), info)
     sock = bind_socket(p.socket)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_ping_interval=None)
     server = uvicorn.Server(config)
@@ -82,9 +84,11 @@ async def serve(p: Paths) -> None:
 @click.option("--root", type=click.Path(path_type=Path), help="State directory [/var/lib/hypercontainer].")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Runtime directory [/run/hypercontainer].")
 @click.option("--socket", "sock", type=click.Path(path_type=Path), help="API socket [<run>/hyperd.sock].")
+@click.option("--insecure-registry", multiple=True, help="Registry reached over plain HTTP (loopback ones always are).")
 @click.option("--debug", is_flag=True, help="Verbose logs.")
 @click.version_option(__version__, prog_name="hyperd")
-def main(root: Path | None, run_dir: Path | None, sock: Path | None, debug: bool) -> None:
+def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_registry: tuple[str, ...],
+         debug: bool) -> None:
     """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
     if root:
         os.environ["HYPERCONTAINER_ROOT"] = str(root)
@@ -92,6 +96,8 @@ def main(root: Path | None, run_dir: Path | None, sock: Path | None, debug: bool
         os.environ["HYPERCONTAINER_RUN"] = str(run_dir)
     if sock:
         os.environ["HYPERCONTAINER_SOCKET"] = str(sock)
+    if insecure_registry:
+        os.environ["HYPERCONTAINER_INSECURE_REGISTRIES"] = ",".join(insecure_registry)
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.geteuid() != 0:

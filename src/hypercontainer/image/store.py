@@ -1,11 +1,12 @@
 """The content-addressed image store.
 
-    images/blobs/sha256/<hex>       configs, manifests and compressed layers, named by digest
+    images/blobs/sha256/<hex>       manifests, configs and (compressed) layers, named by digest
     images/layers/sha256/<hex>/     each layer unpacked once, named by its diff-id; overlay lower dirs
     images/index.json               references and images (written atomically)
     images/tmp/                     work in progress; emptied at start
 
-Every write lands in tmp/ first and is renamed into place, so an interrupted load leaves nothing half-made.
+Every write lands in tmp/ first, is fsynced and renamed into place, so a kill -9 at any point leaves a store that
+`check()` finds consistent: at worst some unreferenced blobs, which `prune()` removes.
 """
 
 from __future__ import annotations
@@ -22,21 +23,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import zstandard
+
 from ..errors import ImageError, NotFound
 from . import reference
 from .unpack import unpack_layer
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_digest(digest: str) -> str:
+    """The hex part of a sha256 digest; anything else is refused (digests end up in paths)."""
+    algo, _, hexd = digest.partition(":")
+    if algo != "sha256" or len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
+        raise ImageError(f"unsupported or invalid digest {digest!r}")
+    return hexd
+
+
 @dataclass(frozen=True)
 class Image:
     id: str  # sha256:<config digest>
     refs: tuple[str, ...]
+    repo_digests: tuple[str, ...]
     config: dict
     diff_ids: tuple[str, ...]
+    blobs: tuple[str, ...]  # layer blob digests, bottom first
     layers: tuple[Path, ...]  # unpacked, bottom first
     size: int
     created: str
@@ -61,6 +77,17 @@ class _HashingReader:
         return data
 
 
+def open_layer(f: BinaryIO) -> BinaryIO:
+    """The uncompressed tar stream of a layer blob: gzip, zstd or plain, told apart by magic."""
+    head = f.read(4)
+    f.seek(0)
+    if head[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
+    if head == ZSTD_MAGIC:
+        return zstandard.ZstdDecompressor().stream_reader(f)  # type: ignore[return-value]
+    return f
+
+
 class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -68,7 +95,9 @@ class ImageStore:
         self.layers = root / "layers" / "sha256"
         self.tmp = root / "tmp"
         self.index_path = root / "index.json"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o700)  # layers may hold setuid files: no other host user may reach them
         for d in (self.blobs, self.layers):
             d.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -82,62 +111,87 @@ class ImageStore:
             return {"refs": {}, "images": {}}
 
     def _save_index(self, index: dict) -> None:
-        tmp = self.tmp / f"index.{os.getpid()}.{threading.get_ident()}"
-        with open(tmp, "w") as f:
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="index.")
+        with os.fdopen(fd, "w") as f:
             json.dump(index, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        tmp.rename(self.index_path)
+        os.rename(tmp, self.index_path)
 
-    # ---- blobs and layers --------------------------------------------------------------------------------
+    # ---- blobs -------------------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / check_digest(digest)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).exists()
+
+    def temp_file(self) -> tuple[BinaryIO, Path]:
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="blob.")
+        return os.fdopen(fd, "wb"), Path(tmp)
+
+    def commit_blob(self, tmp: Path, digest: str) -> Path:
+        """Renames a fully written and verified temp file into place."""
+        final = self.blob_path(digest)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.rename(tmp, final)
+        return final
+
+    def ingest(self, stream: BinaryIO, expect: str | None = None, limit: int | None = None) -> str:
+        """Copies a stream into a blob, verifying the digest (and size limit) as it goes."""
+        out, tmp = self.temp_file()
+        h = hashlib.sha256()
+        n = 0
+        try:
+            with out:
+                while chunk := stream.read(1 << 20):
+                    n += len(chunk)
+                    if limit is not None and n > limit:
+                        raise ImageError(f"blob larger than {limit} bytes")
+                    h.update(chunk)
+                    out.write(chunk)
+            digest = f"sha256:{h.hexdigest()}"
+            if expect and expect != digest:
+                raise ImageError(f"blob digest mismatch: expected {expect}, got {digest}")
+            self.commit_blob(tmp, digest)
+            return digest
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def put_blob(self, data: bytes, expect: str | None = None) -> str:
-        digest = f"sha256:{sha256_hex(data)}"
-        if expect and expect != digest:
-            raise ImageError(f"blob digest mismatch: expected {expect}, got {digest}")
-        path = self.blobs / digest.split(":")[1]
-        if not path.exists():
-            fd, tmp = tempfile.mkstemp(dir=self.tmp)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, path)
-        return digest
+        import io
+
+        return self.ingest(io.BytesIO(data), expect)
 
     def get_blob(self, digest: str) -> bytes:
         try:
-            return (self.blobs / digest.split(":", 1)[1]).read_bytes()
-        except (FileNotFoundError, IndexError):
+            return self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
             raise NotFound(f"blob {digest} is not in the store") from None
 
+    # ---- layers ------------------------------------------------------------------------------------------
     def layer_dir(self, diff_id: str) -> Path:
-        return self.layers / diff_id.split(":", 1)[1]
+        return self.layers / check_digest(diff_id)
 
-    def add_layer(self, compressed: bytes, diff_id: str) -> Path:
-        """Unpacks a (possibly gzip-compressed) layer unless its diff-id is already unpacked."""
+    def add_layer(self, blob_digest: str, diff_id: str) -> Path:
+        """Unpacks a stored layer blob unless its diff-id is already unpacked."""
         final = self.layer_dir(diff_id)
         if final.exists():
             return final
         work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.tmp))
         try:
-            raw: BinaryIO
-            if compressed[:2] == b"\x1f\x8b":
-                raw = gzip.GzipFile(fileobj=_bytes_io(compressed))
-            elif compressed[:4] == b"\x28\xb5\x2f\xfd":
-                raise ImageError("zstd-compressed layers are not supported yet")
-            else:
-                raw = _bytes_io(compressed)
-            hasher = _HashingReader(raw)
-            try:
-                unpack_layer(hasher, work / "root")  # type: ignore[arg-type]
-                while hasher.read(1 << 20):  # tar padding past the end-of-archive marker
-                    pass
-            except (OSError, EOFError, gzip.BadGzipFile) as e:
-                raise ImageError(f"layer {diff_id[:19]} cannot be read: {e}") from None
+            with open(self.blob_path(blob_digest), "rb") as f:
+                hasher = _HashingReader(open_layer(f))
+                try:
+                    unpack_layer(hasher, work / "root")  # type: ignore[arg-type]
+                    while hasher.read(1 << 20):  # whatever follows the end-of-archive marker counts too
+                        pass
+                except (OSError, EOFError, zstandard.ZstdError) as e:
+                    raise ImageError(f"layer {blob_digest[:19]} cannot be read: {e}") from None
             got = f"sha256:{hasher.h.hexdigest()}"
             if got != diff_id:
                 raise ImageError(f"layer content does not match its diff-id: expected {diff_id}, got {got}")
-            with contextlib.suppress(FileExistsError, OSError):
+            with contextlib.suppress(OSError):
                 (work / "root").rename(final)
             if not final.exists():
                 raise ImageError(f"could not store layer {diff_id}")
@@ -146,40 +200,44 @@ class ImageStore:
             shutil.rmtree(work, ignore_errors=True)
 
     # ---- images ------------------------------------------------------------------------------------------
-    def add_image(self, config_bytes: bytes, layer_blobs: list[bytes], tags: list[str]) -> Image:
+    def add_image(self, config_digest: str, layer_blobs: list[str], tags: list[str],
+                  repo_digest: str | None = None) -> Image:
+        """Registers an image whose config and layer blobs are stored; unpacks its layers."""
         try:
-            config = json.loads(config_bytes)
-            diff_ids = list(config["rootfs"]["diff_ids"])
+            config = json.loads(self.get_blob(config_digest))
+            diff_ids = [str(d) for d in config["rootfs"]["diff_ids"]]
         except (ValueError, KeyError, TypeError):
             raise ImageError("image config is not valid JSON with rootfs.diff_ids") from None
         if len(diff_ids) != len(layer_blobs):
-            raise ImageError(f"image config lists {len(diff_ids)} layers but the archive has {len(layer_blobs)}")
+            raise ImageError(f"image config lists {len(diff_ids)} layers but the manifest has {len(layer_blobs)}")
         if config.get("os", "linux") != "linux":
             raise ImageError(f"image is for {config.get('os')}, not linux")
         refs = [str(reference.parse(t)) for t in tags]
-        (self.root / "blobs").mkdir(exist_ok=True)
-        size = 0
         for blob, diff_id in zip(layer_blobs, diff_ids, strict=True):
-            self.put_blob(blob)
             self.add_layer(blob, diff_id)
-            size += len(blob)
-        image_id = self.put_blob(config_bytes)
+        size = sum(self.blob_path(b).stat().st_size for b in layer_blobs)
         with self._lock:
             index = self._load_index()
-            index["images"][image_id] = {"diff_ids": diff_ids, "size": size, "created": config.get("created", "")}
+            prev = index["images"].get(config_digest, {})
+            digests = set(prev.get("repo_digests", [])) | ({repo_digest} if repo_digest else set())
+            index["images"][config_digest] = {"diff_ids": diff_ids, "blobs": layer_blobs, "size": size,
+                                              "created": str(config.get("created", "")),
+                                              "repo_digests": sorted(digests)}
             for r in refs:
-                index["refs"][r] = image_id
+                index["refs"][r] = config_digest
             self._save_index(index)
-        return self.get(image_id)
+        return self.get(config_digest)
 
     def get(self, ref_or_id: str) -> Image:
-        index = self._load_index()
-        image_id = self._resolve(index, ref_or_id)
-        meta = index["images"][image_id]
+        with self._lock:
+            index = self._load_index()
+            image_id = self._resolve(index, ref_or_id)
+            meta = index["images"][image_id]
         config = json.loads(self.get_blob(image_id))
         refs = tuple(sorted(r for r, i in index["refs"].items() if i == image_id))
-        return Image(image_id, refs, config, tuple(meta["diff_ids"]),
-                     tuple(self.layer_dir(d) for d in meta["diff_ids"]), meta["size"], meta["created"])
+        return Image(image_id, refs, tuple(meta.get("repo_digests", [])), config, tuple(meta["diff_ids"]),
+                     tuple(meta.get("blobs", [])), tuple(self.layer_dir(d) for d in meta["diff_ids"]),
+                     meta["size"], meta["created"])
 
     def _resolve(self, index: dict, ref_or_id: str) -> str:
         if ref_or_id.startswith("sha256:") and ref_or_id in index["images"]:
@@ -189,45 +247,109 @@ class ImageStore:
             if len(matches) == 1:
                 return matches[0]
         try:
-            key = str(reference.parse(ref_or_id))
+            ref = reference.parse(ref_or_id)
         except ImageError:
-            key = ref_or_id
+            raise NotFound(f"no such image: {ref_or_id}") from None
         except Exception:
             raise NotFound(f"no such image: {ref_or_id}") from None
-        if key in index["refs"]:
-            return index["refs"][key]
-        raise NotFound(f"no such image: {ref_or_id} (load it with 'hyperctl load -i FILE')")
+        if ref.digest:
+            repo = f"{ref.registry}/{ref.repository}@{ref.digest}"
+            for image_id, meta in index["images"].items():
+                if repo in meta.get("repo_digests", []):
+                    return image_id
+        elif str(ref) in index["refs"]:
+            return index["refs"][str(ref)]
+        raise NotFound(f"no such image: {ref_or_id} (pull it with 'hyperctl pull {ref_or_id}' "
+                       "or load it with 'hyperctl load -i FILE')")
 
     def list(self) -> list[Image]:
-        return [self.get(i) for i in self._load_index()["images"]]
+        with self._lock:
+            ids = list(self._load_index()["images"])
+        return [self.get(i) for i in ids]
 
-    def remove(self, ref_or_id: str) -> list[str]:
-        """Untags a reference, or removes an image by id; drops layers no other image uses."""
+    def tag(self, source: str, target: str) -> str:
+        with self._lock:
+            index = self._load_index()
+            image_id = self._resolve(index, source)
+            ref = reference.parse(target)
+            if ref.digest:
+                raise ImageError("a tag cannot carry a digest")
+            index["refs"][str(ref)] = image_id
+            self._save_index(index)
+            return image_id
+
+    def remove(self, ref_or_id: str, in_use: set[str] | None = None) -> list[str]:
+        """Untags a reference, or removes an image by id; removes the image and the layers no other image
+        uses once no reference is left. Images in `in_use` keep their last reference."""
         with self._lock:
             index = self._load_index()
             image_id = self._resolve(index, ref_or_id)
+            refs = [r for r, i in index["refs"].items() if i == image_id]
+            by_id = image_id == ref_or_id or image_id[7:].startswith(ref_or_id)
+            targets = refs if by_id else [str(reference.parse(ref_or_id))]
+            if in_use and image_id in in_use and len(targets) == len(refs):
+                raise ImageError(f"image {ref_or_id} is used by a pod; remove the pod first")
             removed = []
-            by_ref = ref_or_id != image_id and not image_id[7:].startswith(ref_or_id)
-            if by_ref:
-                key = str(reference.parse(ref_or_id))
-                del index["refs"][key]
-                removed.append(f"Untagged: {reference.parse(ref_or_id).short}")
-            else:
-                for r in [r for r, i in index["refs"].items() if i == image_id]:
-                    del index["refs"][r]
-                    removed.append(f"Untagged: {reference.parse(r).short}")
+            for r in targets:
+                index["refs"].pop(r, None)
+                removed.append(f"Untagged: {reference.parse(r).short}")
             if image_id not in index["refs"].values():
-                meta = index["images"].pop(image_id)
+                self._drop_image(index, image_id)
                 removed.append(f"Deleted: {image_id}")
-                used = {d for m in index["images"].values() for d in m["diff_ids"]}
-                for d in meta["diff_ids"]:
-                    if d not in used:
-                        shutil.rmtree(self.layer_dir(d), ignore_errors=True)
             self._save_index(index)
             return removed
 
+    def _drop_image(self, index: dict, image_id: str) -> None:
+        meta = index["images"].pop(image_id)
+        used = {d for m in index["images"].values() for d in m["diff_ids"]}
+        for d in meta["diff_ids"]:
+            if d not in used:
+                shutil.rmtree(self.layer_dir(d), ignore_errors=True)
 
-def _bytes_io(data: bytes) -> BinaryIO:
-    import io
+    def prune(self, in_use: set[str] | None = None) -> dict:
+        """Removes untagged images (not in use), then blobs and layers nothing refers to."""
+        with self._lock:
+            index = self._load_index()
+            tagged = set(index["refs"].values()) | (in_use or set())
+            dropped = [i for i in index["images"] if i not in tagged]
+            for i in dropped:
+                self._drop_image(index, i)
+            self._save_index(index)
+            keep_blobs = {check_digest(i) for i in index["images"]}
+            keep_blobs |= {check_digest(b) for m in index["images"].values() for b in m.get("blobs", [])}
+            keep_layers = {check_digest(d) for m in index["images"].values() for d in m["diff_ids"]}
+            freed = 0
+            for p in self.blobs.iterdir():
+                if p.name not in keep_blobs:
+                    freed += p.stat().st_size
+                    p.unlink()
+            for p in self.layers.iterdir():
+                if p.name not in keep_layers:
+                    shutil.rmtree(p, ignore_errors=True)
+        return {"images": dropped, "bytes_freed": freed}
 
-    return io.BytesIO(data)
+    def check(self) -> list[str]:
+        """Consistency problems, empty when the store is sound: every reference resolves, every image has its
+        config and layer blobs with the right digests, every diff-id is unpacked."""
+        problems = []
+        with self._lock:
+            index = self._load_index()
+            for ref, image_id in index["refs"].items():
+                if image_id not in index["images"]:
+                    problems.append(f"reference {ref} points to missing image {image_id}")
+            for image_id, meta in index["images"].items():
+                for digest in [image_id, *meta.get("blobs", [])]:
+                    path = self.blob_path(digest)
+                    if not path.exists():
+                        problems.append(f"image {image_id[:19]}: blob {digest[:19]} is missing")
+                        continue
+                    h = hashlib.sha256()
+                    with open(path, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            h.update(chunk)
+                    if f"sha256:{h.hexdigest()}" != digest:
+                        problems.append(f"blob {digest[:19]} does not match its digest")
+                for d in meta["diff_ids"]:
+                    if not self.layer_dir(d).is_dir():
+                        problems.append(f"image {image_id[:19]}: layer {d[:19]} is not unpacked")
+        return problems

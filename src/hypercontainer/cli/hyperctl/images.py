@@ -1,25 +1,36 @@
-"""hyperctl images, load, rmi."""
+"""hyperctl images, pull, load, save, tag, rmi, login, logout, and the `image` group (prune, check, inspect)."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import click
 
-from ..client import Client
+from ...errors import HCError
+from ...image import auth
+from ..client import Client, dumps, error_from
 
 
-def human(n: int) -> str:
+def human(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000:
             return f"{n:.3g}{unit}"
-        n /= 1000  # type: ignore[assignment]
+        n /= 1000
     return f"{n:.3g}TB"
+
+
+def _registry_of(ref: str) -> str:
+    from ...image.reference import parse
+
+    return parse(ref).registry
 
 
 @click.command("images")
 @click.option("-q", "--quiet", is_flag=True, help="Only print image ids.")
-def images(quiet: bool) -> None:
+@click.option("--digests", is_flag=True, help="Show repository digests.")
+def images(quiet: bool, digests: bool) -> None:
     """List images."""
     rows = Client().request("GET", "/v1/images")
     if quiet:
@@ -30,13 +41,84 @@ def images(quiet: bool) -> None:
     from rich.table import Table
 
     t = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"):
+    cols = ["REPOSITORY", "TAG", *(["DIGEST"] if digests else []), "IMAGE ID", "CREATED", "SIZE"]
+    for col in cols:
         t.add_column(col, no_wrap=True)
     for img in rows:
         for ref in img["refs"] or ["<none>:<none>"]:
             repo, _, tag = ref.rpartition(":")
-            t.add_row(repo, tag, img["id"][7:19], img["created"][:19].replace("T", " "), human(img["size"]))
-    Console(width=200).print(t)
+            digest = next((d.split("@")[1] for d in img["digests"] if d.split("@")[0] == repo), "<none>")
+            t.add_row(repo, tag, *([digest] if digests else []), img["id"][7:19],
+                      img["created"][:19].replace("T", " "), human(img["size"]))
+    Console(width=250).print(t)
+
+
+class _Bars:
+    """Per-layer progress: rich bars on a terminal, one line per state change otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.tasks: dict[str, int] = {}
+        self.last: dict[str, str] = {}
+        self.progress = None
+        if self.tty:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                     transient=False)
+            self.progress.start()
+
+    def event(self, ev: dict) -> None:
+        lid, status = ev.get("id"), ev.get("status", "")
+        if not lid:
+            if status and status != "Downloaded":
+                click.echo(status, err=True)
+            return
+        if self.progress is not None:
+            if lid not in self.tasks:
+                self.tasks[lid] = self.progress.add_task(lid, total=ev.get("total"))
+            done = ev.get("current", ev.get("total") if status != "Downloading" else 0)
+            self.progress.update(self.tasks[lid], description=f"{lid}: {status}", completed=done)
+        elif self.last.get(lid) != status:
+            self.last[lid] = status
+            click.echo(f"{lid}: {status}", err=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+@click.command("pull")
+@click.option("--platform", help="os/arch[/variant] to pick from a multi-platform image [linux/amd64].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.argument("ref")
+def pull(platform: str | None, quiet: bool, ref: str) -> None:
+    """Pull an image from a registry."""
+    creds = auth.load_all().get(_registry_of(ref))
+    body = {"ref": ref, "platform": platform,
+            "auth": {"username": creds.username, "password": creds.password} if creds else None}
+    bars = None if quiet else _Bars()
+    final = None
+    try:
+        for line in Client(timeout=None).stream_lines("/v1/images/pull", method="POST", json=body):
+            if not line.strip():
+                continue
+            ev = json.loads(line)
+            if "error" in ev:
+                raise error_from(ev["error"], 500)
+            if ev.get("status") == "done":
+                final = ev["image"]
+            elif bars:
+                bars.event(ev)
+    finally:
+        if bars:
+            bars.close()
+    if final is None:
+        raise HCError("hyperd ended the pull without a result")
+    if not quiet:
+        for d in final["digests"]:
+            click.echo(f"Digest: {d.split('@')[1]}", err=True)
+    click.echo(ref)
 
 
 @click.command("load")
@@ -49,14 +131,103 @@ def load(path: Path) -> None:
             click.echo(f"Loaded image: {ref}")
 
 
+@click.command("save")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Archive to write.")
+@click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default="docker", show_default=True)
+@click.argument("refs", metavar="IMAGE...", nargs=-1, required=True)
+def save(output: Path, fmt: str, refs: tuple[str, ...]) -> None:
+    """Save images to a docker-archive or OCI-archive tarball."""
+    Client(timeout=None).download("/v1/images/save", output, params={"ref": list(refs), "format": fmt})
+
+
+@click.command("tag")
+@click.argument("source")
+@click.argument("target")
+def tag(source: str, target: str) -> None:
+    """Give an image another name."""
+    Client().request("POST", "/v1/images/tag", json={"source": source, "target": target})
+
+
 @click.command("rmi")
 @click.argument("images_", metavar="IMAGE...", nargs=-1, required=True)
 def rmi(images_: tuple[str, ...]) -> None:
-    """Remove images."""
-    client = Client()
+    """Remove images (untag; delete once no tag is left)."""
+    client, failed = Client(), False
     for ref in images_:
-        for line in client.request("DELETE", f"/v1/images/{ref}")["removed"]:
-            click.echo(line)
+        try:
+            for line in client.request("DELETE", f"/v1/images/{ref}")["removed"]:
+                click.echo(line)
+        except HCError as e:
+            click.echo(f"hyperctl: {e.message}", err=True)
+            failed = True
+    if failed:
+        sys.exit(1)
 
 
-COMMANDS = [images, load, rmi]
+@click.command("login")
+@click.option("-u", "--username", prompt=True)
+@click.option("-p", "--password", help="Password (prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.argument("registry")
+def login(username: str, password: str | None, password_stdin: bool, registry: str) -> None:
+    """Log in to a registry; credentials are kept in ~/.config/hypercontainer/auth.json (mode 0600)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif password is None:
+        password = click.prompt("Password", hide_input=True)
+    Client().request("POST", "/v1/auth", json={"registry": registry, "username": username, "password": password})
+    auth.store(registry, auth.Credentials(username, password or ""))
+    click.echo("Login Succeeded")
+
+
+@click.command("logout")
+@click.argument("registry")
+def logout(registry: str) -> None:
+    """Forget the credentials of a registry."""
+    if auth.forget(registry):
+        click.echo(f"Removing login credentials for {registry}")
+    else:
+        click.echo(f"Not logged in to {registry}")
+
+
+@click.group("image")
+def image() -> None:
+    """Manage images (also: images, pull, load, save, tag, rmi)."""
+
+
+@image.command("prune")
+def image_prune() -> None:
+    """Remove untagged images and every blob and layer no image uses."""
+    r = Client().request("POST", "/v1/images/prune")
+    for i in r["images"]:
+        click.echo(f"Deleted: {i}")
+    click.echo(f"Total reclaimed space: {human(r['bytes_freed'])}")
+
+
+@image.command("check")
+def image_check() -> None:
+    """Verify the image store: references, blob digests, unpacked layers."""
+    problems = Client(timeout=None).request("GET", "/v1/images/check")["problems"]
+    for p in problems:
+        click.echo(p)
+    if problems:
+        sys.exit(1)
+    click.echo("image store is consistent")
+
+
+@image.command("inspect")
+@click.argument("ref")
+def image_inspect(ref: str) -> None:
+    """Show an image's details as JSON."""
+    click.echo(dumps(Client().request("GET", f"/v1/images/{ref}")))
+
+
+image.add_command(images, "ls")
+image.add_command(pull)
+image.add_command(load)
+image.add_command(save)
+image.add_command(tag)
+image.add_command(rmi, "rm")
+
+COMMANDS = [images, pull, load, save, tag, rmi, login, logout, image]

@@ -10,7 +10,7 @@ import time
 
 import click
 
-from ...errors import HCError
+from ...errors import HCError, NotFound
 from ..client import Client, dumps
 
 
@@ -91,10 +91,14 @@ def logs(follow: bool, timestamps: bool, container: str | None, pod: str) -> Non
 
 
 @click.command("inspect")
-@click.argument("pod")
-def inspect(pod: str) -> None:
-    """Show a pod's details as JSON."""
-    click.echo(dumps(Client().request("GET", f"/v1/pods/{pod}")))
+@click.argument("ref")
+def inspect(ref: str) -> None:
+    """Show a pod's or an image's details as JSON."""
+    client = Client()
+    try:
+        click.echo(dumps(client.request("GET", f"/v1/pods/{ref}")))
+    except NotFound:
+        click.echo(dumps(client.request("GET", f"/v1/images/{ref}")))
 
 
 @click.command("kill")

@@ -1,0 +1,173 @@
+"""Pulling an image: resolve the manifest (and the platform in an index), fetch config and layers in parallel,
+verify, store, unpack. Concurrent pulls share downloads and unpacks of the same blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import ImageError
+from . import reference
+from .auth import Credentials
+from .registry import Registry
+from .store import Image, ImageStore, check_digest
+
+log = logging.getLogger(__name__)
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+IMAGE_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+               "application/vnd.docker.distribution.manifest.v2+json")
+SCHEMA1 = "application/vnd.docker.distribution.manifest.v1"
+PARALLEL = 3
+MAX_CONFIG = 4 << 20
+
+Progress = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str = "linux"
+    architecture: str = "amd64"
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> Platform:
+        if not text:
+            return cls()
+        parts = text.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ImageError(f"invalid platform {text!r} (os/arch[/variant])")
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    def matches(self, p: dict) -> bool:
+        return (p.get("os"), p.get("architecture")) == (self.os, self.architecture) and \
+            (self.variant is None or p.get("variant") == self.variant)
+
+
+def _parse_json(data: bytes, what: str) -> dict:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        raise ImageError(f"{what} is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ImageError(f"{what} is not a JSON object")
+    return obj
+
+
+def _descriptor(d: object, what: str) -> tuple[str, int]:
+    if not isinstance(d, dict) or not isinstance(d.get("size"), int) or d["size"] < 0:
+        raise ImageError(f"{what}: malformed descriptor")
+    digest = str(d.get("digest", ""))
+    check_digest(digest)
+    return digest, d["size"]
+
+
+class Puller:
+    """One per daemon: the in-flight downloads and unpacks that concurrent pulls share."""
+
+    def __init__(self, store: ImageStore, insecure: set[str] | None = None) -> None:
+        self.store = store
+        self.insecure = insecure or set()
+        self._downloads: dict[str, asyncio.Task] = {}
+        self._unpacks: dict[str, asyncio.Task] = {}
+
+    async def pull(self, ref_text: str, creds: Credentials | None = None, platform: str | None = None,
+                   progress: Progress | None = None) -> Image:
+        ref = reference.parse(ref_text)
+        plat = Platform.parse(platform)
+        emit = progress or (lambda ev: None)
+        reg = Registry(ref.registry, creds, insecure=ref.registry in self.insecure)
+        try:
+            body, media, digest = await reg.manifest(ref)
+            manifest = _parse_json(body, "manifest")
+            media = manifest.get("mediaType") or media
+            if media.startswith(SCHEMA1) or manifest.get("schemaVersion") == 1:
+                raise ImageError(f"{ref.short}: Docker schema 1 manifests are not supported")
+            if media in INDEX_TYPES or "manifests" in manifest:
+                chosen = [m for m in manifest.get("manifests") or [] if plat.matches(m.get("platform") or {})]
+                if not chosen:
+                    have = ", ".join(str(Platform(**{k: v for k, v in (m.get("platform") or {}).items()
+                                                     if k in ("os", "architecture", "variant")}))
+                                     for m in manifest.get("manifests") or [])
+                    raise ImageError(f"{ref.short}: no manifest for {plat} (the index has: {have or 'none'})")
+                digest, _ = _descriptor(chosen[0], "index entry")
+                body, media, digest = await reg.manifest(ref, digest)
+                manifest = _parse_json(body, "manifest")
+                media = manifest.get("mediaType") or media
+            if media not in IMAGE_TYPES and "layers" not in manifest:
+                raise ImageError(f"{ref.short}: unsupported manifest type {media!r}")
+            self.store.put_blob(body, digest)
+            config_digest, config_size = _descriptor(manifest.get("config"), "config")
+            if config_size > MAX_CONFIG:
+                raise ImageError(f"{ref.short}: image config larger than {MAX_CONFIG} bytes refused")
+            layers = [_descriptor(d, f"layer {i}") for i, d in enumerate(manifest.get("layers") or [])]
+            emit({"status": f"Pulling {ref.short}", "manifest": digest, "layers": len(layers)})
+            await self._fetch(reg, ref, config_digest, config_size, None)
+            config = _parse_json(self.store.get_blob(config_digest), "image config")
+            try:
+                diff_ids = [str(d) for d in config["rootfs"]["diff_ids"]]
+            except (KeyError, TypeError):
+                raise ImageError(f"{ref.short}: image config lacks rootfs.diff_ids") from None
+            if len(diff_ids) != len(layers):
+                raise ImageError(f"{ref.short}: config lists {len(diff_ids)} layers, manifest {len(layers)}")
+            sem = asyncio.Semaphore(PARALLEL)
+
+            async def one(blob: tuple[str, int], diff_id: str) -> None:
+                d, size = blob
+                short = d[7:19]
+                if self.store.layer_dir(diff_id).exists():
+                    emit({"id": short, "status": "Already exists", "total": size})
+                    return
+                async with sem:
+                    await self._fetch(reg, ref, d, size, lambda n: emit(
+                        {"id": short, "status": "Downloading", "current": n, "total": size}))
+                emit({"id": short, "status": "Extracting", "total": size})
+                await self._unpack(d, diff_id)
+                emit({"id": short, "status": "Pull complete", "total": size})
+
+            await asyncio.gather(*(one(b, d) for b, d in zip(layers, diff_ids, strict=True)))
+            tags = [str(ref)] if ref.tag else []
+            repo_digest = f"{ref.registry}/{ref.repository}@{digest}"
+            image = await asyncio.to_thread(self.store.add_image, config_digest, [b for b, _ in layers], tags,
+                                            repo_digest)
+            emit({"status": "Downloaded", "image": image.id, "digest": digest})
+            return image
+        finally:
+            await reg.close()
+
+    async def _fetch(self, reg: Registry, ref: reference.Reference, digest: str, size: int,
+                     progress: Callable[[int], None] | None) -> None:
+        """Downloads a blob unless stored; a second caller for the same digest waits for the first."""
+        if self.store.has_blob(digest):
+            return
+        task = self._downloads.get(digest)
+        if task is None:
+            task = asyncio.ensure_future(self._download(reg, ref, digest, size, progress))
+            self._downloads[digest] = task
+            task.add_done_callback(lambda _t: self._downloads.pop(digest, None))
+        await asyncio.shield(task)
+
+    async def _download(self, reg: Registry, ref: reference.Reference, digest: str, size: int,
+                        progress: Callable[[int], None] | None) -> None:
+        out, tmp = self.store.temp_file()
+        out.close()
+        try:
+            await reg.blob(ref, digest, size, tmp, progress)
+            await asyncio.to_thread(self.store.commit_blob, tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def _unpack(self, blob: str, diff_id: str) -> None:
+        task = self._unpacks.get(diff_id)
+        if task is None:
+            task = asyncio.ensure_future(asyncio.to_thread(self.store.add_layer, blob, diff_id))
+            self._unpacks[diff_id] = task
+            task.add_done_callback(lambda _t: self._unpacks.pop(diff_id, None))
+        await asyncio.shield(task)
