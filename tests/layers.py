@@ -27,14 +27,14 @@ def layer(*entries: tuple[tarfile.TarInfo, bytes]) -> bytes:
 
 
 def docker_archive(layers: list[bytes], tag: str = "test:latest", cmd: list[str] | None = None,
-                   compress: bool = False, diff_ids: list[str] | None = None) -> bytes:
+                   compress: bool = False, diff_ids: list[str] | None = None, config: dict | None = None) -> bytes:
     ids = diff_ids or ["sha256:" + hashlib.sha256(lay).hexdigest() for lay in layers]
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": cmd} if cmd else {},
-                         "rootfs": {"type": "layers", "diff_ids": ids}}).encode()
+    config_bytes = json.dumps(config or {"architecture": "amd64", "os": "linux", "config": {"Cmd": cmd} if cmd else {},
+                                         "rootfs": {"type": "layers", "diff_ids": ids}}).encode()
     blobs = [gzip.compress(lay) if compress else lay for lay in layers]
     manifest = json.dumps([{"Config": "config.json", "RepoTags": [tag],
                             "Layers": [f"l{i}/layer.tar" for i in range(len(blobs))]}]).encode()
-    files = [("config.json", config), ("manifest.json", manifest)] + \
+    files = [("config.json", config_bytes), ("manifest.json", manifest)] + \
         [(f"l{i}/layer.tar", b) for i, b in enumerate(blobs)]
     return layer(*(entry(n, data=d) for n, d in files))
 

@@ -230,3 +230,49 @@ def test_hyperd_killed_leaves_nothing_after_restart(busybox_tar: Path, tmp_path:
         assert not (d.statedir / "pods" / pod_id.strip()).exists()
     finally:
         d.stop()
+
+
+def test_image_config_honoured(hyperd: Daemon, tmp_path: Path) -> None:
+    """Entrypoint, Cmd, Env, WorkingDir, User (by name), Volumes and StopSignal from the image config."""
+    import gzip
+    import hashlib as h
+
+    base = tarfile_layer_from(hyperd)
+    lay = layer(entry("etc/motd", data=b"configured\n"))
+    ids = ["sha256:" + h.sha256(x).hexdigest() for x in (base, lay)]
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": ids},
+              "config": {"Entrypoint": ["/bin/sh", "-c"],
+                         "Cmd": ['echo "$GREETING from $(pwd) as $(id -un)"; test -d /vol && cat /etc/motd'],
+                         "Env": ["GREETING=hello", "PATH=/bin:/usr/bin"], "WorkingDir": "/data", "User": "nobody",
+                         "Volumes": {"/vol": {}}, "StopSignal": "SIGUSR1"}}
+    tar = tmp_path / "cfg.tar"
+    tar.write_bytes(docker_archive([base, lay], tag="configured:1", compress=True, config=config))
+    assert gzip  # layers travel gzip-compressed
+    hyperd.hyperctl("load", "-i", str(tar), check=True)
+    r = run(hyperd, "configured:1")
+    assert (r.returncode, r.stdout) == (0, b"hello from /data as nobody\nconfigured\n"), r.stderr
+    r = run(hyperd, "configured:1", "echo $GREETING-override")
+    assert r.stdout == b"hello-override\n"
+    hyperd.hyperctl("run", "-d", "--name", "stopper", "configured:1",
+                    "trap 'echo got-usr1; exit 7' USR1; echo up; while :; do sleep 0.1; done", check=True)
+    for _ in range(100):
+        if b"up" in hyperd.hyperctl("logs", "stopper").stdout:
+            break
+        time.sleep(0.1)
+    hyperd.hyperctl("stop", "-t", "20", "stopper", check=True)
+    assert hyperd.hyperctl("logs", "stopper").stdout == b"up\ngot-usr1\n"
+    assert "Exited (7)" in hyperd.hyperctl("ps", "-a").stdout.decode()
+    hyperd.hyperctl("rm", "stopper", check=True)
+    hyperd.hyperctl("rmi", "configured:1", check=True)
+
+
+def tarfile_layer_from(d: Daemon) -> bytes:
+    """The busybox layer, as an uncompressed tar, from the bundled archive."""
+    import tarfile
+
+    from .conftest import _build_busybox_archive
+
+    with tarfile.open(_build_busybox_archive()) as tf:
+        f = tf.extractfile("layer/layer.tar")
+        assert f
+        return f.read()

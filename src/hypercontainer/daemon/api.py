@@ -163,6 +163,10 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
     async def remove_pod(ref: str, force: bool = False) -> dict:
         return {"id": await manager.remove(ref, force=force)}
 
+    @app.post("/v1/pods/{ref}/stop")
+    async def stop_pod(ref: str, timeout: float = 10.0) -> dict:
+        return {"id": await manager.stop(ref, timeout)}
+
     @app.post("/v1/pods/{ref}/kill")
     async def kill_pod(ref: str, req: KillRequest) -> dict:
         await manager.get(ref).signal(req.container, req.signal)

@@ -122,14 +122,15 @@ class Puller:
             async def one(blob: tuple[str, int], diff_id: str) -> None:
                 d, size = blob
                 short = d[7:19]
-                if self.store.layer_dir(diff_id).exists():
+                if self.store.layer_dir(diff_id).exists() and self.store.has_blob(d):
                     emit({"id": short, "status": "Already exists", "total": size})
                     return
-                async with sem:
+                async with sem:  # the blob is kept even when its diff-id is unpacked: `save` needs it
                     await self._fetch(reg, ref, d, size, lambda n: emit(
                         {"id": short, "status": "Downloading", "current": n, "total": size}))
-                emit({"id": short, "status": "Extracting", "total": size})
-                await self._unpack(d, diff_id)
+                if not self.store.layer_dir(diff_id).exists():
+                    emit({"id": short, "status": "Extracting", "total": size})
+                    await self._unpack(d, diff_id)
                 emit({"id": short, "status": "Pull complete", "total": size})
 
             await asyncio.gather(*(one(b, d) for b, d in zip(layers, diff_ids, strict=True)))

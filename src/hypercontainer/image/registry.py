@@ -133,7 +133,8 @@ class Registry:
             if r.status_code == 404:
                 raise NotFound(f"{ref.short}: manifest unknown to {self.host}")
             if r.status_code in (401, 403):
-                raise AuthError(f"{self.host}: access to {ref.repository} denied ({r.status_code})")
+                hint = "check the credentials" if self.creds else f"log in with 'hyperctl login {self.host}'"
+                raise AuthError(f"{self.host}: access to {ref.repository} denied ({r.status_code}); {hint}")
             if r.status_code >= 400:
                 raise RegistryError(f"{self.host}: manifest request answered {r.status_code}")
             body = bytearray()

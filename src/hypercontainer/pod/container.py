@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import CommandNotRunnable, InvalidArgument
 from ..image.store import Image
 from ..protocol.client import ProcessStreams
+from ..signals import parse_signal
 from ..spec.pod import ContainerSpec
 from ..storage.safefs import make_dirs
 from .users import resolve
@@ -40,8 +41,10 @@ def process_fields(spec: ContainerSpec, image: Image, rootfs: Path, hostname: st
         raise InvalidArgument(f"working directory {workdir!r} is not absolute")
     try:
         make_dirs(rootfs, workdir, user.uid, user.gid)
+        for vol in cfg.get("Volumes") or {}:  # anonymous volumes: the directory exists in the container
+            make_dirs(rootfs, vol)
     except (OSError, ValueError) as e:
-        raise InvalidArgument(f"cannot create working directory {workdir}: {e}") from None
+        raise InvalidArgument(f"cannot create working directory or volume {workdir}: {e}") from None
     return {
         "arg": argv,
         "env": [f"{k}={v}" for k, v in env.items()],
@@ -72,6 +75,10 @@ class Container:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def stop_signal(self) -> int:
+        return parse_signal(self.image.run_config.get("StopSignal") or "SIGTERM")
 
     def subscribe(self) -> asyncio.Queue[Event]:
         q: asyncio.Queue[Event] = asyncio.Queue()

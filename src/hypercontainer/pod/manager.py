@@ -106,6 +106,16 @@ class PodManager:
         finally:
             self._starts.pop(pod.id, None)
 
+    async def stop(self, ref: str, timeout: float = 10.0) -> str:
+        pod = self.get(ref)
+        start = self._starts.get(pod.id)
+        if start:
+            start.cancel()
+            with contextlib.suppress(BaseException):
+                await start
+        await pod.graceful_stop(timeout)
+        return pod.id
+
     # ---- remove ------------------------------------------------------------------------------------------
     async def remove(self, ref: str, force: bool = False) -> str:
         if ref in self._stale:

@@ -187,6 +187,26 @@ class Pod:
             with contextlib.suppress(HCError):
                 await self.agent.request(Msg.WINSIZE, {"stream": c.stream, "rows": rows, "cols": cols})
 
+    async def graceful_stop(self, timeout: float) -> None:
+        """docker stop: each container's stop signal (the image's StopSignal, else SIGTERM), `timeout` seconds to
+        exit, then SIGKILL; then the VM goes down."""
+        running = [c for c in self.containers if c.started.is_set() and not c.done.is_set()]
+        if self.state == PodState.RUNNING and self.agent:
+            for c in running:
+                with contextlib.suppress(HCError):
+                    await self.agent.request(Msg.SIGNAL, {"stream": c.stream, "signal": c.stop_signal})
+            done = asyncio.gather(*(c.done.wait() for c in running))
+            try:
+                await asyncio.wait_for(done, timeout)
+            except TimeoutError:
+                for c in running:
+                    if not c.done.is_set():
+                        with contextlib.suppress(HCError):
+                            await self.agent.request(Msg.SIGNAL, {"stream": c.stream, "signal": 9})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in running)), 5)
+        await self.stop()
+
     async def stop(self) -> None:
         """Shuts the VM down (the agent syncs and powers off) and releases everything."""
         async with self._lock:

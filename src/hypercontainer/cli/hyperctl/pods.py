@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal as signal_mod
 import sys
 import time
 
 import click
 
 from ...errors import HCError, NotFound
+from ...signals import parse_signal
 from ..client import Client, dumps
 
 
@@ -101,17 +101,28 @@ def inspect(ref: str) -> None:
         click.echo(dumps(client.request("GET", f"/v1/images/{ref}")))
 
 
+@click.command("stop")
+@click.option("-t", "--time", "timeout", default=10.0, show_default=True, help="Seconds before SIGKILL.")
+@click.argument("pods", nargs=-1, required=True)
+def stop(timeout: float, pods: tuple[str, ...]) -> None:
+    """Stop pods: the stop signal, then SIGKILL after the grace period."""
+    client = Client(timeout=timeout + 60)
+    for ref in pods:
+        client.request("POST", f"/v1/pods/{ref}/stop", params={"timeout": timeout})
+        click.echo(ref)
+
+
 @click.command("kill")
 @click.option("-s", "--signal", "sig", default="KILL", help="Signal name or number [KILL].")
 @click.argument("pod")
 def kill(sig: str, pod: str) -> None:
     """Send a signal to a pod's container."""
     try:
-        num = int(sig) if sig.isdigit() else signal_mod.Signals["SIG" + sig.upper().removeprefix("SIG")].value
-    except KeyError:
-        raise click.BadParameter(f"unknown signal {sig}") from None
+        num = parse_signal(sig)
+    except HCError as e:
+        raise click.BadParameter(e.message) from None
     Client().request("POST", f"/v1/pods/{pod}/kill", json={"signal": num})
     click.echo(pod)
 
 
-COMMANDS = [ps, rm, logs, inspect, kill]
+COMMANDS = [ps, rm, logs, inspect, stop, kill]
