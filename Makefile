@@ -31,6 +31,8 @@ test: assets image lint
 
 bench: assets image
 	$(PY) bench/boot.py
+	@echo
+	$(PY) bench/images.py
 
 clean:
 	rm -rf build $(AGENT)/build

@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import Daemon, _build_busybox_archive  # noqa: E402
+from tests.conftest import Daemon, _build_busybox_archive
 
-from hypercontainer.vm.qemu import Sockets, VMConfig, command  # noqa: E402
+from hypercontainer.vm.qemu import Sockets, VMConfig, command
 
 
 def floor_once(kernel: Path, initrd: Path, accel: str) -> float:

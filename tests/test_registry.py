@@ -107,9 +107,9 @@ async def test_concurrent_pulls_download_once(registry: Registry, store: ImageSt
     fetched: list[str] = []
     orig = puller._download
 
-    async def counting(reg, ref, digest, size, progress):
+    async def counting(reg, ref, digest, *rest):
         fetched.append(digest)
-        await orig(reg, ref, digest, size, progress)
+        await orig(reg, ref, digest, *rest)
 
     puller._download = counting  # type: ignore[method-assign]
     a, b = await asyncio.gather(puller.pull(f"{registry.host}/library/busybox"),

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(qemu-system-x86 musl-tools busybox-static make gcc zstd ca-certificates)
+PACKAGES=(qemu-system-x86 musl-tools busybox-static make gcc zstd ca-certificates
+          docker-registry skopeo)  # the last two: a real registry and its client for tests and benchmarks
 # Where virtiofsd is its own package (Debian 13, Ubuntu), take it too.
 OPTIONAL=(virtiofsd)
 

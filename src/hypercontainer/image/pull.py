@@ -5,10 +5,15 @@ verify, store, unpack. Concurrent pulls share downloads and unpacks of the same 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import queue
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ImageError
 from . import reference
@@ -22,7 +27,7 @@ INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
 IMAGE_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                "application/vnd.docker.distribution.manifest.v2+json")
 SCHEMA1 = "application/vnd.docker.distribution.manifest.v1"
-PARALLEL = 3
+PARALLEL = int(os.environ.get("HYPERCONTAINER_PULL_PARALLEL", "4"))
 MAX_CONFIG = 4 << 20
 
 Progress = Callable[[dict], None]
@@ -127,7 +132,7 @@ class Puller:
                     return
                 async with sem:  # the blob is kept even when its diff-id is unpacked: `save` needs it
                     await self._fetch(reg, ref, d, size, lambda n: emit(
-                        {"id": short, "status": "Downloading", "current": n, "total": size}))
+                        {"id": short, "status": "Downloading", "current": n, "total": size}), diff_id)
                 if not self.store.layer_dir(diff_id).exists():
                     emit({"id": short, "status": "Extracting", "total": size})
                     await self._unpack(d, diff_id)
@@ -144,31 +149,121 @@ class Puller:
             await reg.close()
 
     async def _fetch(self, reg: Registry, ref: reference.Reference, digest: str, size: int,
-                     progress: Callable[[int], None] | None) -> None:
-        """Downloads a blob unless stored; a second caller for the same digest waits for the first."""
+                     progress: Callable[[int], None] | None, diff_id: str | None = None) -> None:
+        """Downloads a blob unless stored (a layer is unpacked as it arrives); a second caller for the same
+        digest waits for the first."""
         if self.store.has_blob(digest):
             return
         task = self._downloads.get(digest)
         if task is None:
-            task = asyncio.ensure_future(self._download(reg, ref, digest, size, progress))
+            task = asyncio.ensure_future(self._download(reg, ref, digest, size, progress, diff_id))
             self._downloads[digest] = task
             task.add_done_callback(lambda _t: self._downloads.pop(digest, None))
         await asyncio.shield(task)
 
     async def _download(self, reg: Registry, ref: reference.Reference, digest: str, size: int,
-                        progress: Callable[[int], None] | None) -> None:
+                        progress: Callable[[int], None] | None, diff_id: str | None) -> None:
         out, tmp = self.store.temp_file()
         out.close()
+        tee = None
+        if diff_id and not self.store.layer_dir(diff_id).exists() and diff_id not in self._unpacks:
+            tee = _UnpackTee(self.store, diff_id)
+            self._unpacks[diff_id] = tee.task
+            tee.task.add_done_callback(lambda _t: self._unpacks.pop(diff_id, None))
         try:
-            await reg.blob(ref, digest, size, tmp, progress)
+            await reg.blob(ref, digest, size, tmp, progress, tee)
+            work = await tee.finish() if tee else None
             await asyncio.to_thread(self.store.commit_blob, tmp, digest)
+            if work is not None and diff_id:
+                await asyncio.to_thread(self.store.commit_layer, work, diff_id)
+        except BaseException:
+            if tee:
+                await tee.abandon()
+            raise
         finally:
             tmp.unlink(missing_ok=True)
 
     async def _unpack(self, blob: str, diff_id: str) -> None:
         task = self._unpacks.get(diff_id)
-        if task is None:
-            task = asyncio.ensure_future(asyncio.to_thread(self.store.add_layer, blob, diff_id))
-            self._unpacks[diff_id] = task
-            task.add_done_callback(lambda _t: self._unpacks.pop(diff_id, None))
+        if task is not None:
+            with contextlib.suppress(_Abandoned):
+                await asyncio.shield(task)
+            if self.store.layer_dir(diff_id).exists():
+                return
+        task = asyncio.ensure_future(asyncio.to_thread(self.store.add_layer, blob, diff_id))
+        self._unpacks[diff_id] = task
+        task.add_done_callback(lambda _t: self._unpacks.pop(diff_id, None))
         await asyncio.shield(task)
+
+
+class _Abandoned(Exception):
+    """The download feeding a streamed unpack was abandoned (a retry unpacks from the stored blob)."""
+
+
+class _ChunkReader:
+    """A read()-able stream over chunks handed across threads; None ends it, an exception aborts it."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=32)
+        self.cur, self.pos, self.eof = b"", 0, False
+
+    def read(self, n: int = -1) -> bytes:
+        parts = []
+        while n != 0:
+            if self.pos >= len(self.cur):
+                if self.eof:
+                    break
+                item = self.q.get()
+                if item is None:
+                    self.eof = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                self.cur, self.pos = item, 0
+                continue
+            take = len(self.cur) - self.pos if n < 0 else min(n, len(self.cur) - self.pos)
+            parts.append(self.cur[self.pos : self.pos + take])
+            self.pos += take
+            if n > 0:
+                n -= take
+        return b"".join(parts)
+
+
+class _UnpackTee:
+    """Unpacks a layer in a worker thread while it downloads; the result is committed only once the blob's
+    digest has been verified."""
+
+    def __init__(self, store: ImageStore, diff_id: str) -> None:
+        self.reader = _ChunkReader()
+        self.task: asyncio.Future[Path] = asyncio.ensure_future(
+            asyncio.to_thread(store.unpack_stream, self.reader, diff_id))  # type: ignore[arg-type]
+        self.done = False
+
+    async def _put(self, item: bytes | BaseException | None) -> None:
+        try:
+            self.reader.q.put_nowait(item)
+        except queue.Full:
+            await asyncio.to_thread(self.reader.q.put, item)
+
+    async def chunk(self, data: bytes) -> None:
+        if self.task.done():  # the unpack already failed: the download goes on, the error comes at finish()
+            return
+        await self._put(data)
+
+    async def finish(self) -> Path:
+        self.done = True
+        if not self.task.done():
+            await self._put(None)
+        return await self.task
+
+    async def abandon(self) -> None:
+        if self.done and self.task.done():
+            if not self.task.cancelled() and self.task.exception() is None:
+                shutil.rmtree(self.task.result(), ignore_errors=True)
+            return
+        self.done = True
+        if not self.task.done():
+            await self._put(_Abandoned("download abandoned"))
+        with contextlib.suppress(BaseException):
+            work = await self.task
+            shutil.rmtree(work, ignore_errors=True)

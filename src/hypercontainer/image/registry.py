@@ -12,6 +12,7 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -30,6 +31,13 @@ MANIFEST_TYPES = (
 MAX_MANIFEST = 4 << 20
 RETRIES = 4
 DOCKER_HUB = "registry-1.docker.io"
+
+
+class Tee(Protocol):
+    """A second consumer of a blob while it downloads (the puller unpacks layers on the fly)."""
+
+    async def chunk(self, data: bytes) -> None: ...
+    async def abandon(self) -> None: ...
 
 
 class RegistryError(HCError):
@@ -151,20 +159,23 @@ class Registry:
         return bytes(body), media, got
 
     async def blob(self, ref: Reference, digest: str, size: int | None, dest: Path,
-                   progress: Callable[[int], None] | None = None) -> None:
-        """Streams a blob into `dest`, checking size and digest as it goes. Retries from scratch."""
+                   progress: Callable[[int], None] | None = None, tee: Tee | None = None) -> None:
+        """Streams a blob into `dest`, checking size and digest as it goes. Retries from scratch; `tee` sees
+        each chunk of the first attempt (and is told when that attempt is abandoned)."""
         scope = f"repository:{ref.repository}:pull"
         for attempt in range(RETRIES):
             try:
-                await self._blob_once(ref, digest, size, dest, scope, progress)
+                await self._blob_once(ref, digest, size, dest, scope, progress, tee if attempt == 0 else None)
                 return
             except (httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as e:
+                if tee and attempt == 0:
+                    await tee.abandon()
                 if attempt == RETRIES - 1:
                     raise RegistryError(f"{digest[:19]}: download failed: {e or type(e).__name__}") from None
                 await asyncio.sleep(0.2 * 2**attempt)
 
     async def _blob_once(self, ref: Reference, digest: str, size: int | None, dest: Path, scope: str,
-                         progress: Callable[[int], None] | None) -> None:
+                         progress: Callable[[int], None] | None, tee: Tee | None) -> None:
         r = await self._send("GET", f"{ref.repository}/blobs/{digest}", scope, stream=True)
         try:
             if r.status_code == 404:
@@ -180,6 +191,8 @@ class Registry:
                         raise ImageError(f"blob {digest[:19]} is larger than its manifest says ({size} bytes)")
                     h.update(chunk)
                     f.write(chunk)
+                    if tee:
+                        await tee.chunk(chunk)
                     if progress:
                         progress(n)
         finally:

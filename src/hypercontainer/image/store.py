@@ -77,15 +77,31 @@ class _HashingReader:
         return data
 
 
+class _Prefixed:
+    """A stream with bytes already read from it put back in front (works on pipes: no seek)."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            out = self.head if size < 0 or size >= len(self.head) else self.head[:size]
+            self.head = self.head[len(out) :]
+            if size < 0:
+                return out + self.rest.read()
+            return out
+        return self.rest.read(size)
+
+
 def open_layer(f: BinaryIO) -> BinaryIO:
     """The uncompressed tar stream of a layer blob: gzip, zstd or plain, told apart by magic."""
     head = f.read(4)
-    f.seek(0)
+    raw: BinaryIO = _Prefixed(head, f)  # type: ignore[assignment]
     if head[:2] == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if head == ZSTD_MAGIC:
-        return zstandard.ZstdDecompressor().stream_reader(f)  # type: ignore[return-value]
-    return f
+        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
+    return raw
 
 
 class ImageStore:
@@ -173,31 +189,44 @@ class ImageStore:
     def layer_dir(self, diff_id: str) -> Path:
         return self.layers / check_digest(diff_id)
 
-    def add_layer(self, blob_digest: str, diff_id: str) -> Path:
-        """Unpacks a stored layer blob unless its diff-id is already unpacked."""
-        final = self.layer_dir(diff_id)
-        if final.exists():
-            return final
+    def unpack_stream(self, stream: BinaryIO, diff_id: str) -> Path:
+        """Unpacks a layer (compressed or not) into a temp directory and checks its diff-id; commit_layer()
+        puts it in place. The caller may still be downloading: `stream` can be a pipe."""
         work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.tmp))
         try:
-            with open(self.blob_path(blob_digest), "rb") as f:
-                hasher = _HashingReader(open_layer(f))
-                try:
-                    unpack_layer(hasher, work / "root")  # type: ignore[arg-type]
-                    while hasher.read(1 << 20):  # whatever follows the end-of-archive marker counts too
-                        pass
-                except (OSError, EOFError, zstandard.ZstdError) as e:
-                    raise ImageError(f"layer {blob_digest[:19]} cannot be read: {e}") from None
+            hasher = _HashingReader(open_layer(stream))
+            try:
+                unpack_layer(hasher, work / "root")  # type: ignore[arg-type]
+                while hasher.read(1 << 20):  # whatever follows the end-of-archive marker counts too
+                    pass
+            except (OSError, EOFError, zstandard.ZstdError) as e:
+                raise ImageError(f"layer {diff_id[:19]} cannot be read: {e}") from None
             got = f"sha256:{hasher.h.hexdigest()}"
             if got != diff_id:
                 raise ImageError(f"layer content does not match its diff-id: expected {diff_id}, got {got}")
-            with contextlib.suppress(OSError):
+            return work
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    def commit_layer(self, work: Path, diff_id: str) -> Path:
+        final = self.layer_dir(diff_id)
+        try:
+            with contextlib.suppress(OSError):  # another pull may have committed the same layer first
                 (work / "root").rename(final)
             if not final.exists():
                 raise ImageError(f"could not store layer {diff_id}")
             return final
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def add_layer(self, blob_digest: str, diff_id: str) -> Path:
+        """Unpacks a stored layer blob unless its diff-id is already unpacked."""
+        if self.layer_dir(diff_id).exists():
+            return self.layer_dir(diff_id)
+        with open(self.blob_path(blob_digest), "rb") as f:
+            work = self.unpack_stream(f, diff_id)  # type: ignore[arg-type]
+        return self.commit_layer(work, diff_id)
 
     # ---- images ------------------------------------------------------------------------------------------
     def add_image(self, config_digest: str, layer_blobs: list[str], tags: list[str],
