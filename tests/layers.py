@@ -18,6 +18,13 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str
     return ti, data
 
 
+def header_only(name: str, size: int) -> bytes:
+    """A tar header that claims `size` bytes of content (none follow): a huge sparse file, a bomb."""
+    ti = tarfile.TarInfo(name)
+    ti.size = size
+    return ti.tobuf(tarfile.PAX_FORMAT)
+
+
 def layer(*entries: tuple[tarfile.TarInfo, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:

@@ -13,7 +13,7 @@ import pytest
 from hypercontainer.errors import ImageError
 from hypercontainer.image.unpack import unpack_layer
 
-from .layers import entry, layer
+from .layers import entry, header_only, layer
 
 D, F, S, L = tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
 
@@ -60,6 +60,8 @@ HOSTILE = {
     "char device": (layer(entry("dev/mem", tarfile.CHRTYPE, devmajor=1, devminor=1)), "device node"),
     "trusted xattr": (layer(entry("f", F, b"x", pax_headers={"SCHILY.xattr.trusted.overlay.opaque": "y"})), "xattr"),
     "truncated": (layer(entry("big", F, b"y" * 100000))[:20000], "truncated|not a valid tar"),
+    "world-writable setuid": (layer(entry("bin/evil", F, b"ELF", mode=0o4777)), "setuid"),
+    "huge sparse file": (header_only("sparse", 1 << 40) + b"\0" * 4096, "bomb"),
     "garbage": (b"\x00garbage" * 100, "not a valid tar|truncated"),
 }
 

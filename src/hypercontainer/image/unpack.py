@@ -1,9 +1,12 @@
 """Unpacking one layer tar into a fresh directory, refusing anything that could touch the host.
 
 Refused: absolute paths, `..`, writing through a symlink, hardlinks to outside the layer or to missing
-files, device nodes (unless allowed), trusted.* xattrs, whiteouts that name `.` or `..`, more bytes than the
-bomb guard allows. Whiteouts become overlayfs whiteouts (0/0 character devices; opaque directories get
-trusted.overlay.opaque=y), so layers stack with a plain overlay mount.
+files, device nodes (unless allowed), trusted.* xattrs, whiteouts that name `.` or `..`, setuid/setgid files
+anyone may write, more bytes than the bomb guard allows (counted from the headers, before anything is written:
+a huge sparse file is refused at once). Ordinary setuid files are kept: the store is root-only (0700).
+
+Whiteouts become overlayfs whiteouts (0/0 character devices; opaque directories get trusted.overlay.opaque=y),
+so layers stack with a plain overlay mount.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ class _Unpacker:
             if not path.is_dir():
                 path.mkdir(mode=0o700)
         elif m.isreg():
+            if m.mode & (stat.S_ISUID | stat.S_ISGID) and m.mode & stat.S_IWOTH:
+                raise ImageError(f"layer entry {m.name!r}: setuid/setgid file that anyone may write refused")
             self._clear(path, keep_dir=False)
             self._charge(m.size, m.name)
             src = tf.extractfile(m)
