@@ -131,3 +131,47 @@ def test_references(text: str, full: str, short: str | None) -> None:
 def test_bad_references(bad: str) -> None:
     with pytest.raises(InvalidArgument):
         reference.parse(bad)
+
+
+def test_zstd_layer(tmp_path: Path) -> None:
+    import zstandard
+
+    lay = layer(entry("z", F, b"zstd!"))
+    store = ImageStore(tmp_path / "store")
+    blob = zstandard.ZstdCompressor().compress(lay)
+    diff_id = "sha256:" + hashlib.sha256(lay).hexdigest()
+    path = store.add_layer(store.put_blob(blob), diff_id)
+    assert (path / "z").read_bytes() == b"zstd!"
+
+
+def test_user_xattrs_kept(tmp_path: Path) -> None:
+    lay = layer(entry("x", F, b"1", pax_headers={"SCHILY.xattr.user.origin": "layer"}))
+    store = ImageStore(tmp_path / "store")
+    path = store.add_layer(store.put_blob(lay), "sha256:" + hashlib.sha256(lay).hexdigest())
+    import os
+
+    assert os.getxattr(path / "x", "user.origin") == b"layer"
+
+
+def test_gzip_bomb_refused(tmp_path: Path) -> None:
+    """300 MiB of zeros in a few hundred KiB of gzip: refused while decompressing, nothing left behind."""
+    import zlib
+
+    from .layers import header_only
+
+    size = 300 << 20
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [comp.compress(header_only("zeros", size))]
+    chunk = b"\0" * (1 << 20)
+    h = hashlib.sha256(header_only("zeros", size))
+    for _ in range(size >> 20):
+        parts.append(comp.compress(chunk))
+        h.update(chunk)
+    parts.append(comp.compress(b"\0" * 1024) + comp.flush())
+    blob = b"".join(parts)
+    assert len(blob) < 1 << 20
+    store = ImageStore(tmp_path / "store")
+    digest = store.put_blob(blob)
+    with pytest.raises(ImageError, match="decompression bomb"):
+        store.add_layer(digest, "sha256:" + h.hexdigest())
+    assert not any(store.layers.iterdir()) and store_is_clean(store)

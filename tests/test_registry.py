@@ -124,8 +124,9 @@ async def test_concurrent_pulls_download_once(registry: Registry, store: ImageSt
 class Hostile:
     """A fake registry serving crafted answers for what a real registry never serves."""
 
-    def __init__(self, routes: dict[str, tuple[int, dict, bytes]]) -> None:
+    def __init__(self, routes: dict) -> None:
         self.routes = routes
+        self.hits: dict[str, int] = {}
         hostile = self
 
         class H(BaseHTTPRequestHandler):
@@ -133,7 +134,9 @@ class Hostile:
                 pass
 
             def do_GET(self) -> None:
-                status, headers, body = hostile.routes.get(self.path, (404, {}, b"{}"))
+                hostile.hits[self.path] = hostile.hits.get(self.path, 0) + 1
+                route = hostile.routes.get(self.path, (404, {}, b"{}"))
+                status, headers, body = route(hostile.hits[self.path]) if callable(route) else route
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -281,3 +284,22 @@ def test_kill_9_during_pull(busybox_tar: Path, tmp_path: Path) -> None:
             d.stop()
     finally:
         reg.stop()
+
+
+async def test_blob_redirect_and_retries(store: ImageStore) -> None:
+    """Blobs behind a redirect (as registries on object storage do), and transient 503s retried."""
+    routes = image_routes(GOOD_LAYER)
+    h = Hostile(routes)
+    try:
+        layer_path = next(p for p in routes if p.endswith(hashlib.sha256(GOOD_LAYER).hexdigest()))
+        served = routes[layer_path]
+        routes["/storage/layer"] = served
+        routes[layer_path] = (307, {"Location": f"http://{h.host}/storage/layer"}, b"")
+        config_path = next(p for p in routes if "/blobs/" in p and p != layer_path)
+        config = routes[config_path]
+        routes[config_path] = lambda hit: (503, {}, b"busy") if hit <= 2 else config
+        img = await Puller(store).pull(f"{h.host}/evil")
+        assert (img.layers[0] / "f").read_bytes() == b"x"
+        assert h.hits[config_path] == 3 and h.hits["/storage/layer"] == 1
+    finally:
+        h.close()

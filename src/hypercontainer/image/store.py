@@ -30,6 +30,8 @@ from . import reference
 from .unpack import unpack_layer
 
 GZIP_MAGIC = b"\x1f\x8b"
+BOMB_FLOOR = 256 << 20
+BOMB_RATIO = 200
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -63,10 +65,13 @@ class Image:
 
 
 class _HashingReader:
-    """Wraps a stream; hashes and counts what is read through it."""
+    """Wraps a stream; hashes and counts what is read through it. With `compressed` (the counting reader under
+    the decompressor) it also refuses a decompression bomb: past BOMB_FLOOR bytes, an expansion over
+    BOMB_RATIO times."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, compressed: _HashingReader | None = None) -> None:
         self.raw = raw
+        self.compressed = compressed
         self.h = hashlib.sha256()
         self.n = 0
 
@@ -74,6 +79,10 @@ class _HashingReader:
         data = self.raw.read(size)
         self.h.update(data)
         self.n += len(data)
+        c = self.compressed
+        if c is not None and self.n > BOMB_FLOOR and self.n > BOMB_RATIO * max(c.n, 1):
+            raise ImageError(f"layer expands more than {BOMB_RATIO} times ({c.n} bytes to over {self.n}): "
+                             "refused as a decompression bomb")
         return data
 
 
@@ -194,7 +203,8 @@ class ImageStore:
         puts it in place. The caller may still be downloading: `stream` can be a pipe."""
         work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.tmp))
         try:
-            hasher = _HashingReader(open_layer(stream))
+            counted = _HashingReader(stream)
+            hasher = _HashingReader(open_layer(counted), compressed=counted)  # type: ignore[arg-type]
             try:
                 unpack_layer(hasher, work / "root")  # type: ignore[arg-type]
                 while hasher.read(1 << 20):  # whatever follows the end-of-archive marker counts too
