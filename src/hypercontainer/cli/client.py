@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,3 +114,22 @@ class Client:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+def for_each(refs: tuple[str, ...], action: Callable[[str], list[str]]) -> None:
+    """Runs `action` on each ref like docker's multi-argument verbs: prints its lines, reports each failure,
+    goes on with the rest, and exits 1 if any failed."""
+    import sys
+
+    import click
+
+    failed = False
+    for ref in refs:
+        try:
+            for line in action(ref):
+                click.echo(line)
+        except HCError as e:
+            click.echo(f"hyperctl: {e.message}", err=True)
+            failed = True
+    if failed:
+        sys.exit(1)

@@ -10,7 +10,7 @@ import click
 
 from ...errors import HCError
 from ...image import auth
-from ..client import Client, dumps, error_from
+from ..client import Client, dumps, error_from, for_each
 
 
 def human(n: float) -> str:
@@ -153,16 +153,8 @@ def tag(source: str, target: str) -> None:
 @click.argument("images_", metavar="IMAGE...", nargs=-1, required=True)
 def rmi(images_: tuple[str, ...]) -> None:
     """Remove images (untag; delete once no tag is left)."""
-    client, failed = Client(), False
-    for ref in images_:
-        try:
-            for line in client.request("DELETE", f"/v1/images/{ref}")["removed"]:
-                click.echo(line)
-        except HCError as e:
-            click.echo(f"hyperctl: {e.message}", err=True)
-            failed = True
-    if failed:
-        sys.exit(1)
+    client = Client()
+    for_each(images_, lambda ref: client.request("DELETE", f"/v1/images/{ref}")["removed"])
 
 
 @click.command("login")

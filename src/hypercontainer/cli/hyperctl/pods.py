@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import click
 
 from ...errors import HCError, NotFound
 from ...signals import parse_signal
-from ..client import Client, dumps
+from ..client import Client, dumps, for_each
 
 
 def ago(ts: float | None) -> str:
@@ -60,16 +59,9 @@ def ps(all_: bool, quiet: bool) -> None:
 @click.argument("pods", nargs=-1, required=True)
 def rm(force: bool, pods: tuple[str, ...]) -> None:
     """Remove pods (with -f, running ones too)."""
-    client, failed = Client(), False
-    for ref in pods:
-        try:
-            client.request("DELETE", f"/v1/pods/{ref}", params={"force": force})
-            click.echo(ref)
-        except HCError as e:
-            click.echo(f"hyperctl: {e.message}", err=True)
-            failed = True
-    if failed:
-        sys.exit(1)
+    client = Client()
+    for_each(pods, lambda ref: [ref] if client.request("DELETE", f"/v1/pods/{ref}", params={"force": force})
+             else [])
 
 
 @click.command("logs")
