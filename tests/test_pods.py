@@ -276,3 +276,72 @@ def tarfile_layer_from(d: Daemon) -> bytes:
         f = tf.extractfile("layer/layer.tar")
         assert f
         return f.read()
+
+
+# ---- exec --------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def sleeper(hyperd: Daemon):
+    name = f"sleeper{os.getpid()}{time.monotonic_ns() % 100000}"
+    hyperd.hyperctl("run", "-d", "--name", name, "busybox", "sleep", "600", check=True)
+    yield name
+    hyperd.hyperctl("rm", "-f", name)
+
+
+def test_exec_exit_code_env_user(hyperd: Daemon, sleeper: str) -> None:
+    assert hyperd.hyperctl("exec", sleeper, "sh", "-c", "exit 37").returncode == 37
+    r = hyperd.hyperctl("exec", "-u", "nobody", "-e", "X=1", "-w", "/tmp", f"{sleeper}/{sleeper}",
+                        "sh", "-c", 'id -un; echo $X; pwd; echo $HOSTNAME; echo err >&2')
+    assert r.stdout.decode().split()[:3] == ["nobody", "1", "/tmp"]
+    assert r.stderr == b"err\n"
+    assert hyperd.hyperctl("exec", "-i", sleeper, "cat", input=b"piped\n").stdout == b"piped\n"
+    missing = hyperd.hyperctl("exec", sleeper, "no-such-cmd")
+    assert missing.returncode == 127 and b"exec no-such-cmd" in missing.stderr
+    assert hyperd.hyperctl("exec", f"{sleeper}/other", "true").returncode == 125
+
+
+def test_exec_sees_the_container(hyperd: Daemon, sleeper: str) -> None:
+    hyperd.hyperctl("exec", sleeper, "sh", "-c", "echo written > /tmp/mark", check=True)
+    assert hyperd.hyperctl("exec", sleeper, "cat", "/tmp/mark").stdout == b"written\n"
+    ps = hyperd.hyperctl("exec", sleeper, "ps").stdout
+    assert b"sleep 600" in ps
+
+
+def test_exec_tty_and_resize(hyperd: Daemon, sleeper: str) -> None:
+    """exec -t in a real terminal: a pty inside, its initial size from ours, and a SIGWINCH-driven resize."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+
+    def ctty() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    p = subprocess.Popen([str(Path(__import__("sys").executable).parent / "hyperctl"), "exec", "-it", sleeper,
+                          "sh", "-c", "tty; stty size; read x; stty size"], stdin=slave, stdout=slave,
+                         stderr=slave, env=hyperd.env, preexec_fn=ctty)
+    os.close(slave)
+    out = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal out
+        deadline = time.monotonic() + 60
+        while marker not in out and time.monotonic() < deadline:
+            try:
+                out += os.read(master, 4096)
+            except OSError:
+                break
+
+    read_until(b"30 100")
+    assert b"/dev/pts/" in out and b"30 100" in out
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
+    time.sleep(0.5)
+    os.write(master, b"go\r")
+    read_until(b"50 132")
+    assert b"50 132" in out
+    assert p.wait(30) == 0
+    os.close(master)

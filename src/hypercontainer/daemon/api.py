@@ -30,13 +30,12 @@ from ..image.pull import Puller
 from ..image.reference import parse as parse_ref
 from ..image.registry import Registry
 from ..image.store import Image, ImageStore
-from ..pod.container import Container
 from ..pod.manager import PodManager
 from ..pod.pod import Pod
 from ..protocol.codec import VERSION as PROTOCOL_VERSION
+from .stdio import ContainerTarget, ProcessTarget, client_input, process_events, send_events
 
 API_VERSION = "v1"
-STDIN, STDOUT, STDERR = 0, 1, 2
 
 
 @dataclass
@@ -196,7 +195,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
         c = pod.containers[0]
         events = c.subscribe()
         await ws.send_json({"type": "created", "id": pod.id, "name": pod.name})
-        reader = asyncio.create_task(_client_input(ws, pod, c))
+        reader = asyncio.create_task(client_input(ws, ContainerTarget(pod, c), c.spec.stdin))
         try:
             try:
                 await manager.start(pod)
@@ -205,18 +204,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
                 return
             if req.get("rows") and req.get("cols"):
                 await pod.resize(None, int(req["rows"]), int(req["cols"]))
-            while True:
-                kind, payload = await events.get()
-                if kind == "stdout":
-                    await ws.send_bytes(bytes([STDOUT]) + payload)  # type: ignore[operator]
-                elif kind == "stderr":
-                    await ws.send_bytes(bytes([STDERR]) + payload)  # type: ignore[operator]
-                elif kind == "exit":
-                    await ws.send_json({"type": "exit", "code": payload})
-                    break
-                else:
-                    await ws.send_json({"type": "error", "code": "vm", "message": payload})
-                    break
+            await send_events(ws, events)
             with contextlib.suppress(Exception):
                 await ws.close()
         except (WebSocketDisconnect, RuntimeError):
@@ -225,32 +213,38 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
             reader.cancel()
             c.unsubscribe(events)
 
-    async def _client_input(ws: WebSocket, pod: Pod, c: Container) -> None:
+    @app.websocket("/v1/pods/{ref}/exec")
+    async def exec_ws(ws: WebSocket, ref: str) -> None:
+        """First client message: {"command": [...], "container", "tty", "stdin", "user", "env", "workdir",
+        "rows", "cols"}; then the stdio frames of stdio.py."""
+        await ws.accept()
         try:
-            while True:
-                msg = await ws.receive()
-                if msg["type"] == "websocket.disconnect":
-                    break
-                if msg.get("bytes") is not None:
-                    data = msg["bytes"]
-                    if data[:1] == bytes([STDIN]) and await _running(c):
-                        await c.streams.write_stdin(data[1:])  # type: ignore[union-attr]
-                    continue
-                ctl = json.loads(msg.get("text") or "{}")
-                kind = ctl.get("type")
-                if kind == "stdin_eof" and await _running(c):
-                    await c.streams.close_stdin()  # type: ignore[union-attr]
-                elif kind == "signal":
-                    with contextlib.suppress(HCError):
-                        await pod.signal(None, int(ctl["signal"]))
-                elif kind == "resize":
-                    await pod.resize(None, int(ctl["rows"]), int(ctl["cols"]))
-        except (WebSocketDisconnect, RuntimeError, ValueError, KeyError):
+            req = await ws.receive_json()
+            if not isinstance(req, dict) or not isinstance(req.get("command"), list):
+                raise InvalidArgument("the first message must be {\"command\": [...]}")
+            pod = manager.get(ref)
+            proc = await pod.exec(req.get("container"), [str(a) for a in req["command"]],
+                                  tty=bool(req.get("tty")), stdin=bool(req.get("stdin")), user=req.get("user"),
+                                  env=[str(e) for e in req.get("env") or []], workdir=req.get("workdir"))
+        except HCError as e:
+            await _send_error(ws, e)
+            return
+        except (ValueError, WebSocketDisconnect):
+            return
+        events, pump = process_events(proc)
+        reader = asyncio.create_task(client_input(ws, ProcessTarget(pod, proc), bool(req.get("stdin"))))
+        try:
+            if req.get("tty") and req.get("rows") and req.get("cols"):
+                await pod.resize_stream(proc.stream, int(req["rows"]), int(req["cols"]))
+            await send_events(ws, events)
+            with contextlib.suppress(Exception):
+                await ws.close()
+        except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
-            if c.spec.stdin and c.streams and not c.done.is_set():
-                with contextlib.suppress(Exception):
-                    await c.streams.close_stdin()
+            reader.cancel()
+            if not pump.done():  # the client went away: the process stays, its output is dropped
+                events.detach()
 
     # ---- images ------------------------------------------------------------------------------------------
     def in_use() -> set[str]:
@@ -319,17 +313,6 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
         return {"removed": await asyncio.to_thread(images.remove, ref, in_use())}
 
     return app
-
-
-async def _running(c: Container) -> bool:
-    """Waits until the container runs; False if it never will."""
-    if not c.started.is_set():
-        started = asyncio.ensure_future(c.started.wait())
-        done = asyncio.ensure_future(c.done.wait())
-        await asyncio.wait({started, done}, return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        done.cancel()
-    return c.started.is_set() and c.streams is not None and not c.done.is_set()
 
 
 async def _send_error(ws: WebSocket, e: HCError) -> None:

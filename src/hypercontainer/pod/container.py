@@ -68,6 +68,7 @@ class Container:
     exit_code: int | None = None
     error: str | None = None
     pid: int | None = None
+    fields: dict = field(default_factory=dict)  # the process fields it was started with (exec starts from them)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     subscribers: list[asyncio.Queue[Event]] = field(default_factory=list)

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import AgentError, CommandNotRunnable, HCError, VMError
-from ..protocol.client import AgentClient, exec_failure_exit_code
+from ..errors import AgentError, CommandNotRunnable, Conflict, HCError, InvalidArgument, VMError
+from ..protocol.client import AgentClient, ProcessStreams, exec_failure_exit_code
 from ..protocol.codec import Msg
 from ..spec.pod import PodSpec
 from ..storage.mount import mounts_under, umount
@@ -26,6 +26,7 @@ from ..vm.machine import Machine
 from ..vm.qemu import Sockets, VMConfig
 from .container import Container, process_fields
 from .states import PodState, check
+from .users import resolve
 
 log = logging.getLogger(__name__)
 BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second
@@ -67,6 +68,7 @@ class Pod:
         self.finished: float | None = None
         self._relays: list[asyncio.Task] = []
         self._watcher: asyncio.Task | None = None
+        self._stream_seq = 0
         self._lock = asyncio.Lock()
         self.on_change: list = []  # callbacks(pod), e.g. persisting the record
 
@@ -113,7 +115,8 @@ class Pod:
             base = self.statedir / "containers" / c.name
             root = self.share_dir / c.name
             mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
-            fields.append(process_fields(c.spec, c.image, root, self.hostname))
+            c.fields = process_fields(c.spec, c.image, root, self.hostname)
+            fields.append(c.fields)
         self.timings.mark("rootfs")
         self.share = PodShare(self.share_dir, self.rundir)
         share = await self.share.start()
@@ -174,6 +177,49 @@ class Pod:
         await asyncio.gather(*(c.done.wait() for c in self.containers))
         self.timings.mark("exited")
         await self.stop()
+
+    def _next_stream(self) -> int:
+        self._stream_seq = max(self._stream_seq, 2 * len(self.containers)) + 2
+        return self._stream_seq
+
+    async def exec(self, container: str | None, command: list[str], *, tty: bool = False, stdin: bool = False,
+                   user: str | None = None, env: list[str] | None = None,
+                   workdir: str | None = None) -> ProcessStreams:
+        """A new process in a running container: its namespaces, its env and user unless given."""
+        c = self.container(container)
+        if self.state != PodState.RUNNING or not self.agent or not c.started.is_set() or c.done.is_set():
+            raise Conflict(f"container {c.name} of pod {self.name} is not running")
+        if not command:
+            raise InvalidArgument("exec needs a command")
+        fields = dict(c.fields, arg=command, terminal=int(tty), stdin=int(stdin))
+        fields.pop("readonly", None)
+        if user:
+            u = resolve(self.share_dir / c.name, user)
+            fields.update(uid=u.uid, gid=u.gid, group=list(u.groups))
+        if env:
+            fields["env"] = [*fields["env"], *env]
+        if workdir:
+            fields["cwd"] = workdir
+        stream = self._next_stream()
+        proc = self.agent.register(stream, tty)
+        try:
+            await self.agent.request(Msg.EXEC, {"id": c.name, "stream": stream, **fields})
+        except AgentError as e:
+            self.agent.unregister(stream)
+            if e.message.startswith(("exec ", "chdir to ")):
+                raise CommandNotRunnable(e.message, exec_failure_exit_code(e)) from None
+            raise
+        return proc
+
+    async def signal_stream(self, stream: int, sig: int) -> None:
+        if self.agent and self.state == PodState.RUNNING:
+            with contextlib.suppress(HCError):
+                await self.agent.request(Msg.SIGNAL, {"stream": stream, "signal": sig})
+
+    async def resize_stream(self, stream: int, rows: int, cols: int) -> None:
+        if self.agent and self.state == PodState.RUNNING:
+            with contextlib.suppress(HCError):
+                await self.agent.request(Msg.WINSIZE, {"stream": stream, "rows": rows, "cols": cols})
 
     async def signal(self, container: str | None, sig: int) -> None:
         c = self.container(container)

@@ -29,10 +29,10 @@ def main() -> None:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
-        sys.exit(125 if "run" in sys.argv[1:2] else 2)
+        sys.exit(125 if sys.argv[1:2] in (["run"], ["exec"]) else 2)
     except click.exceptions.Abort:
         sys.exit(130)
     except HCError as e:
         click.echo(f"hyperctl: {e.message}", err=True)
-        sys.exit(e.exit_code if sys.argv[1:2] == ["run"] else 1)
+        sys.exit(e.exit_code if sys.argv[1:2] in (["run"], ["exec"]) else 1)
     sys.exit(0)

@@ -60,8 +60,9 @@ def _pump_stdin(ws) -> None:
         pass
 
 
-def attach(ws, spec: dict, interactive: bool, tty_: bool) -> int:
-    first: dict = {"spec": spec}
+def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
+    """Sends the first message, then relays stdio, signals and window size until the exit code arrives."""
+    first = dict(first)
     raw_mode = tty_ and os.isatty(0)
     if tty_:
         size = shutil.get_terminal_size()
@@ -135,14 +136,35 @@ def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[st
         created = client.request("POST", "/v1/pods", json={"spec": spec})
         click.echo(created["id"])
         return
-    with client.websocket("/v1/pods/run") as ws:
+    sys.exit(attach_or_exit(client, "/v1/pods/run", {"spec": spec}, interactive, tty_))
+
+
+def attach_or_exit(client: Client, path: str, first: dict, interactive: bool, tty_: bool) -> int:
+    with client.websocket(path) as ws:
         try:
-            code = attach(ws, spec, interactive, tty_)
+            return attach(ws, first, interactive, tty_)
         except CommandNotRunnable as e:
             click.echo(f"hyperctl: {e.message}", err=True)
             sys.exit(e.exit_code)
-    sys.exit(code)
+
+
+@click.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", "tty_", is_flag=True, help="Allocate a pseudo-terminal.")
+@click.option("-u", "--user", help="User: name|uid[:group|gid] [the container's].")
+@click.option("-e", "--env", multiple=True, help="Set an environment variable (KEY=VALUE).")
+@click.option("-w", "--workdir", help="Working directory [the container's].")
+@click.argument("target", metavar="POD[/CONTAINER]")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_cmd(interactive: bool, tty_: bool, user: str | None, env: tuple[str, ...], workdir: str | None,
+             target: str, command: tuple[str, ...]) -> None:
+    """Run a command in a running container; exits with its exit code."""
+    pod, _, container = target.partition("/")
+    first = {"command": list(command), "container": container or None, "tty": tty_, "stdin": interactive,
+             "user": user, "env": [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env],
+             "workdir": workdir}
+    sys.exit(attach_or_exit(Client(), f"/v1/pods/{pod}/exec", first, interactive, tty_))
 
 
 run_cmd.name = "run"
-COMMANDS = [run_cmd]
+COMMANDS = [run_cmd, exec_cmd]

@@ -49,7 +49,8 @@ struct proc {
 struct container {
 	int used;
 	char id[65];
-	int mntns; /* fd of the container's mount namespace, -1 if unknown */
+	int mntns;	      /* fd of the container's mount namespace, -1 if unknown */
+	uint64_t init_stream; /* its first process: when that exits, the container may be started anew */
 };
 
 static struct proc procs[MAX_PROCS];
@@ -265,7 +266,8 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 
 	struct proc_io io;
 	pid_t pid;
-	if (spawn_process(&s, &pid, &io, e) < 0)
+	int mntns = -1;
+	if (spawn_process(&s, &pid, &io, new_container ? &mntns : NULL, e) < 0)
 		goto out;
 	memset(slot, 0, sizeof(*slot));
 	slot->used = 1;
@@ -278,11 +280,8 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 		set_nonblock(io.err, 1);
 	if (io.in >= 0)
 		set_nonblock(io.in, 1);
-	if (new_container) {
-		char nspath[64];
-		snprintf(nspath, sizeof(nspath), "/proc/%d/ns/mnt", (int)pid);
-		c->mntns = s.rootfs ? open(nspath, O_RDONLY | O_CLOEXEC) : -1;
-	}
+	if (new_container)
+		c->mntns = mntns;
 	rc = 0;
 	frame_begin(&out, MSG_ACK, m->seq);
 	frame_add_u64(&out, F_PID, (uint64_t)pid);
@@ -310,8 +309,15 @@ static int handle_new_container(const struct msg *m, struct err *e)
 	struct container *c = NULL;
 	if (!valid_id(id))
 		return fail(e, EINVAL, "invalid container id \"%s\"", id);
-	if (container_by_id(id))
-		return fail(e, EEXIST, "container %s exists", id);
+	if ((c = container_by_id(id))) {
+		struct proc *init = proc_by_stream(c->init_stream);
+		if (init && !init->exited)
+			return fail(e, EEXIST, "container %s is running", id);
+		if (c->mntns >= 0) /* a restart: the old namespace goes */
+			close(c->mntns);
+		c->used = 0;
+		c = NULL;
+	}
 	for (int i = 0; i < MAX_CONTAINERS && !c; i++)
 		if (!containers[i].used)
 			c = &containers[i];
@@ -321,6 +327,7 @@ static int handle_new_container(const struct msg *m, struct err *e)
 	if (start_process(m, c, 1, e) < 0)
 		return -1;
 	c->used = 1;
+	c->init_stream = msg_u64(m, F_STREAM, 0);
 	snprintf(c->id, sizeof(c->id), "%s", id);
 	return 0;
 }
@@ -647,7 +654,7 @@ int main(int argc, char **argv)
 			goto fatal;
 		if (boot_probe_requested()) /* accelerator probe and boot-floor benchmark: off at once */
 			power_off();
-		if (boot_modules(&e) < 0)
+		if (boot_modules(&e) < 0 || boot_loopback(&e) < 0)
 			goto fatal;
 		if ((ctl_fd = boot_open_port("hc.ctl", 10000, &e)) < 0 || (io_fd = boot_open_port("hc.io", 10000, &e)) < 0)
 			goto fatal;

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -102,7 +103,8 @@ static int enter_new_root(struct err *e, const char *root, int readonly)
 	return 0;
 }
 
-static int child_setup(struct err *e, const struct proc_spec *s)
+/* The child tells the parent 'N' once its namespace is set up and waits for 'G'; 'E' + struct err on failure. */
+static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 {
 	sigset_t none;
 	sigemptyset(&none);
@@ -110,8 +112,13 @@ static int child_setup(struct err *e, const struct proc_spec *s)
 	for (int sig = 1; sig < NSIG; sig++)
 		signal(sig, SIG_DFL);
 
-	if (s->rootfs && enter_new_root(e, s->rootfs, s->readonly) < 0)
-		return -1;
+	if (s->rootfs) {
+		char go = 0;
+		if (enter_new_root(e, s->rootfs, s->readonly) < 0)
+			return -1;
+		if (write_full(sync_fd, "N", 1) < 0 || read(sync_fd, &go, 1) != 1 || go != 'G')
+			return fail(e, EPIPE, "agent went away during container setup");
+	}
 	if (s->join_mntns >= 0) {
 		if (setns(s->join_mntns, CLONE_NEWNS) < 0)
 			return fail_errno(e, "join the container's mount namespace");
@@ -140,13 +147,46 @@ static void close_pair(int p[2])
 			close(p[i]);
 }
 
-int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, struct err *e)
+/* Parent side of the sync channel: 0 once the child exec'd, -1 with *e on its failure. */
+static int await_child(int fd, pid_t pid, int *mntns, struct err *e)
+{
+	for (;;) {
+		char tag = 0;
+		ssize_t n = read(fd, &tag, 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0)
+			return 0; /* exec closed the channel */
+		if (n == 1 && tag == 'N') {
+			char path[64];
+			snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)pid);
+			if (mntns)
+				*mntns = open(path, O_RDONLY | O_CLOEXEC);
+			(void)write_full(fd, "G", 1);
+			continue;
+		}
+		struct err ce;
+		if (n == 1 && tag == 'E' && read(fd, &ce, sizeof(ce)) == (ssize_t)sizeof(ce)) {
+			*e = ce;
+			e->msg[sizeof(e->msg) - 1] = 0;
+		} else {
+			fail(e, EIO, "container setup failed");
+		}
+		if (mntns && *mntns >= 0)
+			close(*mntns), *mntns = -1;
+		return -1;
+	}
+}
+
+int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, int *mntns, struct err *e)
 {
 	int errp[2] = {-1, -1}, in[2] = {-1, -1}, out[2] = {-1, -1}, errs[2] = {-1, -1};
 	int master = -1, slave = -1;
 
-	if (pipe2(errp, O_CLOEXEC) < 0)
-		return fail_errno(e, "pipe");
+	if (mntns)
+		*mntns = -1;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, errp) < 0)
+		return fail_errno(e, "socketpair");
 	if (s->terminal) {
 		if (openpty(&master, &slave, NULL, NULL, NULL) < 0) {
 			close_pair(errp);
@@ -185,17 +225,14 @@ int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, st
 		} else {
 			dup2(in[0], 0), dup2(out[1], 1), dup2(errs[1], 2);
 		}
-		child_setup(&ce, s);
+		child_setup(&ce, s, errp[1]);
+		(void)write_full(errp[1], "E", 1);
 		(void)write_full(errp[1], &ce, sizeof(ce));
 		_exit(127);
 	}
 
 	close(errp[1]);
-	struct err ce;
-	ssize_t n;
-	do
-		n = read(errp[0], &ce, sizeof(ce));
-	while (n < 0 && errno == EINTR);
+	int failed = await_child(errp[0], pid, mntns, e) < 0;
 	close(errp[0]);
 	if (s->terminal) {
 		close(slave);
@@ -207,9 +244,7 @@ int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, st
 		io->out = out[0];
 		io->err = errs[0];
 	}
-	if (n == (ssize_t)sizeof(ce)) {
-		*e = ce;
-		e->msg[sizeof(e->msg) - 1] = 0;
+	if (failed) {
 		waitpid(pid, NULL, 0);
 		if (s->terminal)
 			close(master);

@@ -26,6 +26,7 @@ struct proc_io {
 	int in, out, err;
 };
 
-int spawn_process(const struct proc_spec *s, pid_t *pid, struct proc_io *io, struct err *e);
+/* With s->rootfs, *mntns receives an fd of the new container's mount namespace (for later EXECs). */
+int spawn_process(const struct proc_spec *s, pid_t *pid, struct proc_io *io, int *mntns, struct err *e);
 
 #endif
