@@ -69,6 +69,8 @@ class Container:
     error: str | None = None
     pid: int | None = None
     fields: dict = field(default_factory=dict)  # the process fields it was started with (exec starts from them)
+    mounts: dict = field(default_factory=dict)  # its volume mount fields
+    restarts: int = 0
     started: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     subscribers: list[asyncio.Queue[Event]] = field(default_factory=list)
@@ -95,6 +97,12 @@ class Container:
     def _publish(self, ev: Event) -> None:
         for q in self.subscribers:
             q.put_nowait(ev)
+
+    def reset(self) -> None:
+        """Before a restart: a new run with its own exit."""
+        self.done = asyncio.Event()
+        self.exit_code = self.error = None
+        self.streams = None
 
     def finish(self, exit_code: int, error: str | None = None) -> None:
         if self.done.is_set():
@@ -123,4 +131,6 @@ class Container:
         except Exception as e:  # the VM or the agent went away
             self.finish(255, str(e))
             return
+        finally:
+            s.client.unregister(s.stream)
         self.finish(code)

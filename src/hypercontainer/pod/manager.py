@@ -17,8 +17,10 @@ from pydantic import ValidationError
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..image.store import ImageStore
 from ..spec.errors import invalid_spec
+from ..spec.kube import from_kube, is_kube_pod
 from ..spec.pod import PodSpec
 from ..storage.mount import mounts_under, umount
+from ..storage.volumes import check_host_dir, remove_tree
 from .container import Container
 from .pod import GuestAssets, Pod
 from .records import PodRecords
@@ -70,11 +72,19 @@ class PodManager:
 
     # ---- create / start ----------------------------------------------------------------------------------
     def create(self, raw_spec: dict) -> Pod:
-        """Validates the spec and resolves images; creates nothing on disk until start."""
+        """Validates the spec (ours, or a Kubernetes v1 Pod) and resolves images; creates nothing on disk until
+        start."""
+        if is_kube_pod(raw_spec):
+            raw_spec, ignored = from_kube(raw_spec)
+            if ignored:
+                log.info("Kubernetes manifest: ignored %s", ", ".join(ignored))
         try:
             spec = PodSpec.model_validate(raw_spec)
         except ValidationError as e:
             raise invalid_spec(e) from None
+        for v in spec.volumes:
+            if v.host_path:
+                check_host_dir(v.name, v.host_path)
         pod_id = secrets.token_hex(32)
         name = spec.name or pod_id[:12]
         if any(p.name == name for p in self.pods.values()) or any(r["name"] == name for r in self._stale.values()):
@@ -136,8 +146,8 @@ class PodManager:
                 await start
         await pod.stop()
         await pod.teardown()
+        remove_tree(pod.statedir)
         self.pods.pop(pod.id, None)
-        shutil.rmtree(pod.statedir, ignore_errors=True)
         self.records.delete(pod.id)
         return pod.id
 
@@ -148,11 +158,8 @@ class PodManager:
         return pod_id
 
     def _cleanup_dirs(self, pod_id: str) -> None:
-        for mp in mounts_under(self.poddir / pod_id):
-            with contextlib.suppress(OSError):
-                umount(mp)
-        shutil.rmtree(self.poddir / pod_id, ignore_errors=True)
-        shutil.rmtree(self.rundir / pod_id[:16], ignore_errors=True)
+        remove_tree(self.poddir / pod_id)
+        remove_tree(self.rundir / pod_id[:16])
 
     # ---- daemon start and stop ---------------------------------------------------------------------------
     def recover(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,9 @@ from ..protocol.codec import Msg
 from ..spec.pod import PodSpec
 from ..storage.mount import mounts_under, umount
 from ..storage.rootfs import mount_rootfs
+from ..storage.safefs import make_dirs, write_file
 from ..storage.share import PodShare
+from ..storage.volumes import bind, remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Sockets, VMConfig
 from .container import Container, process_fields
@@ -30,6 +31,9 @@ from .users import resolve
 
 log = logging.getLogger(__name__)
 BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second
+VOLUMES = ".volumes"  # host volumes, bind-mounted into the pod share (container names cannot start with '.')
+MOUNT_READONLY, MOUNT_TMPFS = 1, 2
+RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 0.1, 10.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Pod:
         self._relays: list[asyncio.Task] = []
         self._watcher: asyncio.Task | None = None
         self._stream_seq = 0
+        self._stopping = False
         self._lock = asyncio.Lock()
         self.on_change: list = []  # callbacks(pod), e.g. persisting the record
 
@@ -111,11 +116,16 @@ class Pod:
     async def _build(self) -> None:
         self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fields = []
+        for v in self.spec.volumes:
+            if v.host_path:
+                bind(Path(v.host_path), self.share_dir / VOLUMES / v.name)
         for c in self.containers:
             base = self.statedir / "containers" / c.name
             root = self.share_dir / c.name
-            mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
+            if not root.is_mount():
+                mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
             c.fields = process_fields(c.spec, c.image, root, self.hostname)
+            c.mounts = self._prepare_mounts(c, root)
             fields.append(c.fields)
         self.timings.mark("rootfs")
         self.share = PodShare(self.share_dir, self.rundir)
@@ -139,6 +149,24 @@ class Pod:
             await self._start_container(c, f)
         self.timings.mark("started")
 
+    def _prepare_mounts(self, c: Container, root: Path) -> dict:
+        """Mount points and files made on the host in the container's root (never through its symlinks); the
+        mount fields the agent needs."""
+        kinds = {v.name: v for v in self.spec.volumes}
+        src, dst, flags = [], [], []
+        try:
+            for m in c.spec.volumes:
+                make_dirs(root, m.path)
+                vol = kinds[m.name]
+                src.append(f"{VOLUMES}/{vol.name}" if vol.host_path else vol.name)
+                dst.append(m.path)
+                flags.append((MOUNT_READONLY if m.readonly else 0) | (0 if vol.host_path else MOUNT_TMPFS))
+            for f in c.spec.files:
+                write_file(root, f.path, f.data(), f.mode, f.uid, f.gid)
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"container {c.name}: cannot prepare a volume mount point or file: {e}") from None
+        return {"mount_src": src, "mount_dst": dst, "mount_flags": flags}
+
     async def _guest(self, aw):
         """Runs a guest request, failing fast (with the console's last words) if QEMU dies meanwhile."""
         assert self.machine
@@ -160,7 +188,7 @@ class Pod:
         c.streams = self.agent.register(c.stream, bool(c.spec.tty))
         try:
             reply = await self._guest(self.agent.request(Msg.NEW_CONTAINER, {
-                "id": c.name, "rootfs": c.name, "stream": c.stream, **fields}))
+                "id": c.name, "rootfs": c.name, "stream": c.stream, **fields, **c.mounts}))
         except AgentError as e:
             self.agent.unregister(c.stream)
             c.streams = None
@@ -173,10 +201,41 @@ class Pod:
 
     # ---- running -----------------------------------------------------------------------------------------
     async def _watch(self) -> None:
-        """When every container has exited (or the VM died), the pod stops."""
-        await asyncio.gather(*(c.done.wait() for c in self.containers))
+        """Each container under its restart policy; when none is left running (or the VM died), the pod stops."""
+        await asyncio.gather(*(self._supervise(c) for c in self.containers))
         self.timings.mark("exited")
         await self.stop()
+
+    def _should_restart(self, c: Container) -> bool:
+        policy = self.spec.restart_policy
+        if self._stopping or self.state != PodState.RUNNING or c.error is not None:
+            return False
+        return policy == "Always" or (policy == "OnFailure" and c.exit_code != 0)
+
+    async def _supervise(self, c: Container) -> None:
+        """Restarts a container that exited, as its policy says, with backoff: 0.1 s doubling to 10 s, back to
+        0.1 s after a run of 10 s or more."""
+        delay = RESTART_BACKOFF_MIN
+        while True:
+            began = time.monotonic()
+            await c.done.wait()
+            if not self._should_restart(c):
+                return
+            if time.monotonic() - began >= RESTART_BACKOFF_MAX:
+                delay = RESTART_BACKOFF_MIN
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_BACKOFF_MAX)
+            if not self._should_restart(c):
+                return
+            c.reset()
+            c.stream = self._next_stream()
+            try:
+                await self._start_container(c, c.fields)
+            except HCError as e:
+                c.finish(125, e.message)
+                return
+            c.restarts += 1
+            log.info("pod %s: container %s restarted (%d)", self.name, c.name, c.restarts)
 
     def _next_stream(self) -> int:
         self._stream_seq = max(self._stream_seq, 2 * len(self.containers)) + 2
@@ -236,6 +295,7 @@ class Pod:
     async def graceful_stop(self, timeout: float) -> None:
         """docker stop: each container's stop signal (the image's StopSignal, else SIGTERM), `timeout` seconds to
         exit, then SIGKILL; then the VM goes down."""
+        self._stopping = True
         running = [c for c in self.containers if c.started.is_set() and not c.done.is_set()]
         if self.state == PodState.RUNNING and self.agent:
             for c in running:
@@ -284,7 +344,7 @@ class Pod:
         for mp in mounts_under(self.share_dir):
             with contextlib.suppress(OSError):
                 umount(mp)
-        shutil.rmtree(self.rundir, ignore_errors=True)
+        remove_tree(self.rundir)
 
     def info(self) -> dict:
         return {
@@ -301,7 +361,10 @@ class Pod:
             "vm": {"pid": self.machine.pid if self.machine else None, "accel": self.assets.accel,
                    "vcpu": self.spec.resources.vcpu, "memory_mib": self.spec.resources.memory},
             "timings": self.timings.marks,
+            "restart_policy": self.spec.restart_policy,
             "containers": [{"name": c.name, "image": c.image.id, "pid": c.pid, "exit_code": c.exit_code,
-                            "error": c.error} for c in self.containers],
+                            "error": c.error, "restarts": c.restarts,
+                            "state": "exited" if c.done.is_set() else "running" if c.started.is_set() else "created"}
+                           for c in self.containers],
             "spec": self.spec.model_dump(),
         }

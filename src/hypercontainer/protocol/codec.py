@@ -76,6 +76,9 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(23, "share", "str"),
     FieldDef(24, "sharefs", "str"),
     FieldDef(25, "uptime_ms", "u64"),
+    FieldDef(26, "mount_src", "str", list=True),
+    FieldDef(27, "mount_dst", "str", list=True),
+    FieldDef(28, "mount_flags", "u64", list=True),
 )
 BY_TAG = {f.tag: f for f in FIELDS}
 BY_NAME = {f.name: f for f in FIELDS}

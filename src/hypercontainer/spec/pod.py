@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import binascii
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -13,6 +24,7 @@ _ENV_KEY = re.compile(r"^[^=\0]+$")
 _USER = re.compile(r"^([a-z_][a-z0-9_.-]{0,31}|[0-9]{1,10})(:([a-z_][a-z0-9_.-]{0,31}|[0-9]{1,10}))?$")
 MIN_MEMORY_MIB = 64
 MAX_CONTAINERS = 64
+MAX_FILE_BYTES = 1 << 20
 
 
 def _check_name(v: str) -> str:
@@ -24,8 +36,81 @@ def _check_name(v: str) -> str:
 Name = Annotated[str, AfterValidator(_check_name)]
 
 
+def _check_abs_path(v: str) -> str:
+    parts = v.split("/")
+    if not v.startswith("/") or "\0" in v or ".." in parts or len(v) > 4096:
+        raise ValueError(f"{v!r} must be an absolute path without '..'")
+    return "/" + "/".join(p for p in parts if p not in ("", "."))
+
+
+AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
+
+
+def _check_mode(v: int | str) -> int:
+    mode = int(v, 8) if isinstance(v, str) else v
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"{v!r} is not a file mode (0-07777)")
+    return mode
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown fields are errors; fields may be spelled snake_case or camelCase (Kubernetes style)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=to_camel)
+
+
+class Volume(Strict):
+    """A pod volume: a host directory shared into the VM, or an empty directory on tmpfs in the guest."""
+
+    name: Name
+    host_path: AbsPath | None = None
+    empty_dir: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Volume:
+        if (self.host_path is None) == (not self.empty_dir):
+            raise ValueError(f"volume {self.name}: give exactly one of hostPath or emptyDir")
+        return self
+
+
+class VolumeMount(Strict):
+    name: Name
+    path: AbsPath = Field(validation_alias=AliasChoices("path", "mountPath", "mount_path"))
+    readonly: bool = Field(False, validation_alias=AliasChoices("readonly", "readOnly", "read_only"))
+
+    @field_validator("path")
+    @classmethod
+    def _not_root(cls, v: str) -> str:
+        if v == "/":
+            raise ValueError("a volume cannot be mounted on /")
+        return v
+
+
+class FileSpec(Strict):
+    """A file written into the container's root before it starts."""
+
+    path: AbsPath
+    content: str | None = None
+    base64: str | None = None
+    mode: Annotated[int, BeforeValidator(_check_mode)] = 0o644
+    uid: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    gid: Annotated[int, Field(ge=0, lt=2**32)] = 0
+
+    @model_validator(mode="after")
+    def _data(self) -> FileSpec:
+        if (self.content is None) == (self.base64 is None):
+            raise ValueError(f"file {self.path}: give exactly one of content or base64")
+        if len(self.data()) > MAX_FILE_BYTES:
+            raise ValueError(f"file {self.path}: larger than {MAX_FILE_BYTES} bytes")
+        return self
+
+    def data(self) -> bytes:
+        if self.content is not None:
+            return self.content.encode()
+        try:
+            return binascii.a2b_base64(self.base64 or "", strict_mode=True)
+        except binascii.Error as e:
+            raise ValueError(f"file {self.path}: invalid base64 ({e})") from None
 
 
 class Resources(Strict):
@@ -44,6 +129,16 @@ class ContainerSpec(Strict):
     tty: bool = False
     stdin: bool = False
     readonly: bool = False
+    volumes: list[VolumeMount] = []
+    files: Annotated[list[FileSpec], Field(max_length=256)] = []
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> ContainerSpec:
+        paths = [v.path for v in self.volumes] + [f.path for f in self.files]
+        dup = {p for p in paths if paths.count(p) > 1}
+        if dup:
+            raise ValueError(f"container {self.name}: more than one volume or file at {', '.join(sorted(dup))}")
+        return self
 
 
     @field_validator("image")
@@ -89,6 +184,8 @@ class PodSpec(Strict):
     hostname: str | None = None
     resources: Resources = Resources()
     containers: Annotated[list[ContainerSpec], Field(min_length=1, max_length=MAX_CONTAINERS)]
+    volumes: Annotated[list[Volume], Field(max_length=64)] = []
+    restart_policy: Literal["Never", "OnFailure", "Always"] = "Never"
     auto_remove: bool = False
 
 
@@ -105,4 +202,14 @@ class PodSpec(Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"duplicate container names: {', '.join(sorted(dup))}")
+        vols = [v.name for v in self.volumes]
+        dup = {n for n in vols if vols.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate volume names: {', '.join(sorted(dup))}")
+        for c in self.containers:
+            for m in c.volumes:
+                if m.name not in vols:
+                    raise ValueError(f"container {c.name} mounts volume {m.name}, which the pod does not define")
+        if self.auto_remove and self.restart_policy != "Never":
+            raise ValueError("auto_remove (--rm) and a restart policy other than Never exclude each other")
         return self

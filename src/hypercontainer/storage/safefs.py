@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -56,5 +57,32 @@ def make_dirs(root: Path, path: str, uid: int = 0, gid: int = 0) -> None:
             nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nfd
+    finally:
+        os.close(fd)
+
+
+def write_file(root: Path, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """Creates or replaces a regular file inside the root (parents made as needed); never follows a symlink."""
+    parts = _parts(path)
+    if not parts:
+        raise ValueError("empty path")
+    parent = "/".join(parts[:-1])
+    make_dirs(root, parent)
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for p in parts[:-1]:
+            nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                os.unlink(parts[-1], dir_fd=fd)
+        ffd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                      dir_fd=fd)
+        with os.fdopen(ffd, "wb") as f:
+            f.write(data)
+            os.fchown(f.fileno(), uid, gid)
+            os.fchmod(f.fileno(), mode)
     finally:
         os.close(fd)

@@ -11,6 +11,7 @@ import sys
 import termios
 import threading
 import tty
+from pathlib import Path
 
 import click
 
@@ -21,10 +22,25 @@ STDIN, STDOUT, STDERR = 0, 1, 2
 PROXIED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
+def parse_volumes(specs: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    """-v HOST:CONTAINER[:ro|rw] -> (pod volumes, container mounts)."""
+    volumes, mounts = [], []
+    for i, text in enumerate(specs):
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise click.BadParameter(f"{text!r}: expected HOST:CONTAINER[:ro|rw]", param_hint="-v")
+        volumes.append({"name": f"v{i}", "host_path": parts[0]})
+        mounts.append({"name": f"v{i}", "path": parts[1], "readonly": len(parts) == 3 and parts[2] == "ro"})
+    return volumes, mounts
+
+
 def build_spec(image: str, command: tuple[str, ...], *, name: str | None, hostname: str | None, env: tuple[str, ...],
                workdir: str | None, user: str | None, tty_: bool, interactive: bool, rm: bool, memory: int | None,
-               cpus: int | None, entrypoint: str | None) -> dict:
-    container: dict = {"name": name or "main", "image": image, "env": list(env), "tty": tty_, "stdin": interactive}
+               cpus: int | None, entrypoint: str | None, volumes: tuple[str, ...] = (), restart: str = "Never",
+               readonly: bool = False) -> dict:
+    pod_volumes, mounts = parse_volumes(volumes)
+    container: dict = {"name": name or "main", "image": image, "env": list(env), "tty": tty_, "stdin": interactive,
+                       "volumes": mounts, "readonly": readonly}
     if command:
         container["command"] = list(command)
     if entrypoint is not None:
@@ -33,7 +49,7 @@ def build_spec(image: str, command: tuple[str, ...], *, name: str | None, hostna
         container["workdir"] = workdir
     if user:
         container["user"] = user
-    spec: dict = {"containers": [container], "auto_remove": rm}
+    spec: dict = {"containers": [container], "auto_remove": rm, "volumes": pod_volumes, "restart_policy": restart}
     if name:
         spec["name"] = name
     if hostname:
@@ -122,21 +138,50 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
 @click.option("--memory", type=int, help="VM memory in MiB [256].")
 @click.option("--cpus", type=int, help="VM vCPUs [1].")
 @click.option("--entrypoint", help="Override the image's entrypoint.")
-@click.argument("image")
+@click.option("-v", "--volume", "volumes", multiple=True, help="Share a host directory: HOST:CONTAINER[:ro].")
+@click.option("--read-only", "readonly", is_flag=True, help="Mount the container's root read-only.")
+@click.option("--restart", type=click.Choice(["no", "on-failure", "always"]), default="no", show_default=True,
+              help="Restart policy (with backoff).")
+@click.option("-f", "--file", "podfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A pod spec (JSON or YAML), or a Kubernetes v1 Pod manifest; starts it detached.")
+@click.argument("image", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[str, ...], workdir: str | None,
             user: str | None, name: str | None, hostname: str | None, memory: int | None, cpus: int | None,
-            entrypoint: str | None, image: str, command: tuple[str, ...]) -> None:
+            entrypoint: str | None, volumes: tuple[str, ...], readonly: bool, restart: str, podfile: Path | None,
+            image: str | None, command: tuple[str, ...]) -> None:
     """Run a command in a new pod (its own VM)."""
-    env = tuple(e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env)
-    spec = build_spec(image, command, name=name, hostname=hostname, env=env, workdir=workdir, user=user,
-                      tty_=tty_, interactive=interactive, rm=rm, memory=memory, cpus=cpus, entrypoint=entrypoint)
     client = Client()
+    if podfile:
+        if image:
+            raise click.UsageError("give either -f FILE or IMAGE [COMMAND...], not both")
+        created = client.request("POST", "/v1/pods", json={"spec": load_podfile(podfile)})
+        click.echo(created["id"])
+        return
+    if not image:
+        raise click.UsageError("missing IMAGE (or -f FILE)")
+    env = tuple(e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env)
+    policy = {"no": "Never", "on-failure": "OnFailure", "always": "Always"}[restart]
+    spec = build_spec(image, command, name=name, hostname=hostname, env=env, workdir=workdir, user=user,
+                      tty_=tty_, interactive=interactive, rm=rm, memory=memory, cpus=cpus, entrypoint=entrypoint,
+                      volumes=volumes, restart=policy, readonly=readonly)
     if detach:
         created = client.request("POST", "/v1/pods", json={"spec": spec})
         click.echo(created["id"])
         return
     sys.exit(attach_or_exit(client, "/v1/pods/run", {"spec": spec}, interactive, tty_))
+
+
+def load_podfile(path: Path) -> dict:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise click.BadParameter(f"{path}: not valid JSON or YAML ({e})", param_hint="-f") from None
+    if not isinstance(doc, dict):
+        raise click.BadParameter(f"{path}: expected a pod spec object", param_hint="-f")
+    return doc
 
 
 def attach_or_exit(client: Client, path: str, first: dict, interactive: bool, tty_: bool) -> int:

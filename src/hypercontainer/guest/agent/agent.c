@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -33,6 +34,7 @@
 #define MAX_CONTAINERS 256
 #define STDIN_HIGH_WATER (1024u * 1024u)
 #define SHARE_ROOT "/run/hc/share"
+#define VOLS_ROOT "/run/hc/vols"
 
 struct proc {
 	int used;
@@ -201,6 +203,49 @@ static int valid_id(const char *id)
 	return id[0] != '.';
 }
 
+/* A pod-wide tmpfs volume, mounted on first use at /run/hc/vols/NAME. */
+static int tmpfs_volume(const char *name, char *path, size_t len, struct err *e)
+{
+	struct stat st, parent;
+	if (!valid_id(name))
+		return fail(e, EINVAL, "invalid volume name \"%s\"", name);
+	snprintf(path, len, "%s/%s", VOLS_ROOT, name);
+	if (mkdir_p(path, 0755) < 0)
+		return fail_errno(e, "mkdir %s", path);
+	if (stat(path, &st) == 0 && stat(VOLS_ROOT, &parent) == 0 && st.st_dev != parent.st_dev)
+		return 0; /* already a mount */
+	if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+		return fail_errno(e, "mount tmpfs volume %s", name);
+	return 0;
+}
+
+static int prepare_mounts(const struct msg *m, struct mount_spec *out, char (*srcs)[PATH_MAX], size_t *n,
+			  struct err *e)
+{
+	size_t count = msg_count(m, F_MOUNT_SRC);
+	if (count != msg_count(m, F_MOUNT_DST) || count != msg_count(m, F_MOUNT_FLAGS))
+		return fail(e, EINVAL, "mount_src, mount_dst and mount_flags differ in count");
+	if (count > MAX_MOUNTS)
+		return fail(e, EINVAL, "too many volume mounts");
+	for (size_t i = 0; i < count; i++) {
+		const char *src = msg_nth(m, F_MOUNT_SRC, i)->str, *dst = msg_nth(m, F_MOUNT_DST, i)->str;
+		unsigned flags = (unsigned)msg_nth(m, F_MOUNT_FLAGS, i)->u64;
+		if (dst[0] != '/' || !path_is_clean_relative(dst + 1))
+			return fail(e, EINVAL, "mount point %s is not a clean absolute path", dst);
+		if (flags & MOUNT_TMPFS) {
+			if (tmpfs_volume(src, srcs[i], PATH_MAX, e) < 0)
+				return -1;
+		} else {
+			if (!path_is_clean_relative(src))
+				return fail(e, EINVAL, "volume source %s is not a clean relative path", src);
+			snprintf(srcs[i], PATH_MAX, "%s/%s", share_root, src);
+		}
+		out[i] = (struct mount_spec){.src = srcs[i], .dst = dst, .flags = flags};
+	}
+	*n = count;
+	return 0;
+}
+
 static int start_process(const struct msg *m, struct container *c, int new_container, struct err *e)
 {
 	size_t nargs = msg_count(m, F_ARG), nenv = msg_count(m, F_ENV), ngroups = msg_count(m, F_GROUP);
@@ -263,6 +308,12 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	} else {
 		s.join_mntns = c->mntns;
 	}
+
+	struct mount_spec mounts[MAX_MOUNTS];
+	char mount_src[MAX_MOUNTS][PATH_MAX];
+	if (new_container && prepare_mounts(m, mounts, mount_src, &s.nmounts, e) < 0)
+		goto out;
+	s.mounts = mounts;
 
 	struct proc_io io;
 	pid_t pid;

@@ -30,6 +30,9 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_SHARE] = {F_SHARE, "share", KIND_STR, 0},
 	[F_SHAREFS] = {F_SHAREFS, "sharefs", KIND_STR, 0},
 	[F_UPTIME_MS] = {F_UPTIME_MS, "uptime_ms", KIND_U64, 0},
+	[F_MOUNT_SRC] = {F_MOUNT_SRC, "mount_src", KIND_STR, 1},
+	[F_MOUNT_DST] = {F_MOUNT_DST, "mount_dst", KIND_STR, 1},
+	[F_MOUNT_FLAGS] = {F_MOUNT_FLAGS, "mount_flags", KIND_U64, 1},
 };
 
 const struct msg_def msg_table[] = {

@@ -75,8 +75,22 @@ static int make_dev(struct err *e, const char *root)
 	return 0;
 }
 
-/* In the child: a new mount namespace whose root is `root`. */
-static int enter_new_root(struct err *e, const char *root, int readonly)
+static int mount_volumes(struct err *e, const char *root, const struct mount_spec *m, size_t n)
+{
+	char dst[4096];
+	for (size_t i = 0; i < n; i++) {
+		snprintf(dst, sizeof(dst), "%s%s", root, m[i].dst);
+		if (mount(m[i].src, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
+			return fail_errno(e, "mount volume %s on %s", m[i].src, m[i].dst);
+		if (m[i].flags & MOUNT_READONLY &&
+		    mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+			return fail_errno(e, "make volume %s read-only", m[i].dst);
+	}
+	return 0;
+}
+
+/* In the child: a new mount namespace whose root is `root`, with its volumes. */
+static int enter_new_root(struct err *e, const char *root, int readonly, const struct mount_spec *m, size_t n)
 {
 	if (unshare(CLONE_NEWNS) < 0)
 		return fail_errno(e, "unshare mount namespace");
@@ -84,6 +98,8 @@ static int enter_new_root(struct err *e, const char *root, int readonly)
 		return fail_errno(e, "make / private");
 	if (mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0)
 		return fail_errno(e, "bind %s", root);
+	if (mount_volumes(e, root, m, n) < 0)
+		return -1;
 	if (mount_at(e, "proc", root, "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
 		return -1;
 	if (mount_at(e, "sysfs", root, "sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) < 0)
@@ -114,7 +130,7 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 
 	if (s->rootfs) {
 		char go = 0;
-		if (enter_new_root(e, s->rootfs, s->readonly) < 0)
+		if (enter_new_root(e, s->rootfs, s->readonly, s->mounts, s->nmounts) < 0)
 			return -1;
 		if (write_full(sync_fd, "N", 1) < 0 || read(sync_fd, &go, 1) != 1 || go != 'G')
 			return fail(e, EPIPE, "agent went away during container setup");

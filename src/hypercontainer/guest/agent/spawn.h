@@ -6,6 +6,17 @@
 
 #include "util.h"
 
+#define MOUNT_READONLY 1
+#define MOUNT_TMPFS 2
+#define MAX_MOUNTS 64
+
+/* A volume bind-mounted into a new container: source in the guest, target inside the container root. */
+struct mount_spec {
+	const char *src;
+	const char *dst;
+	unsigned flags;
+};
+
 struct proc_spec {
 	const char *rootfs; /* new container on this root; NULL: no new root */
 	int join_mntns;     /* >= 0: join this mount namespace (exec into a container) */
@@ -19,6 +30,8 @@ struct proc_spec {
 	size_t ngroups;
 	int terminal;
 	int want_stdin;
+	const struct mount_spec *mounts;
+	size_t nmounts;
 };
 
 /* Agent-side ends; with a terminal, out is the pty master and in == out, err == -1. */

@@ -1,0 +1,42 @@
+"""Host directories shared into a pod, and removing pod directories without ever reaching through a mount."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import HCError, InvalidArgument
+from .mount import mount, mounts_under, umount
+
+MS_BIND, MS_REC = 4096, 16384
+
+
+def check_host_dir(name: str, path: str) -> Path:
+    """A host directory a volume may share: it exists, is a directory, and no component is a symlink."""
+    p = Path(path)
+    real = os.path.realpath(p)
+    if real != str(p):
+        raise InvalidArgument(f"volume {name}: host path {path} goes through a symlink (it resolves to {real}); "
+                              "give the real path")
+    if not p.is_dir():
+        raise InvalidArgument(f"volume {name}: host path {path} is not an existing directory")
+    return p
+
+
+def bind(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    mount(str(src), dst, "", MS_BIND | MS_REC)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that first detaches every mount below `path` and refuses if any is left: a bind-mounted host
+    volume must never be emptied by a pod's removal."""
+    for mp in mounts_under(path):
+        with contextlib.suppress(OSError):
+            umount(mp)
+    left = mounts_under(path)
+    if left:
+        raise HCError(f"cannot remove {path}: {left[0]} is still mounted")
+    shutil.rmtree(path, ignore_errors=True)
