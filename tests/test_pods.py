@@ -345,3 +345,116 @@ def test_exec_tty_and_resize(hyperd: Daemon, sleeper: str) -> None:
     assert b"50 132" in out
     assert p.wait(30) == 0
     os.close(master)
+
+
+# ---- pod specs, volumes, files, restarts ------------------------------------------------------------------
+
+def wait_for(cond, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def container_state(d: Daemon, pod: str, name: str) -> dict:
+    info = json.loads(d.hyperctl("inspect", pod, check=True).stdout)
+    return next(c for c in info["containers"] if c["name"] == name)
+
+
+def test_two_container_kubernetes_pod(hyperd: Daemon, tmp_path: Path) -> None:
+    """A Kubernetes v1 Pod: two containers share localhost, the hostname and an emptyDir volume."""
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text("""
+apiVersion: v1
+kind: Pod
+metadata: {name: webpair}
+spec:
+  restartPolicy: Never
+  volumes: [{name: shared, emptyDir: {}}]
+  containers:
+    - name: web
+      image: busybox
+      command: [sh, -c]
+      args: ["echo served-$(hostname) > /www/index.html; exec httpd -f -p 8080 -h /www"]
+      volumeMounts: [{name: shared, mountPath: /www}]
+    - name: client
+      image: busybox
+      command: [sh, -c, "until wget -qO- http://localhost:8080/; do sleep 0.2; done; cat /www/index.html; hostname"]
+      volumeMounts: [{name: shared, mountPath: /www, readOnly: true}]
+""")
+    hyperd.hyperctl("run", "-f", str(manifest), check=True)
+    try:
+        wait_for(lambda: container_state(hyperd, "webpair", "client")["state"] == "exited")
+        assert container_state(hyperd, "webpair", "client")["exit_code"] == 0
+        assert hyperd.hyperctl("logs", "-c", "client", "webpair").stdout == b"served-webpair\n" * 2 + b"webpair\n"
+        assert container_state(hyperd, "webpair", "web")["state"] == "running"
+    finally:
+        hyperd.hyperctl("rm", "-f", "webpair", check=True)
+
+
+def test_host_volume_and_read_only(hyperd: Daemon, tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    r = run(hyperd, "-v", f"{vol}:/data", "busybox", "sh", "-c", "echo from-guest > /data/out")
+    assert r.returncode == 0, r.stderr
+    assert (vol / "out").read_text() == "from-guest\n"
+    r = run(hyperd, "-v", f"{vol}:/data:ro", "busybox", "sh", "-c", "cat /data/out; echo x > /data/new")
+    assert r.returncode == 1 and r.stdout == b"from-guest\n"
+    assert b"Read-only file system" in r.stderr and not (vol / "new").exists()
+    assert (vol / "out").exists()  # removing the pods never reaches into the host directory
+
+
+def test_injected_file(hyperd: Daemon, tmp_path: Path) -> None:
+    spec = {"name": "withfile", "containers": [{
+        "name": "c", "image": "busybox", "command": ["stat", "-c", "%a %u %g %s", "/etc/app/app.conf"],
+        "files": [{"path": "/etc/app/app.conf", "content": "key=value\n", "mode": "0640", "uid": 1000, "gid": 50}]}]}
+    f = tmp_path / "spec.json"
+    f.write_text(json.dumps(spec))
+    hyperd.hyperctl("run", "-f", str(f), check=True)
+    wait_for(lambda: container_state(hyperd, "withfile", "c")["state"] == "exited")
+    assert hyperd.hyperctl("logs", "withfile").stdout == b"640 1000 50 10\n"
+    hyperd.hyperctl("rm", "withfile", check=True)
+
+
+def test_on_failure_restarts_until_success(hyperd: Daemon) -> None:
+    script = 'n=$(cat /count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /count; echo run $n; [ $n -ge 3 ]'
+    hyperd.hyperctl("run", "-d", "--name", "flaky", "--restart", "on-failure", "busybox", "sh", "-c", script,
+                    check=True)
+    wait_for(lambda: "Exited (0)" in hyperd.hyperctl("ps", "-a").stdout.decode())
+    assert hyperd.hyperctl("logs", "flaky").stdout == b"run 1\nrun 2\nrun 3\n"
+    assert container_state(hyperd, "flaky", "flaky")["restarts"] == 2
+    hyperd.hyperctl("rm", "flaky", check=True)
+
+
+@pytest.mark.parametrize(("spec", "why"), [
+    ({"hostname": "Bad_Name", "containers": [{"name": "a", "image": "busybox"}]}, b"hostname"),
+    ({"containers": [{"name": "a", "image": "busybox"}, {"name": "a", "image": "busybox"}]},
+     b"duplicate container names: a"),
+    ({"containers": [{"name": "a", "image": "busybox"}], "colour": "red"}, b"colour: unknown field"),
+    ({"resources": {"memory": 16}, "containers": [{"name": "a", "image": "busybox"}]}, b"resources.memory"),
+    ({"containers": [{"name": f"c{i}", "image": "busybox"} for i in range(1000)]}, b"containers"),
+    ({"volumes": [{"name": "v", "hostPath": "/tmp/../etc"}],
+      "containers": [{"name": "a", "image": "busybox", "volumes": [{"name": "v", "path": "/v"}]}]}, b".."),
+    ({"volumes": [{"name": "v", "hostPath": "/tmp"}],
+      "containers": [{"name": "a", "image": "busybox", "volumes": [{"name": "v", "path": "/x/../etc"}]}]}, b".."),
+    ({"containers": [{"name": "a", "image": "busybox", "volumes": [{"name": "nope", "path": "/v"}]}]},
+     b"does not define"),
+])
+def test_bad_pod_specs(hyperd: Daemon, tmp_path: Path, spec: dict, why: bytes) -> None:
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(spec))
+    before = hyperd.hyperctl("ps", "-aq").stdout
+    r = hyperd.hyperctl("run", "-f", str(f))
+    assert r.returncode == 125 and why in r.stderr, r.stderr
+    assert hyperd.hyperctl("ps", "-aq").stdout == before
+    no_leftovers(hyperd)
+
+
+def test_symlinked_host_volume_refused(hyperd: Daemon, tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    r = run(hyperd, "-v", f"{tmp_path / 'link'}:/data", "busybox", "true")
+    assert r.returncode == 125 and b"goes through a symlink" in r.stderr
+    r = run(hyperd, "-v", f"{tmp_path / 'missing'}:/data", "busybox", "true")
+    assert r.returncode == 125 and b"not an existing directory" in r.stderr
+    no_leftovers(hyperd)

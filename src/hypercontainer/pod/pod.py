@@ -34,6 +34,7 @@ BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in wel
 VOLUMES = ".volumes"  # host volumes, bind-mounted into the pod share (container names cannot start with '.')
 MOUNT_READONLY, MOUNT_TMPFS = 1, 2
 RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 0.1, 10.0
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,11 @@ class Pod:
                 src.append(f"{VOLUMES}/{vol.name}" if vol.host_path else vol.name)
                 dst.append(m.path)
                 flags.append((MOUNT_READONLY if m.readonly else 0) | (0 if vol.host_path else MOUNT_TMPFS))
+            injected = {f.path for f in c.spec.files}
+            for path, data in (("/etc/hostname", f"{self.hostname}\n"),
+                               ("/etc/hosts", HOSTS.format(hostname=self.hostname))):
+                if path not in injected:
+                    write_file(root, path, data.encode(), 0o644, 0, 0)
             for f in c.spec.files:
                 write_file(root, f.path, f.data(), f.mode, f.uid, f.gid)
         except (OSError, ValueError) as e:
