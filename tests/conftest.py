@@ -45,7 +45,8 @@ class Daemon:
         self.env = dict(os.environ,
                         HYPERCONTAINER_ROOT=str(root / "state"),
                         HYPERCONTAINER_RUN=str(root / "run"),
-                        HYPERCONTAINER_SOCKET=str(root / "run" / "hyperd.sock"))
+                        HYPERCONTAINER_SOCKET=str(root / "run" / "hyperd.sock"),
+                        HYPERCONTAINER_ASSETS=os.environ.get("HYPERCONTAINER_ASSETS", "/var/lib/hypercontainer/assets"))
         self.proc: subprocess.Popen | None = None
         self.log = root / "hyperd.log"
 
@@ -63,7 +64,11 @@ class Daemon:
         raise RuntimeError("hyperd did not come up")
 
     def stop(self) -> None:
+        """Removes every pod (they would outlive hyperd), then stops hyperd."""
         if self.proc and self.proc.poll() is None:
+            ids = self.hyperctl("ps", "-aq").stdout.split()
+            if ids:
+                self.hyperctl("rm", "-f", *[i.decode() for i in ids])
             self.proc.terminate()
             try:
                 self.proc.wait(30)

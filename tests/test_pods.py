@@ -209,20 +209,43 @@ def test_hyperctl_without_daemon(tmp_path: Path) -> None:
     assert b"cannot reach hyperd" in r.stderr and b"hyperd &" in r.stderr
 
 
-def test_hyperd_killed_leaves_nothing_after_restart(busybox_tar: Path, tmp_path: Path) -> None:
-    """kill -9 of hyperd with a pod running: the next hyperd stops its VM, unmounts, shows it exited."""
+def test_hyperd_restarts_cleanly(busybox_tar: Path, tmp_path: Path) -> None:
+    """Without live restore: a stopping hyperd stops its pods; one killed with -9 leaves pods that the next
+    hyperd releases (VM stopped, mounts gone) and lists as exited."""
+    d = Daemon(tmp_path)
+    d.start()
+    try:
+        d.hyperctl("load", "-i", str(busybox_tar), check=True)
+        for n in ("graceful", "killed"):
+            d.hyperctl("run", "-d", "--name", n, "busybox", "sleep", "600", check=True)
+            vm_pid = json.loads(d.hyperctl("inspect", n, check=True).stdout)["vm"]["pid"]
+            assert d.proc
+            d.proc.terminate() if n == "graceful" else d.proc.kill()
+            d.proc.wait()
+            if n == "graceful":
+                assert not Path(f"/proc/{vm_pid}/cmdline").exists() or not Path(f"/proc/{vm_pid}/cmdline").read_bytes()
+            d.start()
+            assert not Path(f"/proc/{vm_pid}/cmdline").exists() or not Path(f"/proc/{vm_pid}/cmdline").read_bytes()
+            assert str(d.statedir) not in Path("/proc/self/mountinfo").read_text()
+            assert f"{n}" in d.hyperctl("ps", "-a", check=True).stdout.decode()
+            d.hyperctl("rm", n, check=True)
+    finally:
+        d.stop()
+
+
+def test_vm_gone_while_hyperd_down(busybox_tar: Path, tmp_path: Path) -> None:
+    """hyperd killed, then the pod's VM dies too: the next hyperd releases what is left and shows it exited."""
     d = Daemon(tmp_path)
     d.start()
     try:
         d.hyperctl("load", "-i", str(busybox_tar), check=True)
         pod_id = d.hyperctl("run", "-d", "--name", "orphan", "busybox", "sleep", "300", check=True).stdout.decode()
-        rundir = d.rundir / "pods" / pod_id.strip()[:16]
-        assert qemu_pids(str(rundir))
+        vm_pid = json.loads(d.hyperctl("inspect", "orphan", check=True).stdout)["vm"]["pid"]
         assert d.proc
         d.proc.kill()
         d.proc.wait()
+        os.kill(vm_pid, signal.SIGKILL)
         d.start()
-        assert qemu_pids(str(rundir)) == []
         assert str(d.statedir) not in Path("/proc/self/mountinfo").read_text()
         ps = d.hyperctl("ps", "-a", check=True).stdout.decode()
         assert "orphan" in ps and "Exited (255)" in ps

@@ -28,7 +28,7 @@ async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool =
         out.close()
 
 
-async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM, grace: float = 3.0) -> int:
+async def stop(proc: asyncio.subprocess.Process | Adopted, sig: int = signal.SIGTERM, grace: float = 3.0) -> int:
     """Signals the child, waits `grace` seconds, then kills it. Returns its exit status."""
     if proc.returncode is not None:
         return proc.returncode
@@ -57,3 +57,58 @@ async def wait_for_path(path: Path, proc: asyncio.subprocess.Process, timeout: f
         if loop.time() > deadline:
             raise TimeoutError(f"{what} did not create {path} within {timeout:.0f} s")
         await asyncio.sleep(0.002)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid, it names
+    one process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+class Adopted:
+    """A process this daemon did not start (a VM left running by an earlier hyperd), with the parts of
+    asyncio.subprocess.Process the rest of the code uses. Exit is seen through a pidfd; the exit status of a
+    process that is not our child cannot be known, so it reads as 0."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._fd = os.pidfd_open(pid)
+        loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(self._fd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self.returncode = 0
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+    async def wait(self) -> int:
+        await asyncio.shield(self._exited)
+        return 0
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            signal.pidfd_send_signal(self._fd, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def adopt(pid: int | None, expected_start: int | None, marker: str) -> Adopted | None:
+    """The process `pid` if it is still the one we started (same start time, `marker` in its command line)."""
+    if not pid or start_time(pid) != expected_start:
+        return None
+    try:
+        if marker.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None
+        return Adopted(pid)
+    except (OSError, ProcessLookupError):
+        return None

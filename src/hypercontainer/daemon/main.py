@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -52,6 +53,25 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT once it has stopped serving, which would end hyperd before it hands its
+    pods over; here a signal only asks the server to stop, and serve() returns normally."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+
 async def serve(p: Paths) -> None:
     p.ensure()
     log.info("preparing guest assets in %s", p.assets)
@@ -61,19 +81,21 @@ async def serve(p: Paths) -> None:
     images = ImageStore(p.images)
     db = StateDB(p.db)
     manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name))
-    manager.recover()
+    manager.live_restore = os.environ.get("HYPERCONTAINER_LIVE_RESTORE") == "1"
+    await manager.recover()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
                       str(p.root))
     insecure = {r for r in os.environ.get("HYPERCONTAINER_INSECURE_REGISTRIES", "").split(",") if r}
     app = create_app(manager, images, Puller(images, insecure), info)
     sock = bind_socket(p.socket)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_ping_interval=None)
-    server = uvicorn.Server(config)
+    server = _Server(config)
     log.info("hyperd %s listening on %s", __version__, p.socket)
     try:
         await server.serve(sockets=[sock])
     finally:
-        log.info("stopping: shutting down %d pods", len(manager.pods))
+        action = "leaving running" if manager.live_restore else "shutting down"
+        log.info("stopping: %s %d pods", action, len(manager.pods))
         await manager.shutdown()
         db.close()
         with contextlib.suppress(FileNotFoundError):
@@ -85,10 +107,12 @@ async def serve(p: Paths) -> None:
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Runtime directory [/run/hypercontainer].")
 @click.option("--socket", "sock", type=click.Path(path_type=Path), help="API socket [<run>/hyperd.sock].")
 @click.option("--insecure-registry", multiple=True, help="Registry reached over plain HTTP (loopback ones always are).")
+@click.option("--live-restore", is_flag=True,
+              help="Experimental: leave pods running when hyperd stops and take them over when it starts.")
 @click.option("--debug", is_flag=True, help="Verbose logs.")
 @click.version_option(__version__, prog_name="hyperd")
 def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_registry: tuple[str, ...],
-         debug: bool) -> None:
+         live_restore: bool, debug: bool) -> None:
     """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
     if root:
         os.environ["HYPERCONTAINER_ROOT"] = str(root)
@@ -96,6 +120,8 @@ def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_re
         os.environ["HYPERCONTAINER_RUN"] = str(run_dir)
     if sock:
         os.environ["HYPERCONTAINER_SOCKET"] = str(sock)
+    if live_restore:
+        os.environ["HYPERCONTAINER_LIVE_RESTORE"] = "1"
     if insecure_registry:
         os.environ["HYPERCONTAINER_INSECURE_REGISTRIES"] = ",".join(insecure_registry)
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,

@@ -8,12 +8,12 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import signal
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from .. import procs
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..image.store import ImageStore
 from ..spec.errors import invalid_spec
@@ -38,6 +38,11 @@ class PodManager:
         self._starts: dict[str, asyncio.Task] = {}
         self._stale: dict[str, dict] = {}  # records of pods from an earlier run of the daemon
         self.recent_boots: collections.deque[dict] = collections.deque(maxlen=10)  # newest last
+        # Live restore (experimental): leave pods running when hyperd stops and take them over when it starts.
+        # Off by default: QEMU may keep a dead hyperd's socket connection open (no traffic, no HUP seen) and then
+        # accepts the new one late, losing the guest's output in between. Without it, hyperd stops its pods when
+        # it stops, and after a crash releases what the old pods left.
+        self.live_restore = False
 
     # ---- lookup ------------------------------------------------------------------------------------------
     def get(self, ref: str) -> Pod:
@@ -162,32 +167,90 @@ class PodManager:
         remove_tree(self.rundir / pod_id[:16])
 
     # ---- daemon start and stop ---------------------------------------------------------------------------
-    def recover(self) -> None:
-        """Pods recorded by an earlier daemon: any VM or mount they left is released; they show as exited."""
+    async def recover(self) -> None:
+        """Pods recorded by an earlier daemon: running ones are taken over (their VMs kept running); what a
+        dead one left (VM, mounts, sockets) is released and it shows as exited."""
         for rec in self.records.all():
             info = rec["info"]
             if info["state"] not in (s.value for s in FINAL):
-                pid = (info.get("vm") or {}).get("pid")
-                if pid and _is_our_qemu(pid, self.rundir / info["id"][:16]):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                for mp in mounts_under(self.poddir / info["id"]):
-                    with contextlib.suppress(OSError):
-                        umount(mp)
-                shutil.rmtree(self.rundir / info["id"][:16], ignore_errors=True)
-                info.update(state="exited", error="hyperd restarted while the pod ran", exit_code=255)
+                if self.live_restore and await self._take_over(info):
+                    continue
+                self._release(info)
+                info.update(state="exited", error="hyperd stopped while the pod ran", exit_code=255)
                 self.records.save(info["id"], info["name"], "exited", info)
             if info.get("spec", {}).get("auto_remove"):
                 self._remove_stale(info["id"])
                 continue
             self._stale[info["id"]] = info
 
+    async def _take_over(self, info: dict) -> bool:
+        rt = info.get("runtime") or {}
+        rundir = self.rundir / info["id"][:16]
+        vm = procs.adopt(rt.get("vm_pid"), rt.get("vm_start"), str(rundir))
+        if vm is None:
+            return False
+        share = procs.adopt(rt.get("share_pid"), rt.get("share_start"), str(rundir))
+        try:
+            pod = self._rebuild(info)
+            await pod.reattach(vm, share)
+        except Exception as e:
+            log.warning("pod %s: could not take it over (%s); stopping its VM", info["name"], e)
+            for p in (vm, share):
+                if p:
+                    with contextlib.suppress(ProcessLookupError, OSError):
+                        p.kill()
+            return False
+        self.pods[pod.id] = pod
+        log.info("pod %s: taken over (VM pid %d)", pod.name, vm.pid)
+        return True
+
+    def _rebuild(self, info: dict) -> Pod:
+        spec = PodSpec.model_validate(info["spec"])
+        rt = info["runtime"]
+        containers = []
+        for cs, ci in zip(spec.containers, info["containers"], strict=True):
+            state = rt["containers"][cs.name]
+            c = Container(cs, self.images.get(ci["image"]), stream=state["stream"],
+                          log_path=self.poddir / info["id"] / "logs" / f"{cs.name}.log",
+                          fields=state["fields"], mounts=state["mounts"], restarts=state["restarts"],
+                          pid=state["pid"])
+            if state["started"]:
+                c.started.set()
+            if state["done"]:
+                c.exit_code, c.error = state["exit_code"], state["error"]
+                c.done.set()
+            containers.append(c)
+        pod = Pod(info["id"], info["name"], spec, containers, self.poddir / info["id"], self.rundir / info["id"][:16],
+                  self.assets)
+        pod.hostname, pod.created = info["hostname"], info["created"]
+        pod._stream_seq = rt["stream_seq"]
+        pod.timings.marks = dict(info.get("timings") or {})
+        pod.on_change.append(self._persist)
+        return pod
+
+    def _release(self, info: dict) -> None:
+        rt = info.get("runtime") or {}
+        rundir = self.rundir / info["id"][:16]
+        pid = rt.get("vm_pid") or (info.get("vm") or {}).get("pid")
+        if pid and _is_our_qemu(pid, rundir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for mp in mounts_under(self.poddir / info["id"]):
+            with contextlib.suppress(OSError):
+                umount(mp)
+        remove_tree(rundir)
+
     async def shutdown(self) -> None:
+        """hyperd is stopping: starts in progress are undone; running pods are stopped (with live restore: left
+        running for the next hyperd)."""
         for pod_id in list(self._starts):
             self._starts[pod_id].cancel()
-        await asyncio.gather(*(p.stop() for p in list(self.pods.values())), return_exceptions=True)
-        for p in list(self.pods.values()):
-            await p.teardown()
+        if not self.live_restore:
+            await asyncio.gather(*(p.stop() for p in list(self.pods.values())), return_exceptions=True)
+            for p in list(self.pods.values()):
+                await p.teardown()
+            return
+        await asyncio.gather(*(p.detach() for p in list(self.pods.values())), return_exceptions=True)
 
 
 def _is_our_qemu(pid: int, rundir: Path) -> bool:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import procs
 from ..errors import AgentError, CommandNotRunnable, Conflict, HCError, InvalidArgument, VMError
 from ..protocol.client import AgentClient, ProcessStreams, exec_failure_exit_code
 from ..protocol.codec import Msg
@@ -139,6 +140,7 @@ class Pod:
         await self.machine.start()
         self.timings.mark("qemu")
         self.agent = AgentClient(sockets.ctl, sockets.io)
+        self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
         await self.agent.connect()
         await self._guest(self.agent.handshake(BOOT_TIMEOUT))
         self.timings.mark("agent")
@@ -205,6 +207,36 @@ class Pod:
         c.started.set()
         self._relays.append(asyncio.create_task(c.relay()))
 
+    # ---- handing over between daemons ---------------------------------------------------------------------
+    async def reattach(self, vm: procs.Adopted, share: procs.Adopted | None) -> None:
+        """Takes over a pod an earlier hyperd left running: its QEMU and virtiofsd, the agent's sockets, the
+        streams of its running containers (output the guest held back meanwhile arrives now)."""
+        sockets = Sockets(self.rundir, logdir=self.statedir)
+        self.machine = Machine(VMConfig(self.assets.kernel, self.assets.initrd, sockets))
+        self.machine.proc = vm  # type: ignore[assignment]
+        self.share = PodShare(self.share_dir, self.rundir)
+        self.share.proc = share  # type: ignore[assignment]
+        self.agent = AgentClient(sockets.ctl, sockets.io)
+        self.agent.max_stream = self._stream_seq
+        running = [c for c in self.containers if c.started.is_set() and not c.done.is_set()]
+        for c in running:
+            c.streams = self.agent.register(c.stream, bool(c.spec.tty))
+        await self._guest(self.agent.reconnect_handshake(10))
+        for c in running:
+            self._relays.append(asyncio.create_task(c.relay()))
+        self.state = PodState.RUNNING
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def detach(self) -> None:
+        """Lets go of a running pod (hyperd is stopping; the next one takes it over): nothing is stopped."""
+        if self._watcher:
+            self._watcher.cancel()
+        for t in self._relays:
+            t.cancel()
+        if self.agent:
+            await self.agent.close()
+        self.changed()
+
     # ---- running -----------------------------------------------------------------------------------------
     async def _watch(self) -> None:
         """Each container under its restart policy; when none is left running (or the VM died), the pod stops."""
@@ -241,10 +273,13 @@ class Pod:
                 c.finish(125, e.message)
                 return
             c.restarts += 1
+            self.changed()
             log.info("pod %s: container %s restarted (%d)", self.name, c.name, c.restarts)
 
     def _next_stream(self) -> int:
         self._stream_seq = max(self._stream_seq, 2 * len(self.containers)) + 2
+        if self.agent:
+            self.agent.max_stream = self._stream_seq
         return self._stream_seq
 
     async def exec(self, container: str | None, command: list[str], *, tty: bool = False, stdin: bool = False,
@@ -266,6 +301,7 @@ class Pod:
         if workdir:
             fields["cwd"] = workdir
         stream = self._next_stream()
+        self.changed()
         proc = self.agent.register(stream, tty)
         try:
             await self.agent.request(Msg.EXEC, {"id": c.name, "stream": stream, **fields})
@@ -352,6 +388,24 @@ class Pod:
                 umount(mp)
         remove_tree(self.rundir)
 
+    def changed(self) -> None:
+        for cb in self.on_change:
+            cb(self)
+
+    def runtime(self) -> dict:
+        """What a later hyperd needs to take this pod over: processes, streams, container state."""
+        vm = self.machine.proc if self.machine else None
+        share = self.share.proc if self.share else None
+        return {
+            "vm_pid": vm.pid if vm else None, "vm_start": procs.start_time(vm.pid) if vm else None,
+            "share_pid": share.pid if share else None, "share_start": procs.start_time(share.pid) if share else None,
+            "stream_seq": self._stream_seq,
+            "containers": {c.name: {"stream": c.stream, "fields": c.fields, "mounts": c.mounts,
+                                    "started": c.started.is_set(), "done": c.done.is_set(),
+                                    "exit_code": c.exit_code, "error": c.error, "restarts": c.restarts, "pid": c.pid}
+                           for c in self.containers},
+        }
+
     def info(self) -> dict:
         return {
             "id": self.id,
@@ -373,4 +427,5 @@ class Pod:
                             "state": "exited" if c.done.is_set() else "running" if c.started.is_set() else "created"}
                            for c in self.containers],
             "spec": self.spec.model_dump(),
+            "runtime": self.runtime(),
         }

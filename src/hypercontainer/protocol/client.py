@@ -71,6 +71,10 @@ class AgentClient:
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.agent = ""
         self.guest_uptime: float | None = None  # seconds since guest kernel start, at the handshake
+        # The highest stream id the host has handed out for this guest (across daemon restarts): an EXITED for an
+        # unknown stream up to it is a process an earlier hyperd started; above it, the guest is making it up.
+        self.max_stream = 0
+        self.takeover = False  # taking over from an earlier hyperd: stale replies may still arrive
         self.on_lost: Callable[[str], None] | None = None
 
     async def connect(self, timeout: float = 10.0) -> None:
@@ -96,6 +100,22 @@ class AgentClient:
 
     def _start_readers(self) -> None:
         self._tasks = [asyncio.create_task(self._read("ctl")), asyncio.create_task(self._read("io"))]
+
+    async def reconnect_handshake(self, timeout: float, attempt: float = 2.0) -> str:
+        """Taking over a running guest: connects and says VERSION, again on a fresh connection every `attempt`
+        seconds until `timeout`: the guest may still be noticing that the previous host went away."""
+        self.takeover = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            await self.connect(timeout=max(0.1, deadline - loop.time()))
+            try:
+                return await self.handshake(min(attempt, max(0.1, deadline - loop.time())))
+            except VMError:
+                if loop.time() >= deadline:
+                    raise
+            await self._disconnect()
+            self.lost = asyncio.get_running_loop().create_future()
 
     async def handshake(self, timeout: float) -> str:
         try:
@@ -150,6 +170,9 @@ class AgentClient:
             stream, status = int(frame.fields["stream"]), int(frame.fields["status"])
             proc = self._procs.get(stream)
             if proc is None:
+                if stream <= self.max_stream:
+                    log.info("process on stream %d exited (status %d) while nobody was attached", stream, status)
+                    return
                 raise ProtocolError(f"EXITED for unknown stream {stream}")
             if status > 255:
                 raise ProtocolError(f"exit status {status} out of range")
@@ -158,6 +181,9 @@ class AgentClient:
             return
         fut = self._pending.pop(frame.seq, None)
         if fut is None:
+            if self.takeover:  # a reply meant for the hyperd before us, held back in the port
+                log.info("dropping a reply (seq %d) meant for an earlier connection", frame.seq)
+                return
             raise ProtocolError(f"reply to unknown request seq {frame.seq}")
         if not fut.done():
             fut.set_result(frame)
@@ -212,6 +238,15 @@ class AgentClient:
         async with self._write_lock:
             self._io[1].write(encode_io(stream, data))
             await self._io[1].drain()
+
+    async def _disconnect(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for conn in (self._ctl, self._io):
+            if conn:
+                conn[1].close()
+        self._ctl = self._io = None
+        self._pending.clear()
 
     async def close(self) -> None:
         for t in self._tasks:
