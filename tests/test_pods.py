@@ -481,3 +481,33 @@ def test_symlinked_host_volume_refused(hyperd: Daemon, tmp_path: Path) -> None:
     r = run(hyperd, "-v", f"{tmp_path / 'missing'}:/data", "busybox", "true")
     assert r.returncode == 125 and b"not an existing directory" in r.stderr
     no_leftovers(hyperd)
+
+
+def test_pause_logs_attach_events(hyperd: Daemon) -> None:
+    since = time.time()
+    hyperd.hyperctl("run", "-d", "--name", "ticker", "busybox", "sh", "-c",
+                    "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done", check=True)
+    try:
+        wait_for(lambda: hyperd.hyperctl("logs", "ticker").stdout.count(b"tick") >= 3)
+        hyperd.hyperctl("pause", "ticker", check=True)
+        assert "Up (Paused)" in hyperd.hyperctl("ps").stdout.decode()
+        r = hyperd.hyperctl("exec", "ticker", "true")
+        assert r.returncode == 125 and b"not running" in r.stderr
+        n = hyperd.hyperctl("logs", "ticker").stdout.count(b"tick")
+        time.sleep(1)
+        assert hyperd.hyperctl("logs", "ticker").stdout.count(b"tick") == n  # its CPUs are stopped
+        hyperd.hyperctl("unpause", "ticker", check=True)
+        wait_for(lambda: hyperd.hyperctl("logs", "ticker").stdout.count(b"tick") > n + 2)
+        last2 = hyperd.hyperctl("logs", "--tail", "2", "ticker").stdout.split(b"\n")
+        assert len(last2) == 3 and last2[0].startswith(b"tick")
+        assert hyperd.hyperctl("logs", "--since", "1h", "ticker").stdout.count(b"tick") > n
+        assert hyperd.hyperctl("logs", "--since", "2099-01-01T00:00:00", "ticker").stdout == b""
+        att = hyperd.popen("attach", "ticker", stdout=subprocess.PIPE)
+        assert att.stdout and att.stdout.readline().startswith(b"tick")
+        hyperd.hyperctl("stop", "-t", "1", "ticker", check=True)
+        assert att.wait(30) == 143  # the container's exit code, from the attached client
+        ev = hyperd.hyperctl("events", "--since", str(since), "--until", "0s", check=True).stdout.decode()
+        for action in ("create", "start", "running", "pause", "unpause", "die"):
+            assert f"pod {action} " in ev, ev
+    finally:
+        hyperd.hyperctl("rm", "-f", "ticker")

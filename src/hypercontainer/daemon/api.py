@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import platform
@@ -23,13 +24,14 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from .. import __version__
-from ..errors import CommandNotRunnable, HCError, InvalidArgument
+from ..errors import CommandNotRunnable, Conflict, HCError, InvalidArgument
 from ..image import archive
 from ..image.auth import Credentials
 from ..image.pull import Puller
 from ..image.reference import parse as parse_ref
 from ..image.registry import Registry
 from ..image.store import Image, ImageStore
+from ..pod.events import EventLog
 from ..pod.manager import PodManager
 from ..pod.pod import Pod
 from ..protocol.codec import VERSION as PROTOCOL_VERSION
@@ -172,9 +174,53 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
         return {}
 
     @app.get("/v1/pods/{ref}/logs")
-    async def logs(ref: str, follow: bool = False, container: str | None = None) -> StreamingResponse:
+    async def logs(ref: str, follow: bool = False, container: str | None = None, tail: int | None = None,
+                   since: float | None = None) -> StreamingResponse:
         path, done = manager.log_source(ref, container)
-        return StreamingResponse(_tail(path, follow, done), media_type="application/x-ndjson")
+        return StreamingResponse(_logs(path, follow, done, tail, since), media_type="application/x-ndjson")
+
+    @app.post("/v1/pods/{ref}/pause")
+    async def pause_pod(ref: str) -> dict:
+        await manager.get(ref).pause()
+        return {}
+
+    @app.post("/v1/pods/{ref}/unpause")
+    async def unpause_pod(ref: str) -> dict:
+        await manager.get(ref).unpause()
+        return {}
+
+    @app.get("/v1/events")
+    async def events(since: float | None = None, until: float | None = None) -> StreamingResponse:
+        return StreamingResponse(_events(manager.events, since, until), media_type="application/x-ndjson")
+
+    @app.websocket("/v1/pods/{ref}/attach")
+    async def attach_ws(ws: WebSocket, ref: str) -> None:
+        """Output of a running container from now on, stdin to it; first client message {"container"}."""
+        await ws.accept()
+        try:
+            req = await ws.receive_json()
+            pod = manager.get(ref)
+            c = pod.container((req or {}).get("container"))
+            if not c.started.is_set() or c.done.is_set():
+                raise Conflict(f"container {c.name} of pod {pod.name} is not running")
+        except HCError as e:
+            await _send_error(ws, e)
+            return
+        except (ValueError, WebSocketDisconnect):
+            return
+        events = c.subscribe()
+        reader = asyncio.create_task(client_input(ws, ContainerTarget(pod, c), keep_stdin=False))
+        try:
+            if req.get("rows") and req.get("cols"):
+                await pod.resize(c.name, int(req["rows"]), int(req["cols"]))
+            await send_events(ws, events)
+            with contextlib.suppress(Exception):
+                await ws.close()
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            reader.cancel()
+            c.unsubscribe(events)
 
     @app.websocket("/v1/pods/run")
     async def run(ws: WebSocket) -> None:
@@ -321,21 +367,59 @@ async def _send_error(ws: WebSocket, e: HCError) -> None:
         await ws.close()
 
 
-async def _tail(path: Path, follow: bool, done: asyncio.Event | None):
-    """Log lines; with follow, keeps reading until the container is done."""
+async def _events(log: EventLog, since: float | None, until: float | None):
+    """Recent events from `since`, then new ones until `until` (none given: until the client leaves)."""
+    q = log.subscribe()
+    try:
+        for ev in list(log.recent):
+            if since is not None and ev["time"] >= since and (until is None or ev["time"] <= until):
+                yield json.dumps(ev).encode() + b"\n"
+        while until is None or time.time() < until:
+            try:
+                ev = await asyncio.wait_for(q.get(), None if until is None else max(0.0, until - time.time()))
+            except TimeoutError:
+                return
+            yield json.dumps(ev).encode() + b"\n"
+    finally:
+        log.unsubscribe(q)
+
+
+async def _logs(path: Path, follow: bool, done: asyncio.Event | None, tail: int | None, since: float | None):
+    """Log lines (the rotated file first), filtered by time and count; with follow, new lines until the
+    container is done."""
+    def keep(line: bytes) -> bool:
+        if since is None:
+            return True
+        try:
+            return dt.datetime.fromisoformat(json.loads(line)["time"]).timestamp() >= since
+        except (ValueError, KeyError):
+            return True
+
+    rotated = path.with_name(path.name + ".1")
+    old = [ln for ln in rotated.read_bytes().splitlines(keepends=True) if keep(ln)] if rotated.exists() else []
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed in finally
     except FileNotFoundError:
+        for ln in old[-tail:] if tail else old:
+            yield ln
         return
     try:
-        while True:
+        first = old + [ln for ln in f.read().splitlines(keepends=True) if keep(ln)]
+        complete = [ln for ln in first if ln.endswith(b"\n")]
+        if len(complete) != len(first):  # a line still being written: read it again below
+            f.seek(-len(first[-1]), 1)
+        for ln in complete[-tail:] if tail is not None else complete:
+            if tail == 0:
+                break
+            yield ln
+        while follow and done is not None:
             line = f.readline()
             if line.endswith(b"\n"):
                 yield line
                 continue
             if line:
                 f.seek(-len(line), 1)
-            if not follow or done is None or done.is_set():
+            if done.is_set():
                 rest = f.read()
                 if rest:
                     yield rest

@@ -17,6 +17,8 @@ from ..spec.pod import ContainerSpec
 from ..storage.safefs import make_dirs
 from .users import resolve
 
+LOG_MAX_BYTES = 32 << 20
+
 # What a subscriber receives: ("stdout"|"stderr", bytes), ("exit", int) or ("error", str).
 Event = tuple[str, "bytes | int | str"]
 
@@ -115,17 +117,25 @@ class Container:
         """Copies output to the log file and the subscribers until both streams end, then reports the exit."""
         assert self.streams
         s = self.streams
-        with open(self.log_path, "a") as log:
+        log = open(self.log_path, "a")  # noqa: SIM115 - reopened on rotation, closed below
+        try:
 
             async def pump(q: asyncio.Queue[bytes | None], name: str) -> None:
+                nonlocal log
                 while (chunk := await q.get()) is not None:
                     now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
                     log.write(json.dumps({"time": now, "stream": name,
                                           "log": chunk.decode("utf-8", "backslashreplace")}) + "\n")
                     log.flush()
+                    if log.tell() > LOG_MAX_BYTES:  # keep this file and one before it
+                        log.close()
+                        self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+                        log = open(self.log_path, "a")  # noqa: SIM115
                     self._publish((name, chunk))
 
             await asyncio.gather(pump(s.stdout, "stdout"), pump(s.stderr, "stderr"))
+        finally:
+            log.close()
         try:
             code = await s.exit
         except Exception as e:  # the VM or the agent went away

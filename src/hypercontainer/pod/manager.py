@@ -22,6 +22,7 @@ from ..spec.pod import PodSpec
 from ..storage.mount import mounts_under, umount
 from ..storage.volumes import check_host_dir, remove_tree
 from .container import Container
+from .events import EventLog
 from .pod import GuestAssets, Pod
 from .records import PodRecords
 from .states import FINAL, PodState
@@ -43,6 +44,7 @@ class PodManager:
         # accepts the new one late, losing the guest's output in between. Without it, hyperd stops its pods when
         # it stops, and after a crash releases what the old pods left.
         self.live_restore = False
+        self.events = EventLog()
 
     # ---- lookup ------------------------------------------------------------------------------------------
     def get(self, ref: str) -> Pod:
@@ -101,7 +103,9 @@ class PodManager:
                                         log_path=self.poddir / pod_id / "logs" / f"{cspec.name}.log"))
         pod = Pod(pod_id, name, spec, containers, self.poddir / pod_id, self.rundir / pod_id[:16], self.assets)
         pod.on_change.append(self._persist)
+        pod.on_event.append(self.events.record)
         self.pods[pod_id] = pod
+        self.events.record(pod, "create", {"image": spec.containers[0].image})
         return pod
 
     def _persist(self, pod: Pod) -> None:
@@ -153,6 +157,7 @@ class PodManager:
         await pod.teardown()
         remove_tree(pod.statedir)
         self.pods.pop(pod.id, None)
+        self.events.record(pod, "destroy", {})
         self.records.delete(pod.id)
         return pod.id
 
@@ -226,6 +231,7 @@ class PodManager:
         pod._stream_seq = rt["stream_seq"]
         pod.timings.marks = dict(info.get("timings") or {})
         pod.on_change.append(self._persist)
+        pod.on_event.append(self.events.record)
         return pod
 
     def _release(self, info: dict) -> None:

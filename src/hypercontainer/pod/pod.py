@@ -35,6 +35,9 @@ BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in wel
 VOLUMES = ".volumes"  # host volumes, bind-mounted into the pod share (container names cannot start with '.')
 MOUNT_READONLY, MOUNT_TMPFS = 1, 2
 RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 0.1, 10.0
+EVENT_NAMES = {(PodState.CREATED, PodState.STARTING): "start", (PodState.STARTING, PodState.RUNNING): "running",
+               (PodState.RUNNING, PodState.PAUSED): "pause", (PodState.PAUSED, PodState.RUNNING): "unpause",
+               (PodState.STOPPING, PodState.EXITED): "die", (PodState.STARTING, PodState.FAILED): "fail"}
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
 
 
@@ -78,6 +81,7 @@ class Pod:
         self._stopping = False
         self._lock = asyncio.Lock()
         self.on_change: list = []  # callbacks(pod), e.g. persisting the record
+        self.on_event: list = []  # callbacks(pod, action, attrs): hyperctl events
 
     @property
     def share_dir(self) -> Path:
@@ -85,7 +89,8 @@ class Pod:
 
     def _set(self, state: PodState) -> None:
         check(self.state, state, self.id[:12])
-        self.state = state
+        before, self.state = self.state, state
+        self.emit(EVENT_NAMES.get((before, state), state.value), exit_code=self.exit_code)
         for cb in self.on_change:
             cb(self)
 
@@ -274,6 +279,7 @@ class Pod:
                 return
             c.restarts += 1
             self.changed()
+            self.emit("restart", container=c.name, restarts=c.restarts)
             log.info("pod %s: container %s restarted (%d)", self.name, c.name, c.restarts)
 
     def _next_stream(self) -> int:
@@ -302,6 +308,7 @@ class Pod:
             fields["cwd"] = workdir
         stream = self._next_stream()
         self.changed()
+        self.emit("exec", container=c.name, command=" ".join(command))
         proc = self.agent.register(stream, tty)
         try:
             await self.agent.request(Msg.EXEC, {"id": c.name, "stream": stream, **fields})
@@ -355,10 +362,22 @@ class Pod:
                     await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in running)), 5)
         await self.stop()
 
+    async def pause(self) -> None:
+        if self.state != PodState.RUNNING or not self.machine:
+            raise Conflict(f"pod {self.name} is {self.state.value}, not running")
+        await self.machine.qmp("stop")
+        self._set(PodState.PAUSED)
+
+    async def unpause(self) -> None:
+        if self.state != PodState.PAUSED or not self.machine:
+            raise Conflict(f"pod {self.name} is {self.state.value}, not paused")
+        await self.machine.qmp("cont")
+        self._set(PodState.RUNNING)
+
     async def stop(self) -> None:
         """Shuts the VM down (the agent syncs and powers off) and releases everything."""
         async with self._lock:
-            if self.state != PodState.RUNNING:  # a start in progress is cancelled by its owner instead
+            if self.state not in (PodState.RUNNING, PodState.PAUSED):  # a start in progress is cancelled instead
                 return
             self._set(PodState.STOPPING)
             await self.teardown()
@@ -370,7 +389,8 @@ class Pod:
 
     async def teardown(self) -> None:
         """Idempotent: agent, VM, share daemon, mounts, runtime directory."""
-        if self.agent and self.machine and self.machine.proc and self.machine.proc.returncode is None:
+        if self.agent and self.machine and self.machine.proc and self.machine.proc.returncode is None \
+                and self.state != PodState.PAUSED:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.agent.request(Msg.SHUTDOWN), 1.0)
         if self.machine:
@@ -391,6 +411,10 @@ class Pod:
     def changed(self) -> None:
         for cb in self.on_change:
             cb(self)
+
+    def emit(self, action: str, **attrs: object) -> None:
+        for cb in self.on_event:
+            cb(self, action, attrs)
 
     def runtime(self) -> dict:
         """What a later hyperd needs to take this pod over: processes, streams, container state."""

@@ -11,6 +11,7 @@ class PodState(enum.StrEnum):
     CREATED = "created"
     STARTING = "starting"
     RUNNING = "running"
+    PAUSED = "paused"  # the VM's CPUs are stopped (QMP stop)
     STOPPING = "stopping"
     EXITED = "exited"
     FAILED = "failed"  # never ran: boot or container start failed
@@ -19,7 +20,8 @@ class PodState(enum.StrEnum):
 TRANSITIONS: dict[PodState, frozenset[PodState]] = {
     PodState.CREATED: frozenset({PodState.STARTING, PodState.FAILED}),
     PodState.STARTING: frozenset({PodState.RUNNING, PodState.STOPPING, PodState.FAILED}),
-    PodState.RUNNING: frozenset({PodState.STOPPING}),
+    PodState.RUNNING: frozenset({PodState.STOPPING, PodState.PAUSED}),
+    PodState.PAUSED: frozenset({PodState.RUNNING, PodState.STOPPING}),
     PodState.STOPPING: frozenset({PodState.EXITED, PodState.FAILED}),
     PodState.EXITED: frozenset(),
     PodState.FAILED: frozenset(),

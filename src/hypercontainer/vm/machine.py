@@ -58,15 +58,21 @@ class Machine:
         assert self.proc
         return await self.proc.wait()
 
-    async def _qmp_quit(self) -> None:
+    async def qmp(self, command: str, timeout: float = 2.0) -> object:
+        """One QMP command on a short-lived connection (QMP is used rarely: pause, resume, quit)."""
         qmp = QMPClient(self.cfg.sockets.rundir.name)
         try:
-            await asyncio.wait_for(qmp.connect(str(self.cfg.sockets.qmp)), 1.0)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(qmp.execute("quit"), 1.0)
+            await asyncio.wait_for(qmp.connect(str(self.cfg.sockets.qmp)), timeout)
+            return await asyncio.wait_for(qmp.execute(command), timeout)
+        except Exception as e:
+            raise VMError(f"QMP {command} failed: {e or type(e).__name__}") from None
         finally:
             with contextlib.suppress(Exception):
                 await qmp.disconnect()
+
+    async def _qmp_quit(self) -> None:
+        with contextlib.suppress(VMError):
+            await self.qmp("quit", 1.0)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Waits up to `grace` for a guest-initiated power-off, then asks QMP to quit, then kills."""

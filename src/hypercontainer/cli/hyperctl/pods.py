@@ -27,6 +27,8 @@ def ago(ts: float | None) -> str:
 def status(p: dict) -> str:
     if p["state"] == "running":
         return "Up"
+    if p["state"] == "paused":
+        return "Up (Paused)"
     if p["state"] in ("exited", "failed"):
         return f"Exited ({p.get('exit_code')}) {ago(p.get('finished'))}".rstrip()
     return p["state"].capitalize()
@@ -37,7 +39,7 @@ def status(p: dict) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
 def ps(all_: bool, quiet: bool) -> None:
     """List pods."""
-    pods = [p for p in Client().request("GET", "/v1/pods") if all_ or p["state"] in ("running", "starting")]
+    pods = [p for p in Client().request("GET", "/v1/pods") if all_ or p["state"] in ("running", "starting", "paused")]
     if quiet:
         for p in pods:
             click.echo(p["id"][:12])
@@ -64,14 +66,37 @@ def rm(force: bool, pods: tuple[str, ...]) -> None:
              else [])
 
 
+def parse_time(text: str) -> float:
+    """'10s', '5m', '2h', '1d' ago, an ISO 8601 time, or seconds since the epoch."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+            return time.time() - float(text[:-1]) * units[text[-1]]
+        if text.replace(".", "", 1).isdigit():
+            return float(text)
+        import datetime as dt
+
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give a duration (10s, 5m, 2h) or a time (2026-01-02T15:04:05)") \
+            from None
+
+
 @click.command("logs")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming while the container runs.")
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each chunk with its time.")
+@click.option("-n", "--tail", type=int, help="Only the last N chunks.")
+@click.option("--since", help="Only output since a time or a duration ago (10s, 5m).")
 @click.option("-c", "--container", help="Container of the pod [its first].")
 @click.argument("pod")
-def logs(follow: bool, timestamps: bool, container: str | None, pod: str) -> None:
+def logs(follow: bool, timestamps: bool, tail: int | None, since: str | None, container: str | None,
+         pod: str) -> None:
     """Print a container's output (stdout to stdout, stderr to stderr)."""
-    params = {"follow": follow} | ({"container": container} if container else {})
+    params: dict = {"follow": follow} | ({"container": container} if container else {})
+    if tail is not None:
+        params["tail"] = tail
+    if since:
+        params["since"] = parse_time(since)
     for line in Client().stream_lines(f"/v1/pods/{pod}/logs", **params):
         if not line.strip():
             continue
@@ -117,4 +142,40 @@ def kill(sig: str, pod: str) -> None:
     click.echo(pod)
 
 
-COMMANDS = [ps, rm, logs, inspect, stop, kill]
+@click.command("pause")
+@click.argument("pods", nargs=-1, required=True)
+def pause(pods: tuple[str, ...]) -> None:
+    """Pause pods (their VMs' CPUs stop)."""
+    client = Client()
+    for_each(pods, lambda ref: [ref] if client.request("POST", f"/v1/pods/{ref}/pause") is not None else [])
+
+
+@click.command("unpause")
+@click.argument("pods", nargs=-1, required=True)
+def unpause(pods: tuple[str, ...]) -> None:
+    """Resume paused pods."""
+    client = Client()
+    for_each(pods, lambda ref: [ref] if client.request("POST", f"/v1/pods/{ref}/unpause") is not None else [])
+
+
+@click.command("events")
+@click.option("--since", help="Also show events since a time or a duration ago.")
+@click.option("--until", help="Stop at a time or a duration from now ('0s': now).")
+def events(since: str | None, until: str | None) -> None:
+    """Stream pod events (create, start, running, pause, unpause, restart, exec, die, fail, destroy)."""
+    params: dict = {}
+    if since:
+        params["since"] = parse_time(since)
+    if until:  # a duration counts forward from now
+        now = time.time()
+        params["until"] = 2 * now - parse_time(until) if until[-1:] in "smhd" else parse_time(until)
+    for line in Client(timeout=None).stream_lines("/v1/events", **params):
+        if not line.strip():
+            continue
+        ev = json.loads(line)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ev["time"]))
+        extra = ", ".join(f"{k}={v}" for k, v in ev.items() if k not in ("time", "type", "action", "id"))
+        click.echo(f"{stamp} pod {ev['action']} {ev['id'][:12]} ({extra})")
+
+
+COMMANDS = [ps, rm, logs, inspect, stop, kill, pause, unpause, events]

@@ -211,5 +211,19 @@ def exec_cmd(interactive: bool, tty_: bool, user: str | None, env: tuple[str, ..
     sys.exit(attach_or_exit(Client(), f"/v1/pods/{pod}/exec", first, interactive, tty_))
 
 
+@click.command("attach")
+@click.option("--no-stdin", is_flag=True, help="Do not pass stdin.")
+@click.argument("target", metavar="POD[/CONTAINER]")
+def attach_cmd(no_stdin: bool, target: str) -> None:
+    """Attach to a running container's stdio (output from now on); exits with its exit code."""
+    pod, _, container = target.partition("/")
+    client = Client()
+    info = client.request("GET", f"/v1/pods/{pod}")
+    containers = info["spec"]["containers"]
+    spec = next((c for c in containers if c["name"] == (container or containers[0]["name"])), {})
+    sys.exit(attach_or_exit(client, f"/v1/pods/{pod}/attach", {"container": container or None},
+                            bool(spec.get("stdin")) and not no_stdin, bool(spec.get("tty"))))
+
+
 run_cmd.name = "run"
-COMMANDS = [run_cmd, exec_cmd]
+COMMANDS = [run_cmd, exec_cmd, attach_cmd]
