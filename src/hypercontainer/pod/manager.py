@@ -229,6 +229,7 @@ class PodManager:
                   self.assets)
         pod.hostname, pod.created = info["hostname"], info["created"]
         pod._stream_seq = rt["stream_seq"]
+        pod._generation = rt.get("generation", 0)
         pod.timings.marks = dict(info.get("timings") or {})
         pod.on_change.append(self._persist)
         pod.on_event.append(self.events.record)

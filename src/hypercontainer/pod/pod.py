@@ -78,6 +78,7 @@ class Pod:
         self._relays: list[asyncio.Task] = []
         self._watcher: asyncio.Task | None = None
         self._stream_seq = 0
+        self._generation = 0  # of the agent sockets: one more for each hyperd that took the pod over
         self._stopping = False
         self._lock = asyncio.Lock()
         self.on_change: list = []  # callbacks(pod), e.g. persisting the record
@@ -216,11 +217,14 @@ class Pod:
     async def reattach(self, vm: procs.Adopted, share: procs.Adopted | None) -> None:
         """Takes over a pod an earlier hyperd left running: its QEMU and virtiofsd, the agent's sockets, the
         streams of its running containers (output the guest held back meanwhile arrives now)."""
-        sockets = Sockets(self.rundir, logdir=self.statedir)
-        self.machine = Machine(VMConfig(self.assets.kernel, self.assets.initrd, sockets))
+        old = Sockets(self.rundir, logdir=self.statedir, generation=self._generation)
+        self.machine = Machine(VMConfig(self.assets.kernel, self.assets.initrd, old))
         self.machine.proc = vm  # type: ignore[assignment]
         self.share = PodShare(self.share_dir, self.rundir)
         self.share.proc = share  # type: ignore[assignment]
+        self._generation += 1
+        sockets = Sockets(self.rundir, logdir=self.statedir, generation=self._generation)
+        await self.machine.new_agent_sockets(sockets)
         self.agent = AgentClient(sockets.ctl, sockets.io)
         self.agent.max_stream = self._stream_seq
         running = [c for c in self.containers if c.started.is_set() and not c.done.is_set()]
@@ -423,7 +427,7 @@ class Pod:
         return {
             "vm_pid": vm.pid if vm else None, "vm_start": procs.start_time(vm.pid) if vm else None,
             "share_pid": share.pid if share else None, "share_start": procs.start_time(share.pid) if share else None,
-            "stream_seq": self._stream_seq,
+            "stream_seq": self._stream_seq, "generation": self._generation,
             "containers": {c.name: {"stream": c.stream, "fields": c.fields, "mounts": c.mounts,
                                     "started": c.started.is_set(), "done": c.done.is_set(),
                                     "exit_code": c.exit_code, "error": c.error, "restarts": c.restarts, "pid": c.pid}

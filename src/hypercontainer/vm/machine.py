@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 
@@ -11,7 +12,7 @@ from qemu.qmp import QMPClient
 
 from .. import procs
 from ..errors import VMError
-from .qemu import VMConfig, command
+from .qemu import AGENT_CHARDEVS, Sockets, VMConfig, command, socket_backend
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +59,28 @@ class Machine:
         assert self.proc
         return await self.proc.wait()
 
-    async def qmp(self, command: str, timeout: float = 2.0) -> object:
-        """One QMP command on a short-lived connection (QMP is used rarely: pause, resume, quit)."""
+    async def qmp(self, command: str, args: dict | None = None, timeout: float = 2.0) -> object:
+        """One QMP command on a short-lived connection (QMP is used rarely: pause, resume, quit, takeover)."""
         qmp = QMPClient(self.cfg.sockets.rundir.name)
         try:
             await asyncio.wait_for(qmp.connect(str(self.cfg.sockets.qmp)), timeout)
-            return await asyncio.wait_for(qmp.execute(command), timeout)
+            return await asyncio.wait_for(qmp.execute(command, args), timeout)
         except Exception as e:
             raise VMError(f"QMP {command} failed: {e or type(e).__name__}") from None
         finally:
             with contextlib.suppress(Exception):
                 await qmp.disconnect()
 
+    async def new_agent_sockets(self, sockets: Sockets) -> None:
+        """Gives the agent's ports fresh listening sockets (QMP chardev-change). A hyperd taking a VM over needs
+        this: QEMU can hold on to the dead hyperd's connections, unnoticed, and accept no new one until then."""
+        for chardev, path in zip(AGENT_CHARDEVS, (sockets.ctl, sockets.io), strict=True):
+            await self.qmp("chardev-change", {"id": chardev, "backend": socket_backend(path)})
+        self.cfg = dataclasses.replace(self.cfg, sockets=sockets)
+
     async def _qmp_quit(self) -> None:
         with contextlib.suppress(VMError):
-            await self.qmp("quit", 1.0)
+            await self.qmp("quit", timeout=1.0)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Waits up to `grace` for a guest-initiated power-off, then asks QMP to quit, then kills."""

@@ -31,6 +31,7 @@ class Sockets:
 
     rundir: Path
     logdir: Path | None = None
+    generation: int = 0  # bumped each time a new hyperd takes the VM over (fresh agent sockets)
 
     @property
     def qmp(self) -> Path:
@@ -38,11 +39,11 @@ class Sockets:
 
     @property
     def ctl(self) -> Path:
-        return self.rundir / "ctl.sock"
+        return self.rundir / (f"ctl.{self.generation}.sock" if self.generation else "ctl.sock")
 
     @property
     def io(self) -> Path:
-        return self.rundir / "io.sock"
+        return self.rundir / (f"io.{self.generation}.sock" if self.generation else "io.sock")
 
     @property
     def console(self) -> Path:
@@ -91,6 +92,15 @@ def kernel_cmdline(cfg: VMConfig) -> str:
     if khz:
         args.append(f"tsc_early_khz={khz}")
     return " ".join([*args, *cfg.cmdline])
+
+
+def socket_backend(path: Path) -> dict:
+    """The QMP description of a listening unix-socket chardev backend (as `-chardev socket,server=on`)."""
+    return {"type": "socket", "data": {"addr": {"type": "unix", "data": {"path": str(path)}},
+                                       "server": True, "wait": False}}
+
+
+AGENT_CHARDEVS = ("ctl", "io")
 
 
 def command(cfg: VMConfig) -> list[str]:
