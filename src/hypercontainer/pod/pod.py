@@ -31,6 +31,7 @@ from .states import PodState, check
 from .users import resolve
 
 log = logging.getLogger(__name__)
+TAKEOVER_TIMEOUT = 30.0
 BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second
 VOLUMES = ".volumes"  # host volumes, bind-mounted into the pod share (container names cannot start with '.')
 MOUNT_READONLY, MOUNT_TMPFS = 1, 2
@@ -230,7 +231,10 @@ class Pod:
         running = [c for c in self.containers if c.started.is_set() and not c.done.is_set()]
         for c in running:
             c.streams = self.agent.register(c.stream, bool(c.spec.tty))
-        await self._guest(self.agent.reconnect_handshake(10))
+        self.agent.takeover = True
+        await self.agent.connect(timeout=5)
+        # One connection only, with time to spare: a second one would sit unaccepted behind the first.
+        await self._guest(self.agent.handshake(TAKEOVER_TIMEOUT))
         for c in running:
             self._relays.append(asyncio.create_task(c.relay()))
         self.state = PodState.RUNNING

@@ -101,22 +101,6 @@ class AgentClient:
     def _start_readers(self) -> None:
         self._tasks = [asyncio.create_task(self._read("ctl")), asyncio.create_task(self._read("io"))]
 
-    async def reconnect_handshake(self, timeout: float, attempt: float = 2.0) -> str:
-        """Taking over a running guest: connects and says VERSION, again on a fresh connection every `attempt`
-        seconds until `timeout`: the guest may still be noticing that the previous host went away."""
-        self.takeover = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            await self.connect(timeout=max(0.1, deadline - loop.time()))
-            try:
-                return await self.handshake(min(attempt, max(0.1, deadline - loop.time())))
-            except VMError:
-                if loop.time() >= deadline:
-                    raise
-            await self._disconnect()
-            self.lost = asyncio.get_running_loop().create_future()
-
     async def handshake(self, timeout: float) -> str:
         try:
             reply = await asyncio.wait_for(self.request(Msg.VERSION, {"version": VERSION}), timeout)
@@ -238,15 +222,6 @@ class AgentClient:
         async with self._write_lock:
             self._io[1].write(encode_io(stream, data))
             await self._io[1].drain()
-
-    async def _disconnect(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for conn in (self._ctl, self._io):
-            if conn:
-                conn[1].close()
-        self._ctl = self._io = None
-        self._pending.clear()
 
     async def close(self) -> None:
         for t in self._tasks:
