@@ -22,6 +22,10 @@ class HCError(Exception):
         super().__init__(message)
         self.message = message
 
+    def body(self) -> dict:
+        """The JSON the API answers with."""
+        return {"code": self.code, "message": self.message}
+
 
 class InvalidArgument(HCError):
     status, code = 400, "invalid_argument"
@@ -63,6 +67,9 @@ class CommandNotRunnable(InvalidArgument):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+    def body(self) -> dict:
+        return {**super().body(), "exit_code": self.exit_code}
 
 
 BY_CODE: dict[str, type[HCError]] = {

@@ -6,7 +6,6 @@ This module imports nothing from vm/: the API never talks to QEMU.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
@@ -24,7 +23,7 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from .. import __version__
-from ..errors import CommandNotRunnable, Conflict, HCError, InvalidArgument
+from ..errors import Conflict, HCError, InvalidArgument
 from ..image import archive
 from ..image.auth import Credentials
 from ..image.pull import Puller
@@ -35,7 +34,7 @@ from ..pod.events import EventLog
 from ..pod.manager import PodManager
 from ..pod.pod import Pod
 from ..protocol.codec import VERSION as PROTOCOL_VERSION
-from .stdio import ContainerTarget, ProcessTarget, client_input, process_events, send_events
+from .stdio import ContainerTarget, ProcessTarget, process_events, send_error, session
 
 API_VERSION = "v1"
 
@@ -83,13 +82,6 @@ class KillRequest(BaseModel):
     container: str | None = None
 
 
-def _error_body(e: HCError) -> dict:
-    body = {"code": e.code, "message": e.message}
-    if isinstance(e, CommandNotRunnable):
-        body["exit_code"] = e.exit_code
-    return body
-
-
 def _image_info(img: Image) -> dict:
     return {"id": img.id, "refs": [parse_ref(r).short for r in img.refs], "size": img.size,
             "digests": [parse_ref(d).short for d in img.repo_digests], "created": img.created,
@@ -108,7 +100,7 @@ async def _pull_events(puller: Puller, ref: str, creds: Credentials | None, plat
         image = task.result()
         yield json.dumps({"status": "done", "image": _image_info(image)}).encode() + b"\n"
     except HCError as e:
-        yield json.dumps({"error": _error_body(e)}).encode() + b"\n"
+        yield json.dumps({"error": e.body()}).encode() + b"\n"
     except Exception as e:
         yield json.dumps({"error": {"code": "internal", "message": f"{type(e).__name__}: {e}"}}).encode() + b"\n"
 
@@ -118,7 +110,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
 
     @app.exception_handler(HCError)
     async def _hc_error(_: Request, e: HCError) -> JSONResponse:
-        return JSONResponse(_error_body(e), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -204,23 +196,17 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
             if not c.started.is_set() or c.done.is_set():
                 raise Conflict(f"container {c.name} of pod {pod.name} is not running")
         except HCError as e:
-            await _send_error(ws, e)
+            await send_error(ws, e)
             return
         except (ValueError, WebSocketDisconnect):
             return
         events = c.subscribe()
-        reader = asyncio.create_task(client_input(ws, ContainerTarget(pod, c), keep_stdin=False))
-        try:
+
+        async def resize() -> None:
             if req.get("rows") and req.get("cols"):
                 await pod.resize(c.name, int(req["rows"]), int(req["cols"]))
-            await send_events(ws, events)
-            with contextlib.suppress(Exception):
-                await ws.close()
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            reader.cancel()
-            c.unsubscribe(events)
+
+        await session(ws, events, ContainerTarget(pod, c), False, resize, lambda: c.unsubscribe(events))
 
     @app.websocket("/v1/pods/run")
     async def run(ws: WebSocket) -> None:
@@ -231,7 +217,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
                 raise InvalidArgument("the first message must be {\"spec\": {...}}")
             pod = manager.create(req["spec"])
         except HCError as e:
-            await _send_error(ws, e)
+            await send_error(ws, e)
             return
         except (ValueError, WebSocketDisconnect):
             return
@@ -241,23 +227,13 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
         c = pod.containers[0]
         events = c.subscribe()
         await ws.send_json({"type": "created", "id": pod.id, "name": pod.name})
-        reader = asyncio.create_task(client_input(ws, ContainerTarget(pod, c), c.spec.stdin))
-        try:
-            try:
-                await manager.start(pod)
-            except HCError as e:
-                await _send_error(ws, e)
-                return
+
+        async def start() -> None:
+            await manager.start(pod)
             if req.get("rows") and req.get("cols"):
                 await pod.resize(None, int(req["rows"]), int(req["cols"]))
-            await send_events(ws, events)
-            with contextlib.suppress(Exception):
-                await ws.close()
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            reader.cancel()
-            c.unsubscribe(events)
+
+        await session(ws, events, ContainerTarget(pod, c), c.spec.stdin, start, lambda: c.unsubscribe(events))
 
     @app.websocket("/v1/pods/{ref}/exec")
     async def exec_ws(ws: WebSocket, ref: str) -> None:
@@ -273,24 +249,21 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
                                   tty=bool(req.get("tty")), stdin=bool(req.get("stdin")), user=req.get("user"),
                                   env=[str(e) for e in req.get("env") or []], workdir=req.get("workdir"))
         except HCError as e:
-            await _send_error(ws, e)
+            await send_error(ws, e)
             return
         except (ValueError, WebSocketDisconnect):
             return
         events, pump = process_events(proc)
-        reader = asyncio.create_task(client_input(ws, ProcessTarget(pod, proc), bool(req.get("stdin"))))
-        try:
+
+        async def resize() -> None:
             if req.get("tty") and req.get("rows") and req.get("cols"):
                 await pod.resize_stream(proc.stream, int(req["rows"]), int(req["cols"]))
-            await send_events(ws, events)
-            with contextlib.suppress(Exception):
-                await ws.close()
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            reader.cancel()
+
+        def detach() -> None:
             if not pump.done():  # the client went away: the process stays, its output is dropped
                 events.detach()
+
+        await session(ws, events, ProcessTarget(pod, proc), bool(req.get("stdin")), resize, detach)
 
     # ---- images ------------------------------------------------------------------------------------------
     def in_use() -> set[str]:
@@ -359,12 +332,6 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
         return {"removed": await asyncio.to_thread(images.remove, ref, in_use())}
 
     return app
-
-
-async def _send_error(ws: WebSocket, e: HCError) -> None:
-    with contextlib.suppress(Exception):
-        await ws.send_json({"type": "error", **_error_body(e)})
-        await ws.close()
 
 
 async def _events(log: EventLog, since: float | None, until: float | None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -159,3 +160,33 @@ async def client_input(ws: WebSocket, target: Target, keep_stdin: bool) -> None:
         if keep_stdin and await target.ready():
             with contextlib.suppress(Exception):
                 await target.eof()
+
+
+async def send_error(ws: WebSocket, e: HCError) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_json({"type": "error", **e.body()})
+        await ws.close()
+
+
+async def session(ws: WebSocket, events: asyncio.Queue[Event], target: Target, keep_stdin: bool,
+                  before: Callable[[], Awaitable[None]] | None = None,
+                  after: Callable[[], None] | None = None) -> None:
+    """One attached client: input from it all along; `before` (start, resize) may fail with an error the client
+    gets; then output until the exit, which ends the session."""
+    reader = asyncio.create_task(client_input(ws, target, keep_stdin))
+    try:
+        if before:
+            try:
+                await before()
+            except HCError as e:
+                await send_error(ws, e)
+                return
+        await send_events(ws, events)
+        with contextlib.suppress(Exception):
+            await ws.close()
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        reader.cancel()
+        if after:
+            after()

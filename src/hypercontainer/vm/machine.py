@@ -61,12 +61,20 @@ class Machine:
 
     async def qmp(self, command: str, args: dict | None = None, timeout: float = 2.0) -> object:
         """One QMP command on a short-lived connection (QMP is used rarely: pause, resume, quit, takeover)."""
+        return (await self.qmp_batch([(command, args)], timeout))[0]
+
+    async def qmp_batch(self, commands: list[tuple[str, dict | None]], timeout: float = 2.0) -> list[object]:
+        """Several QMP commands on one connection (QEMU serves one QMP client at a time)."""
         qmp = QMPClient(self.cfg.sockets.rundir.name)
+        name = commands[0][0]
         try:
             await asyncio.wait_for(qmp.connect(str(self.cfg.sockets.qmp)), timeout)
-            return await asyncio.wait_for(qmp.execute(command, args), timeout)
+            results = []
+            for name, args in commands:
+                results.append(await asyncio.wait_for(qmp.execute(name, args), timeout))
+            return results
         except Exception as e:
-            raise VMError(f"QMP {command} failed: {e or type(e).__name__}") from None
+            raise VMError(f"QMP {name} failed: {e or type(e).__name__}") from None
         finally:
             with contextlib.suppress(Exception):
                 await qmp.disconnect()
@@ -74,8 +82,9 @@ class Machine:
     async def new_agent_sockets(self, sockets: Sockets) -> None:
         """Gives the agent's ports fresh listening sockets (QMP chardev-change). A hyperd taking a VM over needs
         this: QEMU can hold on to the dead hyperd's connections, unnoticed, and accept no new one until then."""
-        for chardev, path in zip(AGENT_CHARDEVS, (sockets.ctl, sockets.io), strict=True):
-            await self.qmp("chardev-change", {"id": chardev, "backend": socket_backend(path)})
+        await self.qmp_batch([("chardev-change", {"id": chardev, "backend": socket_backend(path)})
+                              for chardev, path in zip(AGENT_CHARDEVS, (sockets.ctl, sockets.io), strict=True)],
+                             timeout=5.0)
         self.cfg = dataclasses.replace(self.cfg, sockets=sockets)
 
     async def _qmp_quit(self) -> None:
