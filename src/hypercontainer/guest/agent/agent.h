@@ -1,0 +1,65 @@
+/* State and helpers shared by the agent's files: the process and container tables, the two channels. */
+#ifndef HC_AGENT_H
+#define HC_AGENT_H
+
+#include <limits.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "proto.h"
+#include "util.h"
+
+#define AGENT_NAME "hc-agent/1"
+#define MAX_PROCS 1024
+#define MAX_CONTAINERS 256
+#define STDIN_HIGH_WATER (1024u * 1024u)
+#define SHARE_ROOT "/run/hc/share"
+#define VOLS_ROOT "/run/hc/vols"
+
+struct proc {
+	int used;
+	pid_t pid;
+	uint64_t stream;
+	int in, out, err; /* agent ends, -1 when closed; terminal: in == out */
+	int terminal;
+	struct buf inbuf;
+	size_t inoff;
+	int in_eof;	   /* host closed stdin: close once inbuf is written */
+	int exited, status;
+};
+
+struct container {
+	int used;
+	char id[65];
+	int mntns;	      /* fd of the container's mount namespace, -1 if unknown */
+	uint64_t init_stream; /* its first process: when that exits, the container may be started anew */
+};
+
+extern struct proc procs[MAX_PROCS];
+extern struct container containers[MAX_CONTAINERS];
+extern int ctl_fd, io_fd, sig_fd;
+extern int test_mode, negotiated;
+extern const char *share_root;
+extern struct buf out;
+
+/* stdio.c: frames to the host, process output and input, exits */
+void send_frame(void);
+void send_error(uint32_t seq, const struct err *e);
+void send_io(uint64_t stream, const void *data, uint32_t len);
+struct proc *proc_by_stream(uint64_t stream);
+struct container *container_by_id(const char *id);
+int pump_output(struct proc *p, int *fdp, uint64_t stream);
+void reap(void);
+int stdin_backlog(void);
+void flush_stdin(struct proc *p);
+void on_io(void);
+
+/* agent.c */
+extern int io_down;
+extern struct reader io_rd;
+void channel_down(int *down, struct reader *r, int is_ctl);
+
+/* requests.c: the control messages */
+void dispatch(const struct msg *m);
+
+#endif

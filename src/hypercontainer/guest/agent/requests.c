@@ -1,0 +1,324 @@
+/* The control requests: VERSION, START_POD, NEW_CONTAINER, EXEC, SIGNAL, WINSIZE, SHUTDOWN. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "boot.h"
+#include "spawn.h"
+
+static int valid_id(const char *id)
+{
+	size_t n = strlen(id);
+	if (n == 0 || n > 64)
+		return 0;
+	for (const char *c = id; *c; c++)
+		if (!(*c == '-' || *c == '_' || *c == '.' || (*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') ||
+		      (*c >= 'A' && *c <= 'Z')))
+			return 0;
+	return id[0] != '.';
+}
+
+/* A pod-wide tmpfs volume, mounted on first use at /run/hc/vols/NAME. */
+static int tmpfs_volume(const char *name, char *path, size_t len, struct err *e)
+{
+	struct stat st, parent;
+	if (!valid_id(name))
+		return fail(e, EINVAL, "invalid volume name \"%s\"", name);
+	snprintf(path, len, "%s/%s", VOLS_ROOT, name);
+	if (mkdir_p(path, 0755) < 0)
+		return fail_errno(e, "mkdir %s", path);
+	if (stat(path, &st) == 0 && stat(VOLS_ROOT, &parent) == 0 && st.st_dev != parent.st_dev)
+		return 0; /* already a mount */
+	if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+		return fail_errno(e, "mount tmpfs volume %s", name);
+	return 0;
+}
+
+static int prepare_mounts(const struct msg *m, struct mount_spec *out, char (*srcs)[PATH_MAX], size_t *n,
+			  struct err *e)
+{
+	size_t count = msg_count(m, F_MOUNT_SRC);
+	if (count != msg_count(m, F_MOUNT_DST) || count != msg_count(m, F_MOUNT_FLAGS))
+		return fail(e, EINVAL, "mount_src, mount_dst and mount_flags differ in count");
+	if (count > MAX_MOUNTS)
+		return fail(e, EINVAL, "too many volume mounts");
+	for (size_t i = 0; i < count; i++) {
+		const char *src = msg_nth(m, F_MOUNT_SRC, i)->str, *dst = msg_nth(m, F_MOUNT_DST, i)->str;
+		unsigned flags = (unsigned)msg_nth(m, F_MOUNT_FLAGS, i)->u64;
+		if (dst[0] != '/' || !path_is_clean_relative(dst + 1))
+			return fail(e, EINVAL, "mount point %s is not a clean absolute path", dst);
+		if (flags & MOUNT_TMPFS) {
+			if (tmpfs_volume(src, srcs[i], PATH_MAX, e) < 0)
+				return -1;
+		} else {
+			if (!path_is_clean_relative(src))
+				return fail(e, EINVAL, "volume source %s is not a clean relative path", src);
+			snprintf(srcs[i], PATH_MAX, "%s/%s", share_root, src);
+		}
+		out[i] = (struct mount_spec){.src = srcs[i], .dst = dst, .flags = flags};
+	}
+	*n = count;
+	return 0;
+}
+
+static int start_process(const struct msg *m, struct container *c, int new_container, struct err *e)
+{
+	size_t nargs = msg_count(m, F_ARG), nenv = msg_count(m, F_ENV), ngroups = msg_count(m, F_GROUP);
+	uint64_t stream = msg_u64(m, F_STREAM, 0);
+	char root[PATH_MAX];
+	struct proc *slot = NULL;
+	int rc = -1;
+
+	if (nargs == 0)
+		return fail(e, EINVAL, "no command given");
+	if (stream == 0 || stream % 2 || stream == UINT64_MAX)
+		return fail(e, EINVAL, "stream id must be even and non-zero");
+	if (proc_by_stream(stream))
+		return fail(e, EEXIST, "stream %llu is in use", (unsigned long long)stream);
+	if (ngroups > 64)
+		return fail(e, EINVAL, "too many supplementary groups");
+	for (int i = 0; i < MAX_PROCS && !slot; i++)
+		if (!procs[i].used)
+			slot = &procs[i];
+	if (!slot)
+		return fail(e, EAGAIN, "too many processes");
+
+	char **argv = calloc(nargs + 1, sizeof(char *)), **envp = calloc(nenv + 1, sizeof(char *));
+	gid_t groups[64];
+	if (!argv || !envp) {
+		fail(e, ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < nargs; i++)
+		argv[i] = msg_nth(m, F_ARG, i)->str;
+	for (size_t i = 0; i < nenv; i++)
+		envp[i] = msg_nth(m, F_ENV, i)->str;
+	for (size_t i = 0; i < ngroups; i++)
+		groups[i] = (gid_t)msg_nth(m, F_GROUP, i)->u64;
+
+	struct proc_spec s = {
+		.rootfs = NULL, .join_mntns = -1, .readonly = (int)msg_u64(m, F_READONLY, 0),
+		.argv = argv, .envp = envp, .cwd = msg_str(m, F_CWD, "/"),
+		.uid = (uid_t)msg_u64(m, F_UID, 0), .gid = (gid_t)msg_u64(m, F_GID, 0),
+		.groups = groups, .ngroups = ngroups,
+		.terminal = msg_u64(m, F_TERMINAL, 0) != 0, .want_stdin = msg_u64(m, F_STDIN, 0) != 0,
+	};
+	if (s.cwd[0] != '/') {
+		fail(e, EINVAL, "working directory %s is not absolute", s.cwd);
+		goto out;
+	}
+	if (new_container) {
+		const char *rel = msg_str(m, F_ROOTFS, "");
+		if (*rel) {
+			if (!path_is_clean_relative(rel)) {
+				fail(e, EINVAL, "rootfs %s is not a clean relative path", rel);
+				goto out;
+			}
+			snprintf(root, sizeof(root), "%s/%s", share_root, rel);
+			s.rootfs = root;
+		} else if (!test_mode) {
+			fail(e, EINVAL, "rootfs missing");
+			goto out;
+		}
+	} else {
+		s.join_mntns = c->mntns;
+	}
+
+	struct mount_spec mounts[MAX_MOUNTS];
+	char mount_src[MAX_MOUNTS][PATH_MAX];
+	if (new_container && prepare_mounts(m, mounts, mount_src, &s.nmounts, e) < 0)
+		goto out;
+	s.mounts = mounts;
+
+	struct proc_io io;
+	pid_t pid;
+	int mntns = -1;
+	if (spawn_process(&s, &pid, &io, new_container ? &mntns : NULL, e) < 0)
+		goto out;
+	memset(slot, 0, sizeof(*slot));
+	slot->used = 1;
+	slot->pid = pid;
+	slot->stream = stream;
+	slot->in = io.in, slot->out = io.out, slot->err = io.err;
+	slot->terminal = s.terminal;
+	set_nonblock(io.out, 1);
+	if (io.err >= 0)
+		set_nonblock(io.err, 1);
+	if (io.in >= 0)
+		set_nonblock(io.in, 1);
+	if (new_container)
+		c->mntns = mntns;
+	rc = 0;
+	frame_begin(&out, MSG_ACK, m->seq);
+	frame_add_u64(&out, F_PID, (uint64_t)pid);
+out:
+	free(argv);
+	free(envp);
+	return rc;
+}
+
+static int handle_start_pod(const struct msg *m, struct err *e)
+{
+	const char *host = msg_str(m, F_HOSTNAME, NULL), *share = msg_str(m, F_SHARE, NULL);
+	if (test_mode)
+		return 0;
+	if (host && sethostname(host, strlen(host)) < 0)
+		return fail_errno(e, "sethostname %s", host);
+	if (share && mount_share(share, msg_str(m, F_SHAREFS, "virtiofs"), SHARE_ROOT, e) < 0)
+		return -1;
+	return 0;
+}
+
+static int handle_new_container(const struct msg *m, struct err *e)
+{
+	const char *id = msg_str(m, F_ID, "");
+	struct container *c = NULL;
+	if (!valid_id(id))
+		return fail(e, EINVAL, "invalid container id \"%s\"", id);
+	if ((c = container_by_id(id))) {
+		struct proc *init = proc_by_stream(c->init_stream);
+		if (init && !init->exited)
+			return fail(e, EEXIST, "container %s is running", id);
+		if (c->mntns >= 0) /* a restart: the old namespace goes */
+			close(c->mntns);
+		c->used = 0;
+		c = NULL;
+	}
+	for (int i = 0; i < MAX_CONTAINERS && !c; i++)
+		if (!containers[i].used)
+			c = &containers[i];
+	if (!c)
+		return fail(e, EAGAIN, "too many containers");
+	memset(c, 0, sizeof(*c));
+	if (start_process(m, c, 1, e) < 0)
+		return -1;
+	c->used = 1;
+	c->init_stream = msg_u64(m, F_STREAM, 0);
+	snprintf(c->id, sizeof(c->id), "%s", id);
+	return 0;
+}
+
+static int handle_exec(const struct msg *m, struct err *e)
+{
+	struct container *c = container_by_id(msg_str(m, F_ID, ""));
+	if (!c)
+		return fail(e, ENOENT, "no container %s", msg_str(m, F_ID, ""));
+	if (c->mntns < 0 && !test_mode)
+		return fail(e, ESRCH, "container %s has no namespace to join", c->id);
+	return start_process(m, c, 0, e);
+}
+
+static int handle_signal(const struct msg *m, struct err *e)
+{
+	struct proc *p = proc_by_stream(msg_u64(m, F_STREAM, 0));
+	uint64_t sig = msg_u64(m, F_SIGNAL, 0);
+	if (sig == 0 || sig >= NSIG)
+		return fail(e, EINVAL, "invalid signal %llu", (unsigned long long)sig);
+	if (!p || p->exited)
+		return fail(e, ESRCH, "no such process");
+	if (kill(p->pid, (int)sig) < 0)
+		return fail_errno(e, "kill %d", (int)p->pid);
+	return 0;
+}
+
+static int handle_winsize(const struct msg *m, struct err *e)
+{
+	struct proc *p = proc_by_stream(msg_u64(m, F_STREAM, 0));
+	struct winsize ws = {.ws_row = (unsigned short)msg_u64(m, F_ROWS, 24),
+			     .ws_col = (unsigned short)msg_u64(m, F_COLS, 80)};
+	if (!p || p->exited)
+		return fail(e, ESRCH, "no such process");
+	if (!p->terminal || p->out < 0)
+		return fail(e, ENOTTY, "process has no terminal");
+	if (ioctl(p->out, TIOCSWINSZ, &ws) < 0)
+		return fail_errno(e, "set window size");
+	return 0;
+}
+
+static uint64_t uptime_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void shutdown_now(void)
+{
+	if (test_mode)
+		exit(0);
+	kill(-1, SIGKILL);
+	power_off();
+}
+
+void dispatch(const struct msg *m)
+{
+	struct err e = {0};
+	int rc = 0, shutdown = 0;
+
+	frame_begin(&out, MSG_ACK, m->seq);
+	if (!negotiated && m->type != MSG_VERSION) {
+		rc = fail(&e, EPROTO, "VERSION must be the first request");
+	} else {
+		switch (m->type) {
+		case MSG_VERSION:
+			if (msg_u64(m, F_VERSION, 0) != PROTO_VERSION) {
+				rc = fail(&e, EPROTONOSUPPORT, "protocol version %llu not supported (agent speaks %d)",
+					  (unsigned long long)msg_u64(m, F_VERSION, 0), PROTO_VERSION);
+				break;
+			}
+			negotiated = 1;
+			frame_add_u64(&out, F_VERSION, PROTO_VERSION);
+			frame_add_str(&out, F_AGENT, AGENT_NAME);
+			frame_add_u64(&out, F_UPTIME_MS, uptime_ms());
+			break;
+		case MSG_PING:
+			break;
+		case MSG_START_POD:
+			rc = handle_start_pod(m, &e);
+			break;
+		case MSG_NEW_CONTAINER:
+			rc = handle_new_container(m, &e);
+			break;
+		case MSG_EXEC:
+			rc = handle_exec(m, &e);
+			break;
+		case MSG_SIGNAL:
+			rc = handle_signal(m, &e);
+			break;
+		case MSG_WINSIZE:
+			rc = handle_winsize(m, &e);
+			break;
+		case MSG_SHUTDOWN:
+			shutdown = 1;
+			break;
+		case MSG_ACK:
+		case MSG_ERROR:
+		case MSG_EXITED:
+			rc = fail(&e, EINVAL, "message type %u is not a request", m->type);
+			break;
+		default:
+			rc = fail(&e, ENOSYS, "unknown message type %u", m->type);
+		}
+	}
+	if (rc < 0)
+		send_error(m->seq, &e);
+	else
+		send_frame();
+	if (shutdown)
+		shutdown_now();
+}
+

@@ -1,0 +1,221 @@
+/* Process I/O: output to stream frames, stream frames to stdin, exits to EXITED events. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "boot.h"
+#include "spawn.h"
+
+void send_frame(void)
+{
+	frame_end(&out);
+	if (write_full(ctl_fd, out.data, out.len) < 0)
+		log_msg("control write: %s", strerror(errno));
+}
+
+void send_error(uint32_t seq, const struct err *e)
+{
+	frame_begin(&out, MSG_ERROR, seq);
+	frame_add_u64(&out, F_CODE, (uint64_t)(e->code > 0 ? e->code : EIO));
+	frame_add_str(&out, F_MESSAGE, e->msg);
+	send_frame();
+}
+
+void send_io(uint64_t stream, const void *data, uint32_t len)
+{
+	uint8_t frame[IO_HDR + IO_MAX_DATA];
+	io_header(frame, stream, len);
+	memcpy(frame + IO_HDR, data, len);
+	if (write_full(io_fd, frame, IO_HDR + len) < 0)
+		log_msg("stream write: %s", strerror(errno));
+}
+
+/* ---- processes -------------------------------------------------------------------------------------- */
+
+struct proc *proc_by_stream(uint64_t stream)
+{
+	for (int i = 0; i < MAX_PROCS; i++)
+		if (procs[i].used && procs[i].stream == stream)
+			return &procs[i];
+	return NULL;
+}
+
+struct container *container_by_id(const char *id)
+{
+	for (int i = 0; i < MAX_CONTAINERS; i++)
+		if (containers[i].used && strcmp(containers[i].id, id) == 0)
+			return &containers[i];
+	return NULL;
+}
+
+static void close_in(struct proc *p)
+{
+	if (p->in >= 0 && p->in != p->out)
+		close(p->in);
+	p->in = -1;
+	buf_free(&p->inbuf);
+	p->inoff = 0;
+}
+
+static void force_eof(struct proc *p, int *fdp, uint64_t stream)
+{
+	if (*fdp == p->in)
+		p->in = -1;
+	close(*fdp);
+	*fdp = -1;
+	send_io(stream, NULL, 0);
+}
+
+/* Reads one chunk of output. Returns 1 if data was sent, 0 at EOF (fd closed, EOF sent), -1 if none now. */
+int pump_output(struct proc *p, int *fdp, uint64_t stream)
+{
+	static uint8_t chunk[IO_MAX_DATA];
+	ssize_t n = read(*fdp, chunk, sizeof(chunk));
+	if (n > 0) {
+		send_io(stream, chunk, (uint32_t)n);
+		return 1;
+	}
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return -1;
+	/* EOF, or EIO from a pty master whose slave side is gone. */
+	force_eof(p, fdp, stream);
+	return 0;
+}
+
+static void proc_finish_if_done(struct proc *p)
+{
+	if (!p->exited || p->out >= 0 || p->err >= 0)
+		return;
+	close_in(p);
+	frame_begin(&out, MSG_EXITED, 0);
+	frame_add_u64(&out, F_STREAM, p->stream);
+	frame_add_u64(&out, F_STATUS, (uint64_t)p->status);
+	send_frame();
+	memset(p, 0, sizeof(*p));
+	p->in = p->out = p->err = -1;
+}
+
+static void on_exit_status(struct proc *p, int wstatus)
+{
+	p->exited = 1;
+	p->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+	/* Everything the process wrote before it exited is in its pipes: flush it, then close. */
+	while (p->out >= 0 && pump_output(p, &p->out, p->stream) == 1)
+		;
+	while (p->err >= 0 && pump_output(p, &p->err, p->stream + 1) == 1)
+		;
+	/* Still open: another process holds the write end. The container process is gone, so is its output. */
+	if (p->out >= 0)
+		force_eof(p, &p->out, p->stream);
+	if (p->err >= 0)
+		force_eof(p, &p->err, p->stream + 1);
+	proc_finish_if_done(p);
+}
+
+void reap(void)
+{
+	struct signalfd_siginfo si;
+	while (read(sig_fd, &si, sizeof(si)) == sizeof(si))
+		;
+	for (;;) {
+		int ws;
+		pid_t pid = waitpid(-1, &ws, WNOHANG);
+		if (pid <= 0)
+			return;
+		for (int i = 0; i < MAX_PROCS; i++)
+			if (procs[i].used && !procs[i].exited && procs[i].pid == pid) {
+				on_exit_status(&procs[i], ws);
+				break;
+			}
+	}
+}
+
+/* ---- requests --------------------------------------------------------------------------------------- */
+
+int stdin_backlog(void)
+{
+	for (int i = 0; i < MAX_PROCS; i++)
+		if (procs[i].used && procs[i].inbuf.len - procs[i].inoff > STDIN_HIGH_WATER)
+			return 1;
+	return 0;
+}
+
+void flush_stdin(struct proc *p)
+{
+	while (p->in >= 0 && p->inoff < p->inbuf.len) {
+		ssize_t w = write(p->in, p->inbuf.data + p->inoff, p->inbuf.len - p->inoff);
+		if (w < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				return;
+			close_in(p); /* EPIPE: the process closed its stdin */
+			return;
+		}
+		p->inoff += (size_t)w;
+	}
+	if (p->inoff == p->inbuf.len) {
+		p->inbuf.len = p->inoff = 0;
+		if (p->in_eof && p->in >= 0) {
+			if (p->terminal) {
+				static const char eot = 4; /* ^D: EOF at the line discipline */
+				(void)write(p->in, &eot, 1);
+				p->in_eof = 0;
+			} else {
+				close_in(p);
+			}
+		}
+	}
+}
+
+void on_io(void)
+{
+	uint8_t chunk[65536];
+	ssize_t n = read(io_fd, chunk, sizeof(chunk));
+	if (n <= 0) {
+		if (n == 0 || (errno != EAGAIN && errno != EINTR))
+			channel_down(&io_down, &io_rd, 0);
+		return;
+	}
+	if (reader_feed(&io_rd, chunk, (size_t)n) < 0) {
+		reader_reset(&io_rd);
+		return;
+	}
+	for (;;) {
+		uint64_t stream;
+		uint32_t unused, len;
+		const uint8_t *body;
+		const char *why = NULL;
+		int r = reader_next(&io_rd, READER_IO, &stream, &unused, &body, &len, &why);
+		if (r <= 0) {
+			if (r < 0) {
+				log_msg("bad stream frame: %s", why);
+				reader_reset(&io_rd);
+			}
+			return;
+		}
+		struct proc *p = proc_by_stream(stream);
+		if (!p || p->in < 0)
+			continue;
+		if (len == 0) {
+			p->in_eof = 1;
+		} else if (buf_reserve(&p->inbuf, len) == 0) {
+			memcpy(p->inbuf.data + p->inbuf.len, body, len);
+			p->inbuf.len += len;
+		}
+		flush_stdin(p);
+	}
+}
+
