@@ -180,3 +180,9 @@ async def test_container_root_and_isolation(agent_host_binary: Path, busybox_tar
             await c.request(Msg.NEW_CONTAINER, {"id": "other", "rootfs": "../etc", "arg": ["true"], "stream": 4})
     assert Path("/proc/self/mountinfo").read_text() == mounts_before
     shutil.rmtree(share)
+
+
+async def test_stream_zero_echoes(agent: Agent) -> None:
+    async with agent as c:
+        await c.handshake(5)
+        await c.io_ping(5)

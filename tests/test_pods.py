@@ -210,9 +210,10 @@ def test_hyperctl_without_daemon(tmp_path: Path) -> None:
 
 
 def test_hyperd_restarts_cleanly(busybox_tar: Path, tmp_path: Path) -> None:
-    """Without live restore: a stopping hyperd stops its pods; one killed with -9 leaves pods that the next
+    """With --no-live-restore: a stopping hyperd stops its pods; one killed with -9 leaves pods that the next
     hyperd releases (VM stopped, mounts gone) and lists as exited."""
     d = Daemon(tmp_path)
+    d.env["HYPERCONTAINER_LIVE_RESTORE"] = "0"
     d.start()
     try:
         d.hyperctl("load", "-i", str(busybox_tar), check=True)
@@ -230,6 +231,41 @@ def test_hyperd_restarts_cleanly(busybox_tar: Path, tmp_path: Path) -> None:
             assert f"{n}" in d.hyperctl("ps", "-a", check=True).stdout.decode()
             d.hyperctl("rm", n, check=True)
     finally:
+        d.stop()
+
+
+def test_restarted_hyperd_takes_pods_over(busybox_tar: Path, tmp_path: Path) -> None:
+    """Five pods running; hyperd restarted (SIGTERM, then kill -9): all still run in the same VMs, exec into each
+    works, their output keeps arriving, and rm -f removes everything."""
+    d = Daemon(tmp_path)
+    d.start()
+    names = [f"p{i}" for i in range(5)]
+    try:
+        d.hyperctl("load", "-i", str(busybox_tar), check=True)
+        for n in names:
+            d.hyperctl("run", "-d", "--name", n, "busybox", "sh", "-c",
+                       "echo before; while [ ! -f /go ]; do sleep 0.5; done; echo after; exec sleep 600", check=True)
+        pids = {n: json.loads(d.hyperctl("inspect", n, check=True).stdout)["vm"]["pid"] for n in names}
+        for restart in ("terminate", "kill"):
+            assert d.proc
+            getattr(d.proc, restart)()
+            d.proc.wait()
+            d.start()
+            ps = d.hyperctl("ps", check=True).stdout.decode()
+            assert ps.count("Up") == 5, ps
+            for n in names:
+                assert json.loads(d.hyperctl("inspect", n, check=True).stdout)["vm"]["pid"] == pids[n]
+                assert d.hyperctl("exec", n, "hostname", timeout=60).returncode == 0
+        for n in names:
+            d.hyperctl("exec", n, "touch", "/go", check=True)
+        wait_for(lambda: all(d.hyperctl("logs", n).stdout == b"before\nafter\n" for n in names))
+        for n in names:
+            d.hyperctl("rm", "-f", n, check=True)
+        assert qemu_pids(str(d.rundir / "pods")) == []
+        assert str(d.statedir) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        for n in names:
+            d.hyperctl("rm", "-f", n)
         d.stop()
 
 

@@ -81,7 +81,7 @@ async def serve(p: Paths) -> None:
     images = ImageStore(p.images)
     db = StateDB(p.db)
     manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name))
-    manager.live_restore = os.environ.get("HYPERCONTAINER_LIVE_RESTORE") == "1"
+    manager.live_restore = os.environ.get("HYPERCONTAINER_LIVE_RESTORE", "1") != "0"
     await manager.recover()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
                       str(p.root))
@@ -107,12 +107,12 @@ async def serve(p: Paths) -> None:
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Runtime directory [/run/hypercontainer].")
 @click.option("--socket", "sock", type=click.Path(path_type=Path), help="API socket [<run>/hyperd.sock].")
 @click.option("--insecure-registry", multiple=True, help="Registry reached over plain HTTP (loopback ones always are).")
-@click.option("--live-restore", is_flag=True,
-              help="Experimental: leave pods running when hyperd stops and take them over when it starts.")
+@click.option("--live-restore/--no-live-restore", default=None,
+              help="Leave pods running when hyperd stops and take them over when it starts [on].")
 @click.option("--debug", is_flag=True, help="Verbose logs.")
 @click.version_option(__version__, prog_name="hyperd")
 def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_registry: tuple[str, ...],
-         live_restore: bool, debug: bool) -> None:
+         live_restore: bool | None, debug: bool) -> None:
     """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
     if root:
         os.environ["HYPERCONTAINER_ROOT"] = str(root)
@@ -120,8 +120,8 @@ def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_re
         os.environ["HYPERCONTAINER_RUN"] = str(run_dir)
     if sock:
         os.environ["HYPERCONTAINER_SOCKET"] = str(sock)
-    if live_restore:
-        os.environ["HYPERCONTAINER_LIVE_RESTORE"] = "1"
+    if live_restore is not None:
+        os.environ["HYPERCONTAINER_LIVE_RESTORE"] = "1" if live_restore else "0"
     if insecure_registry:
         os.environ["HYPERCONTAINER_INSECURE_REGISTRIES"] = ",".join(insecure_registry)
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,

@@ -39,10 +39,8 @@ class PodManager:
         self._starts: dict[str, asyncio.Task] = {}
         self._stale: dict[str, dict] = {}  # records of pods from an earlier run of the daemon
         self.recent_boots: collections.deque[dict] = collections.deque(maxlen=10)  # newest last
-        # Live restore (experimental): leave pods running when hyperd stops and take them over when it starts.
-        # Off by default: QEMU may keep a dead hyperd's socket connection open (no traffic, no HUP seen) and then
-        # accepts the new one late, losing the guest's output in between. Without it, hyperd stops its pods when
-        # it stops, and after a crash releases what the old pods left.
+        # Live restore: pods outlive hyperd and the next one takes them over (hyperd sets it; on by default).
+        # Without it, hyperd stops its pods when it stops, and after a crash releases what the old pods left.
         self.live_restore = False
         self.events = EventLog()
 
@@ -175,11 +173,14 @@ class PodManager:
     async def recover(self) -> None:
         """Pods recorded by an earlier daemon: running ones are taken over (their VMs kept running); what a
         dead one left (VM, mounts, sockets) is released and it shows as exited."""
-        for rec in self.records.all():
-            info = rec["info"]
+        infos = [rec["info"] for rec in self.records.all()]
+        live = [i for i in infos if i["state"] not in (s.value for s in FINAL)]
+        taken = await asyncio.gather(*(self._take_over(i) for i in live)) if self.live_restore else [False] * len(live)
+        taken_ids = {i["id"] for i, ok in zip(live, taken, strict=True) if ok}
+        for info in infos:
+            if info["id"] in taken_ids:
+                continue
             if info["state"] not in (s.value for s in FINAL):
-                if self.live_restore and await self._take_over(info):
-                    continue
                 self._release(info)
                 info.update(state="exited", error="hyperd stopped while the pod ran", exit_code=255)
                 self.records.save(info["id"], info["name"], "exited", info)

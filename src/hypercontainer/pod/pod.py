@@ -31,7 +31,7 @@ from .states import PodState, check
 from .users import resolve
 
 log = logging.getLogger(__name__)
-TAKEOVER_TIMEOUT = 30.0
+TAKEOVER_ATTEMPTS, TAKEOVER_HANDSHAKE = 4, 5.0
 BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second
 VOLUMES = ".volumes"  # host volumes, bind-mounted into the pod share (container names cannot start with '.')
 MOUNT_READONLY, MOUNT_TMPFS = 1, 2
@@ -223,18 +223,28 @@ class Pod:
         self.machine.proc = vm  # type: ignore[assignment]
         self.share = PodShare(self.share_dir, self.rundir)
         self.share.proc = share  # type: ignore[assignment]
-        self._generation += 1
-        sockets = Sockets(self.rundir, logdir=self.statedir, generation=self._generation)
-        await self.machine.new_agent_sockets(sockets)
-        self.agent = AgentClient(sockets.ctl, sockets.io)
-        self.agent.max_stream = self._stream_seq
         running = [c for c in self.containers if c.started.is_set() and not c.done.is_set()]
-        for c in running:
-            c.streams = self.agent.register(c.stream, bool(c.spec.tty))
-        self.agent.takeover = True
-        await self.agent.connect(timeout=5)
-        # One connection only, with time to spare: a second one would sit unaccepted behind the first.
-        await self._guest(self.agent.handshake(TAKEOVER_TIMEOUT))
+        for attempt in range(1, TAKEOVER_ATTEMPTS + 1):
+            # Each attempt on fresh sockets (chardev-change drops whatever QEMU still holds): now and then the
+            # guest misses the first reconnection and never sees our VERSION.
+            self._generation += 1
+            sockets = Sockets(self.rundir, logdir=self.statedir, generation=self._generation)
+            await self.machine.new_agent_sockets(sockets)
+            self.agent = AgentClient(sockets.ctl, sockets.io)
+            self.agent.max_stream = self._stream_seq
+            self.agent.takeover = True
+            for c in running:
+                c.streams = self.agent.register(c.stream, bool(c.spec.tty))
+            try:
+                await self.agent.connect(timeout=5)
+                await self._guest(self.agent.handshake(TAKEOVER_HANDSHAKE))
+                await self._guest(self.agent.io_ping(TAKEOVER_HANDSHAKE))
+                break
+            except VMError as e:
+                await self.agent.close()
+                log.info("pod %s: take-over attempt %d: %s", self.name, attempt, e.message)
+                if attempt == TAKEOVER_ATTEMPTS:
+                    raise
         for c in running:
             self._relays.append(asyncio.create_task(c.relay()))
         self.state = PodState.RUNNING

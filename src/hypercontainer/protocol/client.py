@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import errno as errno_mod
 import logging
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,8 @@ class AgentClient:
         # unknown stream up to it is a process an earlier hyperd started; above it, the guest is making it up.
         self.max_stream = 0
         self.takeover = False  # taking over from an earlier hyperd: stale replies may still arrive
+        self._echo: asyncio.Future[None] | None = None
+        self._echo_token = b""
         self.on_lost: Callable[[str], None] | None = None
 
     async def connect(self, timeout: float = 10.0) -> None:
@@ -173,6 +176,10 @@ class AgentClient:
             fut.set_result(frame)
 
     async def _on_io(self, frame: IoFrame) -> None:
+        if frame.stream == 0:  # the echo of io_ping()
+            if self._echo and not self._echo.done() and frame.data == self._echo_token:
+                self._echo.set_result(None)
+            return
         base = frame.stream & ~1
         proc = self._procs.get(base)
         if proc is None or (proc.terminal and frame.stream != base):
@@ -204,6 +211,16 @@ class AgentClient:
             code = int(reply.fields["code"])
             raise AgentError(str(reply.fields["message"]), code)
         return reply.fields
+
+    async def io_ping(self, timeout: float) -> None:
+        """A round trip on the stream channel (stream 0 echoes): proves both directions work."""
+        self._echo = asyncio.get_running_loop().create_future()
+        self._echo_token = os.urandom(8)
+        await self.send_io(0, self._echo_token)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._echo), timeout)
+        except TimeoutError:
+            raise VMError(f"the guest agent did not echo on the stream channel within {timeout:.0f} s") from None
 
     def register(self, stream: int, terminal: bool) -> ProcessStreams:
         if stream in self._procs:

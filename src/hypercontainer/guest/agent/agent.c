@@ -44,14 +44,27 @@ struct reader io_rd;
 /* ---- channels --------------------------------------------------------------------------------------- */
 
 /* A read of 0 means the host side is not connected (virtio-serial): drop partial frames, wait for it. */
+static int down_reported[2]; /* [0] stream, [1] control */
+
 void channel_down(int *down, struct reader *r, int is_ctl)
 {
 	if (test_mode) /* the test host closed its end: done */
 		exit(0);
+	if (!down_reported[is_ctl]) /* once per disconnection, in the console log */
+		log_msg("%s channel: host disconnected", is_ctl ? "control" : "stream");
+	down_reported[is_ctl] = 1;
 	*down = 1;
 	reader_reset(r);
 	if (is_ctl)
 		negotiated = 0;
+}
+
+/* Data arrived on a channel: the host is there (again). */
+void channel_up(int is_ctl)
+{
+	if (down_reported[is_ctl])
+		log_msg("%s channel: host connected", is_ctl ? "control" : "stream");
+	down_reported[is_ctl] = 0;
 }
 
 static void on_ctl(void)
@@ -63,6 +76,7 @@ static void on_ctl(void)
 			channel_down(&ctl_down, &ctl_rd, 1);
 		return;
 	}
+	channel_up(1);
 	if (reader_feed(&ctl_rd, chunk, (size_t)n) < 0) {
 		log_msg("control buffer overflow: resetting");
 		reader_reset(&ctl_rd);

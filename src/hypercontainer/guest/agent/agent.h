@@ -58,6 +58,7 @@ void on_io(void);
 extern int io_down;
 extern struct reader io_rd;
 void channel_down(int *down, struct reader *r, int is_ctl);
+void channel_up(int is_ctl);
 
 /* requests.c: the control messages */
 void dispatch(const struct msg *m);

@@ -189,6 +189,7 @@ void on_io(void)
 			channel_down(&io_down, &io_rd, 0);
 		return;
 	}
+	channel_up(0);
 	if (reader_feed(&io_rd, chunk, (size_t)n) < 0) {
 		reader_reset(&io_rd);
 		return;
@@ -205,6 +206,11 @@ void on_io(void)
 				reader_reset(&io_rd);
 			}
 			return;
+		}
+		if (stream == 0) { /* echo: the host checks this channel both ways */
+			if (len)
+				send_io(0, body, len);
+			continue;
 		}
 		struct proc *p = proc_by_stream(stream);
 		if (!p || p->in < 0)
