@@ -186,3 +186,13 @@ async def test_stream_zero_echoes(agent: Agent) -> None:
     async with agent as c:
         await c.handshake(5)
         await c.io_ping(5)
+
+
+async def test_rlimits(agent: Agent) -> None:
+    async with agent as c:
+        await c.handshake(5)
+        out, _, code = await run(c, ["sh", "-c", "ulimit -n; ulimit -Hn"], rlimit=["nofile:100:200"])
+        assert (out, code) == (b"100\n200\n", 0)
+        c.register(4, False)
+        with pytest.raises(AgentError, match="unknown rlimit"):
+            await c.request(Msg.NEW_CONTAINER, {"id": "r", "arg": ["true"], "stream": 4, "rlimit": ["bogus:1:1"]})

@@ -547,3 +547,31 @@ def test_pause_logs_attach_events(hyperd: Daemon) -> None:
             assert f"pod {action} " in ev, ev
     finally:
         hyperd.hyperctl("rm", "-f", "ticker")
+
+
+def test_dns_sysctls_ulimits_stop_signal_and_logs_follow(hyperd: Daemon, tmp_path: Path) -> None:
+    spec = {"name": "tuned", "dns": ["192.0.2.53"], "dnsSearch": ["example.test"], "dnsOptions": ["ndots:2"],
+            "containers": [{
+                "name": "c", "image": "busybox", "stopSignal": "SIGUSR2",
+                "ulimits": [{"name": "nofile", "soft": 512, "hard": 1024}],
+                "sysctls": {"net.core.somaxconn": "777"},
+                "command": ["sh", "-c", "cat /etc/resolv.conf; ulimit -n; cat /proc/sys/net/core/somaxconn; "
+                            "trap 'echo got-usr2; exit 0' USR2; i=0; while :; do i=$((i+1)); echo line $i; "
+                            "sleep 0.2; done"]}]}
+    f = tmp_path / "tuned.json"
+    f.write_text(json.dumps(spec))
+    hyperd.hyperctl("run", "-f", str(f), check=True)
+    try:
+        follow = hyperd.popen("logs", "-f", "tuned", stdout=subprocess.PIPE)
+        assert follow.stdout
+        head = [follow.stdout.readline() for _ in range(7)]
+        assert head[:6] == [b"nameserver 192.0.2.53\n", b"search example.test\n", b"options ndots:2\n",
+                            b"512\n", b"777\n", b"line 1\n"]
+        assert head[6] == b"line 2\n"  # streamed while the container runs
+        assert follow.poll() is None
+        hyperd.hyperctl("stop", "-t", "20", "tuned", check=True)
+        rest = follow.stdout.read()
+        assert follow.wait(30) == 0 and rest.endswith(b"got-usr2\n")  # logs -f ends with the container
+        assert "Exited (0)" in hyperd.hyperctl("ps", "-a").stdout.decode()
+    finally:
+        hyperd.hyperctl("rm", "-f", "tuned")

@@ -57,6 +57,7 @@ def process_fields(spec: ContainerSpec, image: Image, rootfs: Path, hostname: st
         "terminal": int(spec.tty),
         "stdin": int(spec.stdin),
         "readonly": int(spec.readonly),
+        "rlimit": [f"{u.name}:{u.soft}:{u.hard}" for u in spec.ulimits],
     }
 
 
@@ -83,7 +84,7 @@ class Container:
 
     @property
     def stop_signal(self) -> int:
-        return parse_signal(self.image.run_config.get("StopSignal") or "SIGTERM")
+        return parse_signal(self.spec.stop_signal or self.image.run_config.get("StopSignal") or "SIGTERM")
 
     def subscribe(self) -> asyncio.Queue[Event]:
         q: asyncio.Queue[Event] = asyncio.Queue()

@@ -60,6 +60,15 @@ class Timings:
         self.marks[name] = round(time.monotonic() - self.t0, 4)
 
 
+def resolv_conf(spec: PodSpec) -> str:
+    lines = [f"nameserver {ip}" for ip in spec.dns]
+    if spec.dns_search:
+        lines.append("search " + " ".join(spec.dns_search))
+    if spec.dns_options:
+        lines.append("options " + " ".join(spec.dns_options))
+    return "\n".join(lines) + "\n"
+
+
 class Pod:
     def __init__(self, pod_id: str, name: str, spec: PodSpec, containers: list[Container],
                  statedir: Path, rundir: Path, assets: GuestAssets) -> None:
@@ -172,15 +181,18 @@ class Pod:
                 dst.append(m.path)
                 flags.append((MOUNT_READONLY if m.readonly else 0) | (0 if vol.host_path else MOUNT_TMPFS))
             injected = {f.path for f in c.spec.files}
-            for path, data in (("/etc/hostname", f"{self.hostname}\n"),
-                               ("/etc/hosts", HOSTS.format(hostname=self.hostname))):
+            generated = [("/etc/hostname", f"{self.hostname}\n"), ("/etc/hosts", HOSTS.format(hostname=self.hostname))]
+            if self.spec.dns or self.spec.dns_search or self.spec.dns_options:
+                generated.append(("/etc/resolv.conf", resolv_conf(self.spec)))
+            for path, data in generated:
                 if path not in injected:
                     write_file(root, path, data.encode(), 0o644, 0, 0)
             for f in c.spec.files:
                 write_file(root, f.path, f.data(), f.mode, f.uid, f.gid)
         except (OSError, ValueError) as e:
             raise InvalidArgument(f"container {c.name}: cannot prepare a volume mount point or file: {e}") from None
-        return {"mount_src": src, "mount_dst": dst, "mount_flags": flags}
+        return {"mount_src": src, "mount_dst": dst, "mount_flags": flags,
+                "sysctl": [f"{k}={v}" for k, v in c.spec.sysctls.items()]}
 
     async def _guest(self, aw):
         """Runs a guest request, failing fast (with the console's last words) if QEMU dies meanwhile."""
@@ -468,6 +480,6 @@ class Pod:
                             "error": c.error, "restarts": c.restarts,
                             "state": "exited" if c.done.is_set() else "running" if c.started.is_set() else "created"}
                            for c in self.containers],
-            "spec": self.spec.model_dump(),
+            "spec": self.spec.model_dump(mode="json"),
             "runtime": self.runtime(),
         }

@@ -79,6 +79,8 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(26, "mount_src", "str", list=True),
     FieldDef(27, "mount_dst", "str", list=True),
     FieldDef(28, "mount_flags", "u64", list=True),
+    FieldDef(29, "sysctl", "str", list=True),
+    FieldDef(30, "rlimit", "str", list=True),
 )
 BY_TAG = {f.tag: f for f in FIELDS}
 BY_NAME = {f.name: f for f in FIELDS}

@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    IPvAnyAddress,
     field_validator,
     model_validator,
 )
@@ -34,6 +35,8 @@ def _check_name(v: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
+DnsName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")]
+DnsOption = Annotated[str, Field(pattern=r"^[a-z0-9_-]+(:[0-9]+)?$")]
 
 
 def _check_abs_path(v: str) -> str:
@@ -118,6 +121,24 @@ class Resources(Strict):
     memory: Annotated[int, Field(ge=MIN_MEMORY_MIB, le=65536, description="MiB")] = 256
 
 
+RLIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss",
+           "rtprio", "rttime", "sigpending", "stack")
+_SYSCTL = re.compile(r"^[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+$")
+
+
+class Ulimit(Strict):
+    name: Literal[RLIMITS]  # type: ignore[valid-type]
+    soft: Annotated[int, Field(ge=-1)]
+    hard: Annotated[int, Field(ge=-1)]  # -1: unlimited
+
+    @model_validator(mode="after")
+    def _order(self) -> Ulimit:
+        unl = 2**64 - 1
+        if (self.soft if self.soft >= 0 else unl) > (self.hard if self.hard >= 0 else unl):
+            raise ValueError(f"ulimit {self.name}: soft limit above the hard one")
+        return self
+
+
 class ContainerSpec(Strict):
     name: Name
     image: str
@@ -131,6 +152,30 @@ class ContainerSpec(Strict):
     readonly: bool = False
     volumes: list[VolumeMount] = []
     files: Annotated[list[FileSpec], Field(max_length=256)] = []
+    ulimits: Annotated[list[Ulimit], Field(max_length=16)] = []
+    sysctls: dict[str, str] = {}
+    stop_signal: str | None = None
+
+    @field_validator("sysctls")
+    @classmethod
+    def _sysctls(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not _SYSCTL.match(key) or "\n" in value or len(value) > 4096:
+                raise ValueError(f"{key!r}: not a sysctl name (like net.core.somaxconn) or a bad value")
+        return v
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _stop_signal(cls, v: str | None) -> str | None:
+        if v is not None:
+            from ..errors import InvalidArgument
+            from ..signals import parse_signal
+
+            try:
+                parse_signal(v)
+            except InvalidArgument as e:
+                raise ValueError(e.message) from None
+        return v
 
     @model_validator(mode="after")
     def _unique_paths(self) -> ContainerSpec:
@@ -185,6 +230,9 @@ class PodSpec(Strict):
     resources: Resources = Resources()
     containers: Annotated[list[ContainerSpec], Field(min_length=1, max_length=MAX_CONTAINERS)]
     volumes: Annotated[list[Volume], Field(max_length=64)] = []
+    dns: Annotated[list[IPvAnyAddress], Field(max_length=3)] = []
+    dns_search: Annotated[list[DnsName], Field(max_length=6)] = []
+    dns_options: Annotated[list[DnsOption], Field(max_length=16)] = []
     restart_policy: Literal["Never", "OnFailure", "Always"] = "Never"
     auto_remove: bool = False
 

@@ -33,6 +33,8 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_MOUNT_SRC] = {F_MOUNT_SRC, "mount_src", KIND_STR, 1},
 	[F_MOUNT_DST] = {F_MOUNT_DST, "mount_dst", KIND_STR, 1},
 	[F_MOUNT_FLAGS] = {F_MOUNT_FLAGS, "mount_flags", KIND_U64, 1},
+	[F_SYSCTL] = {F_SYSCTL, "sysctl", KIND_STR, 1},
+	[F_RLIMIT] = {F_RLIMIT, "rlimit", KIND_STR, 1},
 };
 
 const struct msg_def msg_table[] = {

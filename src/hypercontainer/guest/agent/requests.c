@@ -75,6 +75,34 @@ static int prepare_mounts(const struct msg *m, struct mount_spec *out, char (*sr
 	return 0;
 }
 
+/* "net.core.somaxconn=512" -> /proc/sys/net/core/somaxconn (the guest's; containers share it). */
+static int apply_sysctls(const struct msg *m, struct err *e)
+{
+	for (size_t i = 0; i < msg_count(m, F_SYSCTL); i++) {
+		const char *kv = msg_nth(m, F_SYSCTL, i)->str, *eq = strchr(kv, '=');
+		char path[512] = "/proc/sys/";
+		size_t n = eq ? (size_t)(eq - kv) : 0;
+		if (!n || n > 400)
+			return fail(e, EINVAL, "malformed sysctl \"%s\"", kv);
+		for (size_t j = 0; j < n; j++) {
+			char ch = kv[j];
+			if (!(ch == '.' || ch == '_' || ch == '-' || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+			      (ch >= '0' && ch <= '9')) || (ch == '.' && (j == 0 || kv[j - 1] == '.')))
+				return fail(e, EINVAL, "malformed sysctl name in \"%s\"", kv);
+			path[10 + j] = ch == '.' ? '/' : ch;
+		}
+		path[10 + n] = 0;
+		int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0)
+			return fail_errno(e, "sysctl %.*s", (int)n, kv);
+		int rc = write_full(fd, eq + 1, strlen(eq + 1));
+		close(fd);
+		if (rc < 0)
+			return fail_errno(e, "sysctl %.*s", (int)n, kv);
+	}
+	return 0;
+}
+
 static int start_process(const struct msg *m, struct container *c, int new_container, struct err *e)
 {
 	size_t nargs = msg_count(m, F_ARG), nenv = msg_count(m, F_ENV), ngroups = msg_count(m, F_GROUP);
@@ -141,6 +169,15 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	struct mount_spec mounts[MAX_MOUNTS];
 	char mount_src[MAX_MOUNTS][PATH_MAX];
 	if (new_container && prepare_mounts(m, mounts, mount_src, &s.nmounts, e) < 0)
+		goto out;
+	if (msg_count(m, F_RLIMIT) > MAX_RLIMITS) {
+		fail(e, EINVAL, "too many rlimits");
+		goto out;
+	}
+	for (size_t i = 0; i < msg_count(m, F_RLIMIT); i++)
+		if (parse_rlimit(msg_nth(m, F_RLIMIT, i)->str, &s.rlimits[s.nrlimits++], e) < 0)
+			goto out;
+	if (new_container && !test_mode && apply_sysctls(m, e) < 0)
 		goto out;
 	s.mounts = mounts;
 

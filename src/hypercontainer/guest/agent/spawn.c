@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -141,6 +142,11 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 		if (chdir("/") < 0)
 			return fail_errno(e, "chdir /");
 	}
+	for (size_t i = 0; i < s->nrlimits; i++) {
+		struct rlimit rl = {.rlim_cur = s->rlimits[i].soft, .rlim_max = s->rlimits[i].hard};
+		if (setrlimit(s->rlimits[i].resource, &rl) < 0)
+			return fail_errno(e, "setrlimit %d", s->rlimits[i].resource);
+	}
 	if (s->cwd && *s->cwd && chdir(s->cwd) < 0)
 		return fail_errno(e, "chdir to working directory %s", s->cwd);
 	if (setgroups(s->ngroups, s->groups) < 0)
@@ -161,6 +167,30 @@ static void close_pair(int p[2])
 	for (int i = 0; i < 2; i++)
 		if (p[i] >= 0)
 			close(p[i]);
+}
+
+int parse_rlimit(const char *text, struct rlimit_spec *out, struct err *e)
+{
+	static const struct {
+		const char *name;
+		int resource;
+	} names[] = {{"as", RLIMIT_AS}, {"core", RLIMIT_CORE}, {"cpu", RLIMIT_CPU}, {"data", RLIMIT_DATA},
+		     {"fsize", RLIMIT_FSIZE}, {"locks", RLIMIT_LOCKS}, {"memlock", RLIMIT_MEMLOCK},
+		     {"msgqueue", RLIMIT_MSGQUEUE}, {"nice", RLIMIT_NICE}, {"nofile", RLIMIT_NOFILE},
+		     {"nproc", RLIMIT_NPROC}, {"rss", RLIMIT_RSS}, {"rtprio", RLIMIT_RTPRIO},
+		     {"rttime", RLIMIT_RTTIME}, {"sigpending", RLIMIT_SIGPENDING}, {"stack", RLIMIT_STACK}};
+	char name[32];
+	long long soft, hard;
+	if (sscanf(text, "%31[a-z]:%lld:%lld", name, &soft, &hard) != 3 || soft < -1 || hard < -1)
+		return fail(e, EINVAL, "malformed rlimit \"%s\"", text);
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (strcmp(names[i].name, name) == 0) {
+			out->resource = names[i].resource;
+			out->soft = soft < 0 ? RLIM_INFINITY : (unsigned long long)soft;
+			out->hard = hard < 0 ? RLIM_INFINITY : (unsigned long long)hard;
+			return 0;
+		}
+	return fail(e, EINVAL, "unknown rlimit %s", name);
 }
 
 /* Parent side of the sync channel: 0 once the child exec'd, -1 with *e on its failure. */

@@ -17,6 +17,13 @@ struct mount_spec {
 	unsigned flags;
 };
 
+#define MAX_RLIMITS 16
+
+struct rlimit_spec {
+	int resource;
+	unsigned long long soft, hard;
+};
+
 struct proc_spec {
 	const char *rootfs; /* new container on this root; NULL: no new root */
 	int join_mntns;     /* >= 0: join this mount namespace (exec into a container) */
@@ -32,7 +39,12 @@ struct proc_spec {
 	int want_stdin;
 	const struct mount_spec *mounts;
 	size_t nmounts;
+	struct rlimit_spec rlimits[MAX_RLIMITS];
+	size_t nrlimits;
 };
+
+/* "nofile:1024:2048" (-1: unlimited) into *out; -1 with *e if malformed. */
+int parse_rlimit(const char *text, struct rlimit_spec *out, struct err *e);
 
 /* Agent-side ends; with a terminal, out is the pty master and in == out, err == -1. */
 struct proc_io {
