@@ -575,3 +575,23 @@ def test_dns_sysctls_ulimits_stop_signal_and_logs_follow(hyperd: Daemon, tmp_pat
         assert "Exited (0)" in hyperd.hyperctl("ps", "-a").stdout.decode()
     finally:
         hyperd.hyperctl("rm", "-f", "tuned")
+
+
+def test_add_container_to_running_pod(hyperd: Daemon) -> None:
+    """create -c: a second container in the same VM, no reboot: same hostname and localhost, its own root."""
+    hyperd.hyperctl("run", "-d", "--name", "grow", "--hostname", "grow", "busybox", "sh", "-c",
+                    "echo hello > /www; exec httpd -f -p 8081 -h /", check=True)
+    try:
+        vm_pid = json.loads(hyperd.hyperctl("inspect", "grow", check=True).stdout)["vm"]["pid"]
+        r = hyperd.hyperctl("create", "-c", "grow", "--name", "side", "busybox", "sh", "-c",
+                            "hostname; until wget -qO- http://localhost:8081/www; do sleep 0.2; done; "
+                            "test -e /www || echo own-root")
+        assert r.returncode == 0 and r.stdout == b"side\n", r.stderr
+        wait_for(lambda: container_state(hyperd, "grow", "side")["state"] == "exited")
+        assert hyperd.hyperctl("logs", "-c", "side", "grow").stdout == b"grow\nhello\nown-root\n"
+        info = json.loads(hyperd.hyperctl("inspect", "grow", check=True).stdout)
+        assert info["vm"]["pid"] == vm_pid and info["state"] == "running"
+        dup = hyperd.hyperctl("create", "-c", "grow", "--name", "side", "busybox", "true")
+        assert dup.returncode == 1 and b"duplicate container names: side" in dup.stderr
+    finally:
+        hyperd.hyperctl("rm", "-f", "grow")

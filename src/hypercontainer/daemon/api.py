@@ -66,6 +66,10 @@ class PullRequest(BaseModel):
     auth: Auth | None = None
 
 
+class AddContainerRequest(BaseModel):
+    container: dict
+
+
 class TagRequest(BaseModel):
     source: str
     target: str
@@ -155,6 +159,10 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
     @app.delete("/v1/pods/{ref}")
     async def remove_pod(ref: str, force: bool = False) -> dict:
         return {"id": await manager.remove(ref, force=force)}
+
+    @app.post("/v1/pods/{ref}/containers", status_code=201)
+    async def add_container(ref: str, req: AddContainerRequest) -> dict:
+        return {"name": await manager.add_container(ref, req.container)}
 
     @app.post("/v1/pods/{ref}/stop")
     async def stop_pod(ref: str, timeout: float = 10.0) -> dict:

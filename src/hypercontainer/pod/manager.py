@@ -18,7 +18,7 @@ from ..errors import Conflict, InvalidArgument, NotFound
 from ..image.store import ImageStore
 from ..spec.errors import invalid_spec
 from ..spec.kube import from_kube, is_kube_pod
-from ..spec.pod import PodSpec
+from ..spec.pod import ContainerSpec, PodSpec
 from ..storage.mount import mounts_under, umount
 from ..storage.volumes import check_host_dir, remove_tree
 from .container import Container
@@ -122,6 +122,21 @@ class PodManager:
             await asyncio.shield(task)
         finally:
             self._starts.pop(pod.id, None)
+
+    async def add_container(self, ref: str, raw: dict) -> str:
+        """hyperctl create -c POD: one more container in a running pod."""
+        pod = self.get(ref)
+        try:
+            cspec = ContainerSpec.model_validate(raw)
+            PodSpec.model_validate({**pod.spec.model_dump(mode="json"),
+                                    "containers": [*pod.spec.model_dump(mode="json")["containers"],
+                                                   cspec.model_dump(mode="json")]})
+        except ValidationError as e:
+            raise invalid_spec(e) from None
+        image = self.images.get(cspec.image)
+        c = Container(cspec, image, stream=0, log_path=pod.statedir / "logs" / f"{cspec.name}.log")
+        await pod.add_container(c)
+        return c.name
 
     async def stop(self, ref: str, timeout: float = 10.0) -> str:
         pod = self.get(ref)

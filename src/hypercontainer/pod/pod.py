@@ -23,7 +23,7 @@ from ..storage.mount import mounts_under, umount
 from ..storage.rootfs import mount_rootfs
 from ..storage.safefs import make_dirs, write_file
 from ..storage.share import PodShare
-from ..storage.volumes import bind, remove_tree
+from ..storage.volumes import bind, make_shared, remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Sockets, VMConfig
 from .container import Container, process_fields
@@ -90,6 +90,7 @@ class Pod:
         self._stream_seq = 0
         self._generation = 0  # of the agent sockets: one more for each hyperd that took the pod over
         self._stopping = False
+        self._supervisors: set[asyncio.Future] = set()
         self._lock = asyncio.Lock()
         self.on_change: list = []  # callbacks(pod), e.g. persisting the record
         self.on_event: list = []  # callbacks(pod, action, attrs): hyperctl events
@@ -134,6 +135,7 @@ class Pod:
     async def _build(self) -> None:
         self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fields = []
+        make_shared(self.share_dir)
         for v in self.spec.volumes:
             if v.host_path:
                 bind(Path(v.host_path), self.share_dir / VOLUMES / v.name)
@@ -274,10 +276,38 @@ class Pod:
 
     # ---- running -----------------------------------------------------------------------------------------
     async def _watch(self) -> None:
-        """Each container under its restart policy; when none is left running (or the VM died), the pod stops."""
-        await asyncio.gather(*(self._supervise(c) for c in self.containers))
+        """Each container under its restart policy; when none is left running (or the VM died), the pod stops.
+        Containers added to the running pod join the watch."""
+        self._supervisors = {asyncio.ensure_future(self._supervise(c)) for c in self.containers}
+        while pending := {t for t in self._supervisors if not t.done()}:
+            await asyncio.wait(pending)
         self.timings.mark("exited")
         await self.stop()
+
+    async def add_container(self, c: Container) -> None:
+        """A new container in the running pod: its root mounted under the (shared) pod share, started by the
+        agent, supervised like the others. No reboot."""
+        if self.state != PodState.RUNNING or not self.agent:
+            raise Conflict(f"pod {self.name} is {self.state.value}, not running")
+        if any(x.name == c.name for x in self.containers):
+            raise Conflict(f"pod {self.name} already has a container {c.name}")
+        base = self.statedir / "containers" / c.name
+        root = self.share_dir / c.name
+        mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
+        try:
+            c.fields = process_fields(c.spec, c.image, root, self.hostname)
+            c.mounts = self._prepare_mounts(c, root)
+            c.stream = self._next_stream()
+            await self._start_container(c, c.fields)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                umount(root)
+            raise
+        self.containers.append(c)
+        self.spec = self.spec.model_copy(update={"containers": [*self.spec.containers, c.spec]})
+        self._supervisors.add(asyncio.ensure_future(self._supervise(c)))
+        self.changed()
+        self.emit("add", container=c.name)
 
     def _should_restart(self, c: Container) -> bool:
         policy = self.spec.restart_policy

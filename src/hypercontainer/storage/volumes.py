@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import HCError, InvalidArgument
 from .mount import mount, mounts_under, umount
 
-MS_BIND, MS_REC = 4096, 16384
+MS_BIND, MS_REC, MS_SHARED = 4096, 16384, 1 << 20
 
 
 def check_host_dir(name: str, path: str) -> Path:
@@ -28,6 +28,14 @@ def check_host_dir(name: str, path: str) -> Path:
 def bind(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     mount(str(src), dst, "", MS_BIND | MS_REC)
+
+
+def make_shared(path: Path) -> None:
+    """Turns `path` into a mount point whose later submounts propagate into copies of it, such as the one a
+    virtiofsd sandbox holds: a container added to a running pod becomes visible to the guest."""
+    path.mkdir(parents=True, exist_ok=True)
+    mount(str(path), path, "", MS_BIND)
+    mount("none", path, "", MS_SHARED)
 
 
 def remove_tree(path: Path) -> None:

@@ -211,6 +211,31 @@ def exec_cmd(interactive: bool, tty_: bool, user: str | None, env: tuple[str, ..
     sys.exit(attach_or_exit(Client(), f"/v1/pods/{pod}/exec", first, interactive, tty_))
 
 
+@click.command("create", context_settings={"allow_interspersed_args": False})
+@click.option("-c", "--pod", "pod", required=True, help="The running pod to add the container to.")
+@click.option("--name", help="Container name [the image's name].")
+@click.option("-e", "--env", multiple=True, help="Set an environment variable (KEY=VALUE).")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("-u", "--user", help="User: name|uid[:group|gid].")
+@click.option("--entrypoint", help="Override the image's entrypoint.")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def create_cmd(pod: str, name: str | None, env: tuple[str, ...], workdir: str | None, user: str | None,
+               entrypoint: str | None, image: str, command: tuple[str, ...]) -> None:
+    """Add a container to a running pod (same VM, no reboot) and start it."""
+    container: dict = {"name": name or image.split("/")[-1].split(":")[0].split("@")[0], "image": image,
+                       "env": [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env]}
+    if command:
+        container["command"] = list(command)
+    if entrypoint is not None:
+        container["entrypoint"] = [entrypoint] if entrypoint else []
+    if workdir:
+        container["workdir"] = workdir
+    if user:
+        container["user"] = user
+    click.echo(Client().request("POST", f"/v1/pods/{pod}/containers", json={"container": container})["name"])
+
+
 @click.command("attach")
 @click.option("--no-stdin", is_flag=True, help="Do not pass stdin.")
 @click.argument("target", metavar="POD[/CONTAINER]")
@@ -226,4 +251,4 @@ def attach_cmd(no_stdin: bool, target: str) -> None:
 
 
 run_cmd.name = "run"
-COMMANDS = [run_cmd, exec_cmd, attach_cmd]
+COMMANDS = [run_cmd, exec_cmd, attach_cmd, create_cmd]
