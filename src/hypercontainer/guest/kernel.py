@@ -20,7 +20,7 @@ from ..errors import HCError
 # Meta packages tried in order; each depends on the current versioned kernel package.
 META_PACKAGES = ("linux-image-cloud-amd64", "linux-image-kvm", "linux-image-virtual", "linux-image-amd64")
 # What the guest needs: virtio-mmio transport, virtio-serial ports, entropy, the pod share.
-WANTED_MODULES = ("virtio_mmio", "virtio_console", "virtio-rng", "virtiofs", "9pnet_virtio", "9p")
+WANTED_MODULES = ("virtio_mmio", "virtio_console", "virtio-rng", "virtiofs", "virtio_blk", "9pnet_virtio", "9p")
 REQUIRED_MODULES = ("virtio_mmio", "virtio_console")
 
 
@@ -118,7 +118,8 @@ def collect_modules(moddir: Path, dest: Path) -> list[Path]:
 def distro_kernel(cache: Path) -> Kernel:
     """Downloads (once) and unpacks the distribution's VM kernel into cache/kernel-<package>/."""
     package = resolve_package()
-    home = cache / f"kernel-{package}"
+    wanted = hashlib.sha256(",".join(WANTED_MODULES).encode()).hexdigest()[:8]
+    home = cache / f"kernel-{package}-{wanted}"
     stamp = home / "release"
     if not stamp.exists():
         tmp = Path(tempfile.mkdtemp(prefix=".kernel-", dir=cache))

@@ -20,7 +20,7 @@ from ..spec.errors import invalid_spec
 from ..spec.kube import from_kube, is_kube_pod
 from ..spec.pod import ContainerSpec, PodSpec
 from ..storage.mount import mounts_under, umount
-from ..storage.volumes import check_host_dir, remove_tree
+from ..storage.volumes import check_block_file, check_host_dir, remove_tree
 from .container import Container
 from .events import EventLog
 from .pod import GuestAssets, Pod
@@ -90,6 +90,8 @@ class PodManager:
         for v in spec.volumes:
             if v.host_path:
                 check_host_dir(v.name, v.host_path)
+            if v.block:
+                check_block_file(v.name, v.block)
         pod_id = secrets.token_hex(32)
         name = spec.name or pod_id[:12]
         if any(p.name == name for p in self.pods.values()) or any(r["name"] == name for r in self._stale.values()):

@@ -25,7 +25,7 @@ from ..storage.safefs import make_dirs, write_file
 from ..storage.share import PodShare
 from ..storage.volumes import bind, make_shared, remove_tree
 from ..vm.machine import Machine
-from ..vm.qemu import Sockets, VMConfig
+from ..vm.qemu import Disk, Sockets, VMConfig
 from .container import Container, process_fields
 from .states import PodState, check
 from .users import resolve
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 TAKEOVER_ATTEMPTS, TAKEOVER_HANDSHAKE = 4, 5.0
 BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second
 VOLUMES = ".volumes"  # host volumes, bind-mounted into the pod share (container names cannot start with '.')
-MOUNT_READONLY, MOUNT_TMPFS = 1, 2
+MOUNT_READONLY, MOUNT_TMPFS, MOUNT_BLOCK = 1, 2, 4
 RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 0.1, 10.0
 EVENT_NAMES = {(PodState.CREATED, PodState.STARTING): "start", (PodState.STARTING, PodState.RUNNING): "running",
                (PodState.RUNNING, PodState.PAUSED): "pause", (PodState.PAUSED, PodState.RUNNING): "unpause",
@@ -58,6 +58,10 @@ class Timings:
 
     def mark(self, name: str) -> None:
         self.marks[name] = round(time.monotonic() - self.t0, 4)
+
+
+def block_serial(index: int) -> str:
+    return f"hcvol{index}"
 
 
 def resolv_conf(spec: PodSpec) -> str:
@@ -152,9 +156,10 @@ class Pod:
         share = await self.share.start()
         self.timings.mark("share")
         sockets = Sockets(self.rundir, logdir=self.statedir)
+        disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()))
         self.machine = Machine(VMConfig(
             self.assets.kernel, self.assets.initrd, sockets, accel=self.assets.accel,  # type: ignore[arg-type]
-            cpus=self.spec.resources.vcpu, memory_mib=self.spec.resources.memory, share=share))
+            cpus=self.spec.resources.vcpu, memory_mib=self.spec.resources.memory, share=share, disks=disks))
         await self.machine.start()
         self.timings.mark("qemu")
         self.agent = AgentClient(sockets.ctl, sockets.io)
@@ -170,6 +175,9 @@ class Pod:
             await self._start_container(c, f)
         self.timings.mark("started")
 
+    def _block_volumes(self) -> list:
+        return [v for v in self.spec.volumes if v.block]
+
     def _prepare_mounts(self, c: Container, root: Path) -> dict:
         """Mount points and files made on the host in the container's root (never through its symlinks); the
         mount fields the agent needs."""
@@ -179,9 +187,18 @@ class Pod:
             for m in c.spec.volumes:
                 make_dirs(root, m.path)
                 vol = kinds[m.name]
-                src.append(f"{VOLUMES}/{vol.name}" if vol.host_path else vol.name)
+                blocks = [v.name for v in self._block_volumes()]
+                if vol.block:
+                    src.append(f"{block_serial(blocks.index(vol.name))}:{vol.fstype}")
+                    kind = MOUNT_BLOCK
+                elif vol.host_path:
+                    src.append(f"{VOLUMES}/{vol.name}")
+                    kind = 0
+                else:
+                    src.append(vol.name)
+                    kind = MOUNT_TMPFS
                 dst.append(m.path)
-                flags.append((MOUNT_READONLY if m.readonly else 0) | (0 if vol.host_path else MOUNT_TMPFS))
+                flags.append((MOUNT_READONLY if m.readonly else 0) | kind)
             injected = {f.path for f in c.spec.files}
             generated = [("/etc/hostname", f"{self.hostname}\n"), ("/etc/hosts", HOSTS.format(hostname=self.hostname))]
             if self.spec.dns or self.spec.dns_search or self.spec.dns_options:

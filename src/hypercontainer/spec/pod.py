@@ -63,16 +63,19 @@ class Strict(BaseModel):
 
 
 class Volume(Strict):
-    """A pod volume: a host directory shared into the VM, or an empty directory on tmpfs in the guest."""
+    """A pod volume: a host directory shared into the VM, an empty directory on tmpfs in the guest, or a raw
+    block image file attached to the VM as a virtio disk and mounted in the guest."""
 
     name: Name
     host_path: AbsPath | None = None
     empty_dir: bool = False
+    block: AbsPath | None = None
+    fstype: Literal["ext4", "ext3", "ext2"] = "ext4"
 
     @model_validator(mode="after")
     def _one_kind(self) -> Volume:
-        if (self.host_path is None) == (not self.empty_dir):
-            raise ValueError(f"volume {self.name}: give exactly one of hostPath or emptyDir")
+        if sum((self.host_path is not None, self.empty_dir, self.block is not None)) != 1:
+            raise ValueError(f"volume {self.name}: give exactly one of hostPath, emptyDir or block")
         return self
 
 

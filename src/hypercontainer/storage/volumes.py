@@ -25,6 +25,17 @@ def check_host_dir(name: str, path: str) -> Path:
     return p
 
 
+def check_block_file(name: str, path: str) -> Path:
+    """A raw image a block volume may attach: a regular, non-empty file reached without symlinks."""
+    p = Path(path)
+    real = os.path.realpath(p)
+    if real != str(p):
+        raise InvalidArgument(f"volume {name}: block image {path} goes through a symlink (it resolves to {real})")
+    if not p.is_file() or p.stat().st_size == 0:
+        raise InvalidArgument(f"volume {name}: block image {path} is not an existing, non-empty regular file")
+    return p
+
+
 def bind(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     mount(str(src), dst, "", MS_BIND | MS_REC)

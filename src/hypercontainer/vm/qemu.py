@@ -26,6 +26,14 @@ class Share:
 
 
 @dataclass(frozen=True)
+class Disk:
+    """A raw image attached as a virtio-blk disk; the guest finds it by its serial."""
+
+    path: Path
+    serial: str
+
+
+@dataclass(frozen=True)
 class Sockets:
     """The unix sockets QEMU listens on for one VM, in the pod's runtime directory; its logs in `logdir`."""
 
@@ -65,6 +73,7 @@ class VMConfig:
     share: Share | None = None
     cmdline: tuple[str, ...] = field(default_factory=tuple)
     with_ports: bool = True
+    disks: tuple[Disk, ...] = ()
 
 
 @functools.cache
@@ -134,6 +143,11 @@ def command(cfg: VMConfig) -> list[str]:
                 "-chardev", f"socket,id={chardev},path={path},server=on,wait=off",
                 "-device", f"virtserialport,chardev={chardev},name={name}",
             ]
+    for i, disk in enumerate(cfg.disks):
+        argv += [
+            "-drive", f"file={disk.path},if=none,id=disk{i},format=raw,cache=writeback",
+            "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}",
+        ]
     if cfg.share and cfg.share.kind == "virtiofs":
         argv += [
             "-chardev", f"socket,id=share,path={cfg.share.socket}",

@@ -15,6 +15,7 @@
 #define STDIN_HIGH_WATER (1024u * 1024u)
 #define SHARE_ROOT "/run/hc/share"
 #define VOLS_ROOT "/run/hc/vols"
+#define BLK_ROOT "/run/hc/blk"
 
 struct proc {
 	int used;

@@ -1,5 +1,6 @@
 /* The control requests: VERSION, START_POD, NEW_CONTAINER, EXEC, SIGNAL, WINSIZE, SHUTDOWN. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -48,6 +49,44 @@ static int tmpfs_volume(const char *name, char *path, size_t len, struct err *e)
 	return 0;
 }
 
+/* The virtio disk whose serial is `serial` (/sys/block/vdX/serial), mounted once at /run/hc/blk/SERIAL. */
+static int block_volume(const char *spec, char *path, size_t len, struct err *e)
+{
+	char serial[64], fstype[16], dev[300] = "", buf[64];
+	struct stat st, parent;
+	if (sscanf(spec, "%63[A-Za-z0-9_-]:%15[a-z0-9]", serial, fstype) != 2)
+		return fail(e, EINVAL, "malformed block volume \"%s\"", spec);
+	snprintf(path, len, "%s/%s", BLK_ROOT, serial);
+	if (mkdir_p(path, 0755) < 0)
+		return fail_errno(e, "mkdir %s", path);
+	if (stat(path, &st) == 0 && stat(BLK_ROOT, &parent) == 0 && st.st_dev != parent.st_dev)
+		return 0; /* mounted for an earlier container */
+	DIR *d = opendir("/sys/block");
+	struct dirent *de;
+	while (d && (de = readdir(d)) && !*dev) {
+		char p[300];
+		if (strncmp(de->d_name, "vd", 2) != 0)
+			continue;
+		snprintf(p, sizeof(p), "/sys/block/%s/serial", de->d_name);
+		int fd = open(p, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		buf[n > 0 ? n : 0] = 0;
+		buf[strcspn(buf, "\n")] = 0;
+		if (strcmp(buf, serial) == 0)
+			snprintf(dev, sizeof(dev), "/dev/%s", de->d_name);
+	}
+	if (d)
+		closedir(d);
+	if (!*dev)
+		return fail(e, ENODEV, "no virtio disk with serial %s", serial);
+	if (mount(dev, path, fstype, MS_NOSUID | MS_NODEV, NULL) < 0)
+		return fail_errno(e, "mount %s (%s) for block volume %s", dev, fstype, serial);
+	return 0;
+}
+
 static int prepare_mounts(const struct msg *m, struct mount_spec *out, char (*srcs)[PATH_MAX], size_t *n,
 			  struct err *e)
 {
@@ -63,6 +102,9 @@ static int prepare_mounts(const struct msg *m, struct mount_spec *out, char (*sr
 			return fail(e, EINVAL, "mount point %s is not a clean absolute path", dst);
 		if (flags & MOUNT_TMPFS) {
 			if (tmpfs_volume(src, srcs[i], PATH_MAX, e) < 0)
+				return -1;
+		} else if (flags & MOUNT_BLOCK) {
+			if (block_volume(src, srcs[i], PATH_MAX, e) < 0)
 				return -1;
 		} else {
 			if (!path_is_clean_relative(src))
