@@ -21,17 +21,30 @@ def _parts(path: str) -> list[str]:
     return parts
 
 
+def _open_dirs(root: Path, parts: list[str]) -> int:
+    """An fd of root/parts..., each step opened relative to the last with O_NOFOLLOW (the caller closes it)."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for p in parts:
+            nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_file(root: Path, path: str, limit: int = 1 << 20) -> bytes | None:
     """The file's bytes, or None if it is missing or reached only through a symlink."""
     parts = _parts(path)
     if not parts:
         return None
-    fd = os.open(root, _DIR_FLAGS)
     try:
-        for p in parts[:-1]:
-            nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
+        fd = _open_dirs(root, parts[:-1])
+    except OSError:
+        return None
+    try:
         ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
         with os.fdopen(ffd, "rb") as f:
             if not os.path.isfile(f"/proc/self/fd/{ffd}"):
@@ -68,12 +81,8 @@ def write_file(root: Path, path: str, data: bytes, mode: int, uid: int, gid: int
         raise ValueError("empty path")
     parent = "/".join(parts[:-1])
     make_dirs(root, parent)
-    fd = os.open(root, _DIR_FLAGS)
+    fd = _open_dirs(root, parts[:-1])
     try:
-        for p in parts[:-1]:
-            nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
         with contextlib.suppress(FileNotFoundError):
             st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):

@@ -34,13 +34,11 @@ def parse_volumes(specs: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
     return volumes, mounts
 
 
-def build_spec(image: str, command: tuple[str, ...], *, name: str | None, hostname: str | None, env: tuple[str, ...],
-               workdir: str | None, user: str | None, tty_: bool, interactive: bool, rm: bool, memory: int | None,
-               cpus: int | None, entrypoint: str | None, volumes: tuple[str, ...] = (), restart: str = "Never",
-               readonly: bool = False) -> dict:
-    pod_volumes, mounts = parse_volumes(volumes)
-    container: dict = {"name": name or "main", "image": image, "env": list(env), "tty": tty_, "stdin": interactive,
-                       "volumes": mounts, "readonly": readonly}
+def container_spec(name: str, image: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
+                   user: str | None, entrypoint: str | None) -> dict:
+    """The container part of a spec from docker-style flags (-e KEY takes KEY's value from our environment)."""
+    container: dict = {"name": name, "image": image,
+                       "env": [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env]}
     if command:
         container["command"] = list(command)
     if entrypoint is not None:
@@ -49,6 +47,16 @@ def build_spec(image: str, command: tuple[str, ...], *, name: str | None, hostna
         container["workdir"] = workdir
     if user:
         container["user"] = user
+    return container
+
+
+def build_spec(image: str, command: tuple[str, ...], *, name: str | None, hostname: str | None, env: tuple[str, ...],
+               workdir: str | None, user: str | None, tty_: bool, interactive: bool, rm: bool, memory: int | None,
+               cpus: int | None, entrypoint: str | None, volumes: tuple[str, ...] = (), restart: str = "Never",
+               readonly: bool = False) -> dict:
+    pod_volumes, mounts = parse_volumes(volumes)
+    container = container_spec(name or "main", image, command, env, workdir, user, entrypoint)
+    container.update(tty=tty_, stdin=interactive, volumes=mounts, readonly=readonly)
     spec: dict = {"containers": [container], "auto_remove": rm, "volumes": pod_volumes, "restart_policy": restart}
     if name:
         spec["name"] = name
@@ -160,7 +168,6 @@ def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[st
         return
     if not image:
         raise click.UsageError("missing IMAGE (or -f FILE)")
-    env = tuple(e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env)
     policy = {"no": "Never", "on-failure": "OnFailure", "always": "Always"}[restart]
     spec = build_spec(image, command, name=name, hostname=hostname, env=env, workdir=workdir, user=user,
                       tty_=tty_, interactive=interactive, rm=rm, memory=memory, cpus=cpus, entrypoint=entrypoint,
@@ -223,16 +230,8 @@ def exec_cmd(interactive: bool, tty_: bool, user: str | None, env: tuple[str, ..
 def create_cmd(pod: str, name: str | None, env: tuple[str, ...], workdir: str | None, user: str | None,
                entrypoint: str | None, image: str, command: tuple[str, ...]) -> None:
     """Add a container to a running pod (same VM, no reboot) and start it."""
-    container: dict = {"name": name or image.split("/")[-1].split(":")[0].split("@")[0], "image": image,
-                       "env": [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env]}
-    if command:
-        container["command"] = list(command)
-    if entrypoint is not None:
-        container["entrypoint"] = [entrypoint] if entrypoint else []
-    if workdir:
-        container["workdir"] = workdir
-    if user:
-        container["user"] = user
+    default_name = image.split("/")[-1].split(":")[0].split("@")[0]
+    container = container_spec(name or default_name, image, command, env, workdir, user, entrypoint)
     click.echo(Client().request("POST", f"/v1/pods/{pod}/containers", json={"container": container})["name"])
 
 

@@ -109,14 +109,8 @@ static int find_port(const char *name, char *dev, size_t devlen)
 		if (de->d_name[0] == '.')
 			continue;
 		snprintf(p, sizeof(p), "/sys/class/virtio-ports/%s/name", de->d_name);
-		int fd = open(p, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
+		if (read_line(p, buf, sizeof(buf)) <= 0)
 			continue;
-		ssize_t n = read(fd, buf, sizeof(buf) - 1);
-		close(fd);
-		if (n <= 0)
-			continue;
-		buf[strcspn(buf, "\n")] = 0;
 		if (strcmp(buf, name) == 0) {
 			snprintf(dev, devlen, "/dev/%s", de->d_name);
 			found = 1;

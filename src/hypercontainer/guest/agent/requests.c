@@ -68,13 +68,8 @@ static int block_volume(const char *spec, char *path, size_t len, struct err *e)
 		if (strncmp(de->d_name, "vd", 2) != 0)
 			continue;
 		snprintf(p, sizeof(p), "/sys/block/%s/serial", de->d_name);
-		int fd = open(p, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
+		if (read_line(p, buf, sizeof(buf)) <= 0)
 			continue;
-		ssize_t n = read(fd, buf, sizeof(buf) - 1);
-		close(fd);
-		buf[n > 0 ? n : 0] = 0;
-		buf[strcspn(buf, "\n")] = 0;
 		if (strcmp(buf, serial) == 0)
 			snprintf(dev, sizeof(dev), "/dev/%s", de->d_name);
 	}

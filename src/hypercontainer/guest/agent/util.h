@@ -22,6 +22,8 @@ void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int write_full(int fd, const void *p, size_t n);
 int set_nonblock(int fd, int on);
 int mkdir_p(const char *path, unsigned mode);
+/* The first line of a small file (sysfs), without its newline; -1 if it cannot be read. */
+int read_line(const char *path, char *buf, size_t len);
 /* A relative path with no "." or ".." components and no empty ones. */
 int path_is_clean_relative(const char *p);
 
