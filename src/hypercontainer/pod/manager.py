@@ -6,9 +6,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import secrets
-import signal
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -256,10 +254,10 @@ class PodManager:
     def _release(self, info: dict) -> None:
         rt = info.get("runtime") or {}
         rundir = self.rundir / info["id"][:16]
-        pid = rt.get("vm_pid") or (info.get("vm") or {}).get("pid")
-        if pid and _is_our_qemu(pid, rundir):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        vm = procs.adopt(rt.get("vm_pid"), rt.get("vm_start"), str(rundir))  # still ours: same pid, same start
+        if vm:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                vm.kill()
         for mp in mounts_under(self.poddir / info["id"]):
             with contextlib.suppress(OSError):
                 umount(mp)
@@ -276,11 +274,3 @@ class PodManager:
                 await p.teardown()
             return
         await asyncio.gather(*(p.detach() for p in list(self.pods.values())), return_exceptions=True)
-
-
-def _is_our_qemu(pid: int, rundir: Path) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"qemu-system" in cmdline and str(rundir).encode() in cmdline

@@ -12,7 +12,6 @@ import errno as errno_mod
 import logging
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import AgentError, VMError
@@ -78,7 +77,6 @@ class AgentClient:
         self.takeover = False  # taking over from an earlier hyperd: stale replies may still arrive
         self._echo: asyncio.Future[None] | None = None
         self._echo_token = b""
-        self.on_lost: Callable[[str], None] | None = None
 
     async def connect(self, timeout: float = 10.0) -> None:
         loop = asyncio.get_running_loop()
@@ -129,8 +127,6 @@ class AgentClient:
             for q in (p.stdout, p.stderr):
                 with contextlib.suppress(asyncio.QueueFull):
                     q.put_nowait(None)
-        if self.on_lost:
-            self.on_lost(why)
 
     async def _read(self, kind: str) -> None:
         """One reader task per channel; any breach of the protocol ends the connection."""
