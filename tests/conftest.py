@@ -40,19 +40,25 @@ def agent_host_binary() -> Path:
 
 
 class Daemon:
-    def __init__(self, root: Path) -> None:
+    """A hyperd of its own (root, runtime dir, socket), optionally inside a network namespace the tests made.
+    Without one it runs with --network none: the test suite never sets up networking in the host's namespace."""
+
+    def __init__(self, root: Path, netns: Path | None = None, **env: str) -> None:
         self.root = root
+        self.netns = netns
         self.env = dict(os.environ,
                         HYPERCONTAINER_ROOT=str(root / "state"),
                         HYPERCONTAINER_RUN=str(root / "run"),
                         HYPERCONTAINER_SOCKET=str(root / "run" / "hyperd.sock"),
-                        HYPERCONTAINER_ASSETS=os.environ.get("HYPERCONTAINER_ASSETS", "/var/lib/hypercontainer/assets"))
+                        HYPERCONTAINER_ASSETS=os.environ.get("HYPERCONTAINER_ASSETS", "/var/lib/hypercontainer/assets"),
+                        HYPERCONTAINER_NETWORK="auto" if netns else "none", **env)
         self.proc: subprocess.Popen | None = None
         self.log = root / "hyperd.log"
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "hyperd")], env=self.env, stdout=log, stderr=log,
+            prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
+            self.proc = subprocess.Popen([*prefix, str(BIN / "hyperd")], env=self.env, stdout=log, stderr=log,
                                          start_new_session=True)
         deadline = time.monotonic() + 600  # the first start may fetch the kernel and probe the accelerator
         while time.monotonic() < deadline:

@@ -136,6 +136,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
             "guest": {"kernel": info.kernel, "kernel_release": info.kernel_release, "initrd": info.initrd,
                       "agent": info.agent},
             "root": info.root,
+            "network": manager.network.info() if manager.network else {"mode": "none", "reason": "disabled"},
             "pods": {"total": len(pods), "running": sum(p["state"] == "running" for p in pods)},
             "images": len(images.list()),
             "recent_boots": recent,

@@ -20,6 +20,7 @@ from ..errors import HCError
 from ..guest import assets as guest_assets
 from ..image.pull import Puller
 from ..image.store import ImageStore
+from ..network.manager import DEFAULT_BRIDGE, DEFAULT_SUBNET, Network
 from ..pod.manager import PodManager
 from ..pod.pod import GuestAssets
 from ..vm.accel import detect
@@ -80,7 +81,12 @@ async def serve(p: Paths) -> None:
     log.info("accelerator: %s (%s)", accel.name, accel.reason)
     images = ImageStore(p.images)
     db = StateDB(p.db)
-    manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name))
+    network = Network(os.environ.get("HYPERCONTAINER_NETWORK", "auto"), p.db,
+                      os.environ.get("HYPERCONTAINER_BRIDGE", DEFAULT_BRIDGE),
+                      os.environ.get("HYPERCONTAINER_SUBNET", DEFAULT_SUBNET))
+    await network.setup()
+    log.info("network: %s (%s)", network.mode, network.reason)
+    manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name), network)
     manager.live_restore = os.environ.get("HYPERCONTAINER_LIVE_RESTORE", "1") != "0"
     await manager.recover()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
@@ -97,6 +103,7 @@ async def serve(p: Paths) -> None:
         action = "leaving running" if manager.live_restore else "shutting down"
         log.info("stopping: %s %d pods", action, len(manager.pods))
         await manager.shutdown()
+        await network.close(remove_rules=not manager.live_restore)
         db.close()
         with contextlib.suppress(FileNotFoundError):
             p.socket.unlink()
@@ -109,10 +116,16 @@ async def serve(p: Paths) -> None:
 @click.option("--insecure-registry", multiple=True, help="Registry reached over plain HTTP (loopback ones always are).")
 @click.option("--live-restore/--no-live-restore", default=None,
               help="Leave pods running when hyperd stops and take them over when it starts [on].")
+@click.option("--network", type=click.Choice(["auto", "bridge", "user", "none"]), default=None,
+              help="Pod network: a host bridge with NAT, QEMU user mode, or none [auto: bridge where links can be "
+                   "created, else user].")
+@click.option("--bridge", help=f"Bridge name [{DEFAULT_BRIDGE}].")
+@click.option("--subnet", help=f"Bridge subnet [{DEFAULT_SUBNET}].")
 @click.option("--debug", is_flag=True, help="Verbose logs.")
 @click.version_option(__version__, prog_name="hyperd")
 def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_registry: tuple[str, ...],
-         live_restore: bool | None, debug: bool) -> None:
+         live_restore: bool | None, network: str | None, bridge: str | None, subnet: str | None,
+         debug: bool) -> None:
     """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
     if root:
         os.environ["HYPERCONTAINER_ROOT"] = str(root)
@@ -122,6 +135,9 @@ def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_re
         os.environ["HYPERCONTAINER_SOCKET"] = str(sock)
     if live_restore is not None:
         os.environ["HYPERCONTAINER_LIVE_RESTORE"] = "1" if live_restore else "0"
+    for name, value in (("NETWORK", network), ("BRIDGE", bridge), ("SUBNET", subnet)):
+        if value:
+            os.environ[f"HYPERCONTAINER_{name}"] = value
     if insecure_registry:
         os.environ["HYPERCONTAINER_INSECURE_REGISTRIES"] = ",".join(insecure_registry)
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,

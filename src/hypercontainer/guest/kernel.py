@@ -19,8 +19,9 @@ from ..errors import HCError
 
 # Meta packages tried in order; each depends on the current versioned kernel package.
 META_PACKAGES = ("linux-image-cloud-amd64", "linux-image-kvm", "linux-image-virtual", "linux-image-amd64")
-# What the guest needs: virtio-mmio transport, virtio-serial ports, entropy, the pod share.
-WANTED_MODULES = ("virtio_mmio", "virtio_console", "virtio-rng", "virtiofs", "virtio_blk", "9pnet_virtio", "9p")
+# What the guest needs: virtio-mmio transport, virtio-serial ports, entropy, the pod share, disks, network.
+WANTED_MODULES = ("virtio_mmio", "virtio_console", "virtio-rng", "virtiofs", "virtio_blk", "virtio_net",
+                  "9pnet_virtio", "9p")
 REQUIRED_MODULES = ("virtio_mmio", "virtio_console")
 
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from .. import procs
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..image.store import ImageStore
+from ..network.manager import Network
 from ..spec.errors import invalid_spec
 from ..spec.kube import from_kube, is_kube_pod
 from ..spec.pod import ContainerSpec, PodSpec
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 
 class PodManager:
     def __init__(self, images: ImageStore, records: PodRecords, poddir: Path, rundir: Path,
-                 assets: GuestAssets) -> None:
+                 assets: GuestAssets, network: Network | None = None) -> None:
         self.images, self.records = images, records
+        self.network = network
         self.poddir, self.rundir, self.assets = poddir, rundir, assets
         self.pods: dict[str, Pod] = {}
         self._starts: dict[str, asyncio.Task] = {}
@@ -99,7 +101,10 @@ class PodManager:
             image = self.images.get(cspec.image)
             containers.append(Container(cspec, image, stream=2 * (i + 1),
                                         log_path=self.poddir / pod_id / "logs" / f"{cspec.name}.log"))
-        pod = Pod(pod_id, name, spec, containers, self.poddir / pod_id, self.rundir / pod_id[:16], self.assets)
+        if self.network:
+            self.network.mode_for(spec)  # bridge asked for where there is none: refused now, not at start
+        pod = Pod(pod_id, name, spec, containers, self.poddir / pod_id, self.rundir / pod_id[:16], self.assets,
+                  self.network)
         pod.on_change.append(self._persist)
         pod.on_event.append(self.events.record)
         self.pods[pod_id] = pod
@@ -203,6 +208,8 @@ class PodManager:
                 self._remove_stale(info["id"])
                 continue
             self._stale[info["id"]] = info
+        if self.network:
+            await self.network.reconcile(set(self.pods))
 
     async def _take_over(self, info: dict) -> bool:
         rt = info.get("runtime") or {}
@@ -213,7 +220,7 @@ class PodManager:
         share = procs.adopt(rt.get("share_pid"), rt.get("share_start"), str(rundir))
         try:
             pod = self._rebuild(info)
-            await pod.reattach(vm, share)
+            await pod.reattach(vm, share, rt.get("network"))
         except Exception as e:
             log.warning("pod %s: could not take it over (%s); stopping its VM", info["name"], e)
             for p in (vm, share):
@@ -242,7 +249,7 @@ class PodManager:
                 c.done.set()
             containers.append(c)
         pod = Pod(info["id"], info["name"], spec, containers, self.poddir / info["id"], self.rundir / info["id"][:16],
-                  self.assets)
+                  self.assets, self.network)
         pod.hostname, pod.created = info["hostname"], info["created"]
         pod._stream_seq = rt["stream_seq"]
         pod._generation = rt.get("generation", 0)

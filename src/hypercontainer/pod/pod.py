@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import procs
 from ..errors import AgentError, CommandNotRunnable, Conflict, HCError, InvalidArgument, VMError
+from ..network.manager import Attachment, Network
 from ..protocol.client import AgentClient, ProcessStreams, exec_failure_exit_code
 from ..protocol.codec import Msg
 from ..spec.pod import PodSpec
@@ -25,7 +26,7 @@ from ..storage.safefs import make_dirs, write_file
 from ..storage.share import PodShare
 from ..storage.volumes import bind, make_shared, remove_tree
 from ..vm.machine import Machine
-from ..vm.qemu import Disk, Sockets, VMConfig
+from ..vm.qemu import Disk, HostForward, Nic, Sockets, VMConfig
 from .container import Container, process_fields
 from .states import PodState, check
 from .users import resolve
@@ -39,7 +40,7 @@ RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 0.1, 10.0
 EVENT_NAMES = {(PodState.CREATED, PodState.STARTING): "start", (PodState.STARTING, PodState.RUNNING): "running",
                (PodState.RUNNING, PodState.PAUSED): "pause", (PodState.PAUSED, PodState.RUNNING): "unpause",
                (PodState.STOPPING, PodState.EXITED): "die", (PodState.STARTING, PodState.FAILED): "fail"}
-HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,11 @@ def block_serial(index: int) -> str:
     return f"hcvol{index}"
 
 
-def resolv_conf(spec: PodSpec) -> str:
-    lines = [f"nameserver {ip}" for ip in spec.dns]
+def resolv_conf(spec: PodSpec, net: Attachment | None) -> str | None:
+    """The pod's own settings, else its network's resolvers; None (the image's file stays) without either."""
+    if not (spec.dns or spec.dns_search or spec.dns_options or net):
+        return None
+    lines = [f"nameserver {ip}" for ip in (spec.dns or (net.dns if net else []))]
     if spec.dns_search:
         lines.append("search " + " ".join(spec.dns_search))
     if spec.dns_options:
@@ -75,7 +79,7 @@ def resolv_conf(spec: PodSpec) -> str:
 
 class Pod:
     def __init__(self, pod_id: str, name: str, spec: PodSpec, containers: list[Container],
-                 statedir: Path, rundir: Path, assets: GuestAssets) -> None:
+                 statedir: Path, rundir: Path, assets: GuestAssets, network: Network | None = None) -> None:
         self.id, self.name, self.spec = pod_id, name, spec
         self.containers = containers
         self.statedir, self.rundir, self.assets = statedir, rundir, assets
@@ -84,6 +88,8 @@ class Pod:
         self.machine: Machine | None = None
         self.share: PodShare | None = None
         self.agent: AgentClient | None = None
+        self.network = network
+        self.net: Attachment | None = None
         self.timings = Timings()
         self.error: str | None = None
         self.exit_code: int | None = None
@@ -139,6 +145,9 @@ class Pod:
     async def _build(self) -> None:
         self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fields = []
+        if self.network:
+            self.net = await self.network.attach(self.id, self.spec)
+            self.timings.mark("network")
         make_shared(self.share_dir)
         for v in self.spec.volumes:
             if v.host_path:
@@ -159,7 +168,8 @@ class Pod:
         disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()))
         self.machine = Machine(VMConfig(
             self.assets.kernel, self.assets.initrd, sockets, accel=self.assets.accel,  # type: ignore[arg-type]
-            cpus=self.spec.resources.vcpu, memory_mib=self.spec.resources.memory, share=share, disks=disks))
+            cpus=self.spec.resources.vcpu, memory_mib=self.spec.resources.memory, share=share, disks=disks,
+            nic=self._nic()))
         await self.machine.start()
         self.timings.mark("qemu")
         self.agent = AgentClient(sockets.ctl, sockets.io)
@@ -169,11 +179,19 @@ class Pod:
         self.timings.mark("agent")
         if self.agent.guest_uptime is not None:
             self.timings.marks["guest_uptime_at_agent"] = self.agent.guest_uptime
+        net = {"net_mac": self.net.mac, "net_addr": f"{self.net.address}/{self.net.prefixlen}",
+               "net_gw": self.net.gateway} if self.net else {}
         await self._guest(self.agent.request(Msg.START_POD, {
-            "hostname": self.hostname, "share": share.tag, "sharefs": share.kind}))
+            "hostname": self.hostname, "share": share.tag, "sharefs": share.kind, **net}))
         for c, f in zip(self.containers, fields, strict=True):
             await self._start_container(c, f)
         self.timings.mark("started")
+
+    def _nic(self) -> Nic | None:
+        if not self.net:
+            return None
+        fwd = tuple(HostForward(p.protocol, p.host_ip, p.host_port, p.container_port) for p in self.net.ports)
+        return Nic(self.net.mac, tap=self.net.tap, forwards=() if self.net.tap else fwd)
 
     def _block_volumes(self) -> list:
         return [v for v in self.spec.volumes if v.block]
@@ -200,9 +218,12 @@ class Pod:
                 dst.append(m.path)
                 flags.append((MOUNT_READONLY if m.readonly else 0) | kind)
             injected = {f.path for f in c.spec.files}
-            generated = [("/etc/hostname", f"{self.hostname}\n"), ("/etc/hosts", HOSTS.format(hostname=self.hostname))]
-            if self.spec.dns or self.spec.dns_search or self.spec.dns_options:
-                generated.append(("/etc/resolv.conf", resolv_conf(self.spec)))
+            address = self.net.address if self.net else "127.0.1.1"
+            generated = [("/etc/hostname", f"{self.hostname}\n"),
+                         ("/etc/hosts", HOSTS.format(address=address, hostname=self.hostname))]
+            resolv = resolv_conf(self.spec, self.net)
+            if resolv is not None:
+                generated.append(("/etc/resolv.conf", resolv))
             for path, data in generated:
                 if path not in injected:
                     write_file(root, path, data.encode(), 0o644, 0, 0)
@@ -246,7 +267,7 @@ class Pod:
         self._relays.append(asyncio.create_task(c.relay()))
 
     # ---- handing over between daemons ---------------------------------------------------------------------
-    async def reattach(self, vm: procs.Adopted, share: procs.Adopted | None) -> None:
+    async def reattach(self, vm: procs.Adopted, share: procs.Adopted | None, saved_net: dict | None) -> None:
         """Takes over a pod an earlier hyperd left running: its QEMU and virtiofsd, the agent's sockets, the
         streams of its running containers (output the guest held back meanwhile arrives now)."""
         old = Sockets(self.rundir, logdir=self.statedir, generation=self._generation)
@@ -254,6 +275,8 @@ class Pod:
         self.machine.proc = vm  # type: ignore[assignment]
         self.share = PodShare(self.share_dir, self.rundir)
         self.share.proc = share  # type: ignore[assignment]
+        if self.network and saved_net:
+            self.net = self.network.adopt(self.id, saved_net)
         running = [c for c in self.containers if c.started.is_set() and not c.done.is_set()]
         for attempt in range(1, TAKEOVER_ATTEMPTS + 1):
             # Each attempt on fresh sockets (chardev-change drops whatever QEMU still holds): now and then the
@@ -480,6 +503,8 @@ class Pod:
             await self.agent.close()
         if self.share:
             await self.share.stop()
+        if self.network:
+            await self.network.detach(self.id)
         for mp in mounts_under(self.share_dir):
             with contextlib.suppress(OSError):
                 umount(mp)
@@ -501,11 +526,20 @@ class Pod:
             "vm_pid": vm.pid if vm else None, "vm_start": procs.start_time(vm.pid) if vm else None,
             "share_pid": share.pid if share else None, "share_start": procs.start_time(share.pid) if share else None,
             "stream_seq": self._stream_seq, "generation": self._generation,
+            "network": self.net.to_dict() if self.net else None,
             "containers": {c.name: {"stream": c.stream, "fields": c.fields, "mounts": c.mounts,
                                     "started": c.started.is_set(), "done": c.done.is_set(),
                                     "exit_code": c.exit_code, "error": c.error, "restarts": c.restarts, "pid": c.pid}
                            for c in self.containers},
         }
+
+    def net_info(self) -> dict:
+        if not self.net:
+            return {"mode": "none"}
+        return {"mode": self.net.mode, "ip": self.net.address, "prefixlen": self.net.prefixlen,
+                "gateway": self.net.gateway, "mac": self.net.mac, "tap": self.net.tap,
+                "ports": [{"host_ip": p.host_ip, "host_port": p.host_port, "container_port": p.container_port,
+                           "protocol": p.protocol} for p in self.net.ports]}
 
     def info(self) -> dict:
         return {
@@ -522,6 +556,7 @@ class Pod:
             "vm": {"pid": self.machine.pid if self.machine else None, "accel": self.assets.accel,
                    "vcpu": self.spec.resources.vcpu, "memory_mib": self.spec.resources.memory},
             "timings": self.timings.marks,
+            "network": self.net_info(),
             "restart_policy": self.spec.restart_policy,
             "containers": [{"name": c.name, "image": c.image.id, "pid": c.pid, "exit_code": c.exit_code,
                             "error": c.error, "restarts": c.restarts,

@@ -81,6 +81,9 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(28, "mount_flags", "u64", list=True),
     FieldDef(29, "sysctl", "str", list=True),
     FieldDef(30, "rlimit", "str", list=True),
+    FieldDef(31, "net_mac", "str"),
+    FieldDef(32, "net_addr", "str"),
+    FieldDef(33, "net_gw", "str"),
 )
 BY_TAG = {f.tag: f for f in FIELDS}
 BY_NAME = {f.name: f for f in FIELDS}

@@ -9,15 +9,15 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     AliasChoices,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     IPvAnyAddress,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+
+from .base import Strict
+from .ports import PortMapping
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -54,12 +54,6 @@ def _check_mode(v: int | str) -> int:
     if not 0 <= mode <= 0o7777:
         raise ValueError(f"{v!r} is not a file mode (0-07777)")
     return mode
-
-
-class Strict(BaseModel):
-    """Unknown fields are errors; fields may be spelled snake_case or camelCase (Kubernetes style)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=to_camel)
 
 
 class Volume(Strict):
@@ -238,6 +232,8 @@ class PodSpec(Strict):
     dns_options: Annotated[list[DnsOption], Field(max_length=16)] = []
     restart_policy: Literal["Never", "OnFailure", "Always"] = "Never"
     auto_remove: bool = False
+    network: Literal["default", "bridge", "user", "none"] = "default"
+    ports: Annotated[list[PortMapping], Field(max_length=256)] = []
 
 
     @field_validator("hostname")
@@ -261,6 +257,17 @@ class PodSpec(Strict):
             for m in c.volumes:
                 if m.name not in vols:
                     raise ValueError(f"container {c.name} mounts volume {m.name}, which the pod does not define")
+        published = [p.key() for p in self.ports if p.host_port]
+        dup = sorted({f"{k[0]}:{k[1]}/{k[2]}" for k in published if published.count(k) > 1})
+        if dup:
+            raise ValueError(f"host port published twice: {', '.join(dup)}")
+        wild = {(p.host_port, p.protocol) for p in self.ports if p.host_port and p.host_ip == "0.0.0.0"}
+        clash = sorted({f"{p.host_ip}:{p.host_port}/{p.protocol}" for p in self.ports
+                        if p.host_ip != "0.0.0.0" and (p.host_port, p.protocol) in wild})
+        if clash:
+            raise ValueError(f"host port published twice (also on 0.0.0.0): {', '.join(clash)}")
+        if self.ports and self.network == "none":
+            raise ValueError("ports cannot be published with network none")
         if self.auto_remove and self.restart_policy != "Never":
             raise ValueError("auto_remove (--rm) and a restart policy other than Never exclude each other")
         return self

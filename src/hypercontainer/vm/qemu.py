@@ -34,6 +34,26 @@ class Disk:
 
 
 @dataclass(frozen=True)
+class HostForward:
+    """User mode: a host port forwarded into the guest."""
+
+    protocol: str
+    host_ip: str
+    host_port: int
+    guest_port: int
+
+
+@dataclass(frozen=True)
+class Nic:
+    """The pod's virtio-net interface: on a host tap (created by network/), or on QEMU's user-mode stack."""
+
+    mac: str
+    tap: str | None = None  # None: user mode
+    user_net: str = "10.0.2.0/24"
+    forwards: tuple[HostForward, ...] = ()
+
+
+@dataclass(frozen=True)
 class Sockets:
     """The unix sockets QEMU listens on for one VM, in the pod's runtime directory; its logs in `logdir`."""
 
@@ -74,6 +94,7 @@ class VMConfig:
     cmdline: tuple[str, ...] = field(default_factory=tuple)
     with_ports: bool = True
     disks: tuple[Disk, ...] = ()
+    nic: Nic | None = None
 
 
 @functools.cache
@@ -112,6 +133,13 @@ def socket_backend(path: Path) -> dict:
 AGENT_CHARDEVS = ("ctl", "io")
 
 
+def netdev(nic: Nic) -> str:
+    if nic.tap:
+        return f"tap,id=net0,ifname={nic.tap},script=no,downscript=no"
+    fwd = "".join(f",hostfwd={f.protocol}:{f.host_ip}:{f.host_port}-:{f.guest_port}" for f in nic.forwards)
+    return f"user,id=net0,net={nic.user_net},ipv6=off{fwd}"
+
+
 def command(cfg: VMConfig) -> list[str]:
     s = cfg.sockets
     mem = f"{cfg.memory_mib}M"
@@ -148,6 +176,8 @@ def command(cfg: VMConfig) -> list[str]:
             "-drive", f"file={disk.path},if=none,id=disk{i},format=raw,cache=writeback",
             "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}",
         ]
+    if cfg.nic:
+        argv += ["-netdev", netdev(cfg.nic), "-device", f"virtio-net-device,netdev=net0,mac={cfg.nic.mac}"]
     if cfg.share and cfg.share.kind == "virtiofs":
         argv += [
             "-chardev", f"socket,id=share,path={cfg.share.socket}",

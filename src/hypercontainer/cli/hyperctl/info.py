@@ -24,6 +24,7 @@ def info(as_json: bool) -> None:
         f"Agent build:      {i['guest']['agent']}",
         f"Host kernel:      {i['host_kernel']}",
         f"Python:           {i['python']}",
+        f"Network:          {i['network']['mode']} ({i['network']['reason']})",
         f"Root dir:         {i['root']}",
         f"Pods:             {i['pods']['total']} ({i['pods']['running']} running)",
         f"Images:           {i['images']}",

@@ -1,4 +1,4 @@
-"""hyperctl ps, rm, logs, inspect, kill."""
+"""hyperctl ps, rm, logs, inspect, port, stop, kill, pause, unpause, events."""
 
 from __future__ import annotations
 
@@ -48,11 +48,15 @@ def ps(all_: bool, quiet: bool) -> None:
     from rich.table import Table
 
     t = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("POD ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS"):
+    for col in ("POD ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"):
         t.add_column(col, no_wrap=True)
     for p in pods:
         cmd = " ".join(p.get("command") or [])
-        t.add_row(p["id"][:12], p["name"], p["image"], f'"{cmd[:24]}"' if cmd else "", ago(p["created"]), status(p))
+        live = p["state"] in ("running", "paused")
+        ports = ", ".join(f"{m['host_ip']}:{m['host_port']}->{m['container_port']}/{m['protocol']}"
+                          for m in (p.get("network") or {}).get("ports", []) if live)
+        t.add_row(p["id"][:12], p["name"], p["image"], f'"{cmd[:24]}"' if cmd else "", ago(p["created"]), status(p),
+                  ports)
     Console(width=200).print(t)
 
 
@@ -118,6 +122,24 @@ def inspect(ref: str) -> None:
         click.echo(dumps(client.request("GET", f"/v1/images/{ref}")))
 
 
+@click.command("port")
+@click.argument("ref")
+@click.argument("private", required=False)
+def port(ref: str, private: str | None) -> None:
+    """List a pod's published ports, or the host address of one (PORT[/PROTO])."""
+    mappings = (Client().request("GET", f"/v1/pods/{ref}").get("network") or {}).get("ports", [])
+    if private:
+        num, _, proto = private.partition("/")
+        mappings = [m for m in mappings if str(m["container_port"]) == num and m["protocol"] == (proto or "tcp")]
+        if not mappings:
+            raise HCError(f"no public port {private} published for {ref}")
+        for m in mappings:
+            click.echo(f"{m['host_ip']}:{m['host_port']}")
+        return
+    for m in mappings:
+        click.echo(f"{m['container_port']}/{m['protocol']} -> {m['host_ip']}:{m['host_port']}")
+
+
 @click.command("stop")
 @click.option("-t", "--time", "timeout", default=10.0, show_default=True, help="Seconds before SIGKILL.")
 @click.argument("pods", nargs=-1, required=True)
@@ -178,4 +200,4 @@ def events(since: str | None, until: str | None) -> None:
         click.echo(f"{stamp} pod {ev['action']} {ev['id'][:12]} ({extra})")
 
 
-COMMANDS = [ps, rm, logs, inspect, stop, kill, pause, unpause, events]
+COMMANDS = [ps, rm, logs, inspect, port, stop, kill, pause, unpause, events]

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from ...errors import CommandNotRunnable, HCError
+from ...spec.ports import parse_publish
 from ..client import Client, error_from
 
 STDIN, STDOUT, STDERR = 0, 1, 2
@@ -150,14 +151,18 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
 @click.option("--read-only", "readonly", is_flag=True, help="Mount the container's root read-only.")
 @click.option("--restart", type=click.Choice(["no", "on-failure", "always"]), default="no", show_default=True,
               help="Restart policy (with backoff).")
+@click.option("-p", "--publish", "publish", multiple=True,
+              help="Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]; no host port: any free one.")
+@click.option("--net", "--network", "network", type=click.Choice(["default", "bridge", "user", "none"]),
+              default="default", show_default=True, help="Pod network (default: hyperd's mode).")
 @click.option("-f", "--file", "podfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A pod spec (JSON or YAML), or a Kubernetes v1 Pod manifest; starts it detached.")
 @click.argument("image", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[str, ...], workdir: str | None,
             user: str | None, name: str | None, hostname: str | None, memory: int | None, cpus: int | None,
-            entrypoint: str | None, volumes: tuple[str, ...], readonly: bool, restart: str, podfile: Path | None,
-            image: str | None, command: tuple[str, ...]) -> None:
+            entrypoint: str | None, volumes: tuple[str, ...], readonly: bool, restart: str, publish: tuple[str, ...],
+            network: str, podfile: Path | None, image: str | None, command: tuple[str, ...]) -> None:
     """Run a command in a new pod (its own VM)."""
     client = Client()
     if podfile:
@@ -172,6 +177,8 @@ def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[st
     spec = build_spec(image, command, name=name, hostname=hostname, env=env, workdir=workdir, user=user,
                       tty_=tty_, interactive=interactive, rm=rm, memory=memory, cpus=cpus, entrypoint=entrypoint,
                       volumes=volumes, restart=policy, readonly=readonly)
+    spec["network"] = network
+    spec["ports"] = [parse_publish(p) for p in publish]
     if detach:
         created = client.request("POST", "/v1/pods", json={"spec": spec})
         click.echo(created["id"])

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "boot.h"
+#include "net.h"
 #include "proto.h"
 #include "spawn.h"
 #include "util.h"
@@ -194,7 +195,7 @@ int main(int argc, char **argv)
 			goto fatal;
 		if (boot_probe_requested()) /* accelerator probe and boot-floor benchmark: off at once */
 			power_off();
-		if (boot_modules(&e) < 0 || boot_loopback(&e) < 0)
+		if (boot_modules(&e) < 0 || net_loopback(&e) < 0)
 			goto fatal;
 		if ((ctl_fd = boot_open_port("hc.ctl", 10000, &e)) < 0 || (io_fd = boot_open_port("hc.io", 10000, &e)) < 0)
 			goto fatal;

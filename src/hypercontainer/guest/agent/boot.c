@@ -6,10 +6,8 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
-#include <sys/socket.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -152,24 +150,6 @@ int mount_share(const char *tag, const char *fstype, const char *target, struct 
 		return fail(e, EINVAL, "unknown share filesystem %s", fstype);
 	}
 	return 0;
-}
-
-int boot_loopback(struct err *e)
-{
-	struct ifreq ifr = {0};
-	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return fail_errno(e, "socket");
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
-	int rc = ioctl(fd, SIOCGIFFLAGS, &ifr);
-	if (rc == 0) {
-		ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-		rc = ioctl(fd, SIOCSIFFLAGS, &ifr);
-	}
-	if (rc < 0)
-		fail_errno(e, "bring up lo");
-	close(fd);
-	return rc;
 }
 
 int boot_probe_requested(void)

@@ -9,8 +9,6 @@ int boot_mounts(struct err *e);
 int boot_modules(struct err *e);
 /* Opens the port named `name` (see /sys/class/virtio-ports), waiting up to timeout_ms for it to appear. */
 int boot_open_port(const char *name, int timeout_ms, struct err *e);
-/* Brings up the loopback interface (the kernel gives it 127.0.0.1). */
-int boot_loopback(struct err *e);
 int mount_share(const char *tag, const char *fstype, const char *target, struct err *e);
 /* "hc.probe" on the kernel command line: power off as soon as init runs. */
 int boot_probe_requested(void);

@@ -35,6 +35,9 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_MOUNT_FLAGS] = {F_MOUNT_FLAGS, "mount_flags", KIND_U64, 1},
 	[F_SYSCTL] = {F_SYSCTL, "sysctl", KIND_STR, 1},
 	[F_RLIMIT] = {F_RLIMIT, "rlimit", KIND_STR, 1},
+	[F_NET_MAC] = {F_NET_MAC, "net_mac", KIND_STR, 0},
+	[F_NET_ADDR] = {F_NET_ADDR, "net_addr", KIND_STR, 0},
+	[F_NET_GW] = {F_NET_GW, "net_gw", KIND_STR, 0},
 };
 
 const struct msg_def msg_table[] = {

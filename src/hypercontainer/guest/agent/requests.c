@@ -19,6 +19,7 @@
 
 #include "agent.h"
 #include "boot.h"
+#include "net.h"
 #include "spawn.h"
 
 static int valid_id(const char *id)
@@ -248,11 +249,14 @@ out:
 static int handle_start_pod(const struct msg *m, struct err *e)
 {
 	const char *host = msg_str(m, F_HOSTNAME, NULL), *share = msg_str(m, F_SHARE, NULL);
+	const char *addr = msg_str(m, F_NET_ADDR, NULL);
 	if (test_mode)
 		return 0;
 	if (host && sethostname(host, strlen(host)) < 0)
 		return fail_errno(e, "sethostname %s", host);
 	if (share && mount_share(share, msg_str(m, F_SHAREFS, "virtiofs"), SHARE_ROOT, e) < 0)
+		return -1;
+	if (addr && net_configure(msg_str(m, F_NET_MAC, ""), addr, msg_str(m, F_NET_GW, NULL), 2000, e) < 0)
 		return -1;
 	return 0;
 }
