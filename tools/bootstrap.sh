@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 musl-tools busybox-static make gcc zstd ca-certificates
+          iproute2 nftables                              # pod networking: links (netlink) and NAT
+          flex bison bc lz4 libelf-dev libssl-dev xz-utils  # building the guest kernel from linux-source
           docker-registry skopeo)  # the last two: a real registry and its client for tests and benchmarks
 # Where virtiofsd is its own package (Debian 13, Ubuntu), take it too.
 OPTIONAL=(virtiofsd)

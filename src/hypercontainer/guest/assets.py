@@ -1,6 +1,7 @@
 """Builds the guest assets into a cache directory, rebuilding only what changed (content hashes).
 
-    <assets>/kernel-<pkg>/        the unpacked distro kernel and its modules
+    <assets>/kernel-own-<key>/    our own kernel, built by `make assets` (kernel_build.py); preferred once built
+    <assets>/kernel-<pkg>/        the unpacked distro kernel and its modules (the fallback)
     <assets>/agent-<hash>/        the static agent built from guest/agent/*
     <assets>/initrd-<hash>.cpio   /init (the agent) + modules + load list
     <assets>/current.json         what the daemon boots
@@ -18,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import HCError
-from . import initramfs
-from .kernel import Kernel, distro_kernel
+from . import initramfs, kernel_build
+from .kernel import Kernel, KernelError, distro_kernel
 
 AGENT_SRC = Path(__file__).parent / "agent"
 
@@ -78,9 +79,23 @@ def build_initrd(cache: Path, agent: Path, kernel: Kernel) -> Path:
     return path
 
 
+def choose_kernel(cache: Path) -> Kernel:
+    """HYPERCONTAINER_KERNEL: `own` (ours, built by make assets), `distro`, or `auto` (ours if built)."""
+    pref = os.environ.get("HYPERCONTAINER_KERNEL", "auto")
+    if pref not in ("auto", "own", "distro"):
+        raise HCError(f"HYPERCONTAINER_KERNEL={pref!r}: use auto, own or distro")
+    if pref != "distro":
+        own = kernel_build.built(cache)
+        if own:
+            return own
+        if pref == "own":
+            raise KernelError("no guest kernel of our own is built yet: run 'make assets'")
+    return distro_kernel(cache)
+
+
 def ensure(cache: Path) -> Assets:
     cache.mkdir(parents=True, exist_ok=True)
-    kernel = distro_kernel(cache)
+    kernel = choose_kernel(cache)
     agent, agent_hash = build_agent(cache)
     initrd = build_initrd(cache, agent, kernel)
     digest = hashlib.sha256(f"{kernel.digest()}:{initrd.name}".encode()).hexdigest()[:16]
@@ -93,9 +108,19 @@ def ensure(cache: Path) -> Assets:
 
 
 def main() -> None:
+    """make assets: builds our kernel (unless HYPERCONTAINER_KERNEL=distro; a failed build falls back to the
+    distribution's kernel with a warning), the agent and the initramfs."""
     from ..config import paths
 
-    a = ensure(paths().assets)
+    cache = paths().assets
+    if os.environ.get("HYPERCONTAINER_KERNEL", "auto") != "distro":
+        try:
+            kernel_build.build(cache, progress=lambda m: print(m, file=sys.stderr, flush=True))
+        except KernelError as e:
+            if os.environ.get("HYPERCONTAINER_KERNEL") == "own":
+                raise
+            print(f"warning: {e.message}\nwarning: using the distribution's kernel instead", file=sys.stderr)
+    a = ensure(cache)
     print(a.to_json())
     sys.exit(0)
 

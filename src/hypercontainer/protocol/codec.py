@@ -84,6 +84,8 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(31, "net_mac", "str"),
     FieldDef(32, "net_addr", "str"),
     FieldDef(33, "net_gw", "str"),
+    FieldDef(34, "clock_ns", "u64"),
+    FieldDef(35, "seed", "str"),
 )
 BY_TAG = {f.tag: f for f in FIELDS}
 BY_NAME = {f.name: f for f in FIELDS}

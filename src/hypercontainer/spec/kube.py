@@ -38,7 +38,7 @@ def from_kube(doc: dict) -> tuple[dict, list[str]]:
         raise InvalidArgument("Pod manifest has no spec.containers")
     ignored = [f"spec.{k}" for k in spec if k not in POD_FIELDS]
     memory, cpus = 0, 0
-    containers = []
+    containers, ports = [], []
     for i, c in enumerate(spec["containers"]):
         if not isinstance(c, dict):
             raise InvalidArgument(f"spec.containers[{i}] is not an object")
@@ -70,6 +70,10 @@ def from_kube(doc: dict) -> tuple[dict, list[str]]:
             memory += _memory_mib(limits["memory"])
         if "cpu" in limits:
             cpus += _cpus(limits["cpu"])
+        for p in c.get("ports") or []:  # only hostPort publishes: a pod's containerPorts are informational
+            if isinstance(p, dict) and p.get("hostPort"):
+                ports.append({"container_port": p.get("containerPort"), "host_port": p["hostPort"],
+                              "host_ip": p.get("hostIP") or "0.0.0.0", "protocol": p.get("protocol", "TCP")})
         containers.append(out)
     volumes = []
     for v in spec.get("volumes") or []:
@@ -80,7 +84,7 @@ def from_kube(doc: dict) -> tuple[dict, list[str]]:
         else:
             raise InvalidArgument(f"volume {v.get('name')}: only hostPath and emptyDir volumes are supported")
     ours: dict = {"name": meta.get("name"), "containers": containers, "volumes": volumes,
-                  "restart_policy": spec.get("restartPolicy", "Always")}
+                  "restart_policy": spec.get("restartPolicy", "Always"), "ports": ports}
     hostname = spec.get("hostname") or meta.get("name")
     if hostname and re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", str(hostname)):
         ours["hostname"] = hostname  # Kubernetes names the pod's host after the pod

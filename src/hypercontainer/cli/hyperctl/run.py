@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from ...errors import CommandNotRunnable, HCError
-from ...spec.ports import parse_publish
+from ...spec.publish import parse_publish
 from ..client import Client, error_from
 
 STDIN, STDOUT, STDERR = 0, 1, 2

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -173,4 +174,45 @@ void power_off(void)
 	sync();
 	reboot(RB_POWER_OFF);
 	_exit(0);
+}
+
+int set_clock_ns(unsigned long long ns, struct err *e)
+{
+	struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+	if (clock_settime(CLOCK_REALTIME, &ts) < 0)
+		return fail_errno(e, "set the clock");
+	return 0;
+}
+
+#define RNDADDENTROPY 0x40085203 /* _IOW('R', 0x03, int[2]) */
+#define RNDRESEEDCRNG 0x5207 /* _IO('R', 0x07) */
+
+int reseed_random(const char *hex, struct err *e)
+{
+	struct {
+		int entropy_count, buf_size;
+		unsigned char buf[64];
+	} pool = {0};
+	size_t n = strlen(hex);
+	if (n == 0 || n % 2 || n / 2 > sizeof(pool.buf))
+		return fail(e, EINVAL, "seed must be 2-128 hex digits");
+	for (size_t i = 0; i < n / 2; i++) {
+		unsigned v;
+		if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+			return fail(e, EINVAL, "seed is not hex");
+		pool.buf[i] = (unsigned char)v;
+	}
+	pool.buf_size = (int)(n / 2);
+	pool.entropy_count = pool.buf_size * 8;
+	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC), rc = -1;
+	if (fd < 0)
+		return fail_errno(e, "open /dev/urandom");
+	if (ioctl(fd, RNDADDENTROPY, &pool) < 0)
+		fail_errno(e, "add entropy");
+	else if (ioctl(fd, RNDRESEEDCRNG) < 0)
+		fail_errno(e, "reseed the random generator");
+	else
+		rc = 0;
+	close(fd);
+	return rc;
 }

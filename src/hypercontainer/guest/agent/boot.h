@@ -13,5 +13,9 @@ int mount_share(const char *tag, const char *fstype, const char *target, struct 
 /* "hc.probe" on the kernel command line: power off as soon as init runs. */
 int boot_probe_requested(void);
 void power_off(void);
+/* A VM restored from a template: set the wall clock from the host, and mix the host's random bytes (hex) into
+ * the kernel's pool and reseed its generator, so clones of one snapshot do not share their random state. */
+int set_clock_ns(unsigned long long ns, struct err *e);
+int reseed_random(const char *hex, struct err *e);
 
 #endif

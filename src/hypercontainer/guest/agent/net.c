@@ -76,6 +76,46 @@ static int find_by_mac(const char *mac, char *name, size_t len)
 	return found;
 }
 
+/* A VM restored from a template carries the template's MAC: the one ethernet interface gets the pod's. */
+static int adopt_single_ether(const char *mac, char *name, size_t len)
+{
+	DIR *d = opendir("/sys/class/net");
+	struct dirent *de;
+	int found = 0;
+	unsigned b[6];
+	if (!d)
+		return 0;
+	if (sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6) {
+		closedir(d);
+		return 0;
+	}
+	while ((de = readdir(d))) {
+		char p[300], type[16];
+		if (de->d_name[0] == '.' || strlen(de->d_name) >= IFNAMSIZ)
+			continue;
+		snprintf(p, sizeof(p), "/sys/class/net/%s/type", de->d_name);
+		if (read_line(p, type, sizeof(type)) > 0 && strcmp(type, "1") == 0) { /* ARPHRD_ETHER */
+			if (found++)
+				break; /* more than one: never guess */
+			snprintf(name, len, "%s", de->d_name);
+		}
+	}
+	closedir(d);
+	if (found != 1)
+		return 0;
+	struct ifreq ifr = {0};
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0;
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	ifr.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+	for (int i = 0; i < 6; i++)
+		ifr.ifr_hwaddr.sa_data[i] = (char)b[i];
+	int ok = ioctl(fd, SIOCSIFHWADDR, &ifr) == 0;
+	close(fd);
+	return ok;
+}
+
 static void set_sin(struct sockaddr *sa, struct in_addr a)
 {
 	struct sockaddr_in *sin = (struct sockaddr_in *)sa;
@@ -93,7 +133,8 @@ int net_configure(const char *mac, const char *cidr, const char *gw, int timeout
 		return -1;
 	if (gw && inet_pton(AF_INET, gw, &gateway) != 1)
 		return fail(e, EINVAL, "invalid gateway \"%s\"", gw);
-	for (int waited = 0; !find_by_mac(mac, name, sizeof(name)); waited += 5) {
+	for (int waited = 0; !find_by_mac(mac, name, sizeof(name)) && !adopt_single_ether(mac, name, sizeof(name));
+	     waited += 5) {
 		if (waited >= timeout_ms)
 			return fail(e, ENODEV, "no network interface with MAC %s", mac);
 		nanosleep(&pause, NULL);

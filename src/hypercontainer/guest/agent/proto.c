@@ -38,6 +38,8 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_NET_MAC] = {F_NET_MAC, "net_mac", KIND_STR, 0},
 	[F_NET_ADDR] = {F_NET_ADDR, "net_addr", KIND_STR, 0},
 	[F_NET_GW] = {F_NET_GW, "net_gw", KIND_STR, 0},
+	[F_CLOCK_NS] = {F_CLOCK_NS, "clock_ns", KIND_U64, 0},
+	[F_SEED] = {F_SEED, "seed", KIND_STR, 0},
 };
 
 const struct msg_def msg_table[] = {

@@ -249,9 +249,14 @@ out:
 static int handle_start_pod(const struct msg *m, struct err *e)
 {
 	const char *host = msg_str(m, F_HOSTNAME, NULL), *share = msg_str(m, F_SHARE, NULL);
-	const char *addr = msg_str(m, F_NET_ADDR, NULL);
+	const char *addr = msg_str(m, F_NET_ADDR, NULL), *seed = msg_str(m, F_SEED, NULL);
+	unsigned long long clock = msg_u64(m, F_CLOCK_NS, 0);
 	if (test_mode)
 		return 0;
+	if (clock && set_clock_ns(clock, e) < 0)
+		return -1;
+	if (seed && reseed_random(seed, e) < 0)
+		return -1;
 	if (host && sethostname(host, strlen(host)) < 0)
 		return fail_errno(e, "sethostname %s", host);
 	if (share && mount_share(share, msg_str(m, F_SHAREFS, "virtiofs"), SHARE_ROOT, e) < 0)
