@@ -23,6 +23,7 @@ from ..image.store import ImageStore
 from ..network.manager import DEFAULT_BRIDGE, DEFAULT_SUBNET, Network
 from ..pod.manager import PodManager
 from ..pod.pod import GuestAssets
+from ..pod.templates import Templates
 from ..vm.accel import detect
 from .api import DaemonInfo, create_app
 from .state import StateDB
@@ -86,7 +87,15 @@ async def serve(p: Paths) -> None:
                       os.environ.get("HYPERCONTAINER_SUBNET", DEFAULT_SUBNET))
     await network.setup()
     log.info("network: %s (%s)", network.mode, network.reason)
-    manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name), network)
+    boot = os.environ.get("HYPERCONTAINER_BOOT", "template")
+    if boot not in ("cold", "template"):
+        raise HCError(f"unknown boot policy {boot!r} (cold or template)")
+    templates = Templates(a.kernel, a.initrd, accel.name, a.digest, p.assets / "templates", p.run / "templates")
+    templates.prune()
+    if boot == "template":
+        templates.ready(1, 256)  # the default size, built in the background; pods boot cold until it is there
+    manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name), network,
+                         templates, boot)
     manager.live_restore = os.environ.get("HYPERCONTAINER_LIVE_RESTORE", "1") != "0"
     await manager.recover()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
@@ -121,11 +130,13 @@ async def serve(p: Paths) -> None:
                    "created, else user].")
 @click.option("--bridge", help=f"Bridge name [{DEFAULT_BRIDGE}].")
 @click.option("--subnet", help=f"Bridge subnet [{DEFAULT_SUBNET}].")
+@click.option("--boot", type=click.Choice(["cold", "template"]), default=None,
+              help="How pods start: a cold boot, or from a VM template [template; cold until it is built].")
 @click.option("--debug", is_flag=True, help="Verbose logs.")
 @click.version_option(__version__, prog_name="hyperd")
 def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_registry: tuple[str, ...],
          live_restore: bool | None, network: str | None, bridge: str | None, subnet: str | None,
-         debug: bool) -> None:
+         boot: str | None, debug: bool) -> None:
     """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
     if root:
         os.environ["HYPERCONTAINER_ROOT"] = str(root)
@@ -135,7 +146,7 @@ def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_re
         os.environ["HYPERCONTAINER_SOCKET"] = str(sock)
     if live_restore is not None:
         os.environ["HYPERCONTAINER_LIVE_RESTORE"] = "1" if live_restore else "0"
-    for name, value in (("NETWORK", network), ("BRIDGE", bridge), ("SUBNET", subnet)):
+    for name, value in (("NETWORK", network), ("BRIDGE", bridge), ("SUBNET", subnet), ("BOOT", boot)):
         if value:
             os.environ[f"HYPERCONTAINER_{name}"] = value
     if insecure_registry:

@@ -25,15 +25,19 @@ from .events import EventLog
 from .pod import GuestAssets, Pod
 from .records import PodRecords
 from .states import FINAL, PodState
+from .templates import Templates
 
 log = logging.getLogger(__name__)
 
 
 class PodManager:
     def __init__(self, images: ImageStore, records: PodRecords, poddir: Path, rundir: Path,
-                 assets: GuestAssets, network: Network | None = None) -> None:
+                 assets: GuestAssets, network: Network | None = None, templates: Templates | None = None,
+                 boot: str = "cold") -> None:
         self.images, self.records = images, records
         self.network = network
+        self.templates = templates
+        self.boot = boot  # the daemon's boot policy: cold | template
         self.poddir, self.rundir, self.assets = poddir, rundir, assets
         self.pods: dict[str, Pod] = {}
         self._starts: dict[str, asyncio.Task] = {}
@@ -103,8 +107,9 @@ class PodManager:
                                         log_path=self.poddir / pod_id / "logs" / f"{cspec.name}.log"))
         if self.network:
             self.network.mode_for(spec)  # bridge asked for where there is none: refused now, not at start
+        boot = self.boot if spec.boot == "default" else spec.boot
         pod = Pod(pod_id, name, spec, containers, self.poddir / pod_id, self.rundir / pod_id[:16], self.assets,
-                  self.network)
+                  self.network, self.templates, boot)
         pod.on_change.append(self._persist)
         pod.on_event.append(self.events.record)
         self.pods[pod_id] = pod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,13 @@ from ..vm.machine import Machine
 from ..vm.qemu import Disk, HostForward, Nic, Sockets, VMConfig
 from .container import Container, process_fields
 from .states import PodState, check
+from .templates import Template, Templates, vm_config
 from .users import resolve
 
 log = logging.getLogger(__name__)
 TAKEOVER_ATTEMPTS, TAKEOVER_HANDSHAKE = 4, 5.0
 BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second
+CLONE_HANDSHAKE = 10.0  # a restored guest is running already: it answers at once or not at all
 VOLUMES = ".volumes"  # host volumes, bind-mounted into the pod share (container names cannot start with '.')
 MOUNT_READONLY, MOUNT_TMPFS, MOUNT_BLOCK = 1, 2, 4
 RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 0.1, 10.0
@@ -79,7 +82,8 @@ def resolv_conf(spec: PodSpec, net: Attachment | None) -> str | None:
 
 class Pod:
     def __init__(self, pod_id: str, name: str, spec: PodSpec, containers: list[Container],
-                 statedir: Path, rundir: Path, assets: GuestAssets, network: Network | None = None) -> None:
+                 statedir: Path, rundir: Path, assets: GuestAssets, network: Network | None = None,
+                 templates: Templates | None = None, boot: str = "cold") -> None:
         self.id, self.name, self.spec = pod_id, name, spec
         self.containers = containers
         self.statedir, self.rundir, self.assets = statedir, rundir, assets
@@ -90,6 +94,9 @@ class Pod:
         self.agent: AgentClient | None = None
         self.network = network
         self.net: Attachment | None = None
+        self.templates = templates
+        self.boot = boot  # the policy: cold | template
+        self.booted_from: str | None = None  # what this start used: cold, or the template's key
         self.timings = Timings()
         self.error: str | None = None
         self.exit_code: int | None = None
@@ -130,7 +137,18 @@ class Pod:
         self.timings = Timings()
         self._set(PodState.STARTING)
         try:
-            await self._build()
+            try:
+                await self._build()
+            except VMError as e:
+                if self.booted_from in (None, "cold"):
+                    raise
+                log.warning("pod %s: start from template %s failed (%s); booting cold", self.name, self.booted_from,
+                            e.message)
+                self.emit("template-fallback", error=e.message)
+                await self.teardown()
+                self.boot = "cold"
+                self.timings = Timings()
+                await self._build()
         except BaseException as e:
             self.error = e.message if isinstance(e, HCError) else f"{type(e).__name__}: {e}"
             for c in self.containers:
@@ -161,28 +179,43 @@ class Pod:
             c.mounts = self._prepare_mounts(c, root)
             fields.append(c.fields)
         self.timings.mark("rootfs")
-        self.share = PodShare(self.share_dir, self.rundir)
+        template = self._template()
+        self.booted_from = template.home.name if template else "cold"
+        self.share = PodShare(self.share_dir, self.rundir, force_9p=template is not None)
         share = await self.share.start()
         self.timings.mark("share")
         sockets = Sockets(self.rundir, logdir=self.statedir)
-        disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()))
-        self.machine = Machine(VMConfig(
-            self.assets.kernel, self.assets.initrd, sockets, accel=self.assets.accel,  # type: ignore[arg-type]
-            cpus=self.spec.resources.vcpu, memory_mib=self.spec.resources.memory, share=share, disks=disks,
-            nic=self._nic()))
+        res = self.spec.resources
+        if template:
+            cfg = vm_config(self.assets.kernel, self.assets.initrd, self.assets.accel, sockets, res.vcpu, res.memory,
+                            self.share_dir, self._nic(), template, building=False)
+        else:
+            disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()))
+            cfg = VMConfig(self.assets.kernel, self.assets.initrd, sockets, accel=self.assets.accel,  # type: ignore[arg-type]
+                           cpus=res.vcpu, memory_mib=res.memory, share=share, disks=disks, nic=self._nic())
+        self.machine = Machine(cfg)
         await self.machine.start()
         self.timings.mark("qemu")
+        if template:
+            await self.machine.restore(template.state)
+            self.timings.mark("restored")
         self.agent = AgentClient(sockets.ctl, sockets.io)
         self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
         await self.agent.connect()
-        await self._guest(self.agent.handshake(BOOT_TIMEOUT))
+        await self._guest(self.agent.handshake(CLONE_HANDSHAKE if template else BOOT_TIMEOUT))
         self.timings.mark("agent")
         if self.agent.guest_uptime is not None:
             self.timings.marks["guest_uptime_at_agent"] = self.agent.guest_uptime
         net = {"net_mac": self.net.mac, "net_addr": f"{self.net.address}/{self.net.prefixlen}",
                "net_gw": self.net.gateway} if self.net else {}
-        await self._guest(self.agent.request(Msg.START_POD, {
-            "hostname": self.hostname, "share": share.tag, "sharefs": share.kind, **net}))
+        if template:  # a clone: the snapshot's clock and random state are not its own
+            net.update(clock_ns=time.time_ns(), seed=os.urandom(32).hex())
+        try:
+            await asyncio.wait_for(self._guest(self.agent.request(Msg.START_POD, {
+                "hostname": self.hostname, "share": share.tag, "sharefs": share.kind, **net})),
+                CLONE_HANDSHAKE if template else None)
+        except TimeoutError:
+            raise VMError("the guest restored from the template did not answer START_POD") from None
         for c, f in zip(self.containers, fields, strict=True):
             await self._start_container(c, f)
         self.timings.mark("started")
@@ -192,6 +225,13 @@ class Pod:
             return None
         fwd = tuple(HostForward(p.protocol, p.host_ip, p.host_port, p.container_port) for p in self.net.ports)
         return Nic(self.net.mac, tap=self.net.tap, forwards=() if self.net.tap else fwd)
+
+    def _template(self) -> Template | None:
+        """The template to start from, if the policy says so and one is ready (else a cold boot; the template is
+        then built in the background). Pods with block volumes always boot cold (disks are not in templates)."""
+        if self.boot != "template" or not self.templates or self._block_volumes():
+            return None
+        return self.templates.ready(self.spec.resources.vcpu, self.spec.resources.memory)
 
     def _block_volumes(self) -> list:
         return [v for v in self.spec.volumes if v.block]
@@ -554,6 +594,7 @@ class Pod:
             "created": self.created,
             "finished": self.finished,
             "vm": {"pid": self.machine.pid if self.machine else None, "accel": self.assets.accel,
+                   "boot": self.boot, "booted_from": self.booted_from,
                    "vcpu": self.spec.resources.vcpu, "memory_mib": self.spec.resources.memory},
             "timings": self.timings.marks,
             "network": self.net_info(),

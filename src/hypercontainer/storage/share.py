@@ -24,11 +24,12 @@ def find_virtiofsd() -> str | None:
 class PodShare:
     """Owns the daemon that serves `source` to the guest, if the share kind needs one."""
 
-    def __init__(self, source: Path, rundir: Path) -> None:
+    def __init__(self, source: Path, rundir: Path, force_9p: bool = False) -> None:
+        """force_9p: a VM restored from a template (virtio-fs cannot be migrated; QEMU serves 9p itself)."""
         self.source = source
         self.rundir = rundir
         self.proc: asyncio.subprocess.Process | None = None
-        binary = find_virtiofsd()
+        binary = None if force_9p else find_virtiofsd()
         self.binary = binary
         self.share = (Share("virtiofs", SHARE_TAG, socket=rundir / "virtiofs.sock") if binary
                       else Share("9p", SHARE_TAG, path=source))

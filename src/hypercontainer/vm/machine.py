@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import shlex
 import time
+from pathlib import Path
 
 from qemu.qmp import QMPClient
 
@@ -15,6 +17,7 @@ from ..errors import VMError
 from .qemu import AGENT_CHARDEVS, Sockets, VMConfig, command, socket_backend
 
 log = logging.getLogger(__name__)
+IGNORE_SHARED = ("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
 
 
 class Machine:
@@ -86,6 +89,33 @@ class Machine:
                               for chardev, path in zip(AGENT_CHARDEVS, (sockets.ctl, sockets.io), strict=True)],
                              timeout=5.0)
         self.cfg = dataclasses.replace(self.cfg, sockets=sockets)
+
+    async def snapshot(self, state: Path, timeout: float = 60.0) -> None:
+        """Pauses the VM and saves its device state to `state`; RAM in a shared file is left out (x-ignore-shared):
+        the memory file and the state file together are a template."""
+        await self.qmp_batch([("stop", None), IGNORE_SHARED,
+                              ("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})])
+        await self._migration_done(timeout)
+
+    async def restore(self, state: Path, timeout: float = 30.0) -> None:
+        """A VM started with `incoming`: loads a template's device state (its RAM is the template's memory file,
+        mapped copy-on-write) and runs it."""
+        await self.qmp_batch([IGNORE_SHARED, ("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"})])
+        await self._migration_done(timeout)
+        await self.qmp("cont")
+
+    async def _migration_done(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.qmp("query-migrate")
+            status = status if isinstance(status, dict) else {}
+            state = status.get("status")
+            if state == "completed":
+                return
+            if state in ("failed", "cancelled") or time.monotonic() > deadline:
+                why = status.get('error-desc', '')
+                raise VMError(f"migration {state or 'timed out'}: {why} {self.qemu_log_tail()}")
+            await asyncio.sleep(0.005)
 
     async def _qmp_quit(self) -> None:
         with contextlib.suppress(VMError):

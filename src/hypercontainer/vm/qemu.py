@@ -48,9 +48,10 @@ class Nic:
     """The pod's virtio-net interface: on a host tap (created by network/), or on QEMU's user-mode stack."""
 
     mac: str
-    tap: str | None = None  # None: user mode
+    tap: str | None = None  # None: user mode (or, with hub, no backend at all)
     user_net: str = "10.0.2.0/24"
     forwards: tuple[HostForward, ...] = ()
+    hub: int | None = None  # an isolated QEMU hub: a NIC that reaches nothing (templates, clones without network)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,11 @@ class VMConfig:
     with_ports: bool = True
     disks: tuple[Disk, ...] = ()
     nic: Nic | None = None
+    # Templates: guest RAM in a file (shared while a template is made; a private copy-on-write mapping of the
+    # template's file in a clone), and a clone waits for its state (`-incoming defer`, then Machine.restore).
+    memory_file: Path | None = None
+    memory_shared: bool = True
+    incoming: bool = False
 
 
 @functools.cache
@@ -134,10 +140,19 @@ AGENT_CHARDEVS = ("ctl", "io")
 
 
 def netdev(nic: Nic) -> str:
+    if nic.hub is not None:
+        return f"hubport,id=net0,hubid={nic.hub}"
     if nic.tap:
         return f"tap,id=net0,ifname={nic.tap},script=no,downscript=no"
     fwd = "".join(f",hostfwd={f.protocol}:{f.host_ip}:{f.host_port}-:{f.guest_port}" for f in nic.forwards)
     return f"user,id=net0,net={nic.user_net},ipv6=off{fwd}"
+
+
+def memory_backend(cfg: VMConfig) -> str:
+    if cfg.memory_file:
+        share = "on" if cfg.memory_shared else "off"
+        return f"memory-backend-file,id=mem,size={cfg.memory_mib}M,mem-path={cfg.memory_file},share={share}"
+    return f"memory-backend-memfd,id=mem,size={cfg.memory_mib}M,share=on"
 
 
 def command(cfg: VMConfig) -> list[str]:
@@ -149,7 +164,7 @@ def command(cfg: VMConfig) -> list[str]:
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-M", "microvm,memory-backend=mem,x-option-roms=off",
         "-global", "virtio-mmio.force-legacy=false",
-        "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+        "-object", memory_backend(cfg),
         "-m", mem,
         "-smp", str(cfg.cpus),
         "-kernel", str(cfg.kernel),
@@ -188,4 +203,6 @@ def command(cfg: VMConfig) -> list[str]:
             "-fsdev", f"local,id=share,path={cfg.share.path},security_model=passthrough",
             "-device", f"virtio-9p-device,fsdev=share,mount_tag={cfg.share.tag}",
         ]
+    if cfg.incoming:
+        argv += ["-incoming", "defer"]
     return argv

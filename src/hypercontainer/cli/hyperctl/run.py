@@ -155,6 +155,8 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
               help="Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]; no host port: any free one.")
 @click.option("--net", "--network", "network", type=click.Choice(["default", "bridge", "user", "none"]),
               default="default", show_default=True, help="Pod network (default: hyperd's mode).")
+@click.option("--boot", type=click.Choice(["default", "cold", "template"]), default="default", show_default=True,
+              help="Boot the VM cold, or start it from a VM template (default: hyperd's policy).")
 @click.option("-f", "--file", "podfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A pod spec (JSON or YAML), or a Kubernetes v1 Pod manifest; starts it detached.")
 @click.argument("image", required=False)
@@ -162,7 +164,7 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
 def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[str, ...], workdir: str | None,
             user: str | None, name: str | None, hostname: str | None, memory: int | None, cpus: int | None,
             entrypoint: str | None, volumes: tuple[str, ...], readonly: bool, restart: str, publish: tuple[str, ...],
-            network: str, podfile: Path | None, image: str | None, command: tuple[str, ...]) -> None:
+            network: str, boot: str, podfile: Path | None, image: str | None, command: tuple[str, ...]) -> None:
     """Run a command in a new pod (its own VM)."""
     client = Client()
     if podfile:
@@ -178,6 +180,7 @@ def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[st
                       tty_=tty_, interactive=interactive, rm=rm, memory=memory, cpus=cpus, entrypoint=entrypoint,
                       volumes=volumes, restart=policy, readonly=readonly)
     spec["network"] = network
+    spec["boot"] = boot
     spec["ports"] = [parse_publish(p) for p in publish]
     if detach:
         created = client.request("POST", "/v1/pods", json={"spec": spec})

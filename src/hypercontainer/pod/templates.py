@@ -1,0 +1,155 @@
+"""VM templates: a VM booted once to "agent ready", paused and saved; pods then start from it in a fraction of a
+cold boot, each with its own copy-on-write view of the template's memory.
+
+    <assets>/templates/<key>/mem         the guest RAM (a sparse file; clones map it privately)
+    <assets>/templates/<key>/state       QEMU's device state (migration stream without RAM: x-ignore-shared)
+    <assets>/templates/<key>/meta.json   what it was made from
+
+The key covers kernel + initramfs (so the agent), accelerator, vCPUs, memory and this recipe: changing any of
+them makes a new template, and hyperd removes the ones that no longer match. The device set is fixed so that
+every clone matches it: the pod share over 9p (QEMU serves it; the guest mounts it only at START_POD, after the
+restore — virtio-fs could not be migrated at all), a NIC on an isolated hub (a clone's NIC gets its real backend),
+no disks. The host stays connected to the agent's ports while the state is saved, so a clone's guest never
+sees a disconnection (one seen at snapshot time left restored guests deaf to later requests now and then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..protocol.client import AgentClient
+from ..storage.share import SHARE_TAG
+from ..vm.machine import Machine
+from ..vm.qemu import Nic, Share, Sockets, VMConfig, qemu_binary
+
+log = logging.getLogger(__name__)
+RECIPE = "1"
+TEMPLATE_MAC = "02:68:63:ff:ff:fe"
+BUILD_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Template:
+    home: Path
+
+    @property
+    def mem(self) -> Path:
+        return self.home / "mem"
+
+    @property
+    def state(self) -> Path:
+        return self.home / "state"
+
+
+def vm_config(kernel: Path, initrd: Path, accel: str, sockets: Sockets, cpus: int, memory: int, share_dir: Path,
+              nic: Nic | None, template: Template, building: bool) -> VMConfig:
+    """The one VM configuration of a template and of every clone of it (the device sets must match)."""
+    return VMConfig(kernel, initrd, sockets, accel=accel, cpus=cpus, memory_mib=memory,  # type: ignore[arg-type]
+                    share=Share("9p", SHARE_TAG, path=share_dir),
+                    nic=nic or Nic(TEMPLATE_MAC, hub=0), memory_file=template.mem, memory_shared=building,
+                    incoming=not building)
+
+
+def qemu_version() -> str:
+    r = subprocess.run([qemu_binary(), "--version"], capture_output=True, text=True)
+    return r.stdout.splitlines()[0] if r.stdout else "unknown"
+
+
+class Templates:
+    """The templates of one hyperd: found ready, or built in the background the first time a size is asked for."""
+
+    def __init__(self, kernel: Path, initrd: Path, accel: str, digest: str, home: Path, rundir: Path) -> None:
+        self.kernel, self.initrd, self.accel, self.digest = kernel, initrd, accel, digest
+        self.home, self.rundir = home, rundir
+        self._building: dict[str, asyncio.Task] = {}
+        self._qemu = qemu_version()
+        self.failures: dict[str, str] = {}
+
+    def key(self, cpus: int, memory: int) -> str:
+        text = f"{RECIPE}:{self.digest}:{self.accel}:{cpus}:{memory}:{self._qemu}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def ready(self, cpus: int, memory: int) -> Template | None:
+        """The template for this size if it is built; otherwise None, and a build starts in the background."""
+        key = self.key(cpus, memory)
+        t = Template(self.home / key)
+        if (t.home / "meta.json").exists():
+            return t
+        if key not in self._building and key not in self.failures:
+            self._building[key] = asyncio.ensure_future(self._build_logged(key, cpus, memory))
+        return None
+
+    async def get(self, cpus: int, memory: int) -> Template:
+        """The template, built now if need be (benchmarks and tests wait for it)."""
+        if t := self.ready(cpus, memory):
+            return t
+        await asyncio.shield(self._building[self.key(cpus, memory)])
+        t = self.ready(cpus, memory)
+        if not t:
+            raise RuntimeError(self.failures.get(self.key(cpus, memory), "template build failed"))
+        return t
+
+    def prune(self) -> None:
+        """Removes templates made from other assets, accelerators or QEMU versions (and half-made ones)."""
+        if not self.home.exists():
+            return
+        for d in self.home.iterdir():
+            try:
+                meta = json.loads((d / "meta.json").read_text())
+                current = meta.get("key") == self.key(meta["cpus"], meta["memory"])
+            except (OSError, ValueError, KeyError):
+                current = False
+            if not current:
+                shutil.rmtree(d, ignore_errors=True)
+
+    async def _build_logged(self, key: str, cpus: int, memory: int) -> None:
+        t0 = time.monotonic()
+        try:
+            await self._build(key, cpus, memory)
+            log.info("template %s (%d vCPU, %d MiB) ready in %.1f s", key, cpus, memory, time.monotonic() - t0)
+        except Exception as e:
+            self.failures[key] = f"{type(e).__name__}: {e}"
+            log.warning("template %s could not be built (pods boot cold): %s", key, e)
+        finally:
+            self._building.pop(key, None)
+
+    async def _build(self, key: str, cpus: int, memory: int) -> None:
+        final = self.home / key
+        tmp = self.home / f".{key}.{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "share").mkdir(parents=True)
+        rundir = self.rundir / f"template-{key[:8]}"
+        rundir.mkdir(parents=True, exist_ok=True)
+        template = Template(tmp)
+        sockets = Sockets(rundir, logdir=tmp)
+        machine = Machine(vm_config(self.kernel, self.initrd, self.accel, sockets, cpus, memory, tmp / "share",
+                                    None, template, building=True))
+        agent = AgentClient(sockets.ctl, sockets.io)
+        try:
+            await machine.start()
+            await agent.connect()
+            await asyncio.wait_for(agent.handshake(BUILD_TIMEOUT), BUILD_TIMEOUT)
+            await machine.snapshot(template.state)  # the agent stays connected: see the module's docstring
+            await machine.stop(grace=0)
+            (tmp / "meta.json").write_text(json.dumps({
+                "key": key, "cpus": cpus, "memory": memory, "digest": self.digest, "accel": self.accel,
+                "qemu": self._qemu, "recipe": RECIPE, "created": time.time(),
+                "guest_uptime_at_agent": agent.guest_uptime}))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        finally:
+            await agent.close()
+            await machine.stop(grace=0)
+            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(rundir)
