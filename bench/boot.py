@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Boot benchmark: `hyperctl run --rm busybox true` against the raw floor, measured side by side.
+"""Boot benchmark: the raw floor, a cold pod and a pod started from a VM template, side by side; then host
+memory (PSS) per idle pod, cold against template clones.
 
 The floor is the same kernel and initramfs booted by bare QEMU (same machine type, memory and accelerator)
-with an init that powers off at once (`hc.probe`). Runs alternate between the two so that drift in a noisy
-machine hits both alike. Prints medians, the ratio and the host-side breakdown of the pod start.
+with an init that powers off at once (`hc.probe`). A pod is `hyperctl run --rm busybox true`, end to end
+(hyperctl's own start included). Runs alternate between the three so that drift in a noisy machine hits all
+alike. Prints medians, ratios, the hyperd-side breakdown of each kind of start, and PSS figures.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import Daemon, _build_busybox_archive
 
 from hypercontainer.vm.qemu import Sockets, VMConfig, command
+
+STEPS = [("network", "network attached"), ("rootfs", "overlay rootfs mounted"), ("share", "share ready"),
+         ("qemu", "qemu started"), ("restored", "template state restored"), ("agent", "agent ready"),
+         ("started", "container process started"), ("exited", "process exited")]
 
 
 def floor_once(kernel: Path, initrd: Path, accel: str) -> float:
@@ -40,60 +45,109 @@ def floor_once(kernel: Path, initrd: Path, accel: str) -> float:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-def run_once(d: Daemon) -> float:
+def run_once(d: Daemon, boot: str) -> tuple[float, dict]:
+    name = f"b{time.monotonic_ns()}"
     t0 = time.perf_counter()
-    r = d.hyperctl("run", "--rm", "busybox", "true")
+    r = d.hyperctl("run", "--name", name, "--boot", boot, "busybox", "true")
     took = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"hyperctl run failed: {r.stderr.decode()}")
-    return took
+    info = json.loads(d.hyperctl("inspect", name, check=True).stdout)
+    d.hyperctl("rm", "-f", name, check=True)
+    if boot == "template" and info["vm"]["booted_from"] == "cold":
+        raise SystemExit("a template run booted cold: the template is not ready")
+    return took, info["timings"]
+
+
+def pss_kib(pid: int) -> int:
+    """PSS of a process and its children (virtiofsd's helpers), from smaps_rollup."""
+    total = 0
+    pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def idle_pss(d: Daemon, boot: str, n: int) -> float:
+    """Average PSS (MiB) of n idle pods' QEMU (+ virtiofsd), all running at once."""
+    names = [f"idle-{boot}-{i}" for i in range(n)]
+    try:
+        for name in names:
+            d.hyperctl("run", "-d", "--name", name, "--boot", boot, "busybox", "sleep", "600", check=True)
+        time.sleep(2)
+        total = 0
+        for name in names:
+            rt = json.loads(d.hyperctl("inspect", name, check=True).stdout)["runtime"]
+            total += pss_kib(rt["vm_pid"]) + (pss_kib(rt["share_pid"]) if rt.get("share_pid") else 0)
+        return total / n / 1024
+    finally:
+        d.hyperctl("rm", "-f", *names)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "7")))
+    ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "11")))
+    ap.add_argument("--pods", type=int, default=int(os.environ.get("BENCH_PODS", "10")), help="for the PSS figures")
     ap.add_argument("--json", type=Path, default=REPO / "build" / "bench-boot.json")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="hc-bench-"))
-    d = Daemon(root)
+    d = Daemon(root)  # --network none: the start path of the VM itself (bench/network.py measures the network)
     d.start()
     try:
         d.hyperctl("load", "-i", str(_build_busybox_archive()), check=True)
         info = json.loads(d.hyperctl("info", "--json", check=True).stdout)
         guest, accel = info["guest"], info["accelerator"]["name"]
         kernel, initrd = Path(guest["kernel"]), Path(guest["initrd"])
-        run_once(d), floor_once(kernel, initrd, accel)  # warm caches
-        runs, floors = [], []
+        for _ in range(100):  # hyperd builds the default template in the background at start
+            if d.hyperctl("run", "--rm", "--boot", "template", "busybox", "true").returncode == 0 and \
+                    run_once(d, "template")[1].get("restored"):
+                break
+            time.sleep(0.5)
+        run_once(d, "cold"), floor_once(kernel, initrd, accel)  # warm caches
+        times: dict[str, list[float]] = {"floor": [], "cold": [], "template": []}
+        marks: dict[str, list[dict]] = {"cold": [], "template": []}
         for _ in range(args.runs):
-            floors.append(floor_once(kernel, initrd, accel))
-            runs.append(run_once(d))
-        boots = json.loads(d.hyperctl("info", "--json", check=True).stdout)["recent_boots"][: args.runs]
+            times["floor"].append(floor_once(kernel, initrd, accel))
+            for boot in ("cold", "template"):
+                took, m = run_once(d, boot)
+                times[boot].append(took)
+                marks[boot].append(m)
+        pss = {boot: idle_pss(d, boot, args.pods) for boot in ("cold", "template")}
     finally:
         d.stop()
         shutil.rmtree(root, ignore_errors=True)
 
-    med = {k: statistics.median(b[k] for b in boots if k in b) for k in boots[0]}
-    run_med, floor_med = statistics.median(runs), statistics.median(floors)
-    print(f"accelerator: {accel}; guest kernel {info['guest']['kernel_release']}; {args.runs} runs each\n")
-    print(f"{'hyperctl run --rm busybox true':40s} median {run_med:6.3f} s  (min {min(runs):.3f}, max {max(runs):.3f})")
-    print(f"{'raw floor (bare qemu, init powers off)':40s} median {floor_med:6.3f} s  "
-          f"(min {min(floors):.3f}, max {max(floors):.3f})")
-    print(f"{'ratio run / floor':40s} {run_med / floor_med:6.2f}   (target <= 1.10)\n")
-    print("pod start breakdown (hyperd side, medians, seconds from the request):")
-    steps = [("rootfs", "overlay rootfs mounted"), ("share", "virtiofsd ready"), ("qemu", "qemu started"),
-             ("agent", "agent ready (kernel + init)"), ("started", "container process started"),
-             ("exited", "process exited")]
-    prev = 0.0
-    for key, label in steps:
-        if key in med:
-            print(f"  {label:32s} at {med[key]:6.3f}  (+{med[key] - prev:.3f})")
-            prev = med[key]
-    if "guest_uptime_at_agent" in med:
-        print(f"  {'guest uptime when agent answered':32s}    {med['guest_uptime_at_agent']:6.3f}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"accelerator: {accel}; guest kernel {guest['kernel_release']}; {args.runs} runs each, alternating\n")
+    labels = {"floor": "raw floor (bare qemu, init powers off)", "cold": "cold pod: hyperctl run --rm ... true",
+              "template": "template pod: the same"}
+    for k, label in labels.items():
+        v = times[k]
+        print(f"{label:40s} median {med[k]:6.3f} s  (min {min(v):.3f}, max {max(v):.3f})")
+    print(f"\n{'cold / floor':40s} {med['cold'] / med['floor']:6.2f}   (target <= 1.10)")
+    print(f"{'template / floor':40s} {med['template'] / med['floor']:6.2f}")
+    print(f"{'template / cold':40s} {med['template'] / med['cold']:6.2f}   (template target <= 0.35 s here)\n")
+    breakdown = {}
+    for boot in ("cold", "template"):
+        keys = {k for m in marks[boot] for k in m}
+        breakdown[boot] = {k: statistics.median(m[k] for m in marks[boot] if k in m) for k in keys}
+        print(f"{boot} start breakdown (hyperd side, medians, seconds from the request):")
+        prev = 0.0
+        for key, label in STEPS:
+            if key in breakdown[boot]:
+                at = breakdown[boot][key]
+                print(f"  {label:32s} at {at:6.3f}  (+{at - prev:.3f})")
+                prev = at
+        if "guest_uptime_at_agent" in breakdown[boot]:
+            print(f"  {'guest uptime when agent answered':32s}    {breakdown[boot]['guest_uptime_at_agent']:6.3f}")
+    print(f"\nhost memory (PSS) per idle pod, {args.pods} pods at once: cold {pss['cold']:.1f} MiB, "
+          f"template clones {pss['template']:.1f} MiB ({pss['template'] / pss['cold']:.2f} x)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"accel": accel, "runs": runs, "floors": floors, "ratio": run_med / floor_med,
-                                     "breakdown": med}, indent=2))
+    args.json.write_text(json.dumps({"accel": accel, "times": times, "medians": med, "breakdown": breakdown,
+                                     "pss_mib": pss}, indent=2))
 
 
 if __name__ == "__main__":

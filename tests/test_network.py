@@ -244,3 +244,21 @@ def test_restart_takes_over_and_reconciles_leftovers(net: Daemon) -> None:
     finally:
         net.hyperctl("rm", "-f", "kept", check=True)
     assert taps(net) == [] and leases(net) == []
+
+
+def test_template_clones_get_their_own_mac_and_address(net: Daemon) -> None:
+    seen = []
+    try:
+        for name in ("mac-a", "mac-b"):
+            net.hyperctl("run", "-d", "--name", name, "--boot", "template", "busybox", "sleep", "300", check=True)
+            info = inspect(net, name)
+            assert info["vm"]["booted_from"] != "cold"  # hyperd built the template when it started
+            r = net.hyperctl("exec", name, "sh", "-c", "cat /sys/class/net/eth0/address; ip -o -4 addr show eth0")
+            mac, addr = r.stdout.decode().split("\n")[:2]
+            assert mac == info["network"]["mac"] and f"inet {info['network']['ip']}/16" in addr
+            seen.append((mac, info["network"]["ip"]))
+        assert seen[0][0] != seen[1][0] and seen[0][1] != seen[1][1]
+        r = net.hyperctl("exec", "mac-a", "ping", "-c", "1", "-W", "5", seen[1][1])
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        net.hyperctl("rm", "-f", "mac-a", "mac-b")

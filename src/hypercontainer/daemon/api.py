@@ -137,6 +137,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
                       "agent": info.agent},
             "root": info.root,
             "network": manager.network.info() if manager.network else {"mode": "none", "reason": "disabled"},
+            "boot": {"policy": manager.boot, "templates": manager.templates.list() if manager.templates else []},
             "pods": {"total": len(pods), "running": sum(p["state"] == "running" for p in pods)},
             "images": len(images.list()),
             "recent_boots": recent,

@@ -93,7 +93,7 @@ async def serve(p: Paths) -> None:
     templates = Templates(a.kernel, a.initrd, accel.name, a.digest, p.assets / "templates", p.run / "templates")
     templates.prune()
     if boot == "template":
-        templates.ready(1, 256)  # the default size, built in the background; pods boot cold until it is there
+        templates.ready(1, 256, network.mode != "none")  # the default pod, built in the background (cold until then)
     manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name), network,
                          templates, boot)
     manager.live_restore = os.environ.get("HYPERCONTAINER_LIVE_RESTORE", "1") != "0"

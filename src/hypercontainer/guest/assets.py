@@ -93,13 +93,18 @@ def choose_kernel(cache: Path) -> Kernel:
     return distro_kernel(cache)
 
 
+def digest(kernel: Kernel, initrd: Path) -> str:
+    """What the guest is made of (the initramfs name is its content hash, agent included): keys the accelerator
+    probe and the VM templates."""
+    return hashlib.sha256(f"{kernel.digest()}:{initrd.name}".encode()).hexdigest()[:16]
+
+
 def ensure(cache: Path) -> Assets:
     cache.mkdir(parents=True, exist_ok=True)
     kernel = choose_kernel(cache)
     agent, agent_hash = build_agent(cache)
     initrd = build_initrd(cache, agent, kernel)
-    digest = hashlib.sha256(f"{kernel.digest()}:{initrd.name}".encode()).hexdigest()[:16]
-    assets = Assets(kernel.image, initrd, kernel.release, agent_hash, digest)
+    assets = Assets(kernel.image, initrd, kernel.release, agent_hash, digest(kernel, initrd))
     current = cache / "current.json"
     tmp = current.with_suffix(".tmp")
     tmp.write_text(assets.to_json())

@@ -188,7 +188,7 @@ class Pod:
         res = self.spec.resources
         if template:
             cfg = vm_config(self.assets.kernel, self.assets.initrd, self.assets.accel, sockets, res.vcpu, res.memory,
-                            self.share_dir, self._nic(), template, building=False)
+                            self.share_dir, self._nic() or False, template, building=False)
         else:
             disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()))
             cfg = VMConfig(self.assets.kernel, self.assets.initrd, sockets, accel=self.assets.accel,  # type: ignore[arg-type]
@@ -231,7 +231,7 @@ class Pod:
         then built in the background). Pods with block volumes always boot cold (disks are not in templates)."""
         if self.boot != "template" or not self.templates or self._block_volumes():
             return None
-        return self.templates.ready(self.spec.resources.vcpu, self.spec.resources.memory)
+        return self.templates.ready(self.spec.resources.vcpu, self.spec.resources.memory, self.net is not None)
 
     def _block_volumes(self) -> list:
         return [v for v in self.spec.volumes if v.block]

@@ -52,12 +52,14 @@ class Template:
 
 
 def vm_config(kernel: Path, initrd: Path, accel: str, sockets: Sockets, cpus: int, memory: int, share_dir: Path,
-              nic: Nic | None, template: Template, building: bool) -> VMConfig:
-    """The one VM configuration of a template and of every clone of it (the device sets must match)."""
+              nic: Nic | bool, template: Template, building: bool) -> VMConfig:
+    """The one VM configuration of a template and of every clone of it (the device sets must match). `nic`: the
+    clone's NIC, True for a template with one (on an isolated hub), False for none (pods without network)."""
+    if nic is True:
+        nic = Nic(TEMPLATE_MAC, hub=0)
     return VMConfig(kernel, initrd, sockets, accel=accel, cpus=cpus, memory_mib=memory,  # type: ignore[arg-type]
-                    share=Share("9p", SHARE_TAG, path=share_dir),
-                    nic=nic or Nic(TEMPLATE_MAC, hub=0), memory_file=template.mem, memory_shared=building,
-                    incoming=not building)
+                    share=Share("9p", SHARE_TAG, path=share_dir), nic=nic or None, memory_file=template.mem,
+                    memory_shared=building, incoming=not building)
 
 
 def qemu_version() -> str:
@@ -75,29 +77,41 @@ class Templates:
         self._qemu = qemu_version()
         self.failures: dict[str, str] = {}
 
-    def key(self, cpus: int, memory: int) -> str:
-        text = f"{RECIPE}:{self.digest}:{self.accel}:{cpus}:{memory}:{self._qemu}"
+    def key(self, cpus: int, memory: int, nic: bool = True) -> str:
+        text = f"{RECIPE}:{self.digest}:{self.accel}:{cpus}:{memory}:{nic}:{self._qemu}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def ready(self, cpus: int, memory: int) -> Template | None:
-        """The template for this size if it is built; otherwise None, and a build starts in the background."""
-        key = self.key(cpus, memory)
+    def ready(self, cpus: int, memory: int, nic: bool = True) -> Template | None:
+        """The template for this size (with a NIC or without: pods with no network have none) if it is built;
+        otherwise None, and a build starts in the background."""
+        key = self.key(cpus, memory, nic)
         t = Template(self.home / key)
         if (t.home / "meta.json").exists():
             return t
         if key not in self._building and key not in self.failures:
-            self._building[key] = asyncio.ensure_future(self._build_logged(key, cpus, memory))
+            self._building[key] = asyncio.ensure_future(self._build_logged(key, cpus, memory, nic))
         return None
 
-    async def get(self, cpus: int, memory: int) -> Template:
+    async def get(self, cpus: int, memory: int, nic: bool = True) -> Template:
         """The template, built now if need be (benchmarks and tests wait for it)."""
-        if t := self.ready(cpus, memory):
+        if t := self.ready(cpus, memory, nic):
             return t
-        await asyncio.shield(self._building[self.key(cpus, memory)])
-        t = self.ready(cpus, memory)
+        key = self.key(cpus, memory, nic)
+        if key in self._building:
+            await asyncio.shield(self._building[key])
+        t = self.ready(cpus, memory, nic)
         if not t:
-            raise RuntimeError(self.failures.get(self.key(cpus, memory), "template build failed"))
+            raise RuntimeError(self.failures.get(key, "template build failed"))
         return t
+
+    def list(self) -> list[dict]:
+        """The templates on disk (meta.json of each), and the ones being built."""
+        out = []
+        if self.home.exists():
+            for d in sorted(self.home.iterdir()):
+                with contextlib.suppress(OSError, ValueError):
+                    out.append(json.loads((d / "meta.json").read_text()))
+        return out + [{"key": k, "building": True} for k in self._building]
 
     def prune(self) -> None:
         """Removes templates made from other assets, accelerators or QEMU versions (and half-made ones)."""
@@ -106,16 +120,16 @@ class Templates:
         for d in self.home.iterdir():
             try:
                 meta = json.loads((d / "meta.json").read_text())
-                current = meta.get("key") == self.key(meta["cpus"], meta["memory"])
+                current = meta.get("key") == self.key(meta["cpus"], meta["memory"], meta.get("nic", True))
             except (OSError, ValueError, KeyError):
                 current = False
             if not current:
                 shutil.rmtree(d, ignore_errors=True)
 
-    async def _build_logged(self, key: str, cpus: int, memory: int) -> None:
+    async def _build_logged(self, key: str, cpus: int, memory: int, nic: bool) -> None:
         t0 = time.monotonic()
         try:
-            await self._build(key, cpus, memory)
+            await self._build(key, cpus, memory, nic)
             log.info("template %s (%d vCPU, %d MiB) ready in %.1f s", key, cpus, memory, time.monotonic() - t0)
         except Exception as e:
             self.failures[key] = f"{type(e).__name__}: {e}"
@@ -123,7 +137,7 @@ class Templates:
         finally:
             self._building.pop(key, None)
 
-    async def _build(self, key: str, cpus: int, memory: int) -> None:
+    async def _build(self, key: str, cpus: int, memory: int, nic: bool) -> None:
         final = self.home / key
         tmp = self.home / f".{key}.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -133,7 +147,7 @@ class Templates:
         template = Template(tmp)
         sockets = Sockets(rundir, logdir=tmp)
         machine = Machine(vm_config(self.kernel, self.initrd, self.accel, sockets, cpus, memory, tmp / "share",
-                                    None, template, building=True))
+                                    nic, template, building=True))
         agent = AgentClient(sockets.ctl, sockets.io)
         try:
             await machine.start()
@@ -142,7 +156,7 @@ class Templates:
             await machine.snapshot(template.state)  # the agent stays connected: see the module's docstring
             await machine.stop(grace=0)
             (tmp / "meta.json").write_text(json.dumps({
-                "key": key, "cpus": cpus, "memory": memory, "digest": self.digest, "accel": self.accel,
+                "key": key, "cpus": cpus, "memory": memory, "nic": nic, "digest": self.digest, "accel": self.accel,
                 "qemu": self._qemu, "recipe": RECIPE, "created": time.time(),
                 "guest_uptime_at_agent": agent.guest_uptime}))
             shutil.rmtree(final, ignore_errors=True)

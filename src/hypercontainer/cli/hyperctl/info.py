@@ -8,6 +8,12 @@ from ... import __version__
 from ..client import Client, dumps
 
 
+def template_text(t: dict) -> str:
+    if t.get("building"):
+        return f"template {t['key'][:8]} building"
+    return f"template {t['key'][:8]}: {t['cpus']} vCPU, {t['memory']} MiB{'' if t.get('nic') else ', no NIC'}"
+
+
 @click.command("info")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def info(as_json: bool) -> None:
@@ -25,6 +31,7 @@ def info(as_json: bool) -> None:
         f"Host kernel:      {i['host_kernel']}",
         f"Python:           {i['python']}",
         f"Network:          {i['network']['mode']} ({i['network']['reason']})",
+        f"Boot policy:      {i['boot']['policy']} ({', '.join(map(template_text, i['boot']['templates'])) or 'none'})",
         f"Root dir:         {i['root']}",
         f"Pods:             {i['pods']['total']} ({i['pods']['running']} running)",
         f"Images:           {i['images']}",

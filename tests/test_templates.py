@@ -1,0 +1,100 @@
+"""VM templates with real VMs: a pod started from a template behaves like a cold one, clones do not share their
+random state, hostnames or clocks, and a changed agent makes a new template."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from hypercontainer.guest import assets
+from hypercontainer.pod.templates import Templates
+
+from .conftest import Daemon
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def run(d: Daemon, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    return d.hyperctl("run", "--rm", *args, input=input)
+
+
+def template_ready(d: Daemon) -> None:
+    """hyperd builds the default template in the background at start; wait until a pod uses it."""
+    for _ in range(120):
+        d.hyperctl("run", "--name", "probe-tmpl", "--boot", "template", "busybox", "true")
+        info = json.loads(d.hyperctl("inspect", "probe-tmpl").stdout or b"{}")
+        d.hyperctl("rm", "-f", "probe-tmpl")
+        if info.get("vm", {}).get("booted_from") not in (None, "cold"):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the template never became ready")
+
+
+def test_template_pod_behaves_like_a_cold_one(hyperd: Daemon) -> None:
+    template_ready(hyperd)
+    script = "echo out; echo err >&2; read x; echo got $x; ls /sys/class/net; exit 7"
+    results = {}
+    for boot in ("cold", "template"):
+        r = run(hyperd, "-i", "--boot", boot, "busybox", "sh", "-c", script, input=b"hello\n")
+        results[boot] = (r.returncode, r.stdout, r.stderr)
+    assert results["cold"] == results["template"] == (7, b"out\ngot hello\nlo\n", b"err\n")
+
+    pod = hyperd.hyperctl("run", "-d", "--boot", "template", "busybox", "sleep", "300", check=True).stdout
+    pod_id = pod.decode().strip()
+    try:
+        info = json.loads(hyperd.hyperctl("inspect", pod_id, check=True).stdout)
+        assert info["vm"]["booted_from"] != "cold" and "restored" in info["timings"]
+        r = hyperd.hyperctl("exec", "-i", pod_id, "sh", "-c", "cat; exit 4", input=b"via exec\n")
+        assert (r.returncode, r.stdout) == (4, b"via exec\n")
+        r = hyperd.hyperctl("exec", "-t", pod_id, "sh", "-c", "tty")
+        assert r.stdout.startswith(b"/dev/pts/")
+    finally:
+        hyperd.hyperctl("rm", "-f", pod_id)
+
+
+def test_clones_do_not_share_random_state_hostname_or_clock(hyperd: Daemon) -> None:
+    template_ready(hyperd)
+    script = "hostname; head -c 16 /dev/urandom | od -An -tx1; cat /proc/sys/kernel/random/boot_id; date +%s"
+    outs = []
+    for name in ("clone-a", "clone-b"):
+        r = run(hyperd, "--boot", "template", "--hostname", name, "busybox", "sh", "-c", script)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout.decode().split("\n"))
+    (host_a, rand_a, boot_a, clock_a), (host_b, rand_b, boot_b, clock_b) = (o[:4] for o in outs)
+    assert (host_a, host_b) == ("clone-a", "clone-b")
+    assert rand_a != rand_b and boot_a != boot_b
+    assert abs(int(clock_a) - time.time()) < 60 and abs(int(clock_b) - time.time()) < 60
+
+
+def test_changed_agent_makes_a_new_template(hyperd: Daemon, tmp_path: Path) -> None:
+    """The template key covers the initramfs, so the agent: an agent that differs by one byte gets a template of
+    its own (booted to "agent ready" with that agent), and the old one is pruned."""
+    info = json.loads(hyperd.hyperctl("info", "--json", check=True).stdout)
+    cache = Path(hyperd.env["HYPERCONTAINER_ASSETS"])
+    kernel = assets.choose_kernel(cache)
+    agent, _ = assets.build_agent(cache)
+    changed = tmp_path / "hc-agent"
+    changed.write_bytes(agent.read_bytes() + b"\0changed")  # trailing bytes: the same program, another file
+    initrds = [assets.build_initrd(tmp_path, a, kernel) for a in (agent, changed)]
+    digests = [assets.digest(kernel, i) for i in initrds]
+    assert digests[0] != digests[1]
+    home, rundir = tmp_path / "templates", tmp_path / "run"
+    accel = info["accelerator"]["name"]
+
+    async def build(initrd: Path, digest: str) -> tuple[Templates, Path]:
+        t = Templates(kernel.image, initrd, accel, digest, home, rundir)
+        t.prune()
+        return t, (await t.get(1, 128)).home
+
+    old, old_home = asyncio.run(build(initrds[0], digests[0]))
+    new, new_home = asyncio.run(build(initrds[1], digests[1]))
+    assert old.key(1, 128) != new.key(1, 128)
+    assert new_home.exists() and not old_home.exists()
+    assert json.loads((new_home / "meta.json").read_text())["digest"] == digests[1]
+    shutil.rmtree(home)
