@@ -32,6 +32,8 @@ test: assets image lint
 bench: assets image
 	$(PY) bench/boot.py
 	@echo
+	$(PY) bench/network.py
+	@echo
 	$(PY) bench/images.py
 
 clean:
