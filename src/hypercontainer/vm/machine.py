@@ -90,32 +90,51 @@ class Machine:
                              timeout=5.0)
         self.cfg = dataclasses.replace(self.cfg, sockets=sockets)
 
+    @contextlib.asynccontextmanager
+    async def monitor(self, timeout: float = 2.0):
+        """One QMP connection for a sequence of commands (QEMU serves one QMP client at a time)."""
+        qmp = QMPClient(self.cfg.sockets.rundir.name)
+        try:
+            await asyncio.wait_for(qmp.connect(str(self.cfg.sockets.qmp)), timeout)
+            yield qmp
+        except VMError:
+            raise
+        except Exception as e:
+            raise VMError(f"QMP failed: {e or type(e).__name__}. {self.qemu_log_tail()}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await qmp.disconnect()
+
     async def snapshot(self, state: Path, timeout: float = 60.0) -> None:
         """Pauses the VM and saves its device state to `state`; RAM in a shared file is left out (x-ignore-shared):
         the memory file and the state file together are a template."""
-        await self.qmp_batch([("stop", None), IGNORE_SHARED,
-                              ("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})])
-        await self._migration_done(timeout)
+        async with self.monitor() as qmp:
+            await qmp.execute("stop")
+            await qmp.execute(*IGNORE_SHARED)
+            await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
+            await self._migration_done(qmp, timeout)
 
     async def restore(self, state: Path, timeout: float = 30.0) -> None:
         """A VM started with `incoming`: loads a template's device state (its RAM is the template's memory file,
         mapped copy-on-write) and runs it."""
-        await self.qmp_batch([IGNORE_SHARED, ("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"})])
-        await self._migration_done(timeout)
-        await self.qmp("cont")
+        async with self.monitor() as qmp:
+            await qmp.execute(*IGNORE_SHARED)
+            await qmp.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"})
+            await self._migration_done(qmp, timeout)
+            await qmp.execute("cont")
 
-    async def _migration_done(self, timeout: float) -> None:
+    async def _migration_done(self, qmp: QMPClient, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            status = await self.qmp("query-migrate")
+            status = await qmp.execute("query-migrate")
             status = status if isinstance(status, dict) else {}
             state = status.get("status")
             if state == "completed":
                 return
             if state in ("failed", "cancelled") or time.monotonic() > deadline:
-                why = status.get('error-desc', '')
+                why = status.get("error-desc", "")
                 raise VMError(f"migration {state or 'timed out'}: {why} {self.qemu_log_tail()}")
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.002)
 
     async def _qmp_quit(self) -> None:
         with contextlib.suppress(VMError):

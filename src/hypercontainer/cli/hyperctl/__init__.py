@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from ... import __version__
 from ...errors import HCError
-from . import images, info, pods, run
+
+# Which module holds each verb: only the invoked one is imported (start-up time counts in every `run`).
+VERBS = {
+    "run": ("run", "run_cmd"), "exec": ("run", "exec_cmd"), "attach": ("run", "attach_cmd"),
+    "create": ("run", "create_cmd"),
+    **{v: ("pods", v) for v in ("ps", "rm", "logs", "inspect", "port", "stop", "kill", "pause", "unpause",
+                                "events")},
+    **{v: ("images", v) for v in ("images", "pull", "load", "save", "tag", "rmi", "login", "logout", "image")},
+    "info": ("info", "info"), "version": ("info", "version"),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(VERBS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in VERBS:
+            return None
+        module, attr = VERBS[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hyperctl")
 def cli() -> None:
     """hyperctl: run containers, each pod in its own VM."""
-
-
-for module in (run, pods, images, info):
-    for command in module.COMMANDS:
-        cli.add_command(command)
 
 
 def main() -> None:
