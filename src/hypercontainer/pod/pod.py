@@ -119,7 +119,8 @@ class Pod:
     def _set(self, state: PodState) -> None:
         check(self.state, state, self.id[:12])
         before, self.state = self.state, state
-        self.emit(EVENT_NAMES.get((before, state), state.value), exit_code=self.exit_code)
+        extra = {"boot": self.booted_from, "timings": dict(self.timings.marks)} if before == PodState.STARTING else {}
+        self.emit(EVENT_NAMES.get((before, state), state.value), exit_code=self.exit_code, **extra)
         for cb in self.on_change:
             cb(self)
 

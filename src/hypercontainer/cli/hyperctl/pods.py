@@ -196,7 +196,8 @@ def events(since: str | None, until: str | None) -> None:
             continue
         ev = json.loads(line)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ev["time"]))
-        extra = ", ".join(f"{k}={v}" for k, v in ev.items() if k not in ("time", "type", "action", "id"))
+        extra = ", ".join(f"{k}={' '.join(f'{n}:{t}s' for n, t in v.items()) if isinstance(v, dict) else v}"
+                          for k, v in ev.items() if k not in ("time", "type", "action", "id"))
         click.echo(f"{stamp} pod {ev['action']} {ev['id'][:12]} ({extra})")
 
 

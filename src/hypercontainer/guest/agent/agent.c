@@ -44,8 +44,11 @@ struct reader io_rd;
 
 /* ---- channels --------------------------------------------------------------------------------------- */
 
-/* A read of 0 means the host side is not connected (virtio-serial): drop partial frames, wait for it. */
+/* A read of 0 means the host side is not connected (virtio-serial): drop partial frames, wait for it. A port
+ * that is down polls as ready at once, so the loop retries on a timer: 1 ms at first (the host is usually there
+ * already at boot), doubling to 20 ms while it stays away. */
 static int down_reported[2]; /* [0] stream, [1] control */
+static int down_wait_ms = 1;
 
 void channel_down(int *down, struct reader *r, int is_ctl)
 {
@@ -66,6 +69,7 @@ void channel_up(int is_ctl)
 	if (down_reported[is_ctl])
 		log_msg("%s channel: host connected", is_ctl ? "control" : "stream");
 	down_reported[is_ctl] = 0;
+	down_wait_ms = 1;
 }
 
 static void on_ctl(void)
@@ -134,7 +138,9 @@ static int loop(void)
 			if (p->in >= 0 && p->in != p->out && p->inoff < p->inbuf.len)
 				owner[n] = p, which[n] = 3, pfd[n++] = (struct pollfd){.fd = p->in, .events = POLLOUT};
 		}
-		int r = poll(pfd, n, ctl_down || io_down ? 20 : -1);
+		int r = poll(pfd, n, ctl_down || io_down ? down_wait_ms : -1);
+		if (ctl_down || io_down)
+			down_wait_ms = down_wait_ms < 20 ? down_wait_ms * 2 : 20;
 		if (r < 0 && errno != EINTR)
 			return -1;
 		if (ctl_down || io_down) /* retry a port that was down: the host may have come back */
