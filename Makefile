@@ -30,9 +30,12 @@ test: assets image lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: assets image
+	@$(PY) -m compileall -q src >/dev/null  # the CLI's start-up counts; PYTHONDONTWRITEBYTECODE may be set
 	$(PY) bench/boot.py
 	@echo
 	$(PY) bench/network.py
+	@echo
+	$(PY) bench/runv.py
 	@echo
 	$(PY) bench/images.py
 

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(qemu-system-x86 musl-tools busybox-static make gcc zstd ca-certificates
           iproute2 nftables                              # pod networking: links (netlink) and NAT
           flex bison bc lz4 libelf-dev libssl-dev xz-utils  # building the guest kernel from linux-source
+          podman containerd docker.io runc               # the clients runv is tested with (and runc to compare)
           docker-registry skopeo)  # the last two: a real registry and its client for tests and benchmarks
 # Where virtiofsd is its own package (Debian 13, Ubuntu), take it too.
 OPTIONAL=(virtiofsd)
@@ -45,3 +46,6 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# Byte-compile the package: hyperctl's and runv's start-up time counts in every command, and PYTHONDONTWRITEBYTECODE
+# (set on some hosts) would otherwise make every run compile from source.
+.venv/bin/python -m compileall -q src >/dev/null

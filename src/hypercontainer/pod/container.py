@@ -74,6 +74,7 @@ class Container:
     fields: dict = field(default_factory=dict)  # the process fields it was started with (exec starts from them)
     mounts: dict = field(default_factory=dict)  # its volume mount fields
     restarts: int = 0
+    rootfs: Path | None = None  # a root prepared by someone else (runv: the OCI bundle's), bound in, not layers
     started: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     subscribers: list[asyncio.Queue[Event]] = field(default_factory=list)

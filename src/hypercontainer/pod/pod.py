@@ -107,6 +107,7 @@ class Pod:
         self._stream_seq = 0
         self._generation = 0  # of the agent sockets: one more for each hyperd that took the pod over
         self._stopping = False
+        self._start_containers = True
         self._supervisors: set[asyncio.Future] = set()
         self._lock = asyncio.Lock()
         self.on_change: list = []  # callbacks(pod), e.g. persisting the record
@@ -133,8 +134,11 @@ class Pod:
         raise HCError(f"pod {self.name} has no container {name}")
 
     # ---- the builder -------------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Boots the VM and starts every container. On failure everything is undone and the error raised."""
+    async def start(self, start_containers: bool = True) -> None:
+        """Boots the VM and starts every container (or, without start_containers, boots the VM and leaves the
+        containers created: runv's create; start_created() starts one). On failure everything is undone and the
+        error raised."""
+        self._start_containers = start_containers
         self.timings = Timings()
         self._set(PodState.STARTING)
         try:
@@ -175,8 +179,12 @@ class Pod:
             base = self.statedir / "containers" / c.name
             root = self.share_dir / c.name
             if not root.is_mount():
-                mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
-            c.fields = process_fields(c.spec, c.image, root, self.hostname)
+                if c.rootfs:
+                    bind(c.rootfs, root)
+                else:
+                    mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
+            if not c.fields:  # runv gives them from the OCI process
+                c.fields = process_fields(c.spec, c.image, root, self.hostname)
             c.mounts = self._prepare_mounts(c, root)
             fields.append(c.fields)
         self.timings.mark("rootfs")
@@ -217,6 +225,8 @@ class Pod:
                 CLONE_HANDSHAKE if template else None)
         except TimeoutError:
             raise VMError("the guest restored from the template did not answer START_POD") from None
+        if not self._start_containers:
+            return
         for c, f in zip(self.containers, fields, strict=True):
             await self._start_container(c, f)
         self.timings.mark("started")
@@ -265,6 +275,8 @@ class Pod:
             resolv = resolv_conf(self.spec, self.net)
             if resolv is not None:
                 generated.append(("/etc/resolv.conf", resolv))
+            if c.rootfs:  # someone else's root (an OCI bundle): its /etc is theirs; only what they asked for
+                generated = []
             for path, data in generated:
                 if path not in injected:
                     write_file(root, path, data.encode(), 0o644, 0, 0)
@@ -365,6 +377,18 @@ class Pod:
         self.timings.mark("exited")
         await self.stop()
 
+    async def start_created(self, name: str) -> Container:
+        """Starts a container that start(start_containers=False) left created."""
+        c = self.container(name)
+        if self.state != PodState.RUNNING or not self.agent:
+            raise Conflict(f"pod {self.name} is {self.state.value}, not running")
+        if c.started.is_set():
+            raise Conflict(f"container {c.name} was started already")
+        await self._start_container(c, c.fields)
+        self.timings.mark("started")
+        self.changed()
+        return c
+
     async def add_container(self, c: Container) -> None:
         """A new container in the running pod: its root mounted under the (shared) pod share, started by the
         agent, supervised like the others. No reboot."""
@@ -447,9 +471,19 @@ class Pod:
             fields["env"] = [*fields["env"], *env]
         if workdir:
             fields["cwd"] = workdir
+        return await self.exec_fields(c.name, fields, tty=tty)
+
+    async def exec_fields(self, container: str, fields: dict, *, tty: bool = False) -> ProcessStreams:
+        """EXEC with the process fields given whole (runv: from an OCI process)."""
+        c = self.container(container)
+        if self.state != PodState.RUNNING or not self.agent or not c.started.is_set() or c.done.is_set():
+            raise Conflict(f"container {c.name} of pod {self.name} is not running")
+        fields = dict(fields, terminal=int(tty))
+        fields.setdefault("stdin", 1)
+        fields.setdefault("rlimit", c.fields.get("rlimit", []))
         stream = self._next_stream()
         self.changed()
-        self.emit("exec", container=c.name, command=" ".join(command))
+        self.emit("exec", container=c.name, command=" ".join(fields["arg"]))
         proc = self.agent.register(stream, tty)
         try:
             await self.agent.request(Msg.EXEC, {"id": c.name, "stream": stream, **fields})

@@ -1,0 +1,145 @@
+"""The OCI runtime spec's config.json (the part runv runs), and what it cannot honour, named.
+
+A VM runtime runs the process in its own kernel: /proc, /sys, /dev and /dev/pts are the guest's; namespaces,
+cgroups, capabilities, masked and read-only paths are the VM's boundary. Settings that would change behaviour and
+are not supported are reported (`unsupported`), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import InvalidArgument
+
+GUEST_MOUNTS = {"/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys/fs/cgroup"}
+RLIMIT_NAMES = {"RLIMIT_AS": "as", "RLIMIT_CORE": "core", "RLIMIT_CPU": "cpu", "RLIMIT_DATA": "data",
+                "RLIMIT_FSIZE": "fsize", "RLIMIT_LOCKS": "locks", "RLIMIT_MEMLOCK": "memlock",
+                "RLIMIT_MSGQUEUE": "msgqueue", "RLIMIT_NICE": "nice", "RLIMIT_NOFILE": "nofile",
+                "RLIMIT_NPROC": "nproc", "RLIMIT_RSS": "rss", "RLIMIT_RTPRIO": "rtprio", "RLIMIT_RTTIME": "rttime",
+                "RLIMIT_SIGPENDING": "sigpending", "RLIMIT_STACK": "stack"}
+
+
+class Loose(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class User(Loose):
+    uid: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    gid: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    additional_gids: list[int] = Field(default_factory=list, alias="additionalGids")
+
+
+class Rlimit(Loose):
+    type: str
+    soft: int
+    hard: int
+
+
+class ConsoleSize(Loose):
+    height: int = 0
+    width: int = 0
+
+
+class Process(Loose):
+    terminal: bool = False
+    console_size: ConsoleSize | None = Field(None, alias="consoleSize")
+    user: User = User()
+    args: Annotated[list[str], Field(min_length=1)]
+    env: list[str] = Field(default_factory=list)
+    cwd: str = "/"
+    rlimits: list[Rlimit] = Field(default_factory=list)
+
+
+class Root(Loose):
+    path: str
+    readonly: bool = False
+
+
+class Mount(Loose):
+    destination: str
+    type: str | None = None
+    source: str | None = None
+    options: list[str] = Field(default_factory=list)
+
+
+class Config(Loose):
+    oci_version: str = Field(alias="ociVersion")
+    process: Process | None = None
+    root: Root
+    hostname: str | None = None
+    mounts: list[Mount] = Field(default_factory=list)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    linux: dict = Field(default_factory=dict)
+
+
+def load(bundle: Path) -> Config:
+    path = bundle / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise InvalidArgument(f"{path} is not JSON: {e}") from None
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise InvalidArgument(f"{path}: {where}: {first['msg']}") from None
+    if cfg.process is None:
+        raise InvalidArgument(f"{path}: no process to run")
+    for r in cfg.process.rlimits:
+        if r.type not in RLIMIT_NAMES:
+            raise InvalidArgument(f"{path}: unknown rlimit {r.type}")
+    return cfg
+
+
+def root_path(bundle: Path, cfg: Config) -> Path:
+    root = Path(cfg.root.path)
+    return root if root.is_absolute() else bundle / root
+
+
+def bind_mounts(cfg: Config) -> list[Mount]:
+    """The mounts runv makes in the VM: host directories bound in (proc, sys, dev and friends are the guest's)."""
+    return [m for m in cfg.mounts if m.destination not in GUEST_MOUNTS and
+            (m.type == "bind" or "bind" in m.options or "rbind" in m.options)]
+
+
+def tmpfs_mounts(cfg: Config) -> list[Mount]:
+    return [m for m in cfg.mounts if m.destination not in GUEST_MOUNTS and m.type == "tmpfs"]
+
+
+def unsupported(cfg: Config) -> list[str]:
+    """Settings present in config.json that runv does not honour, for the log and stderr."""
+    out = []
+    for m in cfg.mounts:
+        if m.destination in GUEST_MOUNTS:
+            continue
+        is_bind = m.type == "bind" or "bind" in m.options or "rbind" in m.options
+        if not is_bind and m.type != "tmpfs":
+            out.append(f"mount {m.destination} of type {m.type} (only bind and tmpfs mounts are supported)")
+        elif is_bind and m.source and not Path(m.source).is_dir():
+            out.append(f"bind mount of the file {m.source} on {m.destination} (only directories are shared)")
+    linux = cfg.linux
+    for ns in linux.get("namespaces") or []:
+        if ns.get("type") == "network" and ns.get("path"):
+            out.append(f"network namespace {ns['path']}: the VM has loopback only")
+    res = linux.get("resources") or {}
+    for key in ("memory", "cpu", "pids", "blockIO", "hugepageLimits", "network"):
+        if res.get(key):
+            out.append(f"linux.resources.{key} (the VM's size is fixed at create)")
+    for key in ("seccomp", "sysctl", "devices", "intelRdt", "personality"):
+        if linux.get(key):
+            out.append(f"linux.{key}")
+    for key in ("hooks",):
+        if getattr(cfg, key, None) or (cfg.model_extra or {}).get(key):
+            out.append(key)
+    proc_extra = cfg.process.model_extra if cfg.process else {}
+    for key in ("apparmorProfile", "selinuxLabel", "oomScoreAdj", "ioPriority", "scheduler"):
+        if (proc_extra or {}).get(key):
+            out.append(f"process.{key}")
+    return out
