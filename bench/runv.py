@@ -42,6 +42,7 @@ def main() -> None:
     env = dict(os.environ, CONTAINERS_CONF=str(tmp / "containers.conf"))
     podman = ["podman", "--root", str(tmp / "root"), "--runroot", str(tmp / "runroot"), "--storage-driver", "vfs"]
     subprocess.run([*podman, "load", "-i", str(tar)], env=env, check=True, capture_output=True)
+    (tmp / "hyperd").mkdir()
     d = Daemon(tmp / "hyperd")
     d.start()
     try:

@@ -189,6 +189,36 @@ def test_exec_foreground_and_detached(runv: Runv, bundle: Path, tmp_path: Path) 
     assert r.returncode != 0 and b"no-such-command" in r.stderr
 
 
+def test_two_containers_in_one_vm_by_annotation(runv: Runv, bundle: Path, tmp_path: Path,
+                                                rootfs_tar: Path) -> None:
+    """containerd's CRI annotations: the sandbox boots the VM, a container of that sandbox joins it."""
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["process"].update(args=["sleep", "300"], terminal=False)
+    cfg["annotations"] = {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "sb"}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    assert runv.detached("run", "-d", "--bundle", str(bundle), "sb").returncode == 0
+    member = tmp_path / "member"
+    (member / "rootfs").mkdir(parents=True)
+    with tarfile.open(rootfs_tar) as t:
+        t.extractall(member / "rootfs", filter="tar")
+    cfg["process"]["args"] = ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; ps; exit 5"]
+    cfg["annotations"] = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
+    (member / "config.json").write_text(json.dumps(cfg))
+    r = runv("run", "--bundle", str(member), "m1")
+    assert r.returncode == 5, r.stderr
+    boot_id = runv("exec", "sb", "cat", "/proc/sys/kernel/random/boot_id").stdout.strip()
+    lines = r.stdout.splitlines()
+    assert lines[0] == boot_id  # the same kernel: one VM
+    assert any(b"sleep 300" in line for line in lines[1:])  # and the sandbox's processes are there
+    vm = json.loads((runv.root / "sb" / "state.json").read_text())["vm_pid"]
+    assert runv("delete", "--force", "sb").returncode == 0
+    for _ in range(100):
+        if not Path(f"/proc/{vm}").exists():
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{vm}").exists()
+
+
 def test_bad_bundles_leave_nothing(runv: Runv, bundle: Path, tmp_path: Path) -> None:
     qemus = subprocess.run(["pgrep", "-c", "qemu-system"], capture_output=True, text=True).stdout.strip()
     r = runv("create", "--bundle", str(tmp_path / "nowhere"), "b1")

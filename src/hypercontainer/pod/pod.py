@@ -20,7 +20,7 @@ from ..errors import AgentError, CommandNotRunnable, Conflict, HCError, InvalidA
 from ..network.manager import Attachment, Network
 from ..protocol.client import AgentClient, ProcessStreams, exec_failure_exit_code
 from ..protocol.codec import Msg
-from ..spec.pod import PodSpec
+from ..spec.pod import PodSpec, Volume
 from ..storage.mount import mounts_under, umount
 from ..storage.rootfs import mount_rootfs
 from ..storage.safefs import make_dirs, write_file
@@ -389,24 +389,40 @@ class Pod:
         self.changed()
         return c
 
-    async def add_container(self, c: Container) -> None:
+    async def add_container(self, c: Container, *, start: bool = True, volumes: tuple[Volume, ...] = ()) -> None:
         """A new container in the running pod: its root mounted under the (shared) pod share, started by the
-        agent, supervised like the others. No reboot."""
+        agent (or left created: runv's containers that join a sandbox), supervised like the others. `volumes`:
+        more pod volumes it brings along (host directories bound into the share). No reboot."""
         if self.state != PodState.RUNNING or not self.agent:
             raise Conflict(f"pod {self.name} is {self.state.value}, not running")
         if any(x.name == c.name for x in self.containers):
             raise Conflict(f"pod {self.name} already has a container {c.name}")
         base = self.statedir / "containers" / c.name
         root = self.share_dir / c.name
-        mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
+        spec_before = self.spec
+        bound = []
         try:
-            c.fields = process_fields(c.spec, c.image, root, self.hostname)
+            for v in volumes:
+                if v.host_path:
+                    bind(Path(v.host_path), self.share_dir / VOLUMES / v.name)
+                    bound.append(self.share_dir / VOLUMES / v.name)
+            self.spec = self.spec.model_copy(update={"volumes": [*self.spec.volumes, *volumes]})
+            if c.rootfs:
+                bind(c.rootfs, root)
+            else:
+                mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
+            bound.append(root)
+            if not c.fields:
+                c.fields = process_fields(c.spec, c.image, root, self.hostname)
             c.mounts = self._prepare_mounts(c, root)
             c.stream = self._next_stream()
-            await self._start_container(c, c.fields)
+            if start:
+                await self._start_container(c, c.fields)
         except BaseException:
-            with contextlib.suppress(OSError):
-                umount(root)
+            self.spec = spec_before
+            for mp in reversed(bound):
+                with contextlib.suppress(OSError):
+                    umount(mp)
             raise
         self.containers.append(c)
         self.spec = self.spec.model_copy(update={"containers": [*self.spec.containers, c.spec]})

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -37,7 +38,8 @@ from ...pod.states import PodState
 from ...pod.templates import Templates
 from ...protocol.client import ProcessStreams
 from ...spec import oci
-from ...spec.pod import MIN_MEMORY_MIB, PodSpec
+from ...spec.pod import MIN_MEMORY_MIB, ContainerSpec, PodSpec, Volume
+from ...storage.volumes import check_host_dir
 from ...vm.accel import detect
 from . import wire
 from .fdio import read_chunks, write_all
@@ -76,32 +78,51 @@ def vm_size(cfg: oci.Config) -> dict:
     return out
 
 
-def pod_spec(cid: str, cfg: oci.Config) -> PodSpec:
-    """Bind-mounted directories become host volumes, files (hosts, resolv.conf, hostname, ...) are copied in,
-    tmpfs mounts become guest tmpfs volumes."""
+def container_parts(cfg: oci.Config, name: str) -> tuple[dict, list[dict]]:
+    """The container spec and the pod volumes it needs: bind-mounted directories become host volumes, files
+    (hosts, resolv.conf, hostname, ...) are copied in, tmpfs mounts become guest tmpfs volumes."""
     volumes, mounts, files = [], [], []
     for i, m in enumerate(oci.bind_mounts(cfg)):
         src = Path(m.source or "")
         if src.is_dir():
-            volumes.append({"name": f"b{i}", "host_path": str(src)})
-            mounts.append({"name": f"b{i}", "path": m.destination, "readonly": "ro" in m.options})
+            volumes.append({"name": f"{name}-b{i}", "host_path": str(src)})
+            mounts.append({"name": f"{name}-b{i}", "path": m.destination, "readonly": "ro" in m.options})
         elif src.is_file() and src.stat().st_size <= MAX_FILE:
             files.append({"path": m.destination, "base64": base64.b64encode(src.read_bytes()).decode(),
                           "mode": src.stat().st_mode & 0o7777})
     for i, m in enumerate(oci.tmpfs_mounts(cfg)):
-        volumes.append({"name": f"t{i}", "empty_dir": True})
-        mounts.append({"name": f"t{i}", "path": m.destination, "readonly": "ro" in m.options})
+        volumes.append({"name": f"{name}-t{i}", "empty_dir": True})
+        mounts.append({"name": f"{name}-t{i}", "path": m.destination, "readonly": "ro" in m.options})
     p = cfg.process
     assert p
+    return ({"name": name, "image": "oci-bundle", "tty": p.terminal, "stdin": True, "readonly": cfg.root.readonly,
+             "volumes": mounts, "files": files}, volumes)
+
+
+def pod_spec(cid: str, cfg: oci.Config) -> PodSpec:
+    container, volumes = container_parts(cfg, CONTAINER)
     spec: dict = {"name": "runv", "network": "none", "boot": "template", "volumes": volumes,
-                  "containers": [{"name": CONTAINER, "image": "oci-bundle", "tty": p.terminal, "stdin": True,
-                                  "readonly": cfg.root.readonly, "volumes": mounts, "files": files}]}
+                  "containers": [container]}
     if cfg.hostname and len(cfg.hostname) <= 63 and cfg.hostname.replace("-", "").isalnum():
         spec["hostname"] = cfg.hostname.lower()
     size = vm_size(cfg)
     if size:
         spec["resources"] = {"memory": max(MIN_MEMORY_MIB, size.get("memory", 256)), "vcpu": size.get("vcpu", 1)}
     return PodSpec.model_validate(spec)
+
+
+def sandbox_of(cfg: oci.Config) -> str | None:
+    """The sandbox a container joins, from containerd's CRI or CRI-O's annotations (None: a VM of its own)."""
+    a = cfg.annotations
+    for kind, sandbox in (("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id"),
+                          ("io.kubernetes.cri-o.ContainerType", "io.kubernetes.cri-o.SandboxID")):
+        if a.get(kind) == "container" and a.get(sandbox):
+            return a[sandbox]
+    return None
+
+
+def member_name(cid: str) -> str:
+    return "m" + hashlib.sha256(cid.encode()).hexdigest()[:12]
 
 
 class Shim:
@@ -224,6 +245,9 @@ class Shim:
             if op == "exec":
                 await self.exec(req, reader, writer)
                 return
+            if op == "join":
+                await self.join(req, reader, writer)
+                return
             reply = await self.handle(op, req)
         except HCError as e:
             reply = {"ok": False, "error": e.message}
@@ -265,6 +289,45 @@ class Shim:
             self.store.save(self.cid, self.state)
             return {"ok": True}
         raise HCError(f"unknown request {op!r}")
+
+    async def join(self, req: dict, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A container joining this sandbox's VM: created now; started by a START frame on this connection,
+        which then carries its stdio, signals and exit status (the member's own shim relays them)."""
+        assert self.pod
+        image = Image(id="oci-bundle", refs=(), repo_digests=(), config={}, diff_ids=(), blobs=(), layers=(),
+                      size=0, created="")
+        try:
+            cspec = ContainerSpec.model_validate(req["spec"])
+            volumes = tuple(Volume.model_validate(v) for v in req.get("volumes", []))
+            for v in volumes:
+                if v.host_path:
+                    check_host_dir(v.name, v.host_path)
+            c = Container(cspec, image, stream=0, log_path=self.pod.statedir / "logs" / f"{cspec.name}.log",
+                          fields=req["fields"], rootfs=Path(req["rootfs"]))
+            await self.pod.add_container(c, start=False, volumes=volumes)
+        except (HCError, ValueError, KeyError) as e:
+            msg = e.message if isinstance(e, HCError) else f"bad join request: {e}"
+            writer.write(json.dumps({"ok": False, "error": msg}).encode() + b"\n")
+            await writer.drain()
+            writer.close()
+            return
+        writer.write(json.dumps({"ok": True}).encode() + b"\n")
+        await writer.drain()
+        first = await wire.read_frame(reader)
+        if not first or first[0] != wire.START:
+            if not c.started.is_set():
+                c.finish(137, "its shim went away before start")
+            return
+        events = c.subscribe()
+        try:
+            await self.pod.start_created(c.name)
+        except HCError as e:
+            c.unsubscribe(events)
+            writer.write(wire.frame(wire.ERROR, e.message.encode()))
+            await writer.drain()
+            return
+        assert c.streams
+        await relay_events(c, events, c.streams, reader, writer, self.pod)
 
     # ---- stdio -------------------------------------------------------------------------------------------
     async def relay_init(self, events: asyncio.Queue) -> None:
@@ -346,9 +409,173 @@ async def relay_socket(streams: ProcessStreams, reader: asyncio.StreamReader, wr
         writer.close()
 
 
+class Member(Shim):
+    """A container joining its sandbox's VM (CRI annotations): no VM of its own; the sandbox's shim runs it and
+    this shim relays its stdio, signals and exit status over one connection to the sandbox's shim."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.done = asyncio.Event()
+        self.conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def create(self) -> None:
+        cfg = oci.load(self.bundle)
+        for what in oci.unsupported(cfg):
+            log.warning("not supported, ignored: %s", what)
+        sandbox = sandbox_of(cfg)
+        assert sandbox
+        st = self.store.load(sandbox)
+        if st["status"] not in ("created", "running"):
+            raise HCError(f"sandbox {sandbox} is {st['status']}")
+        root = oci.root_path(self.bundle, cfg)
+        if not root.is_dir():
+            raise HCError(f"root {root} is not a directory")
+        cspec, volumes = container_parts(cfg, member_name(self.cid))
+        reader, writer = await asyncio.open_unix_connection(str(self.store.sock(sandbox)))
+        writer.write(json.dumps({"op": "join", "spec": cspec, "volumes": volumes, "fields": process_fields(cfg),
+                                 "rootfs": str(root)}).encode() + b"\n")
+        await writer.drain()
+        reply = json.loads(await reader.readline() or b'{"ok": false, "error": "the sandbox shim went away"}')
+        if not reply.get("ok"):
+            writer.close()
+            raise HCError(f"joining sandbox {sandbox}: {reply.get('error')}")
+        self.conn = (reader, writer)
+        if cfg.process and cfg.process.terminal:
+            self.open_console(cfg)
+        self.state = {"id": self.cid, "bundle": str(self.bundle), "rootfs": str(root), "status": "created",
+                      "pid": os.getpid(), "pid_start": procs.start_time(os.getpid()), "created_rfc3339": now_rfc3339(),
+                      "annotations": cfg.annotations, "sandbox": sandbox, "vm_pid": None, "vm_start": None}
+        self.store.save(self.cid, self.state)
+
+    def send(self, kind: int, data: bytes = b"") -> None:
+        if self.conn:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.conn[1].write(wire.frame(kind, data))
+
+    async def handle(self, op: str | None, req: dict) -> dict:
+        if op == "start":
+            if self.started.is_set():
+                raise HCError("container already started")
+            self.send(wire.START)
+            self.started.set()
+            self.relay_task = asyncio.ensure_future(self.relay())
+            self.state["status"] = "running"
+            self.store.save(self.cid, self.state)
+            return {"ok": True}
+        if op == "kill":
+            if self.done.is_set():
+                raise HCError("container not running")
+            sig = int(req["signal"])
+            if not self.started.is_set():  # never started: the sandbox drops it when we hang up
+                self.exit_code = 128 + sig
+                self.done.set()
+            else:
+                self.send(wire.SIGNAL, struct.pack(">i", sig))
+            return {"ok": True}
+        raise HCError(f"{op}: a container in a sandbox's VM is paused and resumed with its sandbox")
+
+    def forward_signal(self, sig: int) -> None:
+        if self.started.is_set():
+            self.send(wire.SIGNAL, struct.pack(">i", sig))
+
+    def resize(self) -> None:
+        if self.pty:
+            rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(self.pty[1], termios.TIOCGWINSZ, b"\0" * 8))
+            self.send(wire.RESIZE, struct.pack(">HH", rows, cols))
+
+    async def relay(self) -> None:
+        assert self.conn
+        reader = self.conn[0]
+        out_fd, err_fd, in_fd = (self.pty[1],) * 3 if self.pty else (1, 2, 0)
+
+        async def pump_in() -> None:
+            async for data in read_chunks(in_fd):
+                self.send(wire.STDIN, data)
+            if not self.pty:
+                self.send(wire.STDIN, b"")
+
+        stdin = asyncio.ensure_future(pump_in())
+        try:
+            while (f := await wire.read_frame(reader)) is not None:
+                kind, data = f
+                if kind in (wire.STDOUT, wire.STDERR):
+                    await write_all(out_fd if kind == wire.STDOUT else err_fd, data)
+                elif kind == wire.EXIT and len(data) == 4:
+                    self.exit_code = struct.unpack(">i", data)[0]
+                    return
+                elif kind == wire.ERROR:
+                    log.error("start failed: %s", data.decode(errors="replace"))
+                    self.exit_code = 128
+                    return
+        finally:
+            stdin.cancel()
+            self.done.set()
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in FORWARDED:
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
+                loop.add_signal_handler(sig, self.forward_signal, int(sig))
+        if self.pty:
+            loop.add_signal_handler(signal.SIGWINCH, self.resize)
+        try:
+            await self.done.wait()
+        finally:
+            if self.conn:
+                self.conn[1].close()
+            if self.server:
+                self.server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.store.sock(self.cid).unlink()
+            self.state.update(status="stopped", exit_code=self.exit_code)
+            with contextlib.suppress(OSError):
+                self.store.save(self.cid, self.state)
+        return self.exit_code
+
+
+async def relay_events(c: Container, events: asyncio.Queue, streams: ProcessStreams, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, pod: Pod) -> None:
+    """A member container's output events as frames; the member shim's frames (stdin, signals, size) to it."""
+
+    async def from_member() -> None:
+        while (f := await wire.read_frame(reader)) is not None:
+            kind, data = f
+            if kind == wire.STDIN:
+                await (streams.write_stdin(data) if data else streams.close_stdin())
+            elif kind == wire.SIGNAL and len(data) == 4:
+                with contextlib.suppress(HCError):
+                    await pod.signal(c.name, struct.unpack(">i", data)[0])
+            elif kind == wire.RESIZE and len(data) == 4:
+                await pod.resize(c.name, *struct.unpack(">HH", data))
+
+    member = asyncio.ensure_future(from_member())
+    try:
+        while True:
+            kind, data = await events.get()
+            if kind in ("stdout", "stderr"):
+                writer.write(wire.frame(wire.STDOUT if kind == "stdout" else wire.STDERR, data))  # type: ignore[arg-type]
+                await writer.drain()
+                continue
+            code = data if kind == "exit" else 255
+            writer.write(wire.frame(wire.EXIT, struct.pack(">i", code)))  # type: ignore[arg-type]
+            await writer.drain()
+            return
+    except ConnectionError:
+        with contextlib.suppress(HCError):
+            await pod.signal(c.name, signal.SIGKILL)
+    finally:
+        member.cancel()
+        c.unsubscribe(events)
+
+
 async def amain(args: argparse.Namespace) -> int:
     store = Store(Path(args.root))
-    shim = Shim(store, args.id, Path(args.bundle), Path(args.console_socket) if args.console_socket else None)
+    try:
+        joins = sandbox_of(oci.load(Path(args.bundle))) is not None
+    except HCError:
+        joins = False  # create() reports the error
+    shim = (Member if joins else Shim)(store, args.id, Path(args.bundle),
+                                       Path(args.console_socket) if args.console_socket else None)
     store.rundir(args.id).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         await shim.create()

@@ -1,8 +1,9 @@
 """The shim's socket: one JSON request line, one JSON reply line; an exec then carries its stdio as frames.
 
     frame = kind: u8, length: u32 (big endian), data
-    shim -> client: 1 stdout, 2 stderr, 3 exit (data: i32 status)
-    client -> shim: 0 stdin (length 0: EOF), 4 resize (u16 rows, u16 cols), 5 signal (i32)
+    shim -> client: 1 stdout, 2 stderr, 3 exit (data: i32 status), 7 error (text)
+    client -> shim: 0 stdin (length 0: EOF), 4 resize (u16 rows, u16 cols), 5 signal (i32),
+                    6 start (a container that joined the sandbox)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from ...errors import Conflict, HCError
 
 HDR = struct.Struct(">BI")
-STDIN, STDOUT, STDERR, EXIT, RESIZE, SIGNAL = 0, 1, 2, 3, 4, 5
+STDIN, STDOUT, STDERR, EXIT, RESIZE, SIGNAL, START, ERROR = 0, 1, 2, 3, 4, 5, 6, 7
 MAX_FRAME = 1 << 20
 
 
