@@ -201,12 +201,7 @@ class Shim:
     async def serve(self) -> int:
         assert self.pod and self.container and self.server
         server = self.server
-        loop = asyncio.get_running_loop()
-        for sig in FORWARDED:
-            with contextlib.suppress(ValueError, RuntimeError, OSError):
-                loop.add_signal_handler(sig, self.forward_signal, int(sig))
-        if self.pty:
-            loop.add_signal_handler(signal.SIGWINCH, self.resize)
+        self.install_signal_handlers()
         try:
             await self.container.done.wait()
             self.exit_code = self.container.exit_code if self.container.exit_code is not None else 255
@@ -222,6 +217,15 @@ class Shim:
             with contextlib.suppress(OSError):
                 self.store.save(self.cid, self.state)
         return self.exit_code
+
+    def install_signal_handlers(self) -> None:
+        """Signals sent to the shim go to the container; a terminal's size changes follow SIGWINCH."""
+        loop = asyncio.get_running_loop()
+        for sig in FORWARDED:
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
+                loop.add_signal_handler(sig, self.forward_signal, int(sig))
+        if self.pty:
+            loop.add_signal_handler(signal.SIGWINCH, self.resize)
 
     def forward_signal(self, sig: int) -> None:
         if self.pod and self.started.is_set():
@@ -270,6 +274,7 @@ class Shim:
                 self.container.unsubscribe(events)
                 raise
             self.started.set()
+            self.resize()  # the size the client gave the terminal before start
             self.relay_task = asyncio.ensure_future(self.relay_init(events))
             self.state["status"] = "running"
             self.store.save(self.cid, self.state)
@@ -458,6 +463,7 @@ class Member(Shim):
                 raise HCError("container already started")
             self.send(wire.START)
             self.started.set()
+            self.resize()
             self.relay_task = asyncio.ensure_future(self.relay())
             self.state["status"] = "running"
             self.store.save(self.cid, self.state)
@@ -512,12 +518,7 @@ class Member(Shim):
             self.done.set()
 
     async def serve(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in FORWARDED:
-            with contextlib.suppress(ValueError, RuntimeError, OSError):
-                loop.add_signal_handler(sig, self.forward_signal, int(sig))
-        if self.pty:
-            loop.add_signal_handler(signal.SIGWINCH, self.resize)
+        self.install_signal_handlers()
         try:
             await self.done.wait()
         finally:

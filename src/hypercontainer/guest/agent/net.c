@@ -54,65 +54,87 @@ int net_loopback(struct err *e)
 	return rc;
 }
 
-/* The name of the interface whose MAC is `mac` (case-insensitive), from /sys/class/net. */
-static int find_by_mac(const char *mac, char *name, size_t len)
+/* Calls fn(name, arg) for each interface in /sys/class/net until it returns non-zero; returns that value. */
+static int each_iface(int (*fn)(const char *name, void *arg), void *arg)
 {
 	DIR *d = opendir("/sys/class/net");
 	struct dirent *de;
-	int found = 0;
+	int r = 0;
 	if (!d)
 		return 0;
-	while (!found && (de = readdir(d))) {
-		char p[300], buf[64];
-		if (de->d_name[0] == '.' || strlen(de->d_name) >= IFNAMSIZ)
-			continue;
-		snprintf(p, sizeof(p), "/sys/class/net/%s/address", de->d_name);
-		if (read_line(p, buf, sizeof(buf)) > 0 && strcasecmp(buf, mac) == 0) {
-			snprintf(name, len, "%s", de->d_name);
-			found = 1;
-		}
-	}
+	while (!r && (de = readdir(d)))
+		if (de->d_name[0] != '.' && strlen(de->d_name) < IFNAMSIZ)
+			r = fn(de->d_name, arg);
 	closedir(d);
-	return found;
+	return r;
+}
+
+static int sysfs_attr(const char *iface, const char *attr, char *buf, size_t len)
+{
+	char p[300];
+	snprintf(p, sizeof(p), "/sys/class/net/%s/%s", iface, attr);
+	return read_line(p, buf, len);
+}
+
+struct iface_query {
+	const char *mac;
+	char name[IFNAMSIZ];
+	int ethers;
+};
+
+static int has_mac(const char *name, void *arg)
+{
+	struct iface_query *q = arg;
+	char buf[64];
+	if (sysfs_attr(name, "address", buf, sizeof(buf)) > 0 && strcasecmp(buf, q->mac) == 0) {
+		snprintf(q->name, sizeof(q->name), "%s", name);
+		return 1;
+	}
+	return 0;
+}
+
+static int count_ether(const char *name, void *arg)
+{
+	struct iface_query *q = arg;
+	char type[16];
+	if (sysfs_attr(name, "type", type, sizeof(type)) > 0 && strcmp(type, "1") == 0) /* ARPHRD_ETHER */
+		if (q->ethers++ == 0)
+			snprintf(q->name, sizeof(q->name), "%s", name);
+	return 0;
+}
+
+/* The name of the interface whose MAC is `mac` (case-insensitive). */
+static int find_by_mac(const char *mac, char *name, size_t len)
+{
+	struct iface_query q = {.mac = mac};
+	if (!each_iface(has_mac, &q))
+		return 0;
+	snprintf(name, len, "%s", q.name);
+	return 1;
 }
 
 /* A VM restored from a template carries the template's MAC: the one ethernet interface gets the pod's. */
 static int adopt_single_ether(const char *mac, char *name, size_t len)
 {
-	DIR *d = opendir("/sys/class/net");
-	struct dirent *de;
-	int found = 0;
+	struct iface_query q = {.mac = mac};
 	unsigned b[6];
-	if (!d)
+	if (sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6)
 		return 0;
-	if (sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6) {
-		closedir(d);
-		return 0;
-	}
-	while ((de = readdir(d))) {
-		char p[300], type[16];
-		if (de->d_name[0] == '.' || strlen(de->d_name) >= IFNAMSIZ)
-			continue;
-		snprintf(p, sizeof(p), "/sys/class/net/%s/type", de->d_name);
-		if (read_line(p, type, sizeof(type)) > 0 && strcmp(type, "1") == 0) { /* ARPHRD_ETHER */
-			if (found++)
-				break; /* more than one: never guess */
-			snprintf(name, len, "%s", de->d_name);
-		}
-	}
-	closedir(d);
-	if (found != 1)
+	each_iface(count_ether, &q);
+	if (q.ethers != 1) /* none, or more than one: never guess */
 		return 0;
 	struct ifreq ifr = {0};
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return 0;
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", q.name);
 	ifr.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
 	for (int i = 0; i < 6; i++)
 		ifr.ifr_hwaddr.sa_data[i] = (char)b[i];
 	int ok = ioctl(fd, SIOCSIFHWADDR, &ifr) == 0;
 	close(fd);
+	if (ok)
+		snprintf(name, len, "%s", q.name);
 	return ok;
 }
 
