@@ -112,6 +112,19 @@ def ensure(cache: Path) -> Assets:
     return assets
 
 
+def current(cache: Path) -> Assets:
+    """What the last ensure() built (current.json), without rebuilding or hashing anything: for runv's shims,
+    which start once per container. Falls back to ensure() when there is nothing yet."""
+    try:
+        d = json.loads((cache / "current.json").read_text())
+        a = Assets(Path(d["kernel"]), Path(d["initrd"]), d["kernel_release"], d["agent_hash"], d["digest"])
+        if a.kernel.exists() and a.initrd.exists():
+            return a
+    except (OSError, ValueError, KeyError):
+        pass
+    return ensure(cache)
+
+
 def main() -> None:
     """make assets: builds our kernel (unless HYPERCONTAINER_KERNEL=distro; a failed build falls back to the
     distribution's kernel with a warning), the agent and the initramfs."""

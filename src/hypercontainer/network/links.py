@@ -1,13 +1,12 @@
-"""Links through netlink (pyroute2): the pod bridge and one persistent tap per pod, enslaved to it."""
+"""Links through netlink (pyroute2): the pod bridge and one persistent tap per pod, enslaved to it.
+
+pyroute2 is imported when first used (~0.1 s): runv's shims and pods without network never pay for it."""
 
 from __future__ import annotations
 
 import errno
 import ipaddress
 from pathlib import Path
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import HCError
 
@@ -40,6 +39,9 @@ class Bridge:
     def ensure(self) -> None:
         """Creates the bridge (or checks the one that exists), gives it the gateway address, brings it up, and
         turns on forwarding (egress NAT) and route_localnet on it (published ports reached from 127.0.0.1)."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
         try:
             with IPRoute() as ip:
                 found = ip.link_lookup(ifname=self.name)
@@ -61,6 +63,9 @@ class Bridge:
 
     def add_tap(self, name: str) -> None:
         """A persistent tap on the bridge, up; QEMU opens it by name."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
         try:
             with IPRoute() as ip:
                 if ip.link_lookup(ifname=name):
@@ -74,6 +79,9 @@ class Bridge:
 
     @staticmethod
     def remove_tap(name: str) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
         with IPRoute() as ip:
             try:
                 ip.link("del", ifname=name)
@@ -84,6 +92,8 @@ class Bridge:
     @staticmethod
     def taps() -> list[str]:
         """Our taps (tun devices with our name prefix), on the bridge or not."""
+        from pyroute2 import IPRoute
+
         with IPRoute() as ip:
             links = ip.get_links()
         names = [link.get_attr("IFLA_IFNAME") for link in links

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +62,10 @@ def vm_config(kernel: Path, initrd: Path, accel: str, sockets: Sockets, cpus: in
 
 
 def qemu_version() -> str:
-    r = subprocess.run([qemu_binary(), "--version"], capture_output=True, text=True)
-    return r.stdout.splitlines()[0] if r.stdout else "unknown"
+    """Identifies the QEMU build (path, size, mtime: no process to start, runv's shims ask once per container)."""
+    path = qemu_binary()
+    st = os.stat(path)
+    return f"{path}:{st.st_size}:{int(st.st_mtime)}"
 
 
 class Templates:

@@ -149,7 +149,7 @@ class Shim:
         for what in oci.unsupported(cfg):
             log.warning("not supported, ignored: %s", what)
         p = paths()
-        a = await asyncio.to_thread(guest_assets.ensure, p.assets)
+        a = await asyncio.to_thread(guest_assets.current, p.assets)
         accel = await detect(a.kernel, a.initrd, a.digest, p.assets / "accel.json")
         templates = Templates(a.kernel, a.initrd, accel.name, a.digest, p.assets / "templates",
                               self.store.rundir(self.cid) / "templates")

@@ -9,7 +9,6 @@ import re
 import time
 from pathlib import Path
 
-from ... import procs
 from ...errors import Conflict, InvalidArgument, NotFound
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
@@ -60,8 +59,10 @@ class Store:
     @staticmethod
     def alive(st: dict) -> bool:
         """The shim is still the process we started (same start time) and has not exited (not a zombie)."""
+        from ...procs import start_time
+
         pid = st.get("pid")
-        if not pid or procs.start_time(pid) != st.get("pid_start"):
+        if not pid or start_time(pid) != st.get("pid_start"):
             return False
         try:
             return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"

@@ -8,13 +8,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...errors import Conflict, HCError
+
+if TYPE_CHECKING:
+    import asyncio
 
 HDR = struct.Struct(">BI")
 STDIN, STDOUT, STDERR, EXIT, RESIZE, SIGNAL, START, ERROR = 0, 1, 2, 3, 4, 5, 6, 7
@@ -47,6 +50,8 @@ def request(sock_path: Path, req: dict, timeout: float = 120.0) -> dict:
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes] | None:
+    import asyncio
+
     try:
         kind, n = HDR.unpack(await reader.readexactly(HDR.size))
         if n > MAX_FRAME:

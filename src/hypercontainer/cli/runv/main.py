@@ -1,0 +1,433 @@
+"""runv's command line. Each container gets a shim process (shim.py) that boots its VM with hyperd's pod core
+and stands in for the container's process on the host. No hyperd is needed. State lives under --root (default
+/run/runv)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ... import __version__
+from ...errors import HCError, InvalidArgument, NotFound
+from ...signals import parse_signal
+from . import wire
+from .state import OCI_VERSION, Store, check_id, oci_state
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "ignore_unknown_options": False}
+
+
+class Runtime:
+    def __init__(self, root: Path, log: Path | None, log_format: str, debug: bool) -> None:
+        self.store = Store(root)
+        self.log, self.log_format, self.debug = log, log_format, debug
+
+    def write_log(self, level: str, msg: str) -> None:
+        if not self.log:
+            return
+        now = dt.datetime.now(dt.UTC).isoformat()
+        line = (json.dumps({"level": level, "msg": msg, "time": now}) if self.log_format == "json"
+                else f'time="{now}" level={level} msg="{msg}"')
+        try:
+            with open(self.log, "a") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass
+
+
+def runtime() -> Runtime:
+    return click.get_current_context().find_object(Runtime)
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--root", type=click.Path(path_type=Path), default=Path("/run/runv"), show_default=True,
+              help="Directory for container state.")
+@click.option("--log", type=click.Path(path_type=Path), help="Log file (errors are also written to stderr).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--debug", is_flag=True)
+@click.option("--systemd-cgroup", is_flag=True, help="Accepted; the VM is the container's boundary.")
+@click.option("--rootless", default="auto", help="Accepted (runv runs as root).")
+@click.option("--criu", hidden=True)
+@click.version_option(__version__, "-v", "--version", prog_name="runv",
+                      message=f"runv version %(version)s\ncommit: hypercontainer\nspec: {OCI_VERSION}")
+@click.pass_context
+def cli(ctx: click.Context, root: Path, log: Path | None, log_format: str, debug: bool, systemd_cgroup: bool,
+        rootless: str, criu: str | None) -> None:
+    """runv: run OCI containers, each in its own VM."""
+    ctx.obj = Runtime(root, log, log_format, debug)
+
+
+# ---- lifecycle ---------------------------------------------------------------------------------------------
+def spawn_and_wait_ok(argv: list[str], preserve: int = 0) -> subprocess.Popen:
+    """Starts a helper that reports `ok` (or `error MSG`) on a status pipe; returns it once it said ok."""
+    r, w = os.pipe()
+    preserved = tuple(range(3, 3 + preserve))
+    proc = subprocess.Popen([*argv, "--status-fd", str(w)], pass_fds=(w, *preserved), start_new_session=True)
+    os.close(w)
+    with os.fdopen(r) as f:
+        line = f.readline().strip()
+    if line != "ok":
+        proc.wait()
+        raise HCError(line.removeprefix("error ").strip() or f"the helper exited with status {proc.returncode}")
+    return proc
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(str(pid))
+    tmp.rename(path)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-b", "--bundle", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+@click.option("--pid-file", type=click.Path(path_type=Path))
+@click.option("--console-socket", type=click.Path(path_type=Path))
+@click.option("--preserve-fds", type=int, default=0)
+@click.option("--no-pivot", is_flag=True, help="Accepted (the guest always pivots).")
+@click.option("--no-new-keyring", is_flag=True, help="Accepted.")
+@click.argument("cid")
+def create(bundle: Path, pid_file: Path | None, console_socket: Path | None, preserve_fds: int, no_pivot: bool,
+           no_new_keyring: bool, cid: str) -> None:
+    """Create a container: boot its VM; the process waits for `start`."""
+    create_container(bundle, pid_file, console_socket, preserve_fds, cid)
+
+
+def create_container(bundle: Path, pid_file: Path | None, console_socket: Path | None, preserve_fds: int,
+                     cid: str) -> subprocess.Popen:
+    rt = runtime()
+    check_id(cid)
+    bundle = bundle.resolve()
+    if not (bundle / "config.json").is_file():
+        raise InvalidArgument(f"bundle {bundle} has no config.json")
+    d = rt.store.reserve(cid)
+    rt.store.save(cid, {"id": cid, "bundle": str(bundle), "status": "creating", "pid": 0})
+    argv = [sys.executable, "-m", "hypercontainer.cli.runv.shim", "--root", str(rt.store.root), "--id", cid,
+            "--bundle", str(bundle), "--log", str(d / "shim.log")]
+    if console_socket:
+        argv += ["--console-socket", str(console_socket.resolve())]
+    try:
+        proc = spawn_and_wait_ok(argv, preserve_fds)
+    except HCError:
+        cleanup(rt.store, cid)
+        raise
+    for line in (d / "shim.log").read_text(errors="replace").splitlines():
+        if "not supported, ignored:" in line:  # reported, never dropped silently
+            msg = line.split("WARNING runv-shim: ", 1)[-1]
+            if rt.log:  # where the client looks; our stderr is the container's
+                rt.write_log("warning", msg)
+            else:
+                click.echo(f"runv: warning: {msg}", err=True)
+    if pid_file:
+        write_pid_file(pid_file, proc.pid)
+    return proc
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("cid")
+def start(cid: str) -> None:
+    """Start the process of a created container."""
+    rt = runtime()
+    st = rt.store.load(cid)
+    if st["status"] != "created":
+        raise HCError(f"cannot start a container that is {st['status']}")
+    wire.request(rt.store.sock(cid), {"op": "start"})
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-b", "--bundle", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+@click.option("--pid-file", type=click.Path(path_type=Path))
+@click.option("--console-socket", type=click.Path(path_type=Path))
+@click.option("-d", "--detach", is_flag=True)
+@click.option("--preserve-fds", type=int, default=0)
+@click.option("--no-pivot", is_flag=True)
+@click.option("--no-new-keyring", is_flag=True)
+@click.argument("cid")
+def run(bundle: Path, pid_file: Path | None, console_socket: Path | None, detach: bool, preserve_fds: int,
+        no_pivot: bool, no_new_keyring: bool, cid: str) -> None:
+    """Create and start a container; without -d, wait for it and exit with its status."""
+    proc = create_container(bundle, pid_file, console_socket, preserve_fds, cid)
+    rt = runtime()
+    wire.request(rt.store.sock(cid), {"op": "start"})
+    if detach:
+        return
+    code = proc.wait()
+    cleanup(rt.store, cid)
+    sys.exit(code)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("cid")
+def state(cid: str) -> None:
+    """Print the container's state (OCI runtime spec JSON)."""
+    click.echo(json.dumps(oci_state(runtime().store.load(cid)), indent=2))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-a", "--all", "all_", is_flag=True, help="All processes of the container (the VM's: the same).")
+@click.argument("cid")
+@click.argument("sig", default="SIGTERM")
+def kill(all_: bool, cid: str, sig: str) -> None:
+    """Send a signal (name or number; default SIGTERM) to the container's process."""
+    rt = runtime()
+    number = parse_signal(sig)
+    st = rt.store.load(cid)
+    if st["status"] not in ("created", "running", "paused"):
+        raise HCError("container not running")
+    wire.request(rt.store.sock(cid), {"op": "kill", "signal": number, "all": all_})
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("cid")
+def delete(force: bool, cid: str) -> None:
+    """Delete a container: its VM, its state."""
+    rt = runtime()
+    try:
+        st = rt.store.load(cid)
+    except NotFound:
+        if force:
+            cleanup(rt.store, cid)
+            return
+        raise
+    if st["status"] in ("running", "paused") and not force:
+        raise HCError(f"cannot delete container {cid} that is not stopped: {st['status']}")
+    if st["status"] in ("created", "running", "paused"):
+        stop_shim(rt.store, cid, st)
+    cleanup(rt.store, cid)
+
+
+def stop_shim(store: Store, cid: str, st: dict) -> None:
+    """Asks the shim to kill the container (it then stops the VM and exits); kills it and its VM if it will not."""
+    with contextlib.suppress(HCError):
+        if st["status"] == "paused":
+            wire.request(store.sock(cid), {"op": "resume"}, timeout=10)
+        wire.request(store.sock(cid), {"op": "kill", "signal": 9}, timeout=10)
+    deadline = time.monotonic() + 15
+    while Store.alive(st) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if Store.alive(st):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(st["pid"], 9)
+    from ... import procs
+
+    vm = procs.adopt(st.get("vm_pid"), st.get("vm_start"), "")
+    if vm:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            vm.kill()
+
+
+def cleanup(store: Store, cid: str) -> None:
+    from ...storage.mount import mounts_under, umount
+    from ...storage.volumes import remove_tree
+
+    d = store.dir(cid)
+    for mp in mounts_under(d):
+        with contextlib.suppress(OSError):
+            umount(mp)
+    if d.exists():
+        remove_tree(d)
+    shutil.rmtree(store.rundir(cid), ignore_errors=True)
+
+
+# ---- processes -----------------------------------------------------------------------------------------------
+@cli.command("exec", context_settings={**CONTEXT, "allow_interspersed_args": False})
+@click.option("-p", "--process", "process_file", type=click.Path(path_type=Path), help="process.json")
+@click.option("-d", "--detach", is_flag=True)
+@click.option("--pid-file", type=click.Path(path_type=Path))
+@click.option("--console-socket", type=click.Path(path_type=Path))
+@click.option("-t", "--tty", "tty_", is_flag=True)
+@click.option("--cwd")
+@click.option("-e", "--env", multiple=True)
+@click.option("-u", "--user", help="UID[:GID]")
+@click.option("--preserve-fds", type=int, default=0)
+@click.option("--process-label", hidden=True)
+@click.option("--apparmor", hidden=True)
+@click.option("--no-new-privs", is_flag=True, hidden=True)
+@click.option("-c", "--cap", multiple=True, hidden=True)
+@click.argument("cid")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def exec_cmd(process_file: Path | None, detach: bool, pid_file: Path | None, console_socket: Path | None,
+             tty_: bool, cwd: str | None, env: tuple[str, ...], user: str | None, preserve_fds: int,
+             process_label: str | None, apparmor: str | None, no_new_privs: bool, cap: tuple[str, ...], cid: str,
+             command: tuple[str, ...]) -> None:
+    """Run a new process in a running container."""
+    rt = runtime()
+    st = rt.store.load(cid)
+    if st["status"] != "running":
+        raise HCError(f"cannot exec in a container that is {st['status']}")
+    if process_file:
+        try:
+            process = json.loads(process_file.read_text())
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"cannot read {process_file}: {e}") from None
+    else:
+        if not command:
+            raise InvalidArgument("exec needs a command or --process")
+        uid, _, gid = (user or "0").partition(":")
+        process = {"args": list(command), "env": list(env), "cwd": cwd or "/", "terminal": tty_,
+                   "user": {"uid": int(uid), "gid": int(gid or 0)}}
+    if not process.get("args"):
+        raise InvalidArgument("the process has no args")
+    spec_file = rt.store.dir(cid) / f"exec-{os.getpid()}-{time.monotonic_ns()}.json"
+    spec_file.write_text(json.dumps(process))
+    argv = [sys.executable, "-m", "hypercontainer.cli.runv.execproc", "--sock", str(rt.store.sock(cid)),
+            "--process", str(spec_file)]
+    if console_socket:
+        argv += ["--console-socket", str(console_socket.resolve())]
+    if detach:
+        proc = spawn_and_wait_ok(argv, preserve_fds)
+        if pid_file:
+            write_pid_file(pid_file, proc.pid)
+        return
+    from .execproc import run_foreground
+
+    sys.exit(run_foreground(rt.store.sock(cid), spec_file, console_socket))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.argument("cid")
+@click.argument("ps_args", nargs=-1)
+def ps(fmt: str, cid: str, ps_args: tuple[str, ...]) -> None:
+    """The container's host processes (its shim: the VM's processes are the guest's)."""
+    st = runtime().store.load(cid)
+    pids = [st["pid"]] if st["status"] in ("created", "running", "paused") else []
+    if fmt == "json":
+        click.echo(json.dumps(pids))
+    else:
+        click.echo("PID\n" + "".join(f"{p}\n" for p in pids), nl=False)
+
+
+@cli.command("list", context_settings=CONTEXT)
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("-q", "--quiet", is_flag=True)
+def list_cmd(fmt: str, quiet: bool) -> None:
+    """List containers."""
+    store = runtime().store
+    states = []
+    for cid in store.ids():
+        try:
+            states.append(oci_state(store.load(cid)))
+        except NotFound:
+            continue
+    if quiet:
+        click.echo("".join(s["id"] + "\n" for s in states), nl=False)
+    elif fmt == "json":
+        click.echo(json.dumps(states))
+    else:
+        click.echo(f"{'ID':24} {'PID':8} {'STATUS':10} {'BUNDLE':40} CREATED")
+        for s in states:
+            click.echo(f"{s['id']:24} {s['pid']:<8} {s['status']:10} {s['bundle']:40} {s['created']}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("cid")
+def pause(cid: str) -> None:
+    """Pause the container (its VM's CPUs stop)."""
+    rt = runtime()
+    if rt.store.load(cid)["status"] != "running":
+        raise HCError("container not running")
+    wire.request(rt.store.sock(cid), {"op": "pause"})
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("cid")
+def resume(cid: str) -> None:
+    """Resume a paused container."""
+    rt = runtime()
+    if rt.store.load(cid)["status"] != "paused":
+        raise HCError("container not paused")
+    wire.request(rt.store.sock(cid), {"op": "resume"})
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-r", "--resources", help="Resources JSON file, or - for stdin.")
+@click.option("--memory", hidden=True)
+@click.option("--cpu-quota", hidden=True)
+@click.option("--cpu-period", hidden=True)
+@click.option("--pids-limit", hidden=True)
+@click.argument("cid")
+def update(resources: str | None, memory: str | None, cpu_quota: str | None, cpu_period: str | None,
+           pids_limit: str | None, cid: str) -> None:
+    """Accepted and reported: a VM's size is fixed when it is created."""
+    rt = runtime()
+    rt.store.load(cid)
+    if resources == "-":
+        sys.stdin.read()
+    msg = f"update of {cid}: resources of a running VM cannot change; ignored"
+    rt.write_log("warning", msg)
+    click.echo(f"runv: warning: {msg}", err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+def features() -> None:
+    """What this runtime supports (runc's `features` JSON)."""
+    click.echo(json.dumps({
+        "ociVersionMin": "1.0.0", "ociVersionMax": OCI_VERSION, "hooks": [],
+        "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec"],
+        "linux": {"namespaces": ["mount", "pid", "ipc", "uts", "network"], "capabilities": [],
+                  "cgroup": {"v1": False, "v2": False, "systemd": False},
+                  "seccomp": {"enabled": False}, "apparmor": {"enabled": False}, "selinux": {"enabled": False}},
+        "annotations": {"io.hypercontainer.runv.vm": "one VM per container"},
+    }, indent=2))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-b", "--bundle", type=click.Path(path_type=Path), default=Path("."))
+@click.option("--rootless", is_flag=True)
+def spec(bundle: Path, rootless: bool) -> None:
+    """Write a starting config.json (like runc's) into the bundle directory."""
+    path = bundle / "config.json"
+    if path.exists():
+        raise HCError(f"{path} exists already")
+    path.write_text(json.dumps({
+        "ociVersion": OCI_VERSION,
+        "process": {"terminal": True, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
+                    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+                    "cwd": "/"},
+        "root": {"path": "rootfs", "readonly": True}, "hostname": "runv",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]},
+    }, indent=2))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except HCError as e:
+        log_error(e.message)
+        click.echo(f"runv: {e.message}", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def log_error(msg: str) -> None:
+    """Writes the error to --log as well (the runc shim shows the last error line of that file)."""
+    argv = sys.argv[1:]
+    log, fmt = None, "text"
+    for i, a in enumerate(argv):
+        if a == "--log" and i + 1 < len(argv):
+            log = argv[i + 1]
+        elif a.startswith("--log="):
+            log = a.split("=", 1)[1]
+        elif a == "--log-format" and i + 1 < len(argv):
+            fmt = argv[i + 1]
+        elif a.startswith("--log-format="):
+            fmt = a.split("=", 1)[1]
+    if log:
+        Runtime(Path("."), Path(log), fmt, False).write_log("error", msg)
