@@ -200,7 +200,6 @@ class Shim:
 
     async def serve(self) -> int:
         assert self.pod and self.container and self.server
-        server = self.server
         self.install_signal_handlers()
         try:
             await self.container.done.wait()
@@ -210,13 +209,18 @@ class Shim:
                     await asyncio.wait_for(self.relay_task, 5)
             await self.pod.stop()
         finally:
-            server.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.store.sock(self.cid).unlink()
-            self.state.update(status="stopped", exit_code=self.exit_code)
-            with contextlib.suppress(OSError):
-                self.store.save(self.cid, self.state)
+            self.stopped()
         return self.exit_code
+
+    def stopped(self) -> None:
+        """The container is done: no more requests; the state says so (with its exit code)."""
+        if self.server:
+            self.server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.store.sock(self.cid).unlink()
+        self.state.update(status="stopped", exit_code=self.exit_code)
+        with contextlib.suppress(OSError):
+            self.store.save(self.cid, self.state)
 
     def install_signal_handlers(self) -> None:
         """Signals sent to the shim go to the container; a terminal's size changes follow SIGWINCH."""
@@ -524,13 +528,7 @@ class Member(Shim):
         finally:
             if self.conn:
                 self.conn[1].close()
-            if self.server:
-                self.server.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.store.sock(self.cid).unlink()
-            self.state.update(status="stopped", exit_code=self.exit_code)
-            with contextlib.suppress(OSError):
-                self.store.save(self.cid, self.state)
+            self.stopped()
         return self.exit_code
 
 
