@@ -43,6 +43,14 @@ class Runtime:
             pass
 
 
+def warn(rt: Runtime, msg: str) -> None:
+    """To the --log file, where the client looks (our stderr is the container's); to stderr without one."""
+    if rt.log:
+        rt.write_log("warning", msg)
+    else:
+        click.echo(f"runv: warning: {msg}", err=True)
+
+
 def runtime() -> Runtime:
     return click.get_current_context().find_object(Runtime)
 
@@ -109,6 +117,9 @@ def create_container(bundle: Path, pid_file: Path | None, console_socket: Path |
         raise InvalidArgument(f"bundle {bundle} has no config.json")
     d = rt.store.reserve(cid)
     rt.store.save(cid, {"id": cid, "bundle": str(bundle), "status": "creating", "pid": 0})
+    if preserve_fds:  # reported, never dropped silently
+        msg = f"--preserve-fds {preserve_fds}: open files cannot cross into a VM; the process does not get them"
+        warn(rt, msg)
     argv = [sys.executable, "-m", "hypercontainer.cli.runv.shim", "--root", str(rt.store.root), "--id", cid,
             "--bundle", str(bundle), "--log", str(d / "shim.log")]
     if console_socket:
@@ -120,11 +131,7 @@ def create_container(bundle: Path, pid_file: Path | None, console_socket: Path |
         raise
     for line in (d / "shim.log").read_text(errors="replace").splitlines():
         if "not supported, ignored:" in line:  # reported, never dropped silently
-            msg = line.split("WARNING runv-shim: ", 1)[-1]
-            if rt.log:  # where the client looks; our stderr is the container's
-                rt.write_log("warning", msg)
-            else:
-                click.echo(f"runv: warning: {msg}", err=True)
+            warn(rt, line.split("WARNING runv-shim: ", 1)[-1])
     if pid_file:
         write_pid_file(pid_file, proc.pid)
     return proc
@@ -362,9 +369,7 @@ def update(resources: str | None, memory: str | None, cpu_quota: str | None, cpu
     rt.store.load(cid)
     if resources == "-":
         sys.stdin.read()
-    msg = f"update of {cid}: resources of a running VM cannot change; ignored"
-    rt.write_log("warning", msg)
-    click.echo(f"runv: warning: {msg}", err=True)
+    warn(rt, f"update of {cid}: resources of a running VM cannot change; ignored")
 
 
 @cli.command(context_settings=CONTEXT)
