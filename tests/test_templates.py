@@ -98,3 +98,48 @@ def test_changed_agent_makes_a_new_template(hyperd: Daemon, tmp_path: Path) -> N
     assert new_home.exists() and not old_home.exists()
     assert json.loads((new_home / "meta.json").read_text())["digest"] == digests[1]
     shutil.rmtree(home)
+
+
+@pytest.fixture(scope="module")
+def pooled(busybox_tar: Path, tmp_path_factory):
+    """A hyperd keeping two VMs ready (pool policy)."""
+    d = Daemon(tmp_path_factory.mktemp("pool"), HYPERCONTAINER_BOOT="pool", HYPERCONTAINER_POOL="2")
+    d.start()
+    d.hyperctl("load", "-i", str(busybox_tar), check=True)
+    yield d
+    d.stop()
+
+
+def wait_pool_ready(d: Daemon) -> None:
+    """The pool fills in the background (once the template is built)."""
+    for _ in range(240):
+        pool = json.loads(d.hyperctl("info", "--json", check=True).stdout)["boot"]["pool"]
+        if pool["ready"] == pool["size"]:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the pool never filled")
+
+
+def pool_dirs(d: Daemon) -> list[str]:
+    pool = d.rundir / "pool"
+    return sorted(p.name for p in pool.iterdir()) if pool.exists() else []
+
+
+def test_pool_pods_behave_like_cold_ones_and_are_replaced(pooled: Daemon) -> None:
+    wait_pool_ready(pooled)
+    before = pool_dirs(pooled)
+    script = "echo out; echo err >&2; read x; echo got $x; hostname; head -c 16 /dev/urandom | od -An -tx1; exit 7"
+    outs = []
+    for name in ("pool-a", "pool-b"):
+        r = pooled.hyperctl("run", "-i", "--name", name, "--hostname", name, "busybox", "sh", "-c", script,
+                            input=b"hello\n")
+        assert r.returncode == 7 and r.stderr == b"err\n", r.stderr
+        lines = r.stdout.decode().split("\n")
+        assert lines[:3] == ["out", "got hello", name]
+        outs.append(lines[3])
+        info = json.loads(pooled.hyperctl("inspect", name, check=True).stdout)
+        assert info["vm"]["booted_from"].startswith("pool:") and "resumed" in info["timings"]
+        pooled.hyperctl("rm", name, check=True)
+    assert outs[0] != outs[1]  # two pool VMs of one template: their own random state
+    wait_pool_ready(pooled)  # taken VMs are replaced
+    assert len(pool_dirs(pooled)) == 2 and not set(pool_dirs(pooled)) & set(before)

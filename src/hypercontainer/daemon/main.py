@@ -23,6 +23,7 @@ from ..image.store import ImageStore
 from ..network.manager import DEFAULT_BRIDGE, DEFAULT_SUBNET, Network
 from ..pod.manager import PodManager
 from ..pod.pod import GuestAssets
+from ..pod.pool import Pool
 from ..pod.templates import Templates
 from ..vm.accel import detect
 from .api import DaemonInfo, create_app
@@ -88,14 +89,21 @@ async def serve(p: Paths) -> None:
     await network.setup()
     log.info("network: %s (%s)", network.mode, network.reason)
     boot = os.environ.get("HYPERCONTAINER_BOOT", "template")
-    if boot not in ("cold", "template"):
-        raise HCError(f"unknown boot policy {boot!r} (cold or template)")
+    if boot not in ("cold", "template", "pool"):
+        raise HCError(f"unknown boot policy {boot!r} (cold, template or pool)")
+    try:
+        pool_size = int(os.environ.get("HYPERCONTAINER_POOL", "0"))
+    except ValueError:
+        raise HCError("HYPERCONTAINER_POOL must be a number of VMs") from None
     templates = Templates(a.kernel, a.initrd, accel.name, a.digest, p.assets / "templates", p.run / "templates")
     templates.prune()
-    if boot == "template":
+    if boot != "cold":
         templates.ready(1, 256, network.mode != "none")  # the default pod, built in the background (cold until then)
+    pool = Pool(pool_size, templates, p.run / "pool", network) if pool_size else None
+    if pool:
+        pool.fill()
     manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name), network,
-                         templates, boot)
+                         templates, boot, pool)
     manager.live_restore = os.environ.get("HYPERCONTAINER_LIVE_RESTORE", "1") != "0"
     await manager.recover()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
@@ -130,13 +138,15 @@ async def serve(p: Paths) -> None:
                    "created, else user].")
 @click.option("--bridge", help=f"Bridge name [{DEFAULT_BRIDGE}].")
 @click.option("--subnet", help=f"Bridge subnet [{DEFAULT_SUBNET}].")
-@click.option("--boot", type=click.Choice(["cold", "template"]), default=None,
-              help="How pods start: a cold boot, or from a VM template [template; cold until it is built].")
+@click.option("--boot", type=click.Choice(["cold", "template", "pool"]), default=None,
+              help="How pods start: a cold boot, from a VM template, or a pre-started VM from the pool [template].")
+@click.option("--pool", "pool_size", type=click.IntRange(0, 64), default=None,
+              help="VMs kept started (from the template) and paused, ready for pods [0].")
 @click.option("--debug", is_flag=True, help="Verbose logs.")
 @click.version_option(__version__, prog_name="hyperd")
 def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_registry: tuple[str, ...],
          live_restore: bool | None, network: str | None, bridge: str | None, subnet: str | None,
-         boot: str | None, debug: bool) -> None:
+         boot: str | None, pool_size: int | None, debug: bool) -> None:
     """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
     if root:
         os.environ["HYPERCONTAINER_ROOT"] = str(root)
@@ -146,6 +156,8 @@ def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_re
         os.environ["HYPERCONTAINER_SOCKET"] = str(sock)
     if live_restore is not None:
         os.environ["HYPERCONTAINER_LIVE_RESTORE"] = "1" if live_restore else "0"
+    if pool_size is not None:
+        os.environ["HYPERCONTAINER_POOL"] = str(pool_size)
     for name, value in (("NETWORK", network), ("BRIDGE", bridge), ("SUBNET", subnet), ("BOOT", boot)):
         if value:
             os.environ[f"HYPERCONTAINER_{name}"] = value

@@ -148,8 +148,9 @@ class Network:
             raise InvalidArgument(f"bridge networking is not available: {self.reason or 'hyperd runs without it'}")
         return want  # type: ignore[return-value]
 
-    async def attach(self, pod_id: str, spec: PodSpec) -> Attachment | None:
-        """The pod's network, set up before its VM starts; on failure nothing is left."""
+    async def attach(self, pod_id: str, spec: PodSpec, tap: str | None = None) -> Attachment | None:
+        """The pod's network, set up before its VM starts; on failure nothing is left. `tap`: one made in
+        advance (a pool VM's), adopted instead of a new one."""
         mode = self.mode_for(spec)
         if mode == "none":
             return None
@@ -170,8 +171,9 @@ class Network:
                 socks.append(s)
                 ports.append(Published(p.host_ip, s.getsockname()[1], p.container_port, p.protocol))
             att = Attachment("bridge", mac_for(ip), str(ip), self.bridge.subnet.prefixlen, str(self.bridge.gateway),
-                             host_nameservers(), tap=tap_name(pod_id), ports=ports)
-            await asyncio.to_thread(self.bridge.add_tap, att.tap)
+                             host_nameservers(), tap=tap or tap_name(pod_id), ports=ports)
+            if not tap:
+                await asyncio.to_thread(self.bridge.add_tap, att.tap)
             self.pods[pod_id] = att
             if ports:
                 await self._apply_nat()

@@ -23,6 +23,7 @@ from ..storage.volumes import check_block_file, check_host_dir, remove_tree
 from .container import Container
 from .events import EventLog
 from .pod import GuestAssets, Pod
+from .pool import Pool
 from .records import PodRecords
 from .states import FINAL, PodState
 from .templates import Templates
@@ -33,11 +34,12 @@ log = logging.getLogger(__name__)
 class PodManager:
     def __init__(self, images: ImageStore, records: PodRecords, poddir: Path, rundir: Path,
                  assets: GuestAssets, network: Network | None = None, templates: Templates | None = None,
-                 boot: str = "cold") -> None:
+                 boot: str = "cold", pool: Pool | None = None) -> None:
         self.images, self.records = images, records
         self.network = network
         self.templates = templates
-        self.boot = boot  # the daemon's boot policy: cold | template
+        self.boot = boot  # the daemon's boot policy: cold | template | pool
+        self.pool = pool
         self.poddir, self.rundir, self.assets = poddir, rundir, assets
         self.pods: dict[str, Pod] = {}
         self._starts: dict[str, asyncio.Task] = {}
@@ -109,7 +111,7 @@ class PodManager:
             self.network.mode_for(spec)  # bridge asked for where there is none: refused now, not at start
         boot = self.boot if spec.boot == "default" else spec.boot
         pod = Pod(pod_id, name, spec, containers, self.poddir / pod_id, self.rundir / pod_id[:16], self.assets,
-                  self.network, self.templates, boot)
+                  self.network, self.templates, boot, self.pool)
         pod.on_change.append(self._persist)
         pod.on_event.append(self.events.record)
         self.pods[pod_id] = pod
@@ -218,7 +220,7 @@ class PodManager:
 
     async def _take_over(self, info: dict) -> bool:
         rt = info.get("runtime") or {}
-        rundir = self.rundir / info["id"][:16]
+        rundir = self._rundir_of(info)
         vm = procs.adopt(rt.get("vm_pid"), rt.get("vm_start"), str(rundir))
         if vm is None:
             return False
@@ -253,8 +255,10 @@ class PodManager:
                 c.exit_code, c.error = state["exit_code"], state["error"]
                 c.done.set()
             containers.append(c)
-        pod = Pod(info["id"], info["name"], spec, containers, self.poddir / info["id"], self.rundir / info["id"][:16],
+        pod = Pod(info["id"], info["name"], spec, containers, self.poddir / info["id"], self._rundir_of(info),
                   self.assets, self.network)
+        if rt.get("share_dir") and Path(rt["share_dir"]) != pod.share_dir:  # a pool VM's
+            pod._share_dir = Path(rt["share_dir"])
         pod.hostname, pod.created = info["hostname"], info["created"]
         pod._stream_seq = rt["stream_seq"]
         pod._generation = rt.get("generation", 0)
@@ -263,23 +267,31 @@ class PodManager:
         pod.on_event.append(self.events.record)
         return pod
 
+    def _rundir_of(self, info: dict) -> Path:
+        """Where the pod's sockets are: its own runtime directory, or the pool VM's it took."""
+        rt = info.get("runtime") or {}
+        return Path(rt["rundir"]) if rt.get("rundir") else self.rundir / info["id"][:16]
+
     def _release(self, info: dict) -> None:
         rt = info.get("runtime") or {}
-        rundir = self.rundir / info["id"][:16]
+        rundir = self._rundir_of(info)
         vm = procs.adopt(rt.get("vm_pid"), rt.get("vm_start"), str(rundir))  # still ours: same pid, same start
         if vm:
             with contextlib.suppress(ProcessLookupError, OSError):
                 vm.kill()
-        for mp in mounts_under(self.poddir / info["id"]):
-            with contextlib.suppress(OSError):
-                umount(mp)
+        for d in (self.poddir / info["id"], rundir):
+            for mp in mounts_under(d):
+                with contextlib.suppress(OSError):
+                    umount(mp)
         remove_tree(rundir)
 
     async def shutdown(self) -> None:
         """hyperd is stopping: starts in progress are undone; running pods are stopped (with live restore: left
-        running for the next hyperd)."""
+        running for the next hyperd); pool VMs go."""
         for pod_id in list(self._starts):
             self._starts[pod_id].cancel()
+        if self.pool:
+            await self.pool.close()
         if not self.live_restore:
             await asyncio.gather(*(p.stop() for p in list(self.pods.values())), return_exceptions=True)
             for p in list(self.pods.values()):

@@ -29,6 +29,7 @@ from ..storage.volumes import bind, make_shared, remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Disk, HostForward, Nic, Sockets, VMConfig
 from .container import Container, process_fields
+from .pool import Pool, Slot
 from .states import PodState, check
 from .templates import Template, Templates, vm_config
 from .users import resolve
@@ -83,7 +84,7 @@ def resolv_conf(spec: PodSpec, net: Attachment | None) -> str | None:
 class Pod:
     def __init__(self, pod_id: str, name: str, spec: PodSpec, containers: list[Container],
                  statedir: Path, rundir: Path, assets: GuestAssets, network: Network | None = None,
-                 templates: Templates | None = None, boot: str = "cold") -> None:
+                 templates: Templates | None = None, boot: str = "cold", pool: Pool | None = None) -> None:
         self.id, self.name, self.spec = pod_id, name, spec
         self.containers = containers
         self.statedir, self.rundir, self.assets = statedir, rundir, assets
@@ -95,7 +96,9 @@ class Pod:
         self.network = network
         self.net: Attachment | None = None
         self.templates = templates
-        self.boot = boot  # the policy: cold | template
+        self.boot = boot  # the policy: cold | template | pool
+        self.pool = pool
+        self._share_dir: Path | None = None  # a pool VM's share directory (its QEMU serves that one)
         self.booted_from: str | None = None  # what this start used: cold, or the template's key
         self.timings = Timings()
         self.error: str | None = None
@@ -115,7 +118,7 @@ class Pod:
 
     @property
     def share_dir(self) -> Path:
-        return self.statedir / "share"
+        return self._share_dir or self.statedir / "share"
 
     def _set(self, state: PodState) -> None:
         check(self.state, state, self.id[:12])
@@ -166,10 +169,13 @@ class Pod:
         self._watcher = asyncio.create_task(self._watch())
 
     async def _build(self) -> None:
+        slot = self._pool_slot()
+        if slot:  # the pool VM's directories become the pod's
+            self.rundir, self._share_dir = slot.rundir, slot.share_dir
         self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fields = []
         if self.network:
-            self.net = await self.network.attach(self.id, self.spec)
+            self.net = await self.network.attach(self.id, self.spec, tap=slot.tap if slot else None)
             self.timings.mark("network")
         make_shared(self.share_dir)
         for v in self.spec.volumes:
@@ -188,48 +194,58 @@ class Pod:
             c.mounts = self._prepare_mounts(c, root)
             fields.append(c.fields)
         self.timings.mark("rootfs")
-        template = self._template()
-        self.booted_from = template.home.name if template else "cold"
-        self.share = PodShare(self.share_dir, self.rundir, force_9p=template is not None)
+        template = None if slot else self._template()
+        self.booted_from = f"pool:{slot.template}" if slot else template.home.name if template else "cold"
+        clone = bool(slot or template)
+        self.share = PodShare(self.share_dir, self.rundir, force_9p=clone)
         share = await self.share.start()
         self.timings.mark("share")
         sockets = Sockets(self.rundir, logdir=self.statedir)
         res = self.spec.resources
+        cfg: VMConfig | None = None
         if template:
             cfg = vm_config(self.assets.kernel, self.assets.initrd, self.assets.accel, sockets, res.vcpu, res.memory,
                             self.share_dir, self._nic() or False, template, building=False)
-        else:
+        elif not slot:
             disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()))
             cfg = VMConfig(self.assets.kernel, self.assets.initrd, sockets, accel=self.assets.accel,  # type: ignore[arg-type]
                            cpus=res.vcpu, memory_mib=res.memory, share=share, disks=disks, nic=self._nic())
-        self.machine = Machine(cfg)
-        await self.machine.start()
-        self.timings.mark("qemu")
-        if template:
-            await self.machine.restore(template.state)
-            self.timings.mark("restored")
-        self.agent = AgentClient(sockets.ctl, sockets.io)
-        self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
-        await self.agent.connect()
-        await self._guest(self.agent.handshake(CLONE_HANDSHAKE if template else BOOT_TIMEOUT))
+        if slot:  # running already, agent connected: resume it
+            self.machine, self.agent = slot.machine, slot.agent
+            self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
+            await self.machine.qmp("cont")
+            self.timings.mark("resumed")
+        else:
+            assert cfg
+            self.machine = Machine(cfg)
+            await self.machine.start()
+            self.timings.mark("qemu")
+            if template:
+                await self.machine.restore(template.state)
+                self.timings.mark("restored")
+            self.agent = AgentClient(sockets.ctl, sockets.io)
+            self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
+            await self.agent.connect()
+            await self._guest(self.agent.handshake(CLONE_HANDSHAKE if template else BOOT_TIMEOUT))
         self.timings.mark("agent")
         if self.agent.guest_uptime is not None:
             self.timings.marks["guest_uptime_at_agent"] = self.agent.guest_uptime
         net = {"net_mac": self.net.mac, "net_addr": f"{self.net.address}/{self.net.prefixlen}",
                "net_gw": self.net.gateway} if self.net else {}
-        if template:  # a clone: the snapshot's clock and random state are not its own
+        if clone:  # a clone: the snapshot's clock and random state are not its own
             net.update(clock_ns=time.time_ns(), seed=os.urandom(32).hex())
         try:
             await asyncio.wait_for(self._guest(self.agent.request(Msg.START_POD, {
                 "hostname": self.hostname, "share": share.tag, "sharefs": share.kind, **net})),
-                CLONE_HANDSHAKE if template else None)
+                CLONE_HANDSHAKE if clone else None)
         except TimeoutError:
             raise VMError("the guest restored from the template did not answer START_POD") from None
-        if not self._start_containers:
-            return
-        for c, f in zip(self.containers, fields, strict=True):
-            await self._start_container(c, f)
-        self.timings.mark("started")
+        if self._start_containers:
+            for c, f in zip(self.containers, fields, strict=True):
+                await self._start_container(c, f)
+            self.timings.mark("started")
+        if self.pool and (slot or self.boot == "pool"):
+            self.pool.fill()
 
     def _nic(self) -> Nic | None:
         if not self.net:
@@ -237,10 +253,19 @@ class Pod:
         fwd = tuple(HostForward(p.protocol, p.host_ip, p.host_port, p.container_port) for p in self.net.ports)
         return Nic(self.net.mac, tap=self.net.tap, forwards=() if self.net.tap else fwd)
 
+    def _pool_slot(self) -> Slot | None:
+        """A pool VM, if the policy says so and one of this pod's shape is ready (else a template, else cold)."""
+        if self.boot != "pool" or not self.pool or self._block_volumes():
+            return None
+        mode = self.network.mode_for(self.spec) if self.network else "none"
+        if not self.pool.matches(self.spec.resources.vcpu, self.spec.resources.memory, mode):
+            return None
+        return self.pool.take()
+
     def _template(self) -> Template | None:
         """The template to start from, if the policy says so and one is ready (else a cold boot; the template is
         then built in the background). Pods with block volumes always boot cold (disks are not in templates)."""
-        if self.boot != "template" or not self.templates or self._block_volumes():
+        if self.boot not in ("template", "pool") or not self.templates or self._block_volumes():
             return None
         return self.templates.ready(self.spec.resources.vcpu, self.spec.resources.memory, self.net is not None)
 
@@ -617,6 +642,7 @@ class Pod:
             "vm_pid": vm.pid if vm else None, "vm_start": procs.start_time(vm.pid) if vm else None,
             "share_pid": share.pid if share else None, "share_start": procs.start_time(share.pid) if share else None,
             "stream_seq": self._stream_seq, "generation": self._generation,
+            "rundir": str(self.rundir), "share_dir": str(self.share_dir),
             "network": self.net.to_dict() if self.net else None,
             "containers": {c.name: {"stream": c.stream, "fields": c.fields, "mounts": c.mounts,
                                     "started": c.started.is_set(), "done": c.done.is_set(),

@@ -233,7 +233,7 @@ class PodSpec(Strict):
     restart_policy: Literal["Never", "OnFailure", "Always"] = "Never"
     auto_remove: bool = False
     network: Literal["default", "bridge", "user", "none"] = "default"
-    boot: Literal["default", "cold", "template"] = "default"
+    boot: Literal["default", "cold", "template", "pool"] = "default"
     ports: Annotated[list[PortMapping], Field(max_length=256)] = []
 
 

@@ -45,7 +45,8 @@ def make_shared(path: Path) -> None:
     """Turns `path` into a mount point whose later submounts propagate into copies of it, such as the one a
     virtiofsd sandbox holds: a container added to a running pod becomes visible to the guest."""
     path.mkdir(parents=True, exist_ok=True)
-    mount(str(path), path, "", MS_BIND)
+    if not path.is_mount():  # once: a second bind on top would hide what is mounted below the first
+        mount(str(path), path, "", MS_BIND)
     mount("none", path, "", MS_SHARED)
 
 

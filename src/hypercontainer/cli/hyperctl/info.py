@@ -36,6 +36,9 @@ def info(as_json: bool) -> None:
         f"Pods:             {i['pods']['total']} ({i['pods']['running']} running)",
         f"Images:           {i['images']}",
     ]
+    if pool := i["boot"].get("pool"):
+        lines.insert(lines.index(next(x for x in lines if x.startswith("Boot policy:"))) + 1,
+                     f"Pool:             {pool['ready']} of {pool['size']} VMs ready")
     for t in i.get("recent_boots", [])[:3]:
         lines.append("Recent boot:      " + ", ".join(f"{k} {v:.3f}s" for k, v in t.items()))
     click.echo("\n".join(lines))

@@ -155,8 +155,9 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
               help="Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]; no host port: any free one.")
 @click.option("--net", "--network", "network", type=click.Choice(["default", "bridge", "user", "none"]),
               default="default", show_default=True, help="Pod network (default: hyperd's mode).")
-@click.option("--boot", type=click.Choice(["default", "cold", "template"]), default="default", show_default=True,
-              help="Boot the VM cold, or start it from a VM template (default: hyperd's policy).")
+@click.option("--boot", type=click.Choice(["default", "cold", "template", "pool"]), default="default",
+              show_default=True, help="Boot the VM cold, start it from a VM template, or take a pre-started one from "
+                                      "hyperd's pool (default: hyperd's policy).")
 @click.option("-f", "--file", "podfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A pod spec (JSON or YAML), or a Kubernetes v1 Pod manifest; starts it detached.")
 @click.argument("image", required=False)
