@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,10 @@ from pydantic import ValidationError
 
 from hypercontainer.errors import InvalidArgument
 from hypercontainer.pod.users import resolve
+from hypercontainer.spec import oci
 from hypercontainer.spec.errors import invalid_spec
 from hypercontainer.spec.pod import PodSpec
+from hypercontainer.spec.publish import parse_publish
 
 
 def err(raw: dict) -> str:
@@ -65,3 +69,43 @@ def test_user_lookup_does_not_follow_symlinks_out_of_the_root(tmp_path: Path) ->
     assert os.path.exists("/etc/passwd")
     with pytest.raises(InvalidArgument):
         resolve(tmp_path, "root")
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("80", {"protocol": "tcp", "container_port": 80}),
+    ("8080:80", {"protocol": "tcp", "container_port": 80, "host_port": 8080}),
+    ("127.0.0.1:8080:80/udp", {"protocol": "udp", "container_port": 80, "host_port": 8080, "host_ip": "127.0.0.1"}),
+    ("127.0.0.1::80", {"protocol": "tcp", "container_port": 80, "host_ip": "127.0.0.1"}),
+])
+def test_publish_syntax(text: str, want: dict) -> None:
+    assert parse_publish(text) == want
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("0", "container port '0'"), ("65536:80", "host port '65536'"), ("80/sctp", "unknown protocol 'sctp'"),
+    ("1.2.3:80:80", "'1.2.3' is not an IPv4 address"), ("x:80", "host port 'x'"),
+])
+def test_publish_syntax_errors(text: str, why: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(why)):
+        parse_publish(text)
+
+
+def test_oci_config_reports_what_it_does_not_honour(tmp_path: Path) -> None:
+    (tmp_path / "rootfs").mkdir()
+    cfg = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+           "process": {"args": ["sh"], "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}]},
+           "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                      {"destination": "/data", "type": "bind", "source": str(tmp_path), "options": ["rbind"]},
+                      {"destination": "/mnt", "type": "nfs", "source": "server:/x"}],
+           "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}], "seccomp": {"defaultAction": "x"},
+                     "resources": {"memory": {"limit": 512 << 20}}}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    c = oci.load(tmp_path)
+    assert [m.destination for m in oci.bind_mounts(c)] == ["/data"]
+    reported = " | ".join(oci.unsupported(c))
+    for what in ("/mnt of type nfs", "network namespace /run/netns/x", "linux.seccomp", "linux.resources.memory"):
+        assert what in reported
+    cfg["process"]["rlimits"] = [{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InvalidArgument, match="unknown rlimit RLIMIT_BOGUS"):
+        oci.load(tmp_path)
