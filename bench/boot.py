@@ -62,16 +62,6 @@ def run_once(d: Daemon, boot: str) -> tuple[float, dict]:
     return took, info["timings"]
 
 
-def pool_ready(d: Daemon) -> None:
-    """Every run starts with the pool full (its refill would otherwise compete with the run for the CPUs)."""
-    for _ in range(600):
-        pool = json.loads(d.hyperctl("info", "--json", check=True).stdout)["boot"]["pool"]
-        if pool["ready"] == pool["size"]:
-            return
-        time.sleep(0.1)
-    raise SystemExit("the pool never filled")
-
-
 def pss_kib(pid: int) -> int:
     """PSS of a process and its children (virtiofsd's helpers), from smaps_rollup."""
     total = 0
@@ -123,11 +113,11 @@ def main() -> None:
         run_once(d, "cold"), floor_once(kernel, initrd, accel)  # warm caches
         times: dict[str, list[float]] = {"floor": [], "cold": [], "template": [], "pool": []}
         marks: dict[str, list[dict]] = {"cold": [], "template": [], "pool": []}
-        for _ in range(args.runs):
-            pool_ready(d)
+        for _ in range(args.runs):  # each run starts with the pool full (a refill would compete for the CPUs)
+            d.wait_pool_ready()
             times["floor"].append(floor_once(kernel, initrd, accel))
             for boot in ("cold", "template", "pool"):
-                pool_ready(d)
+                d.wait_pool_ready()
                 took, m = run_once(d, boot)
                 times[boot].append(took)
                 marks[boot].append(m)

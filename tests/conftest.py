@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -89,6 +90,15 @@ class Daemon:
 
     def popen(self, *args: str, **kw) -> subprocess.Popen:
         return subprocess.Popen([str(BIN / "hyperctl"), *args], env=self.env, **kw)
+
+    def wait_pool_ready(self, tries: int = 1200, every: float = 0.1) -> None:
+        """Until hyperd's warm pool is full (it fills in the background once the template is built)."""
+        for _ in range(tries):
+            pool = json.loads(self.hyperctl("info", "--json", check=True).stdout)["boot"]["pool"]
+            if pool["ready"] == pool["size"]:
+                return
+            time.sleep(every)
+        raise AssertionError("the pool never filled")
 
     @property
     def rundir(self) -> Path:

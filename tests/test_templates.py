@@ -110,23 +110,13 @@ def pooled(busybox_tar: Path, tmp_path_factory):
     d.stop()
 
 
-def wait_pool_ready(d: Daemon) -> None:
-    """The pool fills in the background (once the template is built)."""
-    for _ in range(240):
-        pool = json.loads(d.hyperctl("info", "--json", check=True).stdout)["boot"]["pool"]
-        if pool["ready"] == pool["size"]:
-            return
-        time.sleep(0.5)
-    raise AssertionError("the pool never filled")
-
-
 def pool_dirs(d: Daemon) -> list[str]:
     pool = d.rundir / "pool"
     return sorted(p.name for p in pool.iterdir()) if pool.exists() else []
 
 
 def test_pool_pods_behave_like_cold_ones_and_are_replaced(pooled: Daemon) -> None:
-    wait_pool_ready(pooled)
+    pooled.wait_pool_ready()
     before = pool_dirs(pooled)
     script = "echo out; echo err >&2; read x; echo got $x; hostname; head -c 16 /dev/urandom | od -An -tx1; exit 7"
     outs = []
@@ -141,5 +131,5 @@ def test_pool_pods_behave_like_cold_ones_and_are_replaced(pooled: Daemon) -> Non
         assert info["vm"]["booted_from"].startswith("pool:") and "resumed" in info["timings"]
         pooled.hyperctl("rm", name, check=True)
     assert outs[0] != outs[1]  # two pool VMs of one template: their own random state
-    wait_pool_ready(pooled)  # taken VMs are replaced
+    pooled.wait_pool_ready()  # taken VMs are replaced
     assert len(pool_dirs(pooled)) == 2 and not set(pool_dirs(pooled)) & set(before)

@@ -43,7 +43,7 @@ class Kernel:
         return h.hexdigest()
 
 
-def _run(argv: list[str], cwd: Path | None = None) -> str:
+def run(argv: list[str], cwd: Path | None = None) -> str:
     r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
     if r.returncode:
         raise KernelError(f"{' '.join(argv)} failed: {r.stderr.strip()[-500:]}")
@@ -125,9 +125,9 @@ def distro_kernel(cache: Path) -> Kernel:
     if not stamp.exists():
         tmp = Path(tempfile.mkdtemp(prefix=".kernel-", dir=cache))
         try:
-            _run(["apt-get", "download", package], cwd=tmp)
+            run(["apt-get", "download", package], cwd=tmp)
             deb = next(tmp.glob("*.deb"))
-            _run(["dpkg-deb", "-x", str(deb), str(tmp / "x")])
+            run(["dpkg-deb", "-x", str(deb), str(tmp / "x")])
             images = sorted((tmp / "x" / "boot").glob("vmlinuz-*"))
             if not images:
                 raise KernelError(f"{package} holds no /boot/vmlinuz-*")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .kernel import Kernel, KernelError, _run
+from .kernel import Kernel, KernelError, run
 
 FRAGMENT = Path(__file__).parent / "kernel_config" / "guest.config"
 RECIPE = "1"  # bump when the build steps change what comes out
@@ -81,29 +81,30 @@ def build(cache: Path, progress: Callable[[str], None] = print, jobs: int | None
     t0 = time.monotonic()
     try:
         progress(f"guest kernel: fetching {package} {version}")
-        _run(["apt-get", "download", package], cwd=tmp)
+        run(["apt-get", "download", package], cwd=tmp)
         deb = next(tmp.glob("*.deb"))
-        tarball = _run(["sh", "-c", f"dpkg-deb --fsys-tarfile '{deb}' | tar -t | grep -E 'linux-source-.*\\.tar'"]
-                       ).split()[0]
-        _run(["sh", "-c", f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{tmp}' '{tarball}'"])
+        run(["dpkg-deb", "-x", str(deb), str(tmp / "x")])
         deb.unlink()
+        tarballs = sorted((tmp / "x" / "usr" / "src").glob("linux-source-*.tar*"))
+        if not tarballs:
+            raise KernelError(f"{package} holds no /usr/src/linux-source-*.tar*")
         progress("guest kernel: unpacking the source")
-        _run(["tar", "-xf", str(tmp / tarball), "-C", str(tmp)])
-        (tmp / tarball).unlink()
+        run(["tar", "-xf", str(tarballs[0]), "-C", str(tmp)])
+        shutil.rmtree(tmp / "x")
         src = next(p for p in tmp.iterdir() if p.is_dir() and p.name.startswith("linux-source-"))
         progress("guest kernel: configuring (tinyconfig + guest.config)")
-        _run(["make", "-s", "tinyconfig"], cwd=src)
-        _run([str(src / "scripts" / "kconfig" / "merge_config.sh"), "-m", ".config", str(FRAGMENT)], cwd=src)
-        _run(["make", "-s", "olddefconfig"], cwd=src)
+        run(["make", "-s", "tinyconfig"], cwd=src)
+        run([str(src / "scripts" / "kconfig" / "merge_config.sh"), "-m", ".config", str(FRAGMENT)], cwd=src)
+        run(["make", "-s", "olddefconfig"], cwd=src)
         config = (src / ".config").read_text()
         missing = [o for o in REQUIRED if not _config_has(config, o)]
         if missing:
             raise KernelError(f"the kernel config lost {', '.join('CONFIG_' + o for o in missing)}")
         _make_with_progress(src, jobs or os.cpu_count() or 2, progress)
-        release = _run(["make", "-s", "kernelrelease"], cwd=src).strip()
+        release = run(["make", "-s", "kernelrelease"], cwd=src).strip()
         out = tmp / "out"
         out.mkdir()
-        _run(["strip", "--strip-debug", "-o", str(out / "vmlinux"), str(src / "vmlinux")])
+        run(["strip", "--strip-debug", "-o", str(out / "vmlinux"), str(src / "vmlinux")])
         shutil.copy2(src / ".config", out / "config")
         (out / "release").write_text(release + "\n")
         if home.exists():

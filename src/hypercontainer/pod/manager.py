@@ -279,10 +279,9 @@ class PodManager:
         if vm:
             with contextlib.suppress(ProcessLookupError, OSError):
                 vm.kill()
-        for d in (self.poddir / info["id"], rundir):
-            for mp in mounts_under(d):
-                with contextlib.suppress(OSError):
-                    umount(mp)
+        for mp in mounts_under(self.poddir / info["id"]):
+            with contextlib.suppress(OSError):
+                umount(mp)
         remove_tree(rundir)
 
     async def shutdown(self) -> None:

@@ -182,13 +182,9 @@ class Pod:
             if v.host_path:
                 bind(Path(v.host_path), self.share_dir / VOLUMES / v.name)
         for c in self.containers:
-            base = self.statedir / "containers" / c.name
             root = self.share_dir / c.name
             if not root.is_mount():
-                if c.rootfs:
-                    bind(c.rootfs, root)
-                else:
-                    mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
+                self._mount_root(c)
             if not c.fields:  # runv gives them from the OCI process
                 c.fields = process_fields(c.spec, c.image, root, self.hostname)
             c.mounts = self._prepare_mounts(c, root)
@@ -246,6 +242,17 @@ class Pod:
             self.timings.mark("started")
         if self.pool and (slot or self.boot == "pool"):
             self.pool.fill()
+
+    def _mount_root(self, c: Container) -> Path:
+        """The container's root under the pod share: its image layers as an overlay, or (runv) the bundle's root
+        bound in."""
+        root = self.share_dir / c.name
+        if c.rootfs:
+            bind(c.rootfs, root)
+        else:
+            base = self.statedir / "containers" / c.name
+            mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
+        return root
 
     def _nic(self) -> Nic | None:
         if not self.net:
@@ -422,8 +429,6 @@ class Pod:
             raise Conflict(f"pod {self.name} is {self.state.value}, not running")
         if any(x.name == c.name for x in self.containers):
             raise Conflict(f"pod {self.name} already has a container {c.name}")
-        base = self.statedir / "containers" / c.name
-        root = self.share_dir / c.name
         spec_before = self.spec
         bound = []
         try:
@@ -432,10 +437,7 @@ class Pod:
                     bind(Path(v.host_path), self.share_dir / VOLUMES / v.name)
                     bound.append(self.share_dir / VOLUMES / v.name)
             self.spec = self.spec.model_copy(update={"volumes": [*self.spec.volumes, *volumes]})
-            if c.rootfs:
-                bind(c.rootfs, root)
-            else:
-                mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
+            root = self._mount_root(c)
             bound.append(root)
             if not c.fields:
                 c.fields = process_fields(c.spec, c.image, root, self.hostname)

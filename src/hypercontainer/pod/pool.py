@@ -19,7 +19,6 @@ from pathlib import Path
 from ..network.links import Bridge
 from ..network.manager import Network
 from ..protocol.client import AgentClient
-from ..storage.mount import mounts_under, umount
 from ..storage.volumes import make_shared, remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Nic, Sockets
@@ -104,7 +103,7 @@ class Pool:
             if tap:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(Bridge.remove_tap, tap)
-            release_dir(rundir)
+            remove_tree(rundir)
             raise
         return Slot(rundir, share, machine, agent, template.home.name, tap)
 
@@ -120,12 +119,8 @@ class Pool:
             if slot.tap:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(Bridge.remove_tap, slot.tap)
-            release_dir(slot.rundir)
+            remove_tree(slot.rundir)
         self.ready.clear()
 
-
-def release_dir(rundir: Path) -> None:
-    for mp in mounts_under(rundir):
-        with contextlib.suppress(OSError):
-            umount(mp)
-    remove_tree(rundir)
+    def info(self) -> dict:
+        return {"size": self.size, "ready": len(self.ready)}

@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -232,16 +231,11 @@ def stop_shim(store: Store, cid: str, st: dict) -> None:
 
 
 def cleanup(store: Store, cid: str) -> None:
-    from ...storage.mount import mounts_under, umount
+    """The container's state and runtime directories (remove_tree detaches what is still mounted below)."""
     from ...storage.volumes import remove_tree
 
-    d = store.dir(cid)
-    for mp in mounts_under(d):
-        with contextlib.suppress(OSError):
-            umount(mp)
-    if d.exists():
-        remove_tree(d)
-    shutil.rmtree(store.rundir(cid), ignore_errors=True)
+    remove_tree(store.dir(cid))
+    remove_tree(store.rundir(cid))
 
 
 # ---- processes -----------------------------------------------------------------------------------------------
@@ -339,20 +333,21 @@ def list_cmd(fmt: str, quiet: bool) -> None:
 @click.argument("cid")
 def pause(cid: str) -> None:
     """Pause the container (its VM's CPUs stop)."""
-    rt = runtime()
-    if rt.store.load(cid)["status"] != "running":
-        raise HCError("container not running")
-    wire.request(rt.store.sock(cid), {"op": "pause"})
+    ask_shim(cid, "pause", needs="running")
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("cid")
 def resume(cid: str) -> None:
     """Resume a paused container."""
+    ask_shim(cid, "resume", needs="paused")
+
+
+def ask_shim(cid: str, op: str, needs: str) -> None:
     rt = runtime()
-    if rt.store.load(cid)["status"] != "paused":
-        raise HCError("container not paused")
-    wire.request(rt.store.sock(cid), {"op": "resume"})
+    if rt.store.load(cid)["status"] != needs:
+        raise HCError(f"container not {needs}")
+    wire.request(rt.store.sock(cid), {"op": op})
 
 
 @cli.command(context_settings=CONTEXT)

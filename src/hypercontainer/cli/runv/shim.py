@@ -54,7 +54,7 @@ UNLIMITED = 2**64 - 1
 MAX_FILE = 1 << 20
 
 
-def process_fields(cfg: oci.Config) -> dict:
+def oci_fields(cfg: oci.Config) -> dict:
     """NEW_CONTAINER/EXEC fields from an OCI process."""
     p = cfg.process
     assert p
@@ -161,7 +161,7 @@ class Shim:
                       size=0, created="")
         statedir = self.store.dir(self.cid) / "pod"
         self.container = Container(spec.containers[0], image, stream=2, log_path=statedir / "logs" / "ctr.log",
-                                   fields=process_fields(cfg), rootfs=root)
+                                   fields=oci_fields(cfg), rootfs=root)
         (statedir / "logs").mkdir(parents=True, exist_ok=True)
         self.pod = Pod(self.cid, self.cid[:63], spec, [self.container], statedir, self.store.rundir(self.cid),
                        GuestAssets(a.kernel, a.initrd, accel.name), None, templates, "template")
@@ -441,7 +441,7 @@ class Member(Shim):
             raise HCError(f"root {root} is not a directory")
         cspec, volumes = container_parts(cfg, member_name(self.cid))
         reader, writer = await asyncio.open_unix_connection(str(self.store.sock(sandbox)))
-        writer.write(json.dumps({"op": "join", "spec": cspec, "volumes": volumes, "fields": process_fields(cfg),
+        writer.write(json.dumps({"op": "join", "spec": cspec, "volumes": volumes, "fields": oci_fields(cfg),
                                  "rootfs": str(root)}).encode() + b"\n")
         await writer.drain()
         reply = json.loads(await reader.readline() or b'{"ok": false, "error": "the sandbox shim went away"}')
