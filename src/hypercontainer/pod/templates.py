@@ -5,11 +5,11 @@ cold boot, each with its own copy-on-write view of the template's memory.
     <assets>/templates/<key>/state       QEMU's device state (migration stream without RAM: x-ignore-shared)
     <assets>/templates/<key>/meta.json   what it was made from
 
-The key covers kernel + initramfs (so the agent), accelerator, vCPUs, memory and this recipe: changing any of
-them makes a new template, and hyperd removes the ones that no longer match. The device set is fixed so that
-every clone matches it: the pod share over 9p (QEMU serves it; the guest mounts it only at START_POD, after the
-restore — virtio-fs could not be migrated at all), a NIC on an isolated hub (a clone's NIC gets its real backend),
-no disks. The host stays connected to the agent's ports while the state is saved, so a clone's guest never
+The key covers kernel + initramfs (so the agent), kernel command line, accelerator, vCPUs, memory and this recipe:
+changing any of them makes a new template, and hyperd removes the ones that no longer match. The device set is fixed
+so that every clone matches it: the pod share over 9p (QEMU serves it; the guest mounts it only at START_POD, after
+the restore — virtio-fs could not be migrated at all), a NIC on an isolated hub (a clone's NIC gets its real
+backend), no disks. The host stays connected to the agent's ports while the state is saved, so a clone's guest never
 sees a disconnection (one seen at snapshot time left restored guests deaf to later requests now and then).
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from ..protocol.client import AgentClient
 from ..storage.share import SHARE_TAG
 from ..vm.machine import Machine
-from ..vm.qemu import Nic, Share, Sockets, VMConfig, qemu_binary
+from ..vm.qemu import Nic, Share, Sockets, VMConfig, boot_args, qemu_binary
 
 log = logging.getLogger(__name__)
 RECIPE = "1"
@@ -79,7 +79,8 @@ class Templates:
         self.failures: dict[str, str] = {}
 
     def key(self, cpus: int, memory: int, nic: bool = True) -> str:
-        text = f"{RECIPE}:{self.digest}:{self.accel}:{cpus}:{memory}:{nic}:{self._qemu}"
+        args = " ".join(boot_args(self.accel))
+        text = f"{RECIPE}:{self.digest}:{self.accel}:{args}:{cpus}:{memory}:{nic}:{self._qemu}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def ready(self, cpus: int, memory: int, nic: bool = True) -> Template | None:

@@ -9,6 +9,7 @@ import click
 
 from ... import __version__
 from ...errors import HCError
+from .. import leave_after
 
 # Which module holds each verb: only the invoked one is imported (start-up time counts in every `run`).
 VERBS = {
@@ -39,6 +40,10 @@ def cli() -> None:
 
 
 def main() -> None:
+    leave_after(_main)
+
+
+def _main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -18,6 +18,7 @@ import click
 from ... import __version__
 from ...errors import HCError, InvalidArgument, NotFound
 from ...signals import parse_signal
+from .. import leave_after
 from . import wire
 from .state import OCI_VERSION, Store, check_id, oci_state
 
@@ -400,6 +401,10 @@ def spec(bundle: Path, rootless: bool) -> None:
 
 
 def main() -> None:
+    leave_after(_main)
+
+
+def _main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:
