@@ -133,3 +133,41 @@ def test_pool_pods_behave_like_cold_ones_and_are_replaced(pooled: Daemon) -> Non
     assert outs[0] != outs[1]  # two pool VMs of one template: their own random state
     pooled.wait_pool_ready()  # taken VMs are replaced
     assert len(pool_dirs(pooled)) == 2 and not set(pool_dirs(pooled)) & set(before)
+
+
+def qemus_under(path: Path) -> set[int]:
+    """The QEMU processes whose command line names something under `path`."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"qemu-system" in argv and str(path).encode() in argv:
+            found.add(int(proc.name))
+    return found
+
+
+def test_a_crashed_hyperds_pool_vms_go_and_its_pool_pods_stay(busybox_tar: Path, tmp_path: Path) -> None:
+    d = Daemon(tmp_path, HYPERCONTAINER_BOOT="pool", HYPERCONTAINER_POOL="1")
+    d.start()
+    try:
+        d.hyperctl("load", "-i", str(busybox_tar), check=True)
+        d.wait_pool_ready()
+        d.hyperctl("run", "-d", "--name", "kept", "busybox", "sleep", "300", check=True)
+        info = json.loads(d.hyperctl("inspect", "kept", check=True).stdout)
+        assert info["vm"]["booted_from"].startswith("pool:")
+        pod_dir = Path(info["runtime"]["rundir"])
+        d.wait_pool_ready()  # a spare VM besides the pod's
+        assert len(qemus_under(d.rundir / "pool")) == 2 and len(pool_dirs(d)) == 2
+        d.proc.kill()  # type: ignore[union-attr]
+        d.proc.wait()  # type: ignore[union-attr]
+        d.env["HYPERCONTAINER_POOL"] = "0"
+        d.start()
+        assert qemus_under(d.rundir / "pool") == qemus_under(pod_dir)  # the spare's QEMU is gone, the pod's runs
+        assert pool_dirs(d) == [pod_dir.name]
+        r = d.hyperctl("exec", "kept", "echo", "still here")
+        assert r.returncode == 0 and r.stdout == b"still here\n", r.stderr
+    finally:
+        d.stop()
+    assert not qemus_under(tmp_path)

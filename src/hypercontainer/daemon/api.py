@@ -138,7 +138,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
             "root": info.root,
             "network": manager.network.info() if manager.network else {"mode": "none", "reason": "disabled"},
             "boot": {"policy": manager.boot, "templates": manager.templates.list() if manager.templates else [],
-                     "pool": manager.pool.info() if manager.pool else None},
+                     "pool": manager.pool.info() if manager.pool and manager.pool.size else None},
             "pods": {"total": len(pods), "running": sum(p["state"] == "running" for p in pods)},
             "images": len(images.list()),
             "recent_boots": recent,

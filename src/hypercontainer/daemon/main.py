@@ -99,13 +99,12 @@ async def serve(p: Paths) -> None:
     templates.prune()
     if boot != "cold":
         templates.ready(1, 256, network.mode != "none")  # the default pod, built in the background (cold until then)
-    pool = Pool(pool_size, templates, p.run / "pool", network) if pool_size else None
-    if pool:
-        pool.fill()
+    pool = Pool(pool_size, templates, p.run / "pool", network)
     manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name), network,
                          templates, boot, pool)
     manager.live_restore = os.environ.get("HYPERCONTAINER_LIVE_RESTORE", "1") != "0"
-    await manager.recover()
+    await manager.recover()  # also removes pool VMs a crashed hyperd left (with or without a pool now)
+    pool.fill()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
                       str(p.root))
     insecure = {r for r in os.environ.get("HYPERCONTAINER_INSECURE_REGISTRIES", "").split(",") if r}

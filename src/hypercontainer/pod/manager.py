@@ -215,6 +215,8 @@ class PodManager:
                 self._remove_stale(info["id"])
                 continue
             self._stale[info["id"]] = info
+        if self.pool and (n := self.pool.sweep({self._rundir_of(i) for i in live if i["id"] in taken_ids})):
+            log.info("removed %d pool VMs an earlier hyperd left", n)
         if self.network:
             await self.network.reconcile(set(self.pods))
 

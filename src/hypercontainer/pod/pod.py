@@ -228,12 +228,12 @@ class Pod:
             self.timings.marks["guest_uptime_at_agent"] = self.agent.guest_uptime
         net = {"net_mac": self.net.mac, "net_addr": f"{self.net.address}/{self.net.prefixlen}",
                "net_gw": self.net.gateway} if self.net else {}
-        if clone:  # a clone: the snapshot's clock and random state are not its own
-            net.update(clock_ns=time.time_ns(), seed=os.urandom(32).hex())
+        if clone:  # a clone: the snapshot's clock and random state are not its own (a pool VM reseeded already)
+            net.update(clock_ns=time.time_ns(), **({} if slot else {"seed": os.urandom(32).hex()}))
+        mount = {} if slot else {"share": share.tag, "sharefs": share.kind}  # a pool VM has its share mounted
         try:
             await asyncio.wait_for(self._guest(self.agent.request(Msg.START_POD, {
-                "hostname": self.hostname, "share": share.tag, "sharefs": share.kind, **net})),
-                CLONE_HANDSHAKE if clone else None)
+                "hostname": self.hostname, **mount, **net})), CLONE_HANDSHAKE if clone else None)
         except TimeoutError:
             raise VMError("the guest restored from the template did not answer START_POD") from None
         if self._start_containers:
