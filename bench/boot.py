@@ -133,7 +133,12 @@ def main() -> None:
     for k, label in labels.items():
         v = times[k]
         print(f"{label:40s} median {med[k]:6.3f} s  (min {min(v):.3f}, max {max(v):.3f})")
+    served = {b: statistics.median(m["exited"] for m in marks[b]) for b in ("cold", "template", "pool")}
+    cli = {b: statistics.median(t - m["exited"] for t, m in zip(times[b], marks[b], strict=True))
+           for b in ("cold", "template", "pool")}
     print(f"\n{'cold / floor':40s} {med['cold'] / med['floor']:6.2f}   (target <= 1.10)")
+    print(f"{'  without hyperctl (hyperd: request to exit)':40s} {served['cold'] / med['floor']:6.2f}   "
+          f"(hyperctl's own start, connect and exit: {cli['cold']:.3f} s cold, {cli['template']:.3f} s template)")
     print(f"{'template / floor':40s} {med['template'] / med['floor']:6.2f}")
     print(f"{'template / cold':40s} {med['template'] / med['cold']:6.2f}   (template target <= 0.35 s here)")
     print(f"{'pool / template':40s} {med['pool'] / med['template']:6.2f}\n")

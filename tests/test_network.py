@@ -262,3 +262,29 @@ def test_template_clones_get_their_own_mac_and_address(net: Daemon) -> None:
         assert r.returncode == 0, r.stdout + r.stderr
     finally:
         net.hyperctl("rm", "-f", "mac-a", "mac-b")
+
+
+def test_pool_pod_on_the_bridge(net: Daemon) -> None:
+    """A pool VM (its tap made in advance, its share mounted before it was paused) becomes a pod with its own MAC
+    and address and serves a published port; what the pod had goes with it. hyperd is restarted with a pool."""
+    net.proc.terminate()  # type: ignore[union-attr]
+    net.proc.wait()  # type: ignore[union-attr]
+    net.env["HYPERCONTAINER_POOL"] = "1"
+    net.start()
+    net.wait_pool_ready()
+    port = free_port(net)
+    try:
+        httpd(net, "--name", "pooled", "--boot", "pool", "-p", f"{port}:80")
+        info = inspect(net, "pooled")
+        assert info["vm"]["booted_from"].startswith("pool:") and info["network"]["tap"].startswith("hcpool")
+        r = net.hyperctl("exec", "pooled", "sh", "-c", "cat /sys/class/net/eth0/address; ip -o -4 addr show eth0")
+        mac, addr = r.stdout.decode().split("\n")[:2]
+        assert mac == info["network"]["mac"] and f"inet {info['network']['ip']}/16" in addr
+        assert fetch(net.host, f"http://127.0.0.1:{port}/") == "served from a pod\n"
+        assert fetch(net.world, f"http://{HOST_IP}:{port}/") == "served from a pod\n"
+    finally:
+        net.hyperctl("rm", "-f", "pooled", check=True)
+    net.wait_pool_ready()  # refilled: a fresh VM with a fresh tap
+    assert info["network"]["tap"] not in taps(net)
+    assert all(t.startswith("hcpool") for t in taps(net)) and leases(net) == []
+    assert "dnat" not in nat_rules(net).replace("ct status dnat", "")
