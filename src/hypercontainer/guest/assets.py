@@ -5,6 +5,9 @@
     <assets>/agent-<hash>/        the static agent built from guest/agent/*
     <assets>/initrd-<hash>.cpio   /init (the agent) + modules + load list
     <assets>/current.json         what the daemon boots
+
+Agents, initramfs images and kernel builds that are no longer current are removed a day after they were made
+(a hyperd started before they were replaced may still boot from them until it restarts).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from . import initramfs, kernel_build
 from .kernel import Kernel, KernelError, distro_kernel
 
 AGENT_SRC = Path(__file__).parent / "agent"
+STALE_AFTER = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,30 @@ def ensure(cache: Path) -> Assets:
     tmp = current.with_suffix(".tmp")
     tmp.write_text(assets.to_json())
     tmp.rename(current)
+    prune(cache, assets)
     return assets
+
+
+def prune(cache: Path, keep: Assets, now: float | None = None) -> list[Path]:
+    """Removes agents, initramfs images and (when ours is in use) kernel builds other than `keep`'s that are
+    older than STALE_AFTER. The distribution's kernel stays: it is the fallback."""
+    now = time.time() if now is None else now
+    kernel_home = keep.kernel.parent
+    own_in_use = kernel_home.parent == cache and kernel_home.name.startswith("kernel-own-")
+    candidates = [*cache.glob("agent-*"), *cache.glob("initrd-*.cpio"),
+                  *(cache.glob("kernel-own-*") if own_in_use else ())]
+    gone = []
+    for path in candidates:
+        if path in (keep.initrd, kernel_home, cache / f"agent-{keep.agent_hash}"):
+            continue
+        try:
+            if path.lstat().st_mtime > now - STALE_AFTER:
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError:
+            continue
+        gone.append(path)
+    return gone
 
 
 def current(cache: Path) -> Assets:
