@@ -92,18 +92,24 @@ def test_publish_syntax_errors(text: str, why: str) -> None:
 
 def test_oci_config_reports_what_it_does_not_honour(tmp_path: Path) -> None:
     (tmp_path / "rootfs").mkdir()
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
     cfg = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
            "process": {"args": ["sh"], "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}]},
            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
                       {"destination": "/data", "type": "bind", "source": str(tmp_path), "options": ["rbind"]},
+                      {"destination": "/etc/hosts", "type": "bind", "source": str(hosts), "options": ["rbind"]},
+                      {"destination": "/dev/x", "type": "bind", "source": "/dev/null", "options": ["rbind"]},
                       {"destination": "/mnt", "type": "nfs", "source": "server:/x"}],
            "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}], "seccomp": {"defaultAction": "x"},
                      "resources": {"memory": {"limit": 512 << 20}}}}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     c = oci.load(tmp_path)
-    assert [m.destination for m in oci.bind_mounts(c)] == ["/data"]
+    assert [m.destination for m in oci.bind_mounts(c)] == ["/data", "/etc/hosts", "/dev/x"]
     reported = " | ".join(oci.unsupported(c))
-    for what in ("/mnt of type nfs", "network namespace /run/netns/x", "linux.seccomp", "linux.resources.memory"):
+    assert "/etc/hosts" not in reported  # copied in
+    for what in ("/dev/null on /dev/x", "/mnt of type nfs", "network namespace /run/netns/x", "linux.seccomp",
+                 "linux.resources.memory"):
         assert what in reported
     cfg["process"]["rlimits"] = [{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]
     (tmp_path / "config.json").write_text(json.dumps(cfg))

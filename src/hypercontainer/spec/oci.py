@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InvalidArgument
 
+MAX_COPIED_FILE = 1 << 20
+
 GUEST_MOUNTS = {"/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys/fs/cgroup"}
 RLIMIT_NAMES = {"RLIMIT_AS": "as", "RLIMIT_CORE": "core", "RLIMIT_CPU": "cpu", "RLIMIT_DATA": "data",
                 "RLIMIT_FSIZE": "fsize", "RLIMIT_LOCKS": "locks", "RLIMIT_MEMLOCK": "memlock",
@@ -103,6 +105,14 @@ def root_path(bundle: Path, cfg: Config) -> Path:
     return root if root.is_absolute() else bundle / root
 
 
+def copied_in(path: Path) -> bool:
+    """A bind-mounted file runv copies into the container at create (hosts, resolv.conf, hostname, ...)."""
+    try:
+        return path.is_file() and path.stat().st_size <= MAX_COPIED_FILE
+    except OSError:
+        return False
+
+
 def bind_mounts(cfg: Config) -> list[Mount]:
     """The mounts runv makes in the VM: host directories bound in (proc, sys, dev and friends are the guest's)."""
     return [m for m in cfg.mounts if m.destination not in GUEST_MOUNTS and
@@ -122,8 +132,9 @@ def unsupported(cfg: Config) -> list[str]:
         is_bind = m.type == "bind" or "bind" in m.options or "rbind" in m.options
         if not is_bind and m.type != "tmpfs":
             out.append(f"mount {m.destination} of type {m.type} (only bind and tmpfs mounts are supported)")
-        elif is_bind and m.source and not Path(m.source).is_dir():
-            out.append(f"bind mount of the file {m.source} on {m.destination} (only directories are shared)")
+        elif is_bind and m.source and not copied_in(Path(m.source)) and not Path(m.source).is_dir():
+            out.append(f"bind mount of {m.source} on {m.destination} (directories are shared and regular files of "
+                       f"up to {MAX_COPIED_FILE >> 10} KiB copied in; this is neither)")
     linux = cfg.linux
     for ns in linux.get("namespaces") or []:
         if ns.get("type") == "network" and ns.get("path"):

@@ -51,7 +51,6 @@ FORWARDED = [s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGST
                                                    signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP,
                                                    signal.SIGCONT, signal.SIGURG)]
 UNLIMITED = 2**64 - 1
-MAX_FILE = 1 << 20
 
 
 def oci_fields(cfg: oci.Config) -> dict:
@@ -87,7 +86,7 @@ def container_parts(cfg: oci.Config, name: str) -> tuple[dict, list[dict]]:
         if src.is_dir():
             volumes.append({"name": f"{name}-b{i}", "host_path": str(src)})
             mounts.append({"name": f"{name}-b{i}", "path": m.destination, "readonly": "ro" in m.options})
-        elif src.is_file() and src.stat().st_size <= MAX_FILE:
+        elif oci.copied_in(src):
             files.append({"path": m.destination, "base64": base64.b64encode(src.read_bytes()).decode(),
                           "mode": src.stat().st_mode & 0o7777})
     for i, m in enumerate(oci.tmpfs_mounts(cfg)):
