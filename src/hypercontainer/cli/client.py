@@ -1,4 +1,5 @@
-"""hyperctl's connection to hyperd: REST over the unix socket (httpx), attach streams over a websocket."""
+"""hyperctl's connection to hyperd: REST over the unix socket (cli/rest.py, imported on first use: `hyperctl run`
+needs only the websocket, and start-up time counts), attach streams over a websocket."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import httpx
+    from .rest import Rest
 
 from ..config import paths
 from ..errors import BY_CODE, CommandNotRunnable, HCError, Unavailable
@@ -33,67 +34,29 @@ def error_from(body: Any, status: int) -> HCError:
 
 
 class Client:
-    """httpx is imported on first use: `hyperctl run` needs only the websocket, and start-up time counts."""
+    """hyperd's API: REST calls (cli/rest.py, loaded on the first one) and attach websockets."""
 
     def __init__(self, sock: Path | None = None, timeout: float | None = 120.0) -> None:
         self.sock = sock or socket_path()
         self.timeout = timeout
-        self._http: httpx.Client | None = None
+        self._rest: Rest | None = None
 
     @property
-    def http(self) -> httpx.Client:
-        if self._http is None:
-            import httpx
+    def rest(self) -> Rest:
+        if self._rest is None:
+            from .rest import Rest
 
-            self._http = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)), base_url="http://hyperd",
-                                      timeout=self.timeout)
-        return self._http
+            self._rest = Rest(self.sock, self.timeout)
+        return self._rest
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
-        import httpx
-
-        try:
-            r = self.http.request(method, path, **kw)
-        except (httpx.ConnectError, FileNotFoundError) as e:
-            raise unavailable(self.sock, e) from None
-        except httpx.TransportError as e:
-            raise HCError(f"lost the connection to hyperd: {e}") from None
-        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
-        if r.status_code >= 400:
-            raise error_from(body, r.status_code)
-        return body
+        return self.rest.request(method, path, **kw)
 
     def stream_lines(self, path: str, method: str = "GET", json: Any = None, **params: Any) -> Iterator[bytes]:
-        import httpx
-
-        try:
-            with self.http.stream(method, path, params=params, json=json, timeout=None) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise error_from(r.json(), r.status_code)
-                for line in r.iter_lines():
-                    yield line.encode()
-        except (httpx.ConnectError, FileNotFoundError) as e:
-            raise unavailable(self.sock, e) from None
+        return self.rest.stream_lines(path, method, json, **params)
 
     def download(self, path: str, dest: Path, params: dict) -> None:
-        """Streams a response body into dest (written to a temp file, then renamed)."""
-        import httpx
-
-        tmp = dest.with_name(f".{dest.name}.part")
-        try:
-            with self.http.stream("GET", path, params=params, timeout=None) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise error_from(r.json(), r.status_code)
-                with open(tmp, "wb") as f:
-                    for chunk in r.iter_bytes(1 << 20):
-                        f.write(chunk)
-            tmp.rename(dest)
-        except (httpx.ConnectError, FileNotFoundError) as e:
-            raise unavailable(self.sock, e) from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        self.rest.download(path, dest, params)
 
     def upload(self, path: str, file: Path) -> Any:
         def chunks() -> Iterator[bytes]:
