@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import shlex
+import os
 import time
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from ..errors import VMError
 from .qemu import AGENT_CHARDEVS, Sockets, VMConfig, command, socket_backend
 
 log = logging.getLogger(__name__)
+STATE_FD = "template-state"
 IGNORE_SHARED = ("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
 
 
@@ -111,7 +112,8 @@ class Machine:
         async with self.monitor() as qmp:
             await qmp.execute("stop")
             await qmp.execute(*IGNORE_SHARED)
-            await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
+            await self._pass_fd(qmp, os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
+            await qmp.execute("migrate", {"uri": f"fd:{STATE_FD}"})
             await self._migration_done(qmp, timeout)
 
     async def restore(self, state: Path, timeout: float = 30.0) -> None:
@@ -119,9 +121,19 @@ class Machine:
         mapped copy-on-write) and runs it."""
         async with self.monitor() as qmp:
             await qmp.execute(*IGNORE_SHARED)
-            await qmp.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"})
+            await self._pass_fd(qmp, os.open(state, os.O_RDONLY | os.O_CLOEXEC))
+            await qmp.execute("migrate-incoming", {"uri": f"fd:{STATE_FD}"})
             await self._migration_done(qmp, timeout)
             await qmp.execute("cont")
+
+    @staticmethod
+    async def _pass_fd(qmp: QMPClient, fd: int) -> None:
+        """Hands QEMU the state file as an open fd (SCM_RIGHTS + getfd): it opens nothing itself, and no shell."""
+        try:
+            qmp.send_fd_scm(fd)
+            await qmp.execute("getfd", {"fdname": STATE_FD})
+        finally:
+            os.close(fd)
 
     async def _migration_done(self, qmp: QMPClient, timeout: float) -> None:
         deadline = time.monotonic() + timeout
