@@ -103,9 +103,7 @@ class Pool:
                                     self.cpus, self.memory, share, nic, template, building=False))
         agent = AgentClient(sockets.ctl, sockets.io)
         try:
-            await machine.start()
-            assert machine.pid
-            (rundir / VM_RECORD).write_text(json.dumps({"pid": machine.pid, "start": procs.start_time(machine.pid)}))
+            await machine.start(record=rundir / VM_RECORD)
             await machine.restore(template.state)
             await agent.connect()
             await asyncio.wait_for(agent.handshake(HANDSHAKE), HANDSHAKE)

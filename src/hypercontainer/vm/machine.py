@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -33,11 +34,15 @@ class Machine:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    async def start(self) -> None:
+    async def start(self, record: Path | None = None) -> None:
+        """`record`: a file that gets QEMU's pid and start time as soon as it is spawned (who finds the file after
+        a crash can tell that QEMU from a process that reused its pid)."""
         argv = command(self.cfg)
         log.debug("qemu: %s", " ".join(argv))
         self.started_at = time.monotonic()
         self.proc = await procs.spawn(argv, log=self.cfg.sockets.qemu_log)
+        if record:
+            record.write_text(json.dumps({"pid": self.proc.pid, "start": procs.start_time(self.proc.pid)}))
         wait_on = self.cfg.sockets.ctl if self.cfg.with_ports else self.cfg.sockets.qmp
         try:
             await procs.wait_for_path(wait_on, self.proc, 10.0, "qemu")
