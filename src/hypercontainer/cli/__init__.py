@@ -6,7 +6,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    import click
+
+    from ..errors import HCError
 
 
 def leave_after(main: Callable[[], object]) -> NoReturn:
@@ -25,3 +30,30 @@ def leave_after(main: Callable[[], object]) -> NoReturn:
         with contextlib.suppress(Exception):  # a closed pipe (hyperctl ps | head): nothing more to say
             stream.flush()
     os._exit(code or 0)
+
+
+def run_cli(group: click.Group, prog: str, usage_exit: int, error_exit: Callable[[HCError], int],
+            report: Callable[[str], None] | None = None) -> NoReturn:
+    """A click group's main for hyperctl and runv: usage errors exit `usage_exit`, Ctrl-C 130, our errors are
+    printed as "PROG: message" (and handed to `report`) and exit `error_exit(e)`; then leave_after."""
+    import click
+
+    from ..errors import HCError
+
+    def main() -> None:
+        try:
+            group.main(standalone_mode=False)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(usage_exit)
+        except click.exceptions.Abort:
+            sys.exit(130)
+        except HCError as e:
+            if report:
+                report(e.message)
+            click.echo(f"{prog}: {e.message}", err=True)
+            sys.exit(error_exit(e))
+
+    leave_after(main)

@@ -8,8 +8,7 @@ import sys
 import click
 
 from ... import __version__
-from ...errors import HCError
-from .. import leave_after
+from .. import run_cli
 
 # Which module holds each verb: only the invoked one is imported (start-up time counts in every `run`).
 VERBS = {
@@ -40,20 +39,7 @@ def cli() -> None:
 
 
 def main() -> None:
-    leave_after(_main)
-
-
-def _main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(125 if sys.argv[1:2] in (["run"], ["exec"]) else 2)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except HCError as e:
-        click.echo(f"hyperctl: {e.message}", err=True)
-        sys.exit(e.exit_code if sys.argv[1:2] in (["run"], ["exec"]) else 1)
-    sys.exit(0)
+    """docker's exit codes: `run` and `exec` exit 125 when they cannot run the command, or its own failure
+    code (126, 127); other verbs exit 2 on bad usage and 1 on errors."""
+    runs = sys.argv[1:2] in (["run"], ["exec"])
+    run_cli(cli, "hyperctl", 125 if runs else 2, lambda e: e.exit_code if runs else 1)

@@ -18,7 +18,7 @@ import click
 from ... import __version__
 from ...errors import HCError, InvalidArgument, NotFound
 from ...signals import parse_signal
-from .. import leave_after
+from .. import run_cli
 from . import wire
 from .state import OCI_VERSION, Store, check_id, oci_state
 
@@ -401,24 +401,8 @@ def spec(bundle: Path, rootless: bool) -> None:
 
 
 def main() -> None:
-    leave_after(_main)
-
-
-def _main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(2)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except HCError as e:
-        log_error(e.message)
-        click.echo(f"runv: {e.message}", err=True)
-        sys.exit(1)
-    sys.exit(0)
+    """runc's exit codes: 2 for bad usage, 1 for errors (also written to --log)."""
+    run_cli(cli, "runv", 2, lambda e: 1, report=log_error)
 
 
 def log_error(msg: str) -> None:
