@@ -112,3 +112,12 @@ def adopt(pid: int | None, expected_start: int | None, marker: str) -> Adopted |
         return Adopted(pid)
     except (OSError, ProcessLookupError):
         return None
+
+
+def kill_if_ours(pid: int | None, expected_start: int | None, marker: str) -> bool:
+    """SIGKILL to `pid` if it is still the process we started (see adopt); whether it was."""
+    proc = adopt(pid, expected_start, marker)
+    if proc:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            proc.kill()
+    return proc is not None

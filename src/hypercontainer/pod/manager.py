@@ -277,10 +277,7 @@ class PodManager:
     def _release(self, info: dict) -> None:
         rt = info.get("runtime") or {}
         rundir = self._rundir_of(info)
-        vm = procs.adopt(rt.get("vm_pid"), rt.get("vm_start"), str(rundir))  # still ours: same pid, same start
-        if vm:
-            with contextlib.suppress(ProcessLookupError, OSError):
-                vm.kill()
+        procs.kill_if_ours(rt.get("vm_pid"), rt.get("vm_start"), str(rundir))  # still ours: same pid, same start
         for mp in mounts_under(self.poddir / info["id"]):
             with contextlib.suppress(OSError):
                 umount(mp)

@@ -27,7 +27,7 @@ from ..storage.safefs import make_dirs, write_file
 from ..storage.share import PodShare
 from ..storage.volumes import bind, make_shared, remove_tree
 from ..vm.machine import Machine
-from ..vm.qemu import Disk, HostForward, Nic, Sockets, VMConfig
+from ..vm.qemu import Disk, HostForward, Nic, Share, Sockets, VMConfig
 from .container import Container, process_fields
 from .pool import Pool, Slot
 from .states import PodState, check
@@ -197,23 +197,13 @@ class Pod:
         share = await self.share.start()
         self.timings.mark("share")
         sockets = Sockets(self.rundir, logdir=self.statedir)
-        res = self.spec.resources
-        cfg: VMConfig | None = None
-        if template:
-            cfg = vm_config(self.assets.kernel, self.assets.initrd, self.assets.accel, sockets, res.vcpu, res.memory,
-                            self.share_dir, self._nic() or False, template, building=False)
-        elif not slot:
-            disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()))
-            cfg = VMConfig(self.assets.kernel, self.assets.initrd, sockets, accel=self.assets.accel,  # type: ignore[arg-type]
-                           cpus=res.vcpu, memory_mib=res.memory, share=share, disks=disks, nic=self._nic())
         if slot:  # running already, agent connected: resume it
             self.machine, self.agent = slot.machine, slot.agent
             self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
             await self.machine.qmp("cont")
             self.timings.mark("resumed")
         else:
-            assert cfg
-            self.machine = Machine(cfg)
+            self.machine = Machine(self._vm_config(sockets, share, template))
             await self.machine.start()
             self.timings.mark("qemu")
             if template:
@@ -242,6 +232,16 @@ class Pod:
             self.timings.mark("started")
         if self.pool and (slot or self.boot == "pool"):
             self.pool.fill()
+
+    def _vm_config(self, sockets: Sockets, share: Share, template: Template | None) -> VMConfig:
+        """A clone's VM is the template's device set; a cold one gets the pod's share, disks and NIC."""
+        res, a = self.spec.resources, self.assets
+        if template:
+            return vm_config(a.kernel, a.initrd, a.accel, sockets, res.vcpu, res.memory, self.share_dir,
+                             self._nic() or False, template, building=False)
+        disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()))
+        return VMConfig(a.kernel, a.initrd, sockets, accel=a.accel,  # type: ignore[arg-type]
+                        cpus=res.vcpu, memory_mib=res.memory, share=share, disks=disks, nic=self._nic())
 
     def _mount_root(self, c: Container) -> Path:
         """The container's root under the pod share: its image layers as an overlay, or (runv) the bundle's root
@@ -284,11 +284,11 @@ class Pod:
         mount fields the agent needs."""
         kinds = {v.name: v for v in self.spec.volumes}
         src, dst, flags = [], [], []
+        blocks = [v.name for v in self._block_volumes()]
         try:
             for m in c.spec.volumes:
                 make_dirs(root, m.path)
                 vol = kinds[m.name]
-                blocks = [v.name for v in self._block_volumes()]
                 if vol.block:
                     src.append(f"{block_serial(blocks.index(vol.name))}:{vol.fstype}")
                     kind = MOUNT_BLOCK

@@ -131,10 +131,7 @@ class Pool:
                 continue
             with contextlib.suppress(OSError, ValueError, KeyError):
                 rec = json.loads((home / VM_RECORD).read_text())
-                vm = procs.adopt(rec["pid"], rec["start"], str(home))
-                if vm:
-                    with contextlib.suppress(ProcessLookupError, OSError):
-                        vm.kill()
+                procs.kill_if_ours(rec["pid"], rec["start"], str(home))
             remove_tree(home)
             gone += 1
         return gone

@@ -225,10 +225,7 @@ def stop_shim(store: Store, cid: str, st: dict) -> None:
             os.kill(st["pid"], 9)
     from ... import procs
 
-    vm = procs.adopt(st.get("vm_pid"), st.get("vm_start"), "")
-    if vm:
-        with contextlib.suppress(ProcessLookupError, OSError):
-            vm.kill()
+    procs.kill_if_ours(st.get("vm_pid"), st.get("vm_start"), "")
 
 
 def cleanup(store: Store, cid: str) -> None:
