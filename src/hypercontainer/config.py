@@ -30,8 +30,12 @@ class Paths:
         return self.root / "hyperd.db"
 
     def ensure(self) -> None:
-        for p in (self.root, self.run, self.assets, self.images, self.pods):
-            p.mkdir(parents=True, exist_ok=True, mode=0o711)
+        """The state and runtime trees are hyperd's alone (0700): what guests write under them (setuid files,
+        device nodes) is out of every other host user's reach. Assets (kernel, initramfs) stay readable."""
+        for p in (self.root, self.run, self.images, self.pods):
+            p.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(p, 0o700)  # also a tree an older hyperd made 0711
+        self.assets.mkdir(parents=True, exist_ok=True, mode=0o755)
 
 
 def paths() -> Paths:

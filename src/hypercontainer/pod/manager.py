@@ -18,7 +18,7 @@ from ..network.manager import Network
 from ..spec.errors import invalid_spec
 from ..spec.kube import from_kube, is_kube_pod
 from ..spec.pod import ContainerSpec, PodSpec
-from ..storage.mount import mounts_under, umount
+from ..storage.mount import detach_all_under
 from ..storage.volumes import check_block_file, check_host_dir, remove_tree
 from .container import Container
 from .events import EventLog
@@ -34,12 +34,13 @@ log = logging.getLogger(__name__)
 class PodManager:
     def __init__(self, images: ImageStore, records: PodRecords, poddir: Path, rundir: Path,
                  assets: GuestAssets, network: Network | None = None, templates: Templates | None = None,
-                 boot: str = "cold", pool: Pool | None = None) -> None:
+                 boot: str = "cold", pool: Pool | None = None, storage_size: int = 0) -> None:
         self.images, self.records = images, records
         self.network = network
         self.templates = templates
         self.boot = boot  # the daemon's boot policy: cold | template | pool
         self.pool = pool
+        self.storage_size = storage_size  # each pod's disk for its writable layers, bytes; 0: no limit
         self.poddir, self.rundir, self.assets = poddir, rundir, assets
         self.pods: dict[str, Pod] = {}
         self._starts: dict[str, asyncio.Task] = {}
@@ -111,7 +112,7 @@ class PodManager:
             self.network.mode_for(spec)  # bridge asked for where there is none: refused now, not at start
         boot = self.boot if spec.boot == "default" else spec.boot
         pod = Pod(pod_id, name, spec, containers, self.poddir / pod_id, self.rundir / pod_id[:16], self.assets,
-                  self.network, self.templates, boot, self.pool)
+                  self.network, self.templates, boot, self.pool, self.storage_size)
         pod.on_change.append(self._persist)
         pod.on_event.append(self.events.record)
         self.pods[pod_id] = pod
@@ -127,7 +128,8 @@ class PodManager:
             self.records.save(pod.id, pod.name, pod.state.value, pod.info())
 
     async def start(self, pod: Pod) -> None:
-        (pod.statedir / "logs").mkdir(parents=True, exist_ok=True)
+        pod.statedir.mkdir(mode=0o700, exist_ok=True)  # what its guest writes is for hyperd alone
+        (pod.statedir / "logs").mkdir(exist_ok=True)
         task = asyncio.ensure_future(pod.start())
         self._starts[pod.id] = task
         try:
@@ -258,7 +260,7 @@ class PodManager:
                 c.done.set()
             containers.append(c)
         pod = Pod(info["id"], info["name"], spec, containers, self.poddir / info["id"], self._rundir_of(info),
-                  self.assets, self.network)
+                  self.assets, self.network, storage_size=self.storage_size)
         if rt.get("share_dir") and Path(rt["share_dir"]) != pod.share_dir:  # a pool VM's
             pod._share_dir = Path(rt["share_dir"])
         pod.hostname, pod.created = info["hostname"], info["created"]
@@ -278,9 +280,7 @@ class PodManager:
         rt = info.get("runtime") or {}
         rundir = self._rundir_of(info)
         procs.kill_if_ours(rt.get("vm_pid"), rt.get("vm_start"), str(rundir))  # still ours: same pid, same start
-        for mp in mounts_under(self.poddir / info["id"]):
-            with contextlib.suppress(OSError):
-                umount(mp)
+        detach_all_under(self.poddir / info["id"])
         remove_tree(rundir)
 
     async def shutdown(self) -> None:

@@ -21,11 +21,11 @@ from ..network.manager import Attachment, Network
 from ..protocol.client import AgentClient, ProcessStreams, exec_failure_exit_code
 from ..protocol.codec import Msg
 from ..spec.pod import PodSpec, Volume
-from ..storage.mount import mounts_under, umount
-from ..storage.rootfs import mount_rootfs
+from ..storage.disk import mount_pod_disk, unmount_pod_disk
 from ..storage.safefs import make_dirs, write_file
 from ..storage.share import PodShare
-from ..storage.volumes import bind, make_shared, remove_tree
+from ..storage.sharetree import ShareTree
+from ..storage.volumes import remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Disk, HostForward, Nic, Share, Sockets, VMConfig
 from .container import Container, process_fields
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 TAKEOVER_ATTEMPTS, TAKEOVER_HANDSHAKE = 4, 5.0
 BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second
 CLONE_HANDSHAKE = 10.0  # a restored guest is running already: it answers at once or not at all
-VOLUMES = ".volumes"  # host volumes, bind-mounted into the pod share (container names cannot start with '.')
 MOUNT_READONLY, MOUNT_TMPFS, MOUNT_BLOCK = 1, 2, 4
 RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 0.1, 10.0
 EVENT_NAMES = {(PodState.CREATED, PodState.STARTING): "start", (PodState.STARTING, PodState.RUNNING): "running",
@@ -84,7 +83,8 @@ def resolv_conf(spec: PodSpec, net: Attachment | None) -> str | None:
 class Pod:
     def __init__(self, pod_id: str, name: str, spec: PodSpec, containers: list[Container],
                  statedir: Path, rundir: Path, assets: GuestAssets, network: Network | None = None,
-                 templates: Templates | None = None, boot: str = "cold", pool: Pool | None = None) -> None:
+                 templates: Templates | None = None, boot: str = "cold", pool: Pool | None = None,
+                 storage_size: int = 0) -> None:
         self.id, self.name, self.spec = pod_id, name, spec
         self.containers = containers
         self.statedir, self.rundir, self.assets = statedir, rundir, assets
@@ -98,7 +98,9 @@ class Pod:
         self.templates = templates
         self.boot = boot  # the policy: cold | template | pool
         self.pool = pool
+        self.storage_size = storage_size  # bytes of the pod's own disk for its writable layers; 0: no limit
         self._share_dir: Path | None = None  # a pool VM's share directory (its QEMU serves that one)
+        self._tree: ShareTree | None = None
         self.booted_from: str | None = None  # what this start used: cold, or the template's key
         self.timings = Timings()
         self.error: str | None = None
@@ -119,6 +121,13 @@ class Pod:
     @property
     def share_dir(self) -> Path:
         return self._share_dir or self.statedir / "share"
+
+    @property
+    def tree(self) -> ShareTree:
+        """What hyperd mounts under the share (made when the share is known: a pool VM brings its own)."""
+        if self._tree is None or self._tree.root != self.share_dir:
+            self._tree = ShareTree(self.share_dir)
+        return self._tree
 
     def _set(self, state: PodState) -> None:
         check(self.state, state, self.id[:12])
@@ -177,18 +186,10 @@ class Pod:
         if self.network:
             self.net = await self.network.attach(self.id, self.spec, tap=slot.tap if slot else None)
             self.timings.mark("network")
-        make_shared(self.share_dir)
-        for v in self.spec.volumes:
-            if v.host_path:
-                bind(Path(v.host_path), self.share_dir / VOLUMES / v.name)
+        self.tree.prepare()
+        await self._ensure_disk(self.containers)
         for c in self.containers:
-            root = self.share_dir / c.name
-            if not root.is_mount():
-                self._mount_root(c)
-            if not c.fields:  # runv gives them from the OCI process
-                c.fields = process_fields(c.spec, c.image, root, self.hostname)
-            c.mounts = self._prepare_mounts(c, root)
-            fields.append(c.fields)
+            fields.append(self._prepare_container(c))
         self.timings.mark("rootfs")
         template = None if slot else self._template()
         self.booted_from = f"pool:{slot.template}" if slot else template.home.name if template else "cold"
@@ -243,16 +244,30 @@ class Pod:
         return VMConfig(a.kernel, a.initrd, sockets, accel=a.accel,  # type: ignore[arg-type]
                         cpus=res.vcpu, memory_mib=res.memory, share=share, disks=disks, nic=self._nic())
 
-    def _mount_root(self, c: Container) -> Path:
-        """The container's root under the pod share: its image layers as an overlay, or (runv) the bundle's root
-        bound in."""
-        root = self.share_dir / c.name
-        if c.rootfs:
-            bind(c.rootfs, root)
-        else:
-            base = self.statedir / "containers" / c.name
-            mount_rootfs(list(c.image.layers), base / "upper", base / "work", root)
-        return root
+    async def _ensure_disk(self, containers: list[Container]) -> None:
+        """The pod's own disk for its containers' writable layers (with a size limit), mounted once."""
+        target = self.statedir / "containers"
+        if self.storage_size and any(not c.rootfs for c in containers) and not target.is_mount():
+            await mount_pod_disk(self.statedir / "disk.img", target, self.storage_size)
+            self.timings.mark("disk")
+
+    def _prepare_container(self, c: Container) -> dict:
+        """The container's root under the pod share (its image layers as an overlay, or (runv) the bundle's root
+        bound in), its volumes, mount points and files; returns its process fields."""
+        base = self.statedir / "containers" / c.name
+        try:
+            root = self.tree.container_root(c.name, rootfs=c.rootfs) if c.rootfs else self.tree.container_root(
+                c.name, layers=list(c.image.layers), upper=base / "upper", work=base / "work")
+        except (OSError, ValueError) as e:  # ELOOP, ENOTDIR: something the guest put in its share
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            raise Conflict(f"container {c.name}: cannot mount its root in the pod share: {why}") from None
+        try:
+            if not c.fields:  # runv gives them from the OCI process
+                c.fields = process_fields(c.spec, c.image, root, self.hostname)  # type: ignore[arg-type]
+            c.mounts = self._prepare_mounts(c, root)
+        finally:
+            os.close(root)
+        return c.fields
 
     def _nic(self) -> Nic | None:
         if not self.net:
@@ -279,7 +294,7 @@ class Pod:
     def _block_volumes(self) -> list:
         return [v for v in self.spec.volumes if v.block]
 
-    def _prepare_mounts(self, c: Container, root: Path) -> dict:
+    def _prepare_mounts(self, c: Container, root: int) -> dict:
         """Mount points and files made on the host in the container's root (never through its symlinks); the
         mount fields the agent needs."""
         kinds = {v.name: v for v in self.spec.volumes}
@@ -293,7 +308,7 @@ class Pod:
                     src.append(f"{block_serial(blocks.index(vol.name))}:{vol.fstype}")
                     kind = MOUNT_BLOCK
                 elif vol.host_path:
-                    src.append(f"{VOLUMES}/{vol.name}")
+                    src.append(self.tree.volume(vol.name, Path(vol.host_path), m.readonly))
                     kind = 0
                 else:
                     src.append(vol.name)
@@ -430,26 +445,18 @@ class Pod:
         if any(x.name == c.name for x in self.containers):
             raise Conflict(f"pod {self.name} already has a container {c.name}")
         spec_before = self.spec
-        bound = []
+        mounted_before = set(self.tree.ids)
         try:
-            for v in volumes:
-                if v.host_path:
-                    bind(Path(v.host_path), self.share_dir / VOLUMES / v.name)
-                    bound.append(self.share_dir / VOLUMES / v.name)
             self.spec = self.spec.model_copy(update={"volumes": [*self.spec.volumes, *volumes]})
-            root = self._mount_root(c)
-            bound.append(root)
-            if not c.fields:
-                c.fields = process_fields(c.spec, c.image, root, self.hostname)
-            c.mounts = self._prepare_mounts(c, root)
+            await self._ensure_disk([c])
+            self._prepare_container(c)
             c.stream = self._next_stream()
             if start:
                 await self._start_container(c, c.fields)
         except BaseException:
             self.spec = spec_before
-            for mp in reversed(bound):
-                with contextlib.suppress(OSError):
-                    umount(mp)
+            for rel in set(self.tree.ids) - mounted_before:
+                self.tree.undo(rel)
             raise
         self.containers.append(c)
         self.spec = self.spec.model_copy(update={"containers": [*self.spec.containers, c.spec]})
@@ -508,7 +515,8 @@ class Pod:
         fields = dict(c.fields, arg=command, terminal=int(tty), stdin=int(stdin))
         fields.pop("readonly", None)
         if user:
-            u = resolve(self.share_dir / c.name, user)
+            with self.tree.open_root(c.name) as root:
+                u = resolve(root, user)  # type: ignore[arg-type]
             fields.update(uid=u.uid, gid=u.gid, group=list(u.groups))
         if env:
             fields["env"] = [*fields["env"], *env]
@@ -623,9 +631,8 @@ class Pod:
             await self.share.stop()
         if self.network:
             await self.network.detach(self.id)
-        for mp in mounts_under(self.share_dir):
-            with contextlib.suppress(OSError):
-                umount(mp)
+        self.tree.release()
+        unmount_pod_disk(self.statedir / "containers")
         remove_tree(self.rundir)
 
     def changed(self) -> None:

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .mount import mount, umount
+from .mount import new_overlay
 
 # overlayfs takes the lower directories in one mount option, limited to a page.
 MAX_OPTIONS = 4000
 
 
-def mount_rootfs(layers: list[Path], upper: Path, work: Path, target: Path) -> None:
-    """layers: bottom first. Creates upper/work/target as needed."""
-    for d in (upper, work, target):
+def overlay_rootfs(layers: list[Path], upper: Path, work: Path) -> int:
+    """layers: bottom first. Creates upper/work as needed; returns the detached overlay mount's fd (nosuid,
+    nodev) to attach where it belongs."""
+    for d in (upper, work):
         d.mkdir(parents=True, exist_ok=True)
-    lower = ":".join(str(p) for p in reversed(layers))
-    opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    if len(opts) > MAX_OPTIONS:
+    lower = list(reversed(layers))
+    if len(":".join(map(str, lower))) + len(str(upper)) + len(str(work)) + 30 > MAX_OPTIONS:
         raise ValueError(f"image has too many layers for one overlay mount ({len(layers)})")
-    mount("overlay", target, "overlay", 0, opts)
-
-
-def unmount_rootfs(target: Path) -> None:
-    umount(target)
+    return new_overlay(lower, upper, work)

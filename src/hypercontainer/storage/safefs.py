@@ -1,12 +1,16 @@
-"""Reading and creating paths inside a container root from the host without following its symlinks.
+"""Reading and creating paths inside a container root or a pod share from the host without following symlinks.
 
-A root filesystem comes from an untrusted image: `/etc/passwd` may be a symlink to the host's files. Every
-component is opened relative to its parent with O_NOFOLLOW, so nothing resolves outside the root.
+A root filesystem comes from an untrusted image and a pod's share is written by its guest: `/etc/passwd` may be
+a symlink to the host's files, a directory may become a symlink between two calls. Every component is opened
+relative to its parent with O_NOFOLLOW, so nothing resolves outside the root; files are opened non-blocking
+and checked to be regular after the open (a FIFO swapped in never blocks hyperd). A root is a path, or an open
+directory fd (kept by the caller).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -21,9 +25,16 @@ def _parts(path: str) -> list[str]:
     return parts
 
 
-def _open_dirs(root: Path, parts: list[str]) -> int:
+Root = Path | int
+
+
+def _open_root(root: Root) -> int:
+    return os.open(".", _DIR_FLAGS, dir_fd=root) if isinstance(root, int) else os.open(root, _DIR_FLAGS)
+
+
+def _open_dirs(root: Root, parts: list[str]) -> int:
     """An fd of root/parts..., each step opened relative to the last with O_NOFOLLOW (the caller closes it)."""
-    fd = os.open(root, _DIR_FLAGS)
+    fd = _open_root(root)
     try:
         for p in parts:
             nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
@@ -35,7 +46,7 @@ def _open_dirs(root: Path, parts: list[str]) -> int:
     return fd
 
 
-def read_file(root: Path, path: str, limit: int = 1 << 20) -> bytes | None:
+def read_file(root: Root, path: str, limit: int = 1 << 20) -> bytes | None:
     """The file's bytes, or None if it is missing or reached only through a symlink."""
     parts = _parts(path)
     if not parts:
@@ -57,24 +68,33 @@ def read_file(root: Path, path: str, limit: int = 1 << 20) -> bytes | None:
             os.close(fd)
 
 
-def make_dirs(root: Path, path: str, uid: int = 0, gid: int = 0) -> None:
-    """mkdir -p inside the root; raises OSError if a component exists and is not a real directory."""
-    fd = os.open(root, _DIR_FLAGS)
+def open_dir(root: Root, path: str, uid: int = 0, gid: int = 0, mode: int = 0o755) -> int:
+    """mkdir -p inside the root, then an fd of the directory (the caller closes it); raises OSError if a
+    component exists and is not a real directory. The fd is what to mount on: it stays that directory whatever
+    the guest renames or swaps afterwards."""
+    fd = _open_root(root)
     try:
         for p in _parts(path):
             try:
-                os.mkdir(p, 0o755, dir_fd=fd)
+                os.mkdir(p, mode, dir_fd=fd)
                 os.chown(p, uid, gid, dir_fd=fd, follow_symlinks=False)
             except FileExistsError:
                 pass
             nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nfd
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
-def write_file(root: Path, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+def make_dirs(root: Root, path: str, uid: int = 0, gid: int = 0) -> None:
+    """mkdir -p inside the root; raises OSError if a component exists and is not a real directory."""
+    os.close(open_dir(root, path, uid, gid))
+
+
+def write_file(root: Root, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
     """Creates or replaces a regular file inside the root (parents made as needed); never follows a symlink."""
     parts = _parts(path)
     if not parts:
@@ -87,9 +107,12 @@ def write_file(root: Path, path: str, data: bytes, mode: int, uid: int, gid: int
             st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
                 os.unlink(parts[-1], dir_fd=fd)
-        ffd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+        ffd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600,
                       dir_fd=fd)
         with os.fdopen(ffd, "wb") as f:
+            if not stat.S_ISREG(os.fstat(ffd).st_mode):
+                raise OSError(errno.EEXIST, f"{path} is not a regular file")
+            os.ftruncate(ffd, 0)
             f.write(data)
             os.fchown(f.fileno(), uid, gid)
             os.fchmod(f.fileno(), mode)

@@ -1,4 +1,9 @@
-"""Sharing a pod's directory into its VM: a virtiofsd per pod, or virtio-9p where virtiofsd is missing."""
+"""Sharing a pod's directory into its VM: a virtiofsd per pod, or virtio-9p where virtiofsd is missing.
+
+virtiofsd sandboxes itself (namespaces, chroot into the share, its own seccomp filter) and stays root to keep file
+ownership; it runs without CAP_MKNOD and CAP_SETFCAP (`modcaps`: no device nodes, no file capabilities), in a cgroup
+of its own, under the extra filter of vm/seccomp.py (no setuid/setgid files) — see vm/confine.py.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,13 @@ from pathlib import Path
 
 from .. import procs
 from ..errors import VMError
+from ..vm import confine
+from ..vm.cgroups import Cgroup
 from ..vm.qemu import Share
 
 VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
 SHARE_TAG = "hcshare"
+MODCAPS = "-mknod:-setfcap"  # capabilities virtiofsd drops from its default set
 
 
 def find_virtiofsd() -> str | None:
@@ -29,6 +37,7 @@ class PodShare:
         self.source = source
         self.rundir = rundir
         self.proc: asyncio.subprocess.Process | None = None
+        self.confinement: confine.Confinement | None = None
         binary = None if force_9p else find_virtiofsd()
         self.binary = binary
         self.share = (Share("virtiofs", SHARE_TAG, socket=rundir / "virtiofs.sock") if binary
@@ -41,10 +50,19 @@ class PodShare:
         sock = self.share.socket
         if Path(self.binary).name == "virtiofsd" and self.binary.startswith("/usr/lib/qemu"):
             argv = [self.binary, f"--socket-path={sock}", "-o", f"source={self.source}", "-o", "cache=auto",
-                    "-o", "no_posix_lock"]
+                    "-o", "no_posix_lock", "-o", f"modcaps={MODCAPS}"]
         else:  # the Rust virtiofsd (Debian 13, Ubuntu)
-            argv = [self.binary, f"--socket-path={sock}", f"--shared-dir={self.source}", "--cache=auto"]
-        self.proc = await procs.spawn(argv, log=self.rundir / "virtiofsd.log")
+            argv = [self.binary, f"--socket-path={sock}", f"--shared-dir={self.source}", "--cache=auto",
+                    f"--modcaps={MODCAPS}"]
+        vmm = confine.virtiofsd()
+        try:
+            self.proc = await procs.spawn(argv, log=self.rundir / "virtiofsd.log", preexec=vmm.jail.preexec)
+        except BaseException:
+            vmm.release()
+            raise
+        finally:
+            vmm.close_parent_fds()
+        self.confinement = vmm
         try:
             await procs.wait_for_path(sock, self.proc, 5.0, "virtiofsd")
         except (RuntimeError, TimeoutError) as e:
@@ -54,5 +72,12 @@ class PodShare:
         return self.share
 
     async def stop(self) -> None:
-        if self.proc:
-            await procs.stop(self.proc, grace=1.0)
+        if not self.proc:
+            return
+        cgroup = None if self.confinement or self.proc.returncode is not None else Cgroup.of_pid(self.proc.pid)
+        await procs.stop(self.proc, grace=1.0)
+        if self.confinement:
+            self.confinement.release()
+            self.confinement = None
+        elif cgroup:  # a virtiofsd an earlier hyperd started
+            cgroup.remove()

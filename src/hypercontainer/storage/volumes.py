@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from pathlib import Path
 
 from ..errors import HCError, InvalidArgument
-from .mount import mount, mounts_under, umount
+from .mount import detach_all_under, mount, mounts_under
 
-MS_BIND, MS_REC, MS_SHARED = 4096, 16384, 1 << 20
+MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_SHARED = 2, 4, 32, 4096, 1 << 20
 
 
 def check_host_dir(name: str, path: str) -> Path:
@@ -36,26 +35,21 @@ def check_block_file(name: str, path: str) -> Path:
     return p
 
 
-def bind(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    mount(str(src), dst, "", MS_BIND | MS_REC)
-
-
 def make_shared(path: Path) -> None:
-    """Turns `path` into a mount point whose later submounts propagate into copies of it, such as the one a
-    virtiofsd sandbox holds: a container added to a running pod becomes visible to the guest."""
-    path.mkdir(parents=True, exist_ok=True)
+    """Turns `path` (a pod share: host-made, mode 0700 above it) into a nosuid, nodev mount point whose later
+    submounts propagate into copies of it, such as the one a virtiofsd sandbox holds: a container added to a
+    running pod becomes visible to the guest. Nothing the guest writes there is setuid or a device on the host."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.is_mount():  # once: a second bind on top would hide what is mounted below the first
         mount(str(path), path, "", MS_BIND)
+        mount("none", path, "", MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV)
     mount("none", path, "", MS_SHARED)
 
 
 def remove_tree(path: Path) -> None:
-    """rmtree that first detaches every mount below `path` and refuses if any is left: a bind-mounted host
-    volume must never be emptied by a pod's removal."""
-    for mp in mounts_under(path):
-        with contextlib.suppress(OSError):
-            umount(mp)
+    """rmtree that first detaches every mount below `path` (never through a path a guest may have changed) and
+    refuses if any is left: a bind-mounted host volume must never be emptied by a pod's removal."""
+    detach_all_under(path)
     left = mounts_under(path)
     if left:
         raise HCError(f"cannot remove {path}: {left[0]} is still mounted")

@@ -1,0 +1,215 @@
+"""Issue 12, host side, with real VMs: what a container (or a guest that took its agent over) writes into its
+pod's share never makes hyperd mount, unmount or write outside it; read-only volumes are read-only on the host;
+what a container creates is out of every other host user's reach. The host's decoys and mount table are compared
+before and after each attack."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hypercontainer.cli.rest import Rest
+from hypercontainer.errors import HCError
+
+from .conftest import Daemon
+
+pytestmark = pytest.mark.vm
+
+
+def host_mounts(exclude: str) -> list[str]:
+    """The host's mount table (mount point and options), without what lies under `exclude`."""
+    with open("/proc/self/mountinfo") as f:
+        return sorted(" ".join(line.split()[4:6]) for line in f if exclude not in line.split()[4])
+
+
+def share_of(d: Daemon, pod: str) -> Path:
+    return Path(json.loads(d.hyperctl("inspect", pod, check=True).stdout)["runtime"]["share_dir"])
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture
+def decoy(tmp_path: Path):
+    """A host directory with a file and a tmpfs of its own: what the attacker aims at."""
+    d = tmp_path / "decoy"
+    (d / "mnt").mkdir(parents=True)
+    (d / "keep").write_text("host file\n")
+    subprocess.run(["mount", "-t", "tmpfs", "hc-decoy", str(d / "mnt")], check=True)
+    yield d
+    subprocess.run(["umount", str(d / "mnt")], check=False)
+
+
+class MountWatch:
+    """Reads the host's mount table in a loop while an attack runs: any mount appearing at or below `decoy`, or
+    the decoy's own tmpfs going away even for a moment, is recorded (hyperd could undo either before the end)."""
+
+    def __init__(self, decoy: Path) -> None:
+        self.decoy, self.seen = str(decoy), set[str]()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with open("/proc/self/mountinfo") as f:
+                points = [line.split()[4] for line in f]
+            under = {p for p in points if p == self.decoy or p.startswith(self.decoy + "/")}
+            if under != {self.decoy + "/mnt"}:
+                self.seen.add(repr(sorted(under)))
+
+    def __enter__(self) -> MountWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def untouched(decoy: Path) -> bool:
+    return sorted(os.listdir(decoy)) == ["keep", "mnt"] and os.listdir(decoy / "mnt") == [] \
+        and (decoy / "keep").read_text() == "host file\n" and os.path.ismount(decoy / "mnt")
+
+
+def test_planted_container_root_symlink(hyperd: Daemon, decoy: Path) -> None:
+    """The guest plants the next container's name in its share as a symlink to a host directory: the create
+    fails loudly, nothing is mounted on the host directory, and removing the pod leaves no mount behind."""
+    vol = decoy.parent / "vol"
+    vol.mkdir()
+    hyperd.hyperctl("run", "-d", "--name", "plant", "-v", f"{vol}:/v", "busybox", "sleep", "600", check=True)
+    share = share_of(hyperd, "plant")
+    before = host_mounts(str(share))
+    try:
+        (share / "evil").symlink_to(decoy / "mnt")  # what a guest writing its share does
+        with MountWatch(decoy) as watch:
+            r = hyperd.hyperctl("create", "-c", "plant", "--name", "evil", "busybox", "true")
+        assert r.returncode != 0 and b"evil" in r.stderr, r.stderr
+        assert not watch.seen, watch.seen
+        assert untouched(decoy) and host_mounts(str(share)) == before
+        (share / ".volumes-ro").symlink_to(decoy)  # and where the pod's volume would be bound read-only
+        with MountWatch(decoy) as watch, pytest.raises(HCError) as e:  # a container that mounts it read-only
+            Rest(hyperd.rundir / "hyperd.sock", 60).request("POST", "/v1/pods/plant/containers", json={"container": {
+                "name": "rovol", "image": "busybox", "command": ["true"],
+                "volumes": [{"name": "v0", "path": "/v", "readonly": True}]}})
+        assert "volume" in e.value.message, e.value.message
+        assert not watch.seen and untouched(decoy), watch.seen
+        ok = hyperd.hyperctl("create", "-c", "plant", "--name", "fine", "busybox", "true")
+        assert ok.returncode == 0, ok.stderr  # the pod itself goes on
+    finally:
+        hyperd.hyperctl("rm", "-f", "plant", check=True)
+    assert untouched(decoy) and host_mounts(str(share)) == before
+    assert not any(str(share) in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def test_flipping_symlinks_while_containers_come_and_go(hyperd: Daemon, decoy: Path) -> None:
+    """The guest flips names between real directories and symlinks to the host, in a loop, while containers are
+    added (and their failures undone) and the pod is removed: no host mount is made, moved or unmounted."""
+    vol = decoy.parent / "vol"
+    vol.mkdir()
+    hyperd.hyperctl("run", "-d", "--name", "flip", "-v", f"{vol}:/v", "busybox", "sleep", "600", check=True)
+    share = share_of(hyperd, "flip")
+    before = host_mounts(str(share))
+    stop = threading.Event()
+
+    def flip() -> None:
+        """Each name in turn: a real directory, moved away, a symlink to the host, removed; again."""
+        names = [f"c{i}" for i in range(8)] + [".volumes", ".volumes-ro"]
+        step = 0
+        while not stop.is_set():
+            step += 1
+            for n in names:
+                p = share / n
+                try:
+                    if p.is_symlink():
+                        p.unlink()
+                    elif p.is_dir():
+                        os.rename(p, share / f".gone-{n}-{time.monotonic_ns()}")
+                    elif step % 2:
+                        p.mkdir()
+                    else:
+                        p.symlink_to(decoy / "mnt" if n.startswith("c") else decoy)
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=flip)
+    t.start()
+    try:
+        with MountWatch(decoy) as watch:
+            for i in range(8):
+                hyperd.hyperctl("create", "-c", "flip", "--name", f"c{i}", "-v", f"{vol}:/w{':ro' if i % 2 else ''}",
+                                "busybox", "true")
+    finally:
+        stop.set()
+        t.join()
+    try:
+        assert not watch.seen, watch.seen
+        assert untouched(decoy) and host_mounts(str(share)) == before
+    finally:
+        hyperd.hyperctl("rm", "-f", "flip", check=True)
+    assert untouched(decoy) and host_mounts(str(share)) == before
+    assert not any(str(share) in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def test_read_only_volume_is_read_only_on_the_host(hyperd: Daemon, tmp_path: Path) -> None:
+    """`-v DIR:/data:ro`: the share holds only a read-only bind of DIR (nosuid, nodev): neither a container going
+    around its mount namespace nor a guest writing its share can change DIR."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "file").write_text("original\n")
+    hyperd.hyperctl("run", "-d", "--name", "rovol", "-v", f"{vol}:/data:ro", "busybox", "sleep", "600", check=True)
+    try:
+        share = share_of(hyperd, "rovol")
+        # from inside: every route to the share this container may know of
+        r = hyperd.hyperctl("exec", "rovol", "sh", "-c",
+                            "for f in /data/file /proc/1/root/run/hc/share/.volumes/data/file "
+                            "/proc/1/root/run/hc/share/.volumes-ro/data/file; do echo pwned > $f; done; "
+                            "cp /bin/busybox /data/sh 2>/dev/null; true")
+        assert r.returncode == 0
+        # as the guest that writes its share: the host bind itself refuses
+        binds = list(share.glob(".volumes*/*/file"))
+        assert [b.parent.parent.name for b in binds] == [".volumes-ro"], binds  # no writable bind of it at all
+        for b in binds:
+            with pytest.raises(OSError) as e:
+                b.write_text("pwned\n")
+            assert e.value.errno == 30  # EROFS
+        opts = [line.split()[5] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if line.split()[4] == str(binds[0].parent)]
+        assert opts and all(o.split(",")[0] == "ro" and "nosuid" in o and "nodev" in o for o in opts), opts
+        assert (vol / "file").read_text() == "original\n" and sorted(os.listdir(vol)) == ["file"]
+    finally:
+        hyperd.hyperctl("rm", "-f", "rovol", check=True)
+    assert (vol / "file").read_text() == "original\n"
+
+
+def test_setuid_and_device_files_out_of_host_users_reach(hyperd: Daemon) -> None:
+    """A container makes a setuid-root shell and a device node in its root; no other host user can reach either
+    (the state tree is hyperd's alone), and nothing under the share is setuid or a device on the host."""
+    hyperd.hyperctl("run", "-d", "--name", "suid", "busybox", "sh", "-c",
+                    "cp /bin/busybox /suidsh && chmod 4755 /suidsh; mknod /kmsg c 1 11; sleep 600", check=True)
+    try:
+        info = json.loads(hyperd.hyperctl("inspect", "suid", check=True).stdout)
+        share = Path(info["runtime"]["share_dir"])
+        statedir = hyperd.statedir / "pods" / info["id"]
+        for _ in range(100):
+            if (share / "c0" / "suidsh").exists() or any(share.glob("*/suidsh")):
+                break
+            time.sleep(0.1)
+        for d in (hyperd.statedir, hyperd.statedir / "pods", statedir, hyperd.rundir):
+            assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+        upper = [p for p in statedir.rglob("suidsh")]
+        for target in [*upper, *share.glob("*/suidsh"), *share.glob("*/kmsg")]:
+            r = as_nobody("stat", str(target))
+            assert r.returncode != 0 and "Permission denied" in r.stderr, (target, r)
+        r = as_nobody("sh", "-c", f"echo pwned > {statedir}/containers/*/upper/kmsg")
+        assert r.returncode != 0
+    finally:
+        hyperd.hyperctl("rm", "-f", "suid", check=True)
