@@ -1,5 +1,6 @@
 """Pod networking with real VMs, inside namespaces the tests made (tests/netns.py): bridge + tap + NAT, published
-ports from this host and from beyond it, pod to pod, egress, user mode, none, clean-up and reconciliation."""
+ports from this host and from beyond it, pod to pod, egress, user mode, none, clean-up and reconciliation (taps,
+leases, NAT and anti-spoofing rules; the attacks themselves are in test_security_net.py)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,10 @@ def nat_rules(d: Daemon) -> str:
     return d.host.run("nft", "list", "table", "ip", "hypercontainer").stdout.decode()  # type: ignore[attr-defined]
 
 
+def bridge_rules(d: Daemon) -> str:
+    return d.host.run("nft", "list", "table", "bridge", "hypercontainer").stdout.decode()  # type: ignore[attr-defined]
+
+
 def taps(d: Daemon) -> list[str]:
     return [n for n in d.host.links() if n.startswith("hc") and n != "hct-up"]  # type: ignore[attr-defined]
 
@@ -89,11 +94,12 @@ def test_published_port_from_this_host_and_beyond(net: Daemon) -> None:
         info = inspect(net, pod)["network"]
         assert info["mode"] == "bridge" and info["tap"] in taps(net)
         assert f"dnat to {info['ip']}:80" in nat_rules(net)
+        assert f"jump pod_{info['tap']}" in bridge_rules(net) and f"ip saddr {info['ip']} accept" in bridge_rules(net)
         assert f"{port}" in net.hyperctl("ps", check=True).stdout.decode()
     finally:
         net.hyperctl("rm", "-f", "web", check=True)
     assert f"dnat to {info['ip']}:80" not in nat_rules(net)
-    assert info["tap"] not in taps(net)
+    assert info["tap"] not in taps(net) and info["tap"] not in bridge_rules(net)
 
 
 def test_published_port_on_one_address_and_any_port(net: Daemon) -> None:
@@ -219,25 +225,31 @@ def test_twenty_pods_leave_no_tap_rule_or_lease(net: Daemon) -> None:
     assert len(ips) == 20
     assert len(taps(net)) >= 20 and len(leases(net)) >= 20
     assert sum(f"dnat to {ip}:80" in nat_rules(net) for ip in ips) == 20
+    assert sum(f"ip saddr {ip} accept" in bridge_rules(net) for ip in ips) == 20
     net.hyperctl("rm", "-f", *names, check=True)
     assert taps(net) == [] and leases(net) == []
     assert "dnat" not in nat_rules(net).replace("ct status dnat", "")
+    assert "pod_" not in bridge_rules(net) and 'iifname "hc*" drop' in bridge_rules(net)
 
 
 def test_restart_takes_over_and_reconciles_leftovers(net: Daemon) -> None:
     port = free_port(net)
     httpd(net, "--name", "kept", "-p", f"{port}:80")
     fetch(net.host, f"http://127.0.0.1:{port}/")
-    # What a crashed hyperd could leave: a tap of a pod that is gone, and its lease.
+    kept = inspect(net, "kept")["network"]
+    # What a crashed hyperd could leave: a tap of a pod that is gone, its lease, its anti-spoofing chain.
     net.host.run("ip", "tuntap", "add", "hcdeadbeef0000", "mode", "tap", check=True)
     with sqlite3.connect(net.statedir / "hyperd.db") as db:
         db.execute("INSERT INTO leases (ip, pod_id) VALUES ('10.77.9.9', 'deadbeef0000')")
+    net.host.run("nft", "add", "chain", "bridge", "hypercontainer", "pod_hcdeadbeef0000", check=True)
     net.proc.kill()  # type: ignore[union-attr]
     net.proc.wait()  # type: ignore[union-attr]
     net.start()
     try:
         assert "hcdeadbeef0000" not in taps(net)
         assert ("10.77.9.9", "deadbeef0000") not in leases(net)
+        assert "hcdeadbeef0000" not in bridge_rules(net)
+        assert f"jump pod_{kept['tap']}" in bridge_rules(net)  # the pod taken over keeps its own
         assert fetch(net.host, f"http://127.0.0.1:{port}/") == "served from a pod\n"
         r = net.hyperctl("run", "--rm", "-p", f"{port}:80", "busybox", "true")  # still reserved by the new hyperd
         assert r.returncode == 125 and b"already in use" in r.stderr
@@ -282,9 +294,11 @@ def test_pool_pod_on_the_bridge(net: Daemon) -> None:
         assert mac == info["network"]["mac"] and f"inet {info['network']['ip']}/16" in addr
         assert fetch(net.host, f"http://127.0.0.1:{port}/") == "served from a pod\n"
         assert fetch(net.world, f"http://{HOST_IP}:{port}/") == "served from a pod\n"
+        assert f"jump pod_{info['network']['tap']}" in bridge_rules(net)  # the pool's tap, guarded once taken
     finally:
         net.hyperctl("rm", "-f", "pooled", check=True)
     net.wait_pool_ready()  # refilled: a fresh VM with a fresh tap
     assert info["network"]["tap"] not in taps(net)
     assert all(t.startswith("hcpool") for t in taps(net)) and leases(net) == []
     assert "dnat" not in nat_rules(net).replace("ct status dnat", "")
+    assert "pod_" not in bridge_rules(net) and 'iifname "hc*" drop' in bridge_rules(net)  # a ready VM sends nothing

@@ -18,7 +18,7 @@ from typing import Literal
 
 from ..errors import HCError, InvalidArgument
 from ..spec.pod import PodSpec
-from . import hostports, nat
+from . import firewall, hostports
 from .ipam import Leases
 from .links import Bridge, LinkError, tap_name
 
@@ -111,7 +111,8 @@ class Network:
             return
         try:
             await asyncio.to_thread(self.bridge.ensure)
-            await self._apply_nat()
+            if not await firewall.present():  # else kept as they are until reconcile(): pods being taken over
+                await self._apply_rules()
         except (LinkError, HCError, OSError) as e:
             msg = e.message if isinstance(e, HCError) else str(e)
             if self.requested == "bridge":
@@ -123,7 +124,7 @@ class Network:
 
     async def reconcile(self, live: set[str]) -> None:
         """After the pods an earlier hyperd left were taken over: what belongs to no live pod goes (taps, leases,
-        NAT rules)."""
+        NAT and anti-spoofing rules)."""
         live_taps = {tap_name(i) for i in live}
         if self.mode == "bridge":
             for tap in await asyncio.to_thread(Bridge.taps):
@@ -134,7 +135,7 @@ class Network:
             if pod_id not in live:
                 self.leases.release(pod_id)
         if self.mode == "bridge":
-            await self._apply_nat()
+            await self._apply_rules()
 
     def info(self) -> dict:
         return {"mode": self.mode, "reason": self.reason, "bridge": self.bridge.name if self.mode == "bridge" else None,
@@ -175,8 +176,7 @@ class Network:
             if not tap:
                 await asyncio.to_thread(self.bridge.add_tap, att.tap)
             self.pods[pod_id] = att
-            if ports:
-                await self._apply_nat()
+            await self._apply_rules()  # until then the tap, ours by its name, may send nothing
         except BaseException:
             await self.detach(pod_id)
             raise
@@ -195,7 +195,7 @@ class Network:
         return att
 
     async def detach(self, pod_id: str) -> None:
-        """Idempotent: host ports, tap, lease, NAT rules."""
+        """Idempotent: host ports, tap, lease, NAT and anti-spoofing rules."""
         att = self.pods.pop(pod_id, None)
         for s in self._reserved.pop(pod_id, []):
             s.close()
@@ -206,14 +206,19 @@ class Network:
                 log.warning("network: cannot remove tap %s: %s", att.tap, e)
         if self.requested != "none":
             self.leases.release(pod_id)
-        if att and att.ports and att.mode == "bridge":
-            await self._apply_nat()
+        if att and att.mode == "bridge":
+            await self._apply_rules()
 
-    async def _apply_nat(self) -> None:
+    async def _apply_rules(self) -> None:
+        """hyperd's nftables rendered from the bridge pods: their published ports, the MAC and address each tap
+        may send from, and the resolvers they were given (reachable on the host if one is a host address)."""
         async with self._lock:
-            forwards = [nat.Forward(p.host_ip, p.host_port, p.protocol, a.address, p.container_port)
-                        for a in self.pods.values() if a.mode == "bridge" for p in a.ports]
-            await nat.apply(self.bridge.name, str(self.bridge.subnet), forwards)
+            pods = [a for a in self.pods.values() if a.mode == "bridge"]
+            forwards = [firewall.Forward(p.host_ip, p.host_port, p.protocol, a.address, p.container_port)
+                        for a in pods for p in a.ports]
+            ports = [firewall.Port(a.tap, a.mac, a.address) for a in pods if a.tap]
+            await firewall.apply(self.bridge.name, str(self.bridge.subnet), forwards, ports,
+                                 {d for a in pods for d in a.dns})
 
     async def close(self, remove_rules: bool) -> None:
         for socks in self._reserved.values():
@@ -222,6 +227,6 @@ class Network:
         self._reserved.clear()
         if remove_rules and self.mode == "bridge":
             with contextlib.suppress(HCError):
-                await nat.remove()
+                await firewall.remove()
         self.leases.close()
 
