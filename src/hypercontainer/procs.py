@@ -10,11 +10,15 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 
-async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool = True) -> asyncio.subprocess.Process:
-    """Starts argv with stdin from /dev/null and output appended to `log` (or discarded)."""
+async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool = True,
+                preexec: Callable[[], None] | None = None,
+                pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
+    """Starts argv with stdin from /dev/null and output appended to `log` (or discarded). `preexec` runs in the
+    child before exec (vm/jail.py: system calls prepared in the parent); `pass_fds` are inherited."""
     out = open(log, "ab") if log else open(os.devnull, "wb")  # noqa: SIM115 - handed to the child
     try:
         return await asyncio.create_subprocess_exec(
@@ -23,6 +27,8 @@ async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool =
             stdout=out,
             stderr=out,
             start_new_session=new_session,
+            preexec_fn=preexec,
+            pass_fds=pass_fds,
         )
     finally:
         out.close()

@@ -25,6 +25,7 @@ from ..pod.manager import PodManager
 from ..pod.pod import GuestAssets
 from ..pod.pool import Pool
 from ..pod.templates import Templates
+from ..vm import confine, uids
 from ..vm.accel import detect
 from .api import DaemonInfo, create_app
 from .state import StateDB
@@ -77,6 +78,8 @@ class _Server(uvicorn.Server):
 
 async def serve(p: Paths) -> None:
     p.ensure()
+    vmm_uids = uids.check_range(uids.uid_range())
+    log.info("VMM uids: %d-%d", *vmm_uids)
     log.info("preparing guest assets in %s", p.assets)
     a = await asyncio.to_thread(guest_assets.ensure, p.assets)
     accel = await detect(a.kernel, a.initrd, a.digest, p.assets / "accel.json")
@@ -104,6 +107,9 @@ async def serve(p: Paths) -> None:
                          templates, boot, pool)
     manager.live_restore = os.environ.get("HYPERCONTAINER_LIVE_RESTORE", "1") != "0"
     await manager.recover()  # also removes pool VMs a crashed hyperd left (with or without a pool now)
+    leases, groups = confine.sweep()  # uid leases and cgroups of VMs that are gone
+    if leases or groups:
+        log.info("released %d uid leases and %d cgroups of VMs that are gone", leases, groups)
     pool.fill()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
                       str(p.root))
@@ -141,11 +147,13 @@ async def serve(p: Paths) -> None:
               help="How pods start: a cold boot, from a VM template, or a pre-started VM from the pool [template].")
 @click.option("--pool", "pool_size", type=click.IntRange(0, 64), default=None,
               help="VMs kept started (from the template) and paused, ready for pods [0].")
+@click.option("--vmm-uids", help="FIRST-LAST: the uids (and gids) QEMU runs as, one per VM; no user or group may "
+              f"have one [{uids.DEFAULT_RANGE[0]}-{uids.DEFAULT_RANGE[1]}].")
 @click.option("--debug", is_flag=True, help="Verbose logs.")
 @click.version_option(__version__, prog_name="hyperd")
 def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_registry: tuple[str, ...],
          live_restore: bool | None, network: str | None, bridge: str | None, subnet: str | None,
-         boot: str | None, pool_size: int | None, debug: bool) -> None:
+         boot: str | None, pool_size: int | None, vmm_uids: str | None, debug: bool) -> None:
     """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
     if root:
         os.environ["HYPERCONTAINER_ROOT"] = str(root)
@@ -157,7 +165,8 @@ def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_re
         os.environ["HYPERCONTAINER_LIVE_RESTORE"] = "1" if live_restore else "0"
     if pool_size is not None:
         os.environ["HYPERCONTAINER_POOL"] = str(pool_size)
-    for name, value in (("NETWORK", network), ("BRIDGE", bridge), ("SUBNET", subnet), ("BOOT", boot)):
+    for name, value in (("NETWORK", network), ("BRIDGE", bridge), ("SUBNET", subnet), ("BOOT", boot),
+                        ("VMM_UIDS", vmm_uids)):
         if value:
             os.environ[f"HYPERCONTAINER_{name}"] = value
     if insecure_registry:

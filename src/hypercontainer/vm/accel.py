@@ -16,8 +16,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import procs
-from .qemu import Sockets, VMConfig, command
+from ..errors import VMError
+from .machine import Machine
+from .qemu import Sockets, VMConfig
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT = 15.0
@@ -31,24 +32,26 @@ class Accel:
 
 
 async def probe_kvm(kernel: Path, initrd: Path, timeout: float = PROBE_TIMEOUT) -> tuple[bool, float, str]:
-    """Boots with KVM to an init that powers off at once. Returns (worked, seconds, why not)."""
+    """Boots with KVM to an init that powers off at once, confined as every VM is (a KVM that only works for an
+    unconfined QEMU is no use to pods). Returns (worked, seconds, why not)."""
     rundir = Path(tempfile.mkdtemp(prefix="hc-probe-"))
+    machine = Machine(VMConfig(kernel, initrd, Sockets(rundir), accel="kvm", memory_mib=128,
+                               cmdline=("hc.probe",), with_ports=False))
+    t0 = time.monotonic()
     try:
-        cfg = VMConfig(kernel, initrd, Sockets(rundir), accel="kvm", memory_mib=128,
-                       cmdline=("hc.probe",), with_ports=False)
-        t0 = time.monotonic()
-        proc = await procs.spawn(command(cfg), log=cfg.sockets.qemu_log)
-        try:
-            rc = await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            await procs.stop(proc, grace=0.5)
-            return False, timeout, f"a KVM guest did not boot within {timeout:.0f} s"
+        await machine.start()
+        rc = await asyncio.wait_for(machine.wait(), timeout)
         took = time.monotonic() - t0
         if rc != 0:
-            err = cfg.sockets.qemu_log.read_text(errors="replace").strip().splitlines()
+            err = machine.cfg.sockets.qemu_log.read_text(errors="replace").strip().splitlines()
             return False, took, f"qemu -accel kvm failed: {err[-1] if err else rc}"
         return True, took, "probe boot under KVM succeeded"
+    except TimeoutError:
+        return False, timeout, f"a KVM guest did not boot within {timeout:.0f} s"
+    except VMError as e:
+        return False, time.monotonic() - t0, f"qemu -accel kvm failed: {e.message[-300:]}"
     finally:
+        await machine.stop(grace=0)
         shutil.rmtree(rundir, ignore_errors=True)
 
 

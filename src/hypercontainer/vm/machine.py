@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from qemu.qmp import QMPClient
 
 from .. import procs
 from ..errors import VMError
+from . import confine, console
+from .cgroups import Cgroup
 from .qemu import AGENT_CHARDEVS, Sockets, VMConfig, command, socket_backend
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,9 @@ class Machine:
         self.cfg = cfg
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
+        self.confinement: confine.Confinement | None = None  # what start() made for QEMU (uid, cgroup, jail)
+        self._adopted: tuple[int | None, Cgroup | None] | None = None  # the same, of a VM taken over
+        self._console: asyncio.Task | None = None
 
     @property
     def pid(self) -> int | None:
@@ -37,18 +43,41 @@ class Machine:
     async def start(self, record: Path | None = None) -> None:
         """`record`: a file that gets QEMU's pid and start time as soon as it is spawned (who finds the file after
         a crash can tell that QEMU from a process that reused its pid)."""
-        argv = command(self.cfg)
-        log.debug("qemu: %s", " ".join(argv))
+        self.cfg = dataclasses.replace(self.cfg, jailed=True)
+        sockets = self.cfg.sockets
         self.started_at = time.monotonic()
-        self.proc = await procs.spawn(argv, log=self.cfg.sockets.qemu_log)
-        if record:
-            record.write_text(json.dumps({"pid": self.proc.pid, "start": procs.start_time(self.proc.pid)}))
-        wait_on = self.cfg.sockets.ctl if self.cfg.with_ports else self.cfg.sockets.qmp
+        vmm = confine.qemu(self.cfg)
+        argv = command(self.cfg, vmm.handed)
+        log.debug("qemu (uid %s): %s", vmm.uid, " ".join(argv))
         try:
-            await procs.wait_for_path(wait_on, self.proc, 10.0, "qemu")
-        except (RuntimeError, TimeoutError) as e:
+            self.proc = await procs.spawn(argv, log=sockets.qemu_log, preexec=vmm.jail.preexec,
+                                          pass_fds=vmm.pass_fds)
+        except (OSError, subprocess.SubprocessError) as e:
+            vmm.release()
+            raise VMError(f"QEMU could not be started in its jail: {e}. {self.qemu_log_tail()}") from None
+        finally:
+            vmm.close_parent_fds()
+        self.confinement = vmm
+        try:
+            # Into its cgroup while it starts (the kernel takes ~10 ms for a move: in a thread, overlapped); QEMU
+            # waits for the console's reader before the guest runs (wait=on), so the guest never runs outside it
+            # and no boot message is lost.
+            joined = asyncio.ensure_future(asyncio.to_thread(vmm.cgroup.add, self.proc.pid))
+            joined.add_done_callback(lambda f: f.cancelled() or f.exception())  # awaited below unless QEMU failed
+            vmm.started(self.proc.pid)
+            if record:
+                record.write_text(json.dumps({"pid": self.proc.pid, "start": procs.start_time(self.proc.pid)}))
+            await procs.wait_for_path(sockets.console_sock, self.proc, 10.0, "qemu")
+            await joined
+            reader, writer = await self._console_connect(sockets.console_sock)
+            self._console = asyncio.ensure_future(console.relay(reader, writer, sockets.console, truncate=True))
+            await procs.wait_for_path(sockets.ctl if self.cfg.with_ports else sockets.qmp, self.proc, 10.0, "qemu")
+        except (RuntimeError, TimeoutError, OSError) as e:
             await self.stop(grace=0)
             raise VMError(f"QEMU did not start: {e}. {self.qemu_log_tail()}") from None
+        except BaseException:
+            await self.stop(grace=0)
+            raise
 
     def qemu_log_tail(self) -> str:
         try:
@@ -58,11 +87,36 @@ class Machine:
         return f"QEMU said: {text[-800:]}" if text else ""
 
     def console_tail(self, lines: int = 20) -> str:
+        return console.tail(self.cfg.sockets.console, lines)
+
+    async def _console_connect(self, sock: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """console.connect, failing early if QEMU exits meanwhile."""
+        assert self.proc
+        task = asyncio.ensure_future(console.connect(sock))
+        died = asyncio.ensure_future(self.proc.wait())
         try:
-            text = self.cfg.sockets.console.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+            done, _ = await asyncio.wait({task, died}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            raise RuntimeError(f"qemu exited with status {self.proc.returncode} before its console was read")
+        finally:
+            for t in (task, died):
+                if not t.done():
+                    t.cancel()
+
+    async def _follow_console(self) -> None:
+        """A VM taken over: read its console again (appending), and note its uid and cgroup for stop()."""
+        if self.proc and self._adopted is None and self.confinement is None:
+            self._adopted = confine.inspect(self.proc.pid)
+        if self._console and not self._console.done():
+            return
+        try:
+            reader, writer = await console.connect(self.cfg.sockets.console_sock, timeout=2.0)
+        except (OSError, TimeoutError) as e:
+            log.warning("console of %s not followed: %s", self.cfg.sockets.rundir.name, e)
+            return
+        self._console = asyncio.ensure_future(console.relay(reader, writer, self.cfg.sockets.console,
+                                                            truncate=False))
 
     async def wait(self) -> int:
         assert self.proc
@@ -95,6 +149,7 @@ class Machine:
                               for chardev, path in zip(AGENT_CHARDEVS, (sockets.ctl, sockets.io), strict=True)],
                              timeout=5.0)
         self.cfg = dataclasses.replace(self.cfg, sockets=sockets)
+        await self._follow_console()
 
     @contextlib.asynccontextmanager
     async def monitor(self, timeout: float = 2.0):
@@ -158,13 +213,28 @@ class Machine:
             await self.qmp("quit", timeout=1.0)
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Waits up to `grace` for a guest-initiated power-off, then asks QMP to quit, then kills."""
-        if not self.proc or self.proc.returncode is not None:
+        """Waits up to `grace` for a guest-initiated power-off, then asks QMP to quit, then kills; then releases
+        the VM's uid, cgroup and console reader."""
+        if not self.proc:
             return
-        if grace > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), grace)
         if self.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await self._qmp_quit()
-        await procs.stop(self.proc, grace=1.0)
+            if self.confinement is None and self._adopted is None:
+                self._adopted = confine.inspect(self.proc.pid)
+            if grace > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.proc.wait()), grace)
+            if self.proc.returncode is None:
+                with contextlib.suppress(Exception):
+                    await self._qmp_quit()
+            await procs.stop(self.proc, grace=1.0)
+        if self._console:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self._console), 1.0)
+            self._console.cancel()
+            self._console = None
+        if self.confinement:
+            self.confinement.release()
+            self.confinement = None
+        elif self._adopted:
+            confine.release_pid(self.proc.pid, *self._adopted)
+            self._adopted = None

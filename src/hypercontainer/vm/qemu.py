@@ -11,6 +11,7 @@ from typing import Literal
 
 from ..errors import VMError
 
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 CTL_PORT = "hc.ctl"
 IO_PORT = "hc.io"
 
@@ -56,23 +57,32 @@ class Nic:
 
 @dataclass(frozen=True)
 class Sockets:
-    """The unix sockets QEMU listens on for one VM, in the pod's runtime directory; its logs in `logdir`."""
+    """The unix sockets QEMU listens on for one VM, in `<rundir>/vm` (the one directory its uid may write: see
+    vm/confine.py); its logs in `logdir`."""
 
     rundir: Path
     logdir: Path | None = None
     generation: int = 0  # bumped each time a new hyperd takes the VM over (fresh agent sockets)
 
     @property
+    def vmdir(self) -> Path:
+        return self.rundir / "vm"
+
+    @property
     def qmp(self) -> Path:
-        return self.rundir / "qmp.sock"
+        return self.vmdir / "qmp.sock"
 
     @property
     def ctl(self) -> Path:
-        return self.rundir / (f"ctl.{self.generation}.sock" if self.generation else "ctl.sock")
+        return self.vmdir / (f"ctl.{self.generation}.sock" if self.generation else "ctl.sock")
 
     @property
     def io(self) -> Path:
-        return self.rundir / (f"io.{self.generation}.sock" if self.generation else "io.sock")
+        return self.vmdir / (f"io.{self.generation}.sock" if self.generation else "io.sock")
+
+    @property
+    def console_sock(self) -> Path:
+        return self.vmdir / "console.sock"
 
     @property
     def console(self) -> Path:
@@ -101,6 +111,18 @@ class VMConfig:
     memory_file: Path | None = None
     memory_shared: bool = True
     incoming: bool = False
+    # Set by Machine (vm/confine.py): QEMU under -sandbox in its jail, its sockets in Sockets.vmdir, the serial
+    # console on a socket hyperd reads into a capped, rotated console.log (vm/console.py). Unset: bare QEMU (the
+    # accelerator probe, the benchmark's floor) with QMP in the rundir and the console written to a file.
+    jailed: bool = False
+
+
+@dataclass(frozen=True)
+class Handed:
+    """What a confined QEMU gets as open fds instead of opening it (it may not: vm/confine.py)."""
+
+    tap_fd: int | None = None
+    disk_fds: tuple[tuple[int, int], ...] = ()  # per disk: read-only and read-write (QEMU opens it both ways)
 
 
 @functools.cache
@@ -153,9 +175,11 @@ def socket_backend(path: Path) -> dict:
 AGENT_CHARDEVS = ("ctl", "io")
 
 
-def netdev(nic: Nic) -> str:
+def netdev(nic: Nic, tap_fd: int | None = None) -> str:
     if nic.hub is not None:
         return f"hubport,id=net0,hubid={nic.hub}"
+    if nic.tap and tap_fd is not None:
+        return f"tap,id=net0,fd={tap_fd}"
     if nic.tap:
         return f"tap,id=net0,ifname={nic.tap},script=no,downscript=no"
     fwd = "".join(f",hostfwd={f.protocol}:{f.host_ip}:{f.host_port}-:{f.guest_port}" for f in nic.forwards)
@@ -169,8 +193,11 @@ def memory_backend(cfg: VMConfig) -> str:
     return f"memory-backend-memfd,id=mem,size={cfg.memory_mib}M,share=on"
 
 
-def command(cfg: VMConfig) -> list[str]:
+def command(cfg: VMConfig, handed: Handed | None = None) -> list[str]:
+    """QEMU's argv. `handed`: the tap and disks as inherited fds (a confined QEMU), else by name and path."""
     s = cfg.sockets
+    console = (f"socket,id=console,path={s.console_sock},server=on,wait=on" if cfg.jailed
+               else f"file,id=console,path={s.console}")
     mem = f"{cfg.memory_mib}M"
     argv = [
         qemu_binary(),
@@ -184,9 +211,9 @@ def command(cfg: VMConfig) -> list[str]:
         "-kernel", str(cfg.kernel),
         "-initrd", str(cfg.initrd),
         "-append", kernel_cmdline(cfg),
-        "-chardev", f"file,id=console,path={s.console}",
+        "-chardev", console,
         "-serial", "chardev:console",
-        "-qmp", f"unix:{s.qmp},server=on,wait=off",
+        "-qmp", f"unix:{s.qmp if cfg.jailed else s.rundir / 'qmp.sock'},server=on,wait=off",
         "-device", "virtio-rng-device",
     ]
     if cfg.accel == "kvm":
@@ -201,12 +228,18 @@ def command(cfg: VMConfig) -> list[str]:
                 "-device", f"virtserialport,chardev={chardev},name={name}",
             ]
     for i, disk in enumerate(cfg.disks):
+        path = str(disk.path)
+        if handed and handed.disk_fds:
+            for fd in handed.disk_fds[i]:
+                argv += ["-add-fd", f"fd={fd},set={i + 1},opaque={disk.path}"]
+            path = f"/dev/fdset/{i + 1}"
         argv += [
-            "-drive", f"file={disk.path},if=none,id=disk{i},format=raw,cache=writeback",
+            "-drive", f"file={path},if=none,id=disk{i},format=raw,cache=writeback",
             "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}",
         ]
     if cfg.nic:
-        argv += ["-netdev", netdev(cfg.nic), "-device", f"virtio-net-device,netdev=net0,mac={cfg.nic.mac}"]
+        net = netdev(cfg.nic, handed.tap_fd if handed else None)
+        argv += ["-netdev", net, "-device", f"virtio-net-device,netdev=net0,mac={cfg.nic.mac}"]
     if cfg.share and cfg.share.kind == "virtiofs":
         argv += [
             "-chardev", f"socket,id=share,path={cfg.share.socket}",
@@ -219,4 +252,6 @@ def command(cfg: VMConfig) -> list[str]:
         ]
     if cfg.incoming:
         argv += ["-incoming", "defer"]
+    if cfg.jailed:
+        argv += ["-sandbox", SANDBOX]
     return argv
