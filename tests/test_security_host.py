@@ -213,3 +213,27 @@ def test_setuid_and_device_files_out_of_host_users_reach(hyperd: Daemon) -> None
         assert r.returncode != 0
     finally:
         hyperd.hyperctl("rm", "-f", "suid", check=True)
+
+
+def test_a_full_pod_disk_is_the_pods_own(busybox_tar: Path, tmp_path: Path) -> None:
+    """hyperd --storage-size 64M: a container writing 200 MiB gets "No space left on device" from its own disk
+    image, which stays within 64 MiB on the host; removing the pod removes the image and its loop device."""
+    d = Daemon(tmp_path, HYPERCONTAINER_STORAGE_SIZE="64M", HYPERCONTAINER_BOOT="cold")
+    d.start()
+    try:
+        d.hyperctl("load", "-i", str(busybox_tar), check=True)
+        r = d.hyperctl("run", "--name", "filler", "busybox", "sh", "-c",
+                       "dd if=/dev/zero of=/big bs=1M count=200; sync; echo still-here")
+        assert b"No space left on device" in r.stderr and r.stdout.endswith(b"still-here\n"), (r.stdout, r.stderr)
+        pod_id = json.loads(d.hyperctl("inspect", "filler", check=True).stdout)["id"]
+        image = d.statedir / "pods" / pod_id / "disk.img"
+        assert 0 < image.stat().st_blocks * 512 <= 64 << 20
+        d.hyperctl("rm", "filler", check=True)
+        assert not image.exists()
+        assert str(image) not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        (tmp_path / "bad").mkdir()
+        bad = Daemon(tmp_path / "bad", HYPERCONTAINER_STORAGE_SIZE="lots")
+        with pytest.raises(RuntimeError, match="storage size 'lots'"):
+            bad.start()
+    finally:
+        d.stop()

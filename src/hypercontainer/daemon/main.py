@@ -25,6 +25,7 @@ from ..pod.manager import PodManager
 from ..pod.pod import GuestAssets
 from ..pod.pool import Pool
 from ..pod.templates import Templates
+from ..storage.disk import DEFAULT_STORAGE_SIZE, parse_size
 from ..vm import confine, uids
 from ..vm.accel import detect
 from .api import DaemonInfo, create_app
@@ -102,9 +103,13 @@ async def serve(p: Paths) -> None:
     templates.prune()
     if boot != "cold":
         templates.ready(1, 256, network.mode != "none")  # the default pod, built in the background (cold until then)
+    try:
+        storage_size = parse_size(os.environ.get("HYPERCONTAINER_STORAGE_SIZE", DEFAULT_STORAGE_SIZE))
+    except ValueError as e:
+        raise HCError(str(e)) from None
     pool = Pool(pool_size, templates, p.run / "pool", network)
     manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name), network,
-                         templates, boot, pool)
+                         templates, boot, pool, storage_size)
     manager.live_restore = os.environ.get("HYPERCONTAINER_LIVE_RESTORE", "1") != "0"
     await manager.recover()  # also removes pool VMs a crashed hyperd left (with or without a pool now)
     leases, groups = confine.sweep()  # uid leases and cgroups of VMs that are gone
@@ -149,11 +154,14 @@ async def serve(p: Paths) -> None:
               help="VMs kept started (from the template) and paused, ready for pods [0].")
 @click.option("--vmm-uids", help="FIRST-LAST: the uids (and gids) QEMU runs as, one per VM; no user or group may "
               f"have one [{uids.DEFAULT_RANGE[0]}-{uids.DEFAULT_RANGE[1]}].")
+@click.option("--storage-size", help="Each pod's disk for its containers' writable layers (a sparse image of its own: "
+              f"a pod that fills it fills its own), e.g. 20G; 0: no limit [{DEFAULT_STORAGE_SIZE}].")
 @click.option("--debug", is_flag=True, help="Verbose logs.")
 @click.version_option(__version__, prog_name="hyperd")
 def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_registry: tuple[str, ...],
          live_restore: bool | None, network: str | None, bridge: str | None, subnet: str | None,
-         boot: str | None, pool_size: int | None, vmm_uids: str | None, debug: bool) -> None:
+         boot: str | None, pool_size: int | None, vmm_uids: str | None, storage_size: str | None,
+         debug: bool) -> None:
     """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
     if root:
         os.environ["HYPERCONTAINER_ROOT"] = str(root)
@@ -166,7 +174,7 @@ def main(root: Path | None, run_dir: Path | None, sock: Path | None, insecure_re
     if pool_size is not None:
         os.environ["HYPERCONTAINER_POOL"] = str(pool_size)
     for name, value in (("NETWORK", network), ("BRIDGE", bridge), ("SUBNET", subnet), ("BOOT", boot),
-                        ("VMM_UIDS", vmm_uids)):
+                        ("VMM_UIDS", vmm_uids), ("STORAGE_SIZE", storage_size)):
         if value:
             os.environ[f"HYPERCONTAINER_{name}"] = value
     if insecure_registry:

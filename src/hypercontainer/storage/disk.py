@@ -17,6 +17,7 @@ from ..errors import HCError
 from .mount import MS_NODEV, MS_NOSUID, mount, umount
 
 LOOP_CTL_GET_FREE, LOOP_CONFIGURE, LO_FLAGS_AUTOCLEAR = 0x4C82, 0x4C0A, 4
+DEFAULT_STORAGE_SIZE = "10G"  # as docker's devicemapper base size
 
 
 class _LoopInfo64(ctypes.Structure):
