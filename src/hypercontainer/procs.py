@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -76,32 +77,53 @@ def start_time(pid: int) -> int | None:
 
 
 class Adopted:
-    """A process this daemon did not start (a VM left running by an earlier hyperd), with the parts of
-    asyncio.subprocess.Process the rest of the code uses. Exit is seen through a pidfd; the exit status of a
-    process that is not our child cannot be known, so it reads as 0."""
+    """A process this daemon did not start (a VM left running by an earlier hyperd or a dead runv shim), with the
+    parts of asyncio.subprocess.Process the rest of the code uses. Its pidfd is opened at once (signals reach
+    this process, never one that reused its pid); exit is watched through it once something awaits wait(), so
+    it works without a running event loop too (runv's synchronous verbs). The exit status of a process that is
+    not our child cannot be known, so it reads as 0."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
-        self._fd = os.pidfd_open(pid)
-        loop = asyncio.get_running_loop()
-        self._exited: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(self._fd, self._on_exit)
+        self._fd: int | None = os.pidfd_open(pid)
+        self._exited: asyncio.Future[None] | None = None
 
     def _on_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self._fd)
-        os.close(self._fd)
-        self.returncode = 0
-        if not self._exited.done():
+        if self._fd is not None:
+            asyncio.get_running_loop().remove_reader(self._fd)
+        self._close()
+        if self._exited and not self._exited.done():
             self._exited.set_result(None)
 
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.returncode = 0
+
     async def wait(self) -> int:
+        if self.returncode is not None:
+            return 0
+        if self._exited is None:
+            loop = asyncio.get_running_loop()
+            self._exited = loop.create_future()
+            assert self._fd is not None
+            loop.add_reader(self._fd, self._on_exit)
         await asyncio.shield(self._exited)
         return 0
 
+    def wait_blocking(self, timeout: float) -> bool:
+        """Waits without an event loop (runv); whether the process is gone."""
+        if self.returncode is not None or self._fd is None:
+            return True
+        if select.select([self._fd], [], [], timeout)[0]:
+            self._close()
+            return True
+        return False
+
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
+        if self.returncode is None and self._fd is not None:
             signal.pidfd_send_signal(self._fd, sig)
 
     def kill(self) -> None:

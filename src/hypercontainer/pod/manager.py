@@ -29,6 +29,7 @@ from .states import FINAL, PodState
 from .templates import Templates
 
 log = logging.getLogger(__name__)
+LIVE = (PodState.RUNNING.value, PodState.PAUSED.value)  # the states a restarted hyperd takes pods over in
 
 
 class PodManager:
@@ -201,9 +202,10 @@ class PodManager:
     # ---- daemon start and stop ---------------------------------------------------------------------------
     async def recover(self) -> None:
         """Pods recorded by an earlier daemon: running ones are taken over (their VMs kept running); what a
-        dead one left (VM, mounts, sockets) is released and it shows as exited."""
+        dead one left (VM, mounts, sockets), and what one was still starting or stopping (its QEMU and virtiofsd
+        are recorded as soon as they exist), is released and it shows as exited."""
         infos = [rec["info"] for rec in self.records.all()]
-        live = [i for i in infos if i["state"] not in (s.value for s in FINAL)]
+        live = [i for i in infos if i["state"] in LIVE]
         taken = await asyncio.gather(*(self._take_over(i) for i in live)) if self.live_restore else [False] * len(live)
         taken_ids = {i["id"] for i, ok in zip(live, taken, strict=True) if ok}
         for info in infos:
@@ -211,7 +213,8 @@ class PodManager:
                 continue
             if info["state"] not in (s.value for s in FINAL):
                 self._release(info)
-                info.update(state="exited", error="hyperd stopped while the pod ran", exit_code=255)
+                why = "ran" if info["state"] in LIVE else "was " + info["state"]
+                info.update(state="exited", error=f"hyperd stopped while the pod {why}", exit_code=255)
                 self.records.save(info["id"], info["name"], "exited", info)
             if info.get("spec", {}).get("auto_remove"):
                 self._remove_stale(info["id"])
@@ -279,7 +282,8 @@ class PodManager:
     def _release(self, info: dict) -> None:
         rt = info.get("runtime") or {}
         rundir = self._rundir_of(info)
-        procs.kill_if_ours(rt.get("vm_pid"), rt.get("vm_start"), str(rundir))  # still ours: same pid, same start
+        for kind in ("vm", "share"):  # still ours: same pid, same start
+            procs.kill_if_ours(rt.get(f"{kind}_pid"), rt.get(f"{kind}_start"), str(rundir))
         detach_all_under(self.poddir / info["id"])
         remove_tree(rundir)
 

@@ -195,6 +195,7 @@ class Pod:
         self.booted_from = f"pool:{slot.template}" if slot else template.home.name if template else "cold"
         clone = bool(slot or template)
         self.share = PodShare(self.share_dir, self.rundir, force_9p=clone)
+        self.share.on_spawn = self.changed  # recorded before it runs: a crashed hyperd's successor finds it
         share = await self.share.start()
         self.timings.mark("share")
         sockets = Sockets(self.rundir, logdir=self.statedir)
@@ -205,6 +206,7 @@ class Pod:
             self.timings.mark("resumed")
         else:
             self.machine = Machine(self._vm_config(sockets, share, template))
+            self.machine.on_spawn = self.changed
             await self.machine.start()
             self.timings.mark("qemu")
             if template:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import procs
@@ -38,6 +39,7 @@ class PodShare:
         self.rundir = rundir
         self.proc: asyncio.subprocess.Process | None = None
         self.confinement: confine.Confinement | None = None
+        self.on_spawn: Callable[[], None] | None = None  # called as soon as virtiofsd exists: its owner records it
         binary = None if force_9p else find_virtiofsd()
         self.binary = binary
         self.share = (Share("virtiofs", SHARE_TAG, socket=rundir / "virtiofs.sock") if binary
@@ -63,6 +65,8 @@ class PodShare:
         finally:
             vmm.close_parent_fds()
         self.confinement = vmm
+        if self.on_spawn:
+            self.on_spawn()
         try:
             await procs.wait_for_path(sock, self.proc, 5.0, "virtiofsd")
         except (RuntimeError, TimeoutError) as e:

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from qemu.qmp import QMPClient
@@ -35,6 +36,7 @@ class Machine:
         self.confinement: confine.Confinement | None = None  # what start() made for QEMU (uid, cgroup, jail)
         self._adopted: tuple[int | None, Cgroup | None] | None = None  # the same, of a VM taken over
         self._console: asyncio.Task | None = None
+        self.on_spawn: Callable[[], None] | None = None  # called as soon as QEMU exists: its owner records it
 
     @property
     def pid(self) -> int | None:
@@ -67,6 +69,8 @@ class Machine:
             vmm.started(self.proc.pid)
             if record:
                 record.write_text(json.dumps({"pid": self.proc.pid, "start": procs.start_time(self.proc.pid)}))
+            if self.on_spawn:
+                self.on_spawn()
             await procs.wait_for_path(sockets.console_sock, self.proc, 10.0, "qemu")
             await joined
             reader, writer = await self._console_connect(sockets.console_sock)
