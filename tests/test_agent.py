@@ -41,13 +41,21 @@ class Agent:
 
 
 async def run(client: AgentClient, argv: list[str], stream: int = 2, stdin: bytes | None = None,
-              **extra: object) -> tuple[bytes, bytes, int]:
+              _signal: int | None = None, **extra: object) -> tuple[bytes, bytes, int]:
+    """A process to its end; with _signal, that signal once its first line of output has arrived."""
     p = client.register(stream, bool(extra.get("terminal")))
     await client.request(Msg.NEW_CONTAINER, {"id": f"c{stream}", "arg": argv, "stream": stream,
                                              "stdin": int(stdin is not None), **extra})  # type: ignore[dict-item]
     if stdin is not None:
         await p.write_stdin(stdin)
         await p.close_stdin()
+    if _signal is not None:
+        first = await p.stdout.get()
+        await client.request(Msg.SIGNAL, {"stream": stream, "signal": _signal})
+        rest = b""
+        while (chunk := await p.stdout.get()) is not None:
+            rest += chunk
+        return (first or b"") + rest, b"", await asyncio.wait_for(p.exit, 10)
 
     async def drain(q: asyncio.Queue) -> bytes:
         out = b""
@@ -196,3 +204,73 @@ async def test_rlimits(agent: Agent) -> None:
         c.register(4, False)
         with pytest.raises(AgentError, match="unknown rlimit"):
             await c.request(Msg.NEW_CONTAINER, {"id": "r", "arg": ["true"], "stream": 4, "rlimit": ["bogus:1:1"]})
+
+
+def _busybox_share(busybox_tar: Path, share: Path, *names: str) -> None:
+    share.mkdir()
+    for name in names:
+        with tarfile.open(busybox_tar) as outer:
+            layer = outer.extractfile("layer/layer.tar")
+            assert layer
+            unpack_layer(layer, share / name)  # type: ignore[arg-type]
+
+
+def _status(out: bytes) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in out.decode().splitlines() if ":\t" in line)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="container setup needs root")
+async def test_container_boundary(agent_host_binary: Path, busybox_tar: Path, tmp_path: Path) -> None:
+    """A container on a root: PID 1 of its own PID namespace, docker's default capabilities, runc's masked and
+    read-only /proc paths; capability fields and no_new_privs as given; an EXEC gets the container's."""
+    share = tmp_path / "share"
+    _busybox_share(busybox_tar, share, "c1", "c2")
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    async with Agent(agent_host_binary, share) as c:
+        await c.handshake(5)
+        script = ("tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/self/status; wc -c < /proc/timer_list; "
+                  "echo 1 > /proc/sys/kernel/domainname || echo RO; mount -t tmpfs x /tmp || echo NOMOUNT")
+        out, err, code = await run(c, ["sh", "-c", script], rootfs="c1")
+        assert code == 0, err
+        lines = out.decode().splitlines()
+        assert lines[0].startswith("sh -c tr")  # PID 1 in there is the container's own first process
+        st = _status(out)
+        assert int(st["CapBnd"], 16) == int(st["CapEff"], 16) == 0xA80425FB and int(st["CapInh"], 16) == 0
+        assert st["NoNewPrivs"] == "0" and "RO" in lines and "NOMOUNT" in lines
+        if Path("/proc/timer_list").exists():
+            assert lines[lines.index("RO") - 1].strip() == "0"  # masked: /dev/null bound over it
+        assert b"Read-only file system" in err
+
+        # Given sets and no_new_privs; an EXEC without them gets the container's, with them its own.
+        p = c.register(4, False)
+        await c.request(Msg.NEW_CONTAINER, {"id": "c2", "rootfs": "c2", "arg": ["sleep", "30"], "stream": 4,
+                                            "cap_bounding": 0x3, "cap_effective": 0x1, "cap_permitted": 0x3,
+                                            "no_new_privs": 1})
+        c.register(6, False)
+        await c.request(Msg.EXEC, {"id": "c2", "arg": ["sh", "-c", "cat /proc/self/status; cat /proc/1/comm"],
+                                   "stream": 6})
+        out = b"".join([x async for x in _drain(c, 6)])
+        st = _status(out)
+        assert int(st["CapBnd"], 16) == 0x3 and int(st["CapEff"], 16) == 0x3 and st["NoNewPrivs"] == "1"
+        assert out.decode().splitlines()[-1] == "sleep"  # it joined the container's PID namespace
+        c.register(8, False)
+        await c.request(Msg.EXEC, {"id": "c2", "arg": ["grep", "CapEff", "/proc/self/status"], "stream": 8,
+                                   "cap_bounding": 0x1, "cap_effective": 0x1, "cap_permitted": 0x1})
+        assert b"".join([x async for x in _drain(c, 8)]).split() == [b"CapEff:", b"0000000000000001"]
+        # The container's PID 1 has no TERM handler: the kernel would drop the host's signal; the agent kills
+        # it as TERM would have (143), where before this signal just did nothing in a PID namespace.
+        await c.request(Msg.SIGNAL, {"stream": 4, "signal": 15})
+        assert await asyncio.wait_for(p.exit, 10) == 128 + 15
+        # One with a handler gets the signal itself.
+        out, _, code = await run(c, ["sh", "-c", "trap 'echo caught; exit 7' TERM; echo ready; "
+                                     "while :; do sleep 0.1; done"], stream=10, rootfs="c1", _signal=15)
+        assert (out, code) == (b"ready\ncaught\n", 7)
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before
+    shutil.rmtree(share)
+
+
+async def _drain(c: AgentClient, stream: int):
+    p = c._procs[stream]
+    while (chunk := await p.stdout.get()) is not None:
+        yield chunk
+    await asyncio.wait_for(p.exit, 10)

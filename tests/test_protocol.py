@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from hypercontainer.errors import VMError
+from hypercontainer.protocol.client import AgentClient
 from hypercontainer.protocol.codec import (
     BY_NAME,
     FIELDS,
@@ -104,3 +108,24 @@ def test_encoder_refuses_bad_values() -> None:
     with pytest.raises(ProtocolError):
         encode_io(2, b"x" * 65537)
     assert BY_NAME["arg"].list
+
+
+async def test_client_records_oom_kill_and_rejects_a_bad_flag() -> None:
+    """EXITED's oom_killed reaches the process's streams; a value other than 0/1 ends the connection."""
+    for flag, expect in ((1, True), (0, False), (None, False), (2, None)):
+        ctl_host, ctl_guest = socket.socketpair()
+        io_host, io_guest = socket.socketpair()
+        client = AgentClient()
+        await client.connect_sockets(ctl_host, io_host)
+        proc = client.register(2, False)
+        fields = {"stream": 2, "status": 137, **({} if flag is None else {"oom_killed": flag})}
+        ctl_guest.sendall(encode_ctl(Msg.EXITED, 0, fields))
+        if expect is None:
+            assert "oom_killed 2" in await asyncio.wait_for(client.lost, 5)
+            with pytest.raises(VMError):
+                await proc.exit
+        else:
+            assert await asyncio.wait_for(proc.exit, 5) == 137 and proc.oom_killed is expect
+        await client.close()
+        for s in (ctl_guest, io_guest):
+            s.close()

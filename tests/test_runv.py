@@ -203,13 +203,23 @@ def test_two_containers_in_one_vm_by_annotation(runv: Runv, bundle: Path, tmp_pa
         t.extractall(member / "rootfs", filter="tar")
     cfg["process"]["args"] = ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; ps; exit 5"]
     cfg["annotations"] = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
+    # CRI's pod-wide PID namespace (shareProcessNamespace): the member names the sandbox's.
+    sb_pid = runv.state("sb")["pid"]
+    cfg["linux"]["namespaces"] = [*(n for n in cfg["linux"].get("namespaces", []) if n.get("type") != "pid"),
+                                  {"type": "pid", "path": f"/proc/{sb_pid}/ns/pid"}]
     (member / "config.json").write_text(json.dumps(cfg))
     r = runv("run", "--bundle", str(member), "m1")
     assert r.returncode == 5, r.stderr
     boot_id = runv("exec", "sb", "cat", "/proc/sys/kernel/random/boot_id").stdout.strip()
     lines = r.stdout.splitlines()
     assert lines[0] == boot_id  # the same kernel: one VM
-    assert any(b"sleep 300" in line for line in lines[1:])  # and the sandbox's processes are there
+    assert any(b"sleep 300" in line for line in lines[1:]), r.stdout  # and the sandbox's processes are there
+    # Without it (CRI's default): one VM still, but a PID namespace of its own, as in Kubernetes.
+    cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"] if n.get("type") != "pid"]
+    (member / "config.json").write_text(json.dumps(cfg))
+    r = runv("run", "--bundle", str(member), "m2")
+    assert r.returncode == 5 and r.stdout.splitlines()[0] == boot_id, r.stderr
+    assert not any(b"sleep 300" in line for line in r.stdout.splitlines()[1:])
     vm = json.loads((runv.root / "sb" / "state.json").read_text())["vm_pid"]
     assert runv("delete", "--force", "sb").returncode == 0
     for _ in range(100):

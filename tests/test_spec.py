@@ -7,14 +7,17 @@ import os
 import re
 from pathlib import Path
 
+import click
 import pytest
 from pydantic import ValidationError
 
+from hypercontainer.cli.hyperctl.run import security_options
 from hypercontainer.errors import InvalidArgument
 from hypercontainer.pod.users import resolve
 from hypercontainer.spec import oci
 from hypercontainer.spec.errors import invalid_spec
-from hypercontainer.spec.pod import PodSpec
+from hypercontainer.spec.kube import from_kube
+from hypercontainer.spec.pod import CAPABILITIES, PodSpec
 from hypercontainer.spec.publish import parse_publish
 
 
@@ -115,3 +118,74 @@ def test_oci_config_reports_what_it_does_not_honour(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(InvalidArgument, match="unknown rlimit RLIMIT_BOGUS"):
         oci.load(tmp_path)
+
+
+def test_capabilities_like_docker() -> None:
+    default = 0xA80425FB
+    every = (1 << len(CAPABILITIES)) - 1
+
+    def mask(add: list[str] = [], drop: list[str] = [], privileged: bool = False) -> int:  # noqa: B006
+        spec = PodSpec.model_validate(ok(containers=[{"name": "a", "image": "b", "privileged": privileged,
+                                                       "capabilities": {"add": add, "drop": drop}}]))
+        return spec.containers[0].capabilities.mask(spec.containers[0].privileged)
+
+    assert mask() == default
+    assert mask(add=["sys_admin"], drop=["CAP_NET_RAW"]) == (default | 1 << 21) & ~(1 << 13)
+    assert mask(drop=["ALL"], add=["CHOWN"]) == 1
+    assert mask(add=["ALL"], drop=["SYS_MODULE"]) == every & ~(1 << 16)
+    assert mask(drop=["all"]) == 0 and mask(privileged=True) == every
+    assert "unknown capability 'CAP_FLY'" in err(ok(containers=[{"name": "a", "image": "b",
+                                                                   "capabilities": {"add": ["CAP_FLY"]}}]))
+
+
+def test_share_process_namespace_reaches_every_container() -> None:
+    two = [{"name": "a", "image": "b"}, {"name": "c", "image": "b"}]
+    spec = PodSpec.model_validate(ok(containers=two, shareProcessNamespace=True))
+    assert [c.pid_namespace for c in spec.containers] == ["pod", "pod"]
+    assert PodSpec.model_validate(spec.model_dump(mode="json")) == spec  # stored and read back alike
+    assert [c.pid_namespace for c in PodSpec.model_validate(ok(containers=two)).containers] == ["container"] * 2
+
+
+def test_kube_security_context() -> None:
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
+        "shareProcessNamespace": True,
+        "containers": [{"name": "a", "image": "busybox", "securityContext": {
+            "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]}, "allowPrivilegeEscalation": False,
+            "privileged": False, "seccompProfile": {"type": "RuntimeDefault"}}}]}}
+    ours, ignored = from_kube(doc)
+    spec = PodSpec.model_validate(ours)
+    c = spec.containers[0]
+    assert spec.share_process_namespace and c.pid_namespace == "pod"
+    assert c.capabilities.mask() == 1 << 12 and c.no_new_privileges and not c.privileged
+    assert ignored == ["spec.containers[0].securityContext.seccompProfile"]
+
+
+def test_oci_capabilities_and_no_new_privileges(tmp_path: Path) -> None:
+    (tmp_path / "rootfs").mkdir()
+    cfg = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+           "process": {"args": ["sh"], "noNewPrivileges": True, "capabilities": {
+               "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_TELEPATHY"], "effective": ["CAP_KILL"],
+               "permitted": ["CAP_KILL", "CAP_CHOWN"], "ambient": ["CAP_KILL"]}}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    c = oci.load(tmp_path)
+    assert c.process
+    assert oci.process_security(c.process) == {"cap_bounding": 0b100001, "cap_effective": 0b100000,
+                                               "cap_permitted": 0b100001, "cap_inheritable": 0,
+                                               "cap_ambient": 0b100000, "no_new_privs": 1}
+    assert oci.unsupported(c) == ["process.capabilities: unknown capability CAP_TELEPATHY"]
+    # An exec's process without them takes the container's; a config without any gets docker's default set.
+    bare = oci.Process.model_validate({"args": ["true"]})
+    inherited = oci.process_security(bare, inherit={"cap_bounding": 1, "cap_effective": 1, "no_new_privs": 1})
+    assert inherited == {"cap_bounding": 1, "cap_effective": 1, "no_new_privs": 1}
+    assert oci.process_security(bare)["cap_effective"] == 0xA80425FB
+    cfg["linux"] = {"namespaces": [{"type": "pid", "path": "/proc/1/ns/pid"}]}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert any("pid namespace /proc/1/ns/pid" in w for w in oci.unsupported(oci.load(tmp_path)))
+
+
+def test_hyperctl_security_flags() -> None:
+    assert security_options(("SYS_ADMIN",), ("NET_RAW",), True, ("no-new-privileges",)) == {
+        "capabilities": {"add": ["SYS_ADMIN"], "drop": ["NET_RAW"]}, "privileged": True, "no_new_privileges": True}
+    assert security_options((), (), False, ("no-new-privileges=false",)) == {"no_new_privileges": False}
+    with pytest.raises(click.BadParameter):
+        security_options((), (), False, ("seccomp=unconfined",))

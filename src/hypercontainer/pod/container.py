@@ -58,7 +58,18 @@ def process_fields(spec: ContainerSpec, image: Image, rootfs: Path, hostname: st
         "stdin": int(spec.stdin),
         "readonly": int(spec.readonly),
         "rlimit": [f"{u.name}:{u.soft}:{u.hard}" for u in spec.ulimits],
+        **security_fields(spec),
     }
+
+
+def security_fields(spec: ContainerSpec) -> dict:
+    """Capabilities (docker's default set with the spec's adds and drops; every one if privileged), no_new_privs,
+    privileged and the PID namespace, as NEW_CONTAINER fields. EXEC takes the same capabilities and
+    no_new_privs; the agent reads privileged and shared_pid_ns on NEW_CONTAINER only."""
+    caps = spec.capabilities.mask(spec.privileged)
+    return {"cap_bounding": caps, "cap_effective": caps, "cap_permitted": caps, "cap_inheritable": 0,
+            "cap_ambient": 0, "no_new_privs": int(spec.no_new_privileges), "privileged": int(spec.privileged),
+            "shared_pid_ns": int(spec.pid_namespace == "pod")}
 
 
 @dataclass
@@ -69,6 +80,7 @@ class Container:
     log_path: Path
     streams: ProcessStreams | None = None
     exit_code: int | None = None
+    oom_killed: bool = False  # its process was ended by the guest kernel's OOM killer (exit code 137)
     error: str | None = None
     pid: int | None = None
     fields: dict = field(default_factory=dict)  # the process fields it was started with (exec starts from them)
@@ -106,6 +118,7 @@ class Container:
         """Before a restart: a new run with its own exit."""
         self.done = asyncio.Event()
         self.exit_code = self.error = None
+        self.oom_killed = False
         self.streams = None
 
     def finish(self, exit_code: int, error: str | None = None) -> None:
@@ -145,4 +158,5 @@ class Container:
             return
         finally:
             s.client.unregister(s.stream)
+        self.oom_killed = s.oom_killed
         self.finish(code)

@@ -255,7 +255,7 @@ class PodManager:
             c = Container(cs, self.images.get(ci["image"]), stream=state["stream"],
                           log_path=self.poddir / info["id"] / "logs" / f"{cs.name}.log",
                           fields=state["fields"], mounts=state["mounts"], restarts=state["restarts"],
-                          pid=state["pid"])
+                          pid=state["pid"], oom_killed=state.get("oom_killed", False))
             if state["started"]:
                 c.started.set()
             if state["done"]:

@@ -450,6 +450,8 @@ class Pod:
         mounted_before = set(self.tree.ids)
         try:
             self.spec = self.spec.model_copy(update={"volumes": [*self.spec.volumes, *volumes]})
+            if self.spec.share_process_namespace:  # it joins the pod's PID namespace like the others
+                c.spec = c.spec.model_copy(update={"pid_namespace": "pod"})
             await self._ensure_disk([c])
             self._prepare_container(c)
             c.stream = self._next_stream()
@@ -479,6 +481,8 @@ class Pod:
         while True:
             began = time.monotonic()
             await c.done.wait()
+            if c.oom_killed:
+                self.emit("oom", container=c.name, exit_code=c.exit_code)
             if not self._should_restart(c):
                 return
             if time.monotonic() - began >= RESTART_BACKOFF_MAX:
@@ -657,7 +661,8 @@ class Pod:
             "network": self.net.to_dict() if self.net else None,
             "containers": {c.name: {"stream": c.stream, "fields": c.fields, "mounts": c.mounts,
                                     "started": c.started.is_set(), "done": c.done.is_set(),
-                                    "exit_code": c.exit_code, "error": c.error, "restarts": c.restarts, "pid": c.pid}
+                                    "exit_code": c.exit_code, "error": c.error, "restarts": c.restarts, "pid": c.pid,
+                                    "oom_killed": c.oom_killed}
                            for c in self.containers},
         }
 
@@ -688,7 +693,7 @@ class Pod:
             "network": self.net_info(),
             "restart_policy": self.spec.restart_policy,
             "containers": [{"name": c.name, "image": c.image.id, "pid": c.pid, "exit_code": c.exit_code,
-                            "error": c.error, "restarts": c.restarts,
+                            "error": c.error, "restarts": c.restarts, "OOMKilled": c.oom_killed,
                             "state": "exited" if c.done.is_set() else "running" if c.started.is_set() else "created"}
                            for c in self.containers],
             "spec": self.spec.model_dump(mode="json"),

@@ -42,6 +42,7 @@ class ProcessStreams:
         self.stdout: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
         self.stderr: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
         self.exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.oom_killed = False  # set with the exit: the guest kernel's OOM killer ended the process
         self.stdin_closed = False
         self.ended: set[int] = set()  # output streams that saw EOF: later frames are the guest's error
         if terminal:
@@ -159,7 +160,11 @@ class AgentClient:
                 raise ProtocolError(f"EXITED for unknown stream {stream}")
             if status > 255:
                 raise ProtocolError(f"exit status {status} out of range")
+            oom = int(frame.fields.get("oom_killed", 0))  # type: ignore[arg-type]
+            if oom not in (0, 1):
+                raise ProtocolError(f"oom_killed {oom} is not 0 or 1")
             if not proc.exit.done():
+                proc.oom_killed = bool(oom)
                 proc.exit.set_result(status)
             return
         fut = self._pending.pop(frame.seq, None)

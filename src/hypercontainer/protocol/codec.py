@@ -86,6 +86,16 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(33, "net_gw", "str"),
     FieldDef(34, "clock_ns", "u64"),
     FieldDef(35, "seed", "str"),
+    FieldDef(36, "cap_bounding", "u64"),
+    FieldDef(37, "cap_effective", "u64"),
+    FieldDef(38, "cap_permitted", "u64"),
+    FieldDef(39, "cap_inheritable", "u64"),
+    FieldDef(40, "cap_ambient", "u64"),
+    FieldDef(41, "no_new_privs", "u64"),
+    FieldDef(42, "privileged", "u64"),
+    FieldDef(43, "shared_pid_ns", "u64"),
+    FieldDef(44, "oom_killed", "u64"),
+    FieldDef(45, "pid_ns_of", "str"),
 )
 BY_TAG = {f.tag: f for f in FIELDS}
 BY_NAME = {f.name: f for f in FIELDS}

@@ -9,7 +9,10 @@ from ..errors import InvalidArgument
 _MEM = re.compile(r"^([0-9]+)(Ki|Mi|Gi|K|M|G)?$")
 _MEM_UNITS = {None: 1 / (1 << 20), "Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "K": 1000 / (1 << 20), "M": 1e6 / (1 << 20),
               "G": 1e9 / (1 << 20)}
-POD_FIELDS = {"containers", "volumes", "hostname", "restartPolicy", "dnsPolicy", "terminationGracePeriodSeconds"}
+POD_FIELDS = {"containers", "volumes", "hostname", "restartPolicy", "dnsPolicy", "terminationGracePeriodSeconds",
+              "shareProcessNamespace"}
+SECURITY_FIELDS = {"runAsUser", "runAsGroup", "readOnlyRootFilesystem", "capabilities", "allowPrivilegeEscalation",
+                   "privileged"}
 CONTAINER_FIELDS = {"name", "image", "command", "args", "env", "workingDir", "tty", "stdin", "volumeMounts",
                     "securityContext", "resources", "imagePullPolicy", "ports"}
 
@@ -61,6 +64,14 @@ def from_kube(doc: dict) -> tuple[dict, list[str]]:
         out["volumes"] = [{"name": m.get("name"), "path": m.get("mountPath"), "readonly": m.get("readOnly", False)}
                           for m in c.get("volumeMounts") or []]
         sc = c.get("securityContext") or {}
+        ignored += [f"spec.containers[{i}].securityContext.{k}" for k in sc if k not in SECURITY_FIELDS]
+        caps = sc.get("capabilities") or {}
+        if caps:
+            out["capabilities"] = {"add": caps.get("add") or [], "drop": caps.get("drop") or []}
+        if sc.get("allowPrivilegeEscalation") is False:
+            out["no_new_privileges"] = True
+        if sc.get("privileged"):
+            out["privileged"] = True
         if "runAsUser" in sc:
             out["user"] = f"{sc['runAsUser']}:{sc['runAsGroup']}" if "runAsGroup" in sc else str(sc["runAsUser"])
         if sc.get("readOnlyRootFilesystem"):
@@ -85,6 +96,8 @@ def from_kube(doc: dict) -> tuple[dict, list[str]]:
             raise InvalidArgument(f"volume {v.get('name')}: only hostPath and emptyDir volumes are supported")
     ours: dict = {"name": meta.get("name"), "containers": containers, "volumes": volumes,
                   "restart_policy": spec.get("restartPolicy", "Always"), "ports": ports}
+    if spec.get("shareProcessNamespace"):
+        ours["share_process_namespace"] = True
     hostname = spec.get("hostname") or meta.get("name")
     if hostname and re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", str(hostname)):
         ours["hostname"] = hostname  # Kubernetes names the pod's host after the pod

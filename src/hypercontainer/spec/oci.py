@@ -1,8 +1,9 @@
 """The OCI runtime spec's config.json (the part runv runs), and what it cannot honour, named.
 
-A VM runtime runs the process in its own kernel: /proc, /sys, /dev and /dev/pts are the guest's; namespaces,
-cgroups, capabilities, masked and read-only paths are the VM's boundary. Settings that would change behaviour and
-are not supported are reported (`unsupported`), never dropped silently.
+A VM runtime runs the process in its own kernel: /proc, /sys, /dev and /dev/pts are the guest's, with the agent's
+own PID namespace, runc's masked and read-only paths and device allow-list. The process's capability sets and
+noNewPrivileges are honoured (`process_security`). Settings that would change behaviour and are not supported are
+reported (`unsupported`), never dropped silently.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InvalidArgument
+from .pod import CAPABILITIES, DEFAULT_CAPABILITIES, cap_mask
 
 MAX_COPIED_FILE = 1 << 20
 
@@ -41,6 +43,14 @@ class Rlimit(Loose):
     hard: int
 
 
+class Capabilities(Loose):
+    bounding: list[str] = Field(default_factory=list)
+    effective: list[str] = Field(default_factory=list)
+    inheritable: list[str] = Field(default_factory=list)
+    permitted: list[str] = Field(default_factory=list)
+    ambient: list[str] = Field(default_factory=list)
+
+
 class ConsoleSize(Loose):
     height: int = 0
     width: int = 0
@@ -54,6 +64,8 @@ class Process(Loose):
     env: list[str] = Field(default_factory=list)
     cwd: str = "/"
     rlimits: list[Rlimit] = Field(default_factory=list)
+    capabilities: Capabilities | None = None
+    no_new_privileges: bool | None = Field(None, alias="noNewPrivileges")
 
 
 class Root(Loose):
@@ -123,6 +135,48 @@ def tmpfs_mounts(cfg: Config) -> list[Mount]:
     return [m for m in cfg.mounts if m.destination not in GUEST_MOUNTS and m.type == "tmpfs"]
 
 
+def _known(names: list[str]) -> list[str]:
+    return [n for n in names if n.upper().removeprefix("CAP_") in CAPABILITIES]
+
+
+def process_security(p: Process, inherit: dict | None = None) -> dict:
+    """The capability and no_new_privs fields for an OCI process. Sets it does not give: `inherit`'s (an exec
+    takes the container's, as runc does), else docker's default set (runc would leave the process all of root's;
+    no engine sends a config without them). Capabilities this kernel table does not know are left out, as runc
+    does, and reported by unsupported()."""
+    if p.capabilities is not None:
+        c = p.capabilities
+        caps = {"cap_bounding": cap_mask(_known(c.bounding)), "cap_effective": cap_mask(_known(c.effective)),
+                "cap_permitted": cap_mask(_known(c.permitted)), "cap_inheritable": cap_mask(_known(c.inheritable)),
+                "cap_ambient": cap_mask(_known(c.ambient))}
+    elif inherit is not None:
+        caps = {k: v for k, v in inherit.items() if k.startswith("cap_")}
+    else:
+        default = cap_mask(DEFAULT_CAPABILITIES)
+        caps = {"cap_bounding": default, "cap_effective": default, "cap_permitted": default, "cap_inheritable": 0,
+                "cap_ambient": 0}
+    nnp = p.no_new_privileges if p.no_new_privileges is not None else bool((inherit or {}).get("no_new_privs"))
+    return {**caps, "no_new_privs": int(nnp)}
+
+
+def cri_sandbox(cfg: Config) -> str | None:
+    """The sandbox a container joins, from containerd's CRI or CRI-O's annotations (None: a VM of its own)."""
+    a = cfg.annotations
+    for kind, sandbox in (("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id"),
+                          ("io.kubernetes.cri-o.ContainerType", "io.kubernetes.cri-o.SandboxID")):
+        if a.get(kind) == "container" and a.get(sandbox):
+            return a[sandbox]
+    return None
+
+
+def pid_namespace_path(cfg: Config) -> str | None:
+    """linux.namespaces' pid entry's path: CRI gives the sandbox's when the pod shares its PID namespace."""
+    for ns in cfg.linux.get("namespaces") or []:
+        if isinstance(ns, dict) and ns.get("type") == "pid" and ns.get("path"):
+            return str(ns["path"])
+    return None
+
+
 def unsupported(cfg: Config) -> list[str]:
     """Settings present in config.json that runv does not honour, for the log and stderr."""
     out = []
@@ -139,6 +193,9 @@ def unsupported(cfg: Config) -> list[str]:
     for ns in linux.get("namespaces") or []:
         if ns.get("type") == "network" and ns.get("path"):
             out.append(f"network namespace {ns['path']}: the VM has loopback only")
+    if pid_namespace_path(cfg) and not cri_sandbox(cfg):
+        out.append(f"pid namespace {pid_namespace_path(cfg)}: only a CRI sandbox's container may join one (the "
+                   "sandbox's); this container gets its own")
     res = linux.get("resources") or {}
     for key in ("memory", "cpu", "pids", "blockIO", "hugepageLimits", "network"):
         if res.get(key):
@@ -149,6 +206,10 @@ def unsupported(cfg: Config) -> list[str]:
     for key in ("hooks",):
         if getattr(cfg, key, None) or (cfg.model_extra or {}).get(key):
             out.append(key)
+    caps = cfg.process.capabilities if cfg.process else None
+    if caps:
+        names = {n for s in (caps.bounding, caps.effective, caps.inheritable, caps.permitted, caps.ambient) for n in s}
+        out += [f"process.capabilities: unknown capability {n}" for n in sorted(names) if n not in _known([n])]
     proc_extra = cfg.process.model_extra if cfg.process else {}
     for key in ("apparmorProfile", "selinuxLabel", "oomScoreAdj", "ioPriority", "scheduler"):
         if (proc_extra or {}).get(key):

@@ -136,6 +136,59 @@ class Ulimit(Strict):
         return self
 
 
+# Linux capabilities by number (include/uapi/linux/capability.h), and runc's / docker's default set.
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+                "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK",
+                "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN",
+                "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
+                "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND",
+                "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE")
+DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP",
+                        "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE")
+
+
+def cap_name(name: str) -> str:
+    """'net_admin', 'NET_ADMIN', 'CAP_NET_ADMIN' -> 'NET_ADMIN'; 'all' -> 'ALL'; ValueError for others."""
+    n = name.strip().upper().removeprefix("CAP_")
+    if n != "ALL" and n not in CAPABILITIES:
+        raise ValueError(f"unknown capability {name!r}")
+    return n
+
+
+def cap_mask(names: list[str] | tuple[str, ...]) -> int:
+    """The bit mask of capability names (bit N = capability N); 'ALL' is every one."""
+    mask = 0
+    for name in names:
+        n = cap_name(name)
+        mask |= (1 << len(CAPABILITIES)) - 1 if n == "ALL" else 1 << CAPABILITIES.index(n)
+    return mask
+
+
+class Capabilities(Strict):
+    """Added to / dropped from the default set, as docker's --cap-add/--cap-drop and Kubernetes'
+    securityContext.capabilities (names with or without CAP_, 'ALL' allowed)."""
+
+    add: list[str] = []
+    drop: list[str] = []
+
+    @field_validator("add", "drop")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        return [cap_name(n) for n in v]
+
+    def mask(self, privileged: bool = False) -> int:
+        """docker's rule: privileged is everything; ALL in add is everything but what is dropped; ALL in drop
+        leaves only what is added; else the default set less the drops plus the adds."""
+        everything = cap_mask(["ALL"])
+        if privileged:
+            return everything
+        if "ALL" in self.add:
+            return everything & ~cap_mask([n for n in self.drop if n != "ALL"])
+        if "ALL" in self.drop:
+            return cap_mask(self.add)
+        return (cap_mask(DEFAULT_CAPABILITIES) & ~cap_mask(self.drop)) | cap_mask(self.add)
+
+
 class ContainerSpec(Strict):
     name: Name
     image: str
@@ -152,6 +205,11 @@ class ContainerSpec(Strict):
     ulimits: Annotated[list[Ulimit], Field(max_length=16)] = []
     sysctls: dict[str, str] = {}
     stop_signal: str | None = None
+    capabilities: Capabilities = Capabilities()
+    no_new_privileges: bool = False
+    privileged: bool = False  # every capability and device, /sys writable, no masked /proc paths
+    # "pod": the pod's one shared PID namespace (set for every container by the pod's share_process_namespace)
+    pid_namespace: Literal["container", "pod"] = "container"
 
     @field_validator("sysctls")
     @classmethod
@@ -235,6 +293,15 @@ class PodSpec(Strict):
     network: Literal["default", "bridge", "user", "none"] = "default"
     boot: Literal["default", "cold", "template", "pool"] = "default"
     ports: Annotated[list[PortMapping], Field(max_length=256)] = []
+    share_process_namespace: bool = False  # the containers share one PID namespace (never the agent's)
+
+    @model_validator(mode="after")
+    def _shared_pids(self) -> PodSpec:
+        """share_process_namespace puts every container into the pod's PID namespace."""
+        if self.share_process_namespace and any(c.pid_namespace != "pod" for c in self.containers):
+            shared = [c.model_copy(update={"pid_namespace": "pod"}) for c in self.containers]
+            object.__setattr__(self, "containers", shared)  # frozen model, still being validated
+        return self
 
 
     @field_validator("hostname")

@@ -51,6 +51,23 @@ def container_spec(name: str, image: str, command: tuple[str, ...], env: tuple[s
     return container
 
 
+def security_options(cap_add: tuple[str, ...], cap_drop: tuple[str, ...], privileged: bool,
+                     security_opts: tuple[str, ...]) -> dict:
+    """docker's --cap-add, --cap-drop, --privileged and --security-opt no-new-privileges as container fields."""
+    out: dict = {}
+    if cap_add or cap_drop:
+        out["capabilities"] = {"add": list(cap_add), "drop": list(cap_drop)}
+    if privileged:
+        out["privileged"] = True
+    for opt in security_opts:
+        key, _, value = opt.replace("=", ":", 1).partition(":")
+        if key != "no-new-privileges" or value not in ("", "true", "false"):
+            raise click.BadParameter(f"{opt!r}: only no-new-privileges[:true|false] is supported",
+                                     param_hint="--security-opt")
+        out["no_new_privileges"] = value != "false"
+    return out
+
+
 def build_spec(image: str, command: tuple[str, ...], *, name: str | None, hostname: str | None, env: tuple[str, ...],
                workdir: str | None, user: str | None, tty_: bool, interactive: bool, rm: bool, memory: int | None,
                cpus: int | None, entrypoint: str | None, volumes: tuple[str, ...] = (), restart: str = "Never",
@@ -160,12 +177,17 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
                                       "hyperd's pool (default: hyperd's policy).")
 @click.option("-f", "--file", "podfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A pod spec (JSON or YAML), or a Kubernetes v1 Pod manifest; starts it detached.")
+@click.option("--cap-add", multiple=True, help="Add a Linux capability (NAME, CAP_NAME or ALL).")
+@click.option("--cap-drop", multiple=True, help="Drop a Linux capability (NAME, CAP_NAME or ALL).")
+@click.option("--privileged", is_flag=True, help="Every capability and device, /sys writable, no masked paths.")
+@click.option("--security-opt", "security_opts", multiple=True, help="no-new-privileges[:true|false].")
 @click.argument("image", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[str, ...], workdir: str | None,
             user: str | None, name: str | None, hostname: str | None, memory: int | None, cpus: int | None,
             entrypoint: str | None, volumes: tuple[str, ...], readonly: bool, restart: str, publish: tuple[str, ...],
-            network: str, boot: str, podfile: Path | None, image: str | None, command: tuple[str, ...]) -> None:
+            network: str, boot: str, podfile: Path | None, cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
+            privileged: bool, security_opts: tuple[str, ...], image: str | None, command: tuple[str, ...]) -> None:
     """Run a command in a new pod (its own VM)."""
     client = Client()
     if podfile:
@@ -180,6 +202,7 @@ def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[st
     spec = build_spec(image, command, name=name, hostname=hostname, env=env, workdir=workdir, user=user,
                       tty_=tty_, interactive=interactive, rm=rm, memory=memory, cpus=cpus, entrypoint=entrypoint,
                       volumes=volumes, restart=policy, readonly=readonly)
+    spec["containers"][0].update(security_options(cap_add, cap_drop, privileged, security_opts))
     spec["network"] = network
     spec["boot"] = boot
     spec["ports"] = [parse_publish(p) for p in publish]

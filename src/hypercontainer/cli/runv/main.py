@@ -18,6 +18,7 @@ import click
 from ... import __version__
 from ...errors import HCError, InvalidArgument, NotFound
 from ...signals import parse_signal
+from ...spec.pod import CAPABILITIES
 from .. import run_cli
 from . import wire
 from .state import OCI_VERSION, Store, check_id, oci_state
@@ -371,7 +372,8 @@ def features() -> None:
     click.echo(json.dumps({
         "ociVersionMin": "1.0.0", "ociVersionMax": OCI_VERSION, "hooks": [],
         "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec"],
-        "linux": {"namespaces": ["mount", "pid", "ipc", "uts", "network"], "capabilities": [],
+        "linux": {"namespaces": ["mount", "pid", "ipc", "uts", "network"],
+                  "capabilities": [f"CAP_{c}" for c in CAPABILITIES],
                   "cgroup": {"v1": False, "v2": False, "systemd": False},
                   "seccomp": {"enabled": False}, "apparmor": {"enabled": False}, "selinux": {"enabled": False}},
         "annotations": {"io.hypercontainer.runv.vm": "one VM per container"},

@@ -27,6 +27,8 @@ import termios
 import tty
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ... import procs
 from ...config import paths
 from ...errors import HCError
@@ -61,7 +63,10 @@ def oci_fields(cfg: oci.Config) -> dict:
             "group": p.user.additional_gids, "terminal": int(p.terminal), "stdin": 1,
             "readonly": int(cfg.root.readonly),
             "rlimit": [f"{oci.RLIMIT_NAMES[r.type]}:{-1 if r.soft >= UNLIMITED else r.soft}:"
-                       f"{-1 if r.hard >= UNLIMITED else r.hard}" for r in p.rlimits]}
+                       f"{-1 if r.hard >= UNLIMITED else r.hard}" for r in p.rlimits],
+            **oci.process_security(p),
+            # CRI's pod-wide PID namespace: a sandbox's container given a pid namespace path joins the sandbox's.
+            **({"pid_ns_of": CONTAINER} if oci.cri_sandbox(cfg) and oci.pid_namespace_path(cfg) else {})}
 
 
 def vm_size(cfg: oci.Config) -> dict:
@@ -111,13 +116,8 @@ def pod_spec(cid: str, cfg: oci.Config) -> PodSpec:
 
 
 def sandbox_of(cfg: oci.Config) -> str | None:
-    """The sandbox a container joins, from containerd's CRI or CRI-O's annotations (None: a VM of its own)."""
-    a = cfg.annotations
-    for kind, sandbox in (("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id"),
-                          ("io.kubernetes.cri-o.ContainerType", "io.kubernetes.cri-o.SandboxID")):
-        if a.get(kind) == "container" and a.get(sandbox):
-            return a[sandbox]
-    return None
+    """The sandbox a container joins (CRI annotations); None: a VM of its own."""
+    return oci.cri_sandbox(cfg)
 
 
 def member_name(cid: str) -> str:
@@ -359,6 +359,15 @@ class Shim:
         user = p.get("user") or {}
         fields = {"arg": p["args"], "env": p.get("env") or [], "cwd": p.get("cwd") or "/",
                   "uid": user.get("uid", 0), "gid": user.get("gid", 0), "group": user.get("additionalGids") or []}
+        try:
+            # Its own capabilities and noNewPrivileges if the exec's process gives them, else the container's.
+            inherit = self.container.fields if self.container else None
+            fields.update(oci.process_security(oci.Process.model_validate(p), inherit=inherit))
+        except ValidationError as e:
+            writer.write(json.dumps({"ok": False, "error": f"exec process: {e.errors()[0]['msg']}"}).encode() + b"\n")
+            await writer.drain()
+            writer.close()
+            return
         try:
             streams = await self.pod.exec_fields(CONTAINER, fields, tty=bool(p.get("terminal")))
         except HCError as e:

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "boot.h"
+#include "cgroup.h"
 #include "net.h"
 #include "proto.h"
 #include "spawn.h"
@@ -183,6 +184,8 @@ int main(int argc, char **argv)
 	struct err e = {0};
 	sigset_t mask;
 
+	if (argc == 1 && strcmp(argv[0], "pause") == 0) /* spawn_pause(): PID 1 of a shared PID namespace */
+		pause_loop();
 	if (argc == 2 && strcmp(argv[1], "--tables") == 0) {
 		print_tables();
 		return 0;
@@ -203,6 +206,7 @@ int main(int argc, char **argv)
 			power_off();
 		if (boot_modules(&e) < 0 || net_loopback(&e) < 0)
 			goto fatal;
+		cg_boot();
 		if ((ctl_fd = boot_open_port("hc.ctl", 10000, &e)) < 0 || (io_fd = boot_open_port("hc.io", 10000, &e)) < 0)
 			goto fatal;
 	}

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include "proto.h"
+#include "security.h"
 #include "util.h"
 
 #define AGENT_NAME "hc-agent/1"
@@ -27,13 +28,22 @@ struct proc {
 	size_t inoff;
 	int in_eof;	   /* host closed stdin: close once inbuf is written */
 	int exited, status;
+	int oom_killed;	   /* the kernel's OOM killer ended it (or, container_init, a process of its container) */
+	int container_init; /* a container's first process */
+	int ns_init;	   /* PID 1 of its PID namespace: the kernel drops signals it has no handler for */
+	int emulated_sig;  /* a signal the agent delivered as SIGKILL for it (ns_init): reported as 128+N */
+	char cgroup[65];   /* the container whose cgroups it is in; "" if none */
+	unsigned long long oom_base; /* the cgroup's OOM kills when it started */
 };
 
 struct container {
 	int used;
 	char id[65];
 	int mntns;	      /* fd of the container's mount namespace, -1 if unknown */
+	int pidns;	      /* fd of its PID namespace (its own or the pod's shared one), -1 if none */
 	uint64_t init_stream; /* its first process: when that exits, the container may be started anew */
+	struct cap_spec caps; /* what its processes get, EXECs included unless they say otherwise */
+	int apply_caps;
 };
 
 extern struct proc procs[MAX_PROCS];

@@ -40,6 +40,16 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_NET_GW] = {F_NET_GW, "net_gw", KIND_STR, 0},
 	[F_CLOCK_NS] = {F_CLOCK_NS, "clock_ns", KIND_U64, 0},
 	[F_SEED] = {F_SEED, "seed", KIND_STR, 0},
+	[F_CAP_BOUNDING] = {F_CAP_BOUNDING, "cap_bounding", KIND_U64, 0},
+	[F_CAP_EFFECTIVE] = {F_CAP_EFFECTIVE, "cap_effective", KIND_U64, 0},
+	[F_CAP_PERMITTED] = {F_CAP_PERMITTED, "cap_permitted", KIND_U64, 0},
+	[F_CAP_INHERITABLE] = {F_CAP_INHERITABLE, "cap_inheritable", KIND_U64, 0},
+	[F_CAP_AMBIENT] = {F_CAP_AMBIENT, "cap_ambient", KIND_U64, 0},
+	[F_NO_NEW_PRIVS] = {F_NO_NEW_PRIVS, "no_new_privs", KIND_U64, 0},
+	[F_PRIVILEGED] = {F_PRIVILEGED, "privileged", KIND_U64, 0},
+	[F_SHARED_PID_NS] = {F_SHARED_PID_NS, "shared_pid_ns", KIND_U64, 0},
+	[F_OOM_KILLED] = {F_OOM_KILLED, "oom_killed", KIND_U64, 0},
+	[F_PID_NS_OF] = {F_PID_NS_OF, "pid_ns_of", KIND_STR, 0},
 };
 
 const struct msg_def msg_table[] = {

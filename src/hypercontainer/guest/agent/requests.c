@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +20,48 @@
 
 #include "agent.h"
 #include "boot.h"
+#include "cgroup.h"
 #include "net.h"
 #include "spawn.h"
+
+/* The pod's shared PID namespace (shared_pid_ns containers), made with its pause process on first use. */
+static int pod_pidns = -1;
+static pid_t pause_pid;
+
+/* Capability fields override what *c holds (the default, or the container's for an EXEC). */
+static int read_caps(const struct msg *m, struct cap_spec *c)
+{
+	static const struct {
+		uint16_t tag;
+		size_t off;
+	} sets[] = {{F_CAP_BOUNDING, offsetof(struct cap_spec, bounding)},
+		    {F_CAP_EFFECTIVE, offsetof(struct cap_spec, effective)},
+		    {F_CAP_PERMITTED, offsetof(struct cap_spec, permitted)},
+		    {F_CAP_INHERITABLE, offsetof(struct cap_spec, inheritable)},
+		    {F_CAP_AMBIENT, offsetof(struct cap_spec, ambient)}};
+	int given = 0;
+	for (size_t i = 0; i < sizeof(sets) / sizeof(sets[0]); i++)
+		if (msg_get(m, sets[i].tag)) {
+			*(uint64_t *)((char *)c + sets[i].off) = msg_u64(m, sets[i].tag, 0);
+			given = 1;
+		}
+	if (msg_get(m, F_NO_NEW_PRIVS)) {
+		c->no_new_privs = msg_u64(m, F_NO_NEW_PRIVS, 0) != 0;
+		given = 1;
+	}
+	return given;
+}
+
+static int shared_pidns(struct err *e)
+{
+	if (pod_pidns >= 0 && kill(pause_pid, 0) == 0)
+		return pod_pidns;
+	if (pod_pidns >= 0)
+		close(pod_pidns), pod_pidns = -1;
+	if (spawn_pause(&pause_pid, &pod_pidns, e) < 0)
+		return -1;
+	return pod_pidns;
+}
 
 static int valid_id(const char *id)
 {
@@ -177,7 +218,7 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 		groups[i] = (gid_t)msg_nth(m, F_GROUP, i)->u64;
 
 	struct proc_spec s = {
-		.rootfs = NULL, .join_mntns = -1, .readonly = (int)msg_u64(m, F_READONLY, 0),
+		.rootfs = NULL, .join_mntns = -1, .join_pidns = -1, .readonly = (int)msg_u64(m, F_READONLY, 0),
 		.argv = argv, .envp = envp, .cwd = msg_str(m, F_CWD, "/"),
 		.uid = (uid_t)msg_u64(m, F_UID, 0), .gid = (gid_t)msg_u64(m, F_GID, 0),
 		.groups = groups, .ngroups = ngroups,
@@ -186,6 +227,17 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	if (s.cwd[0] != '/') {
 		fail(e, EINVAL, "working directory %s is not absolute", s.cwd);
 		goto out;
+	}
+	if (new_container) {
+		s.privileged = msg_u64(m, F_PRIVILEGED, 0) != 0;
+		caps_default(&s.caps, s.privileged);
+		s.apply_caps = read_caps(m, &s.caps) || !test_mode || *msg_str(m, F_ROOTFS, "");
+	} else {
+		s.caps = c->caps;
+		s.apply_caps = read_caps(m, &s.caps) || c->apply_caps;
+		s.join_pidns = c->pidns;
+		if (!test_mode)
+			s.cgroup = c->id;
 	}
 	if (new_container) {
 		const char *rel = msg_str(m, F_ROOTFS, "");
@@ -218,11 +270,32 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	if (new_container && !test_mode && apply_sysctls(m, e) < 0)
 		goto out;
 	s.mounts = mounts;
+	const char *of = new_container ? msg_str(m, F_PID_NS_OF, NULL) : NULL;
+	if (of) { /* CRI: a sandbox's container in the sandbox's PID namespace */
+		struct container *owner = container_by_id(of);
+		struct proc *init = owner ? proc_by_stream(owner->init_stream) : NULL;
+		if (!owner || owner->pidns < 0 || !init || init->exited) {
+			fail(e, ESRCH, "no running container %s whose PID namespace to join", of);
+			goto out;
+		}
+		s.join_pidns = owner->pidns;
+	} else if (new_container && msg_u64(m, F_SHARED_PID_NS, 0)) {
+		if ((s.join_pidns = shared_pidns(e)) < 0)
+			goto out;
+	} else if (new_container) {
+		s.new_pidns = !test_mode || s.rootfs; /* tests without a root run on the host's PIDs */
+	}
+	const char *id = msg_str(m, F_ID, "");
+	if (new_container && !test_mode) {
+		if (cg_create(id, s.privileged, e) < 0)
+			goto out;
+		s.cgroup = id;
+	}
 
 	struct proc_io io;
 	pid_t pid;
-	int mntns = -1;
-	if (spawn_process(&s, &pid, &io, new_container ? &mntns : NULL, e) < 0)
+	int mntns = -1, pidns = -1;
+	if (spawn_process(&s, &pid, &io, new_container ? &mntns : NULL, new_container ? &pidns : NULL, e) < 0)
 		goto out;
 	memset(slot, 0, sizeof(*slot));
 	slot->used = 1;
@@ -230,13 +303,23 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	slot->stream = stream;
 	slot->in = io.in, slot->out = io.out, slot->err = io.err;
 	slot->terminal = s.terminal;
+	slot->ns_init = s.new_pidns;
+	slot->container_init = new_container;
+	if (s.cgroup) {
+		snprintf(slot->cgroup, sizeof(slot->cgroup), "%s", s.cgroup);
+		slot->oom_base = cg_oom_kills(s.cgroup);
+	}
 	set_nonblock(io.out, 1);
 	if (io.err >= 0)
 		set_nonblock(io.err, 1);
 	if (io.in >= 0)
 		set_nonblock(io.in, 1);
-	if (new_container)
+	if (new_container) {
 		c->mntns = mntns;
+		c->pidns = pidns; /* its own, the pod's or its sandbox's: the one the process started in */
+		c->caps = s.caps;
+		c->apply_caps = s.apply_caps;
+	}
 	rc = 0;
 	frame_begin(&out, MSG_ACK, m->seq);
 	frame_add_u64(&out, F_PID, (uint64_t)pid);
@@ -276,8 +359,10 @@ static int handle_new_container(const struct msg *m, struct err *e)
 		struct proc *init = proc_by_stream(c->init_stream);
 		if (init && !init->exited)
 			return fail(e, EEXIST, "container %s is running", id);
-		if (c->mntns >= 0) /* a restart: the old namespace goes */
+		if (c->mntns >= 0) /* a restart: the old namespaces go */
 			close(c->mntns);
+		if (c->pidns >= 0)
+			close(c->pidns);
 		c->used = 0;
 		c = NULL;
 	}
@@ -287,6 +372,7 @@ static int handle_new_container(const struct msg *m, struct err *e)
 	if (!c)
 		return fail(e, EAGAIN, "too many containers");
 	memset(c, 0, sizeof(*c));
+	c->mntns = c->pidns = -1;
 	if (start_process(m, c, 1, e) < 0)
 		return -1;
 	c->used = 1;
@@ -305,6 +391,36 @@ static int handle_exec(const struct msg *m, struct err *e)
 	return start_process(m, c, 0, e);
 }
 
+/*
+ * A container's first process is PID 1 of its PID namespace, and the kernel drops a signal sent to such a
+ * process from outside unless it has a handler for it. The host's contract (kill -s TERM, stop, runv kill) is
+ * the signal's ordinary effect, so the agent delivers the default action itself: SIGKILL for one that
+ * terminates (the exit is then reported as 128+N), SIGSTOP for one that stops. Returns the signal to send.
+ */
+static int init_signal(struct proc *p, int sig)
+{
+	char path[64], status[4096];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)p->pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return sig;
+	ssize_t n = read(fd, status, sizeof(status) - 1);
+	close(fd);
+	status[n > 0 ? n : 0] = 0;
+	uint64_t bit = 1ULL << (sig - 1);
+	if ((status_mask(status, "SigCgt") | status_mask(status, "SigIgn")) & bit || sig == SIGKILL)
+		return sig; /* its handler runs, or it ignores the signal as it asked */
+	switch (sig_default_action(sig)) {
+	case 't':
+		p->emulated_sig = sig;
+		return SIGKILL;
+	case 's':
+		return SIGSTOP;
+	default:
+		return sig;
+	}
+}
+
 static int handle_signal(const struct msg *m, struct err *e)
 {
 	struct proc *p = proc_by_stream(msg_u64(m, F_STREAM, 0));
@@ -313,6 +429,8 @@ static int handle_signal(const struct msg *m, struct err *e)
 		return fail(e, EINVAL, "invalid signal %llu", (unsigned long long)sig);
 	if (!p || p->exited)
 		return fail(e, ESRCH, "no such process");
+	if (p->ns_init)
+		sig = init_signal(p, (int)sig);
 	if (kill(p->pid, (int)sig) < 0)
 		return fail_errno(e, "kill %d", (int)p->pid);
 	return 0;

@@ -6,6 +6,7 @@
 #include "spawn.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <pty.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -23,6 +25,8 @@
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "cgroup.h"
 
 extern char **environ;
 
@@ -40,7 +44,31 @@ static int mount_at(struct err *e, const char *src, const char *root, const char
 	return 0;
 }
 
-static int make_dev(struct err *e, const char *root)
+/* A privileged container gets the guest's device nodes too (copies: the agent's /dev stays its own). */
+static int copy_guest_devices(struct err *e, const char *root)
+{
+	DIR *d = opendir("/dev");
+	struct dirent *de;
+	char src[300], dst[4096];
+	struct stat st;
+	if (!d)
+		return fail_errno(e, "opendir /dev");
+	while ((de = readdir(d))) {
+		snprintf(src, sizeof(src), "/dev/%s", de->d_name);
+		if (lstat(src, &st) < 0 || !(S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) ||
+		    strcmp(de->d_name, "ptmx") == 0) /* ours: a link to pts/ptmx */
+			continue;
+		snprintf(dst, sizeof(dst), "%s/dev/%s", root, de->d_name);
+		if (mknod(dst, st.st_mode, st.st_rdev) < 0 && errno != EEXIST) {
+			closedir(d);
+			return fail_errno(e, "mknod %s", dst);
+		}
+	}
+	closedir(d);
+	return 0;
+}
+
+static int make_dev(struct err *e, const char *root, int privileged)
 {
 	static const struct {
 		const char *name;
@@ -60,9 +88,11 @@ static int make_dev(struct err *e, const char *root)
 			return fail_errno(e, "mknod %s", path);
 		chmod(path, 0666);
 	}
+	if (privileged && copy_guest_devices(e, root) < 0)
+		return -1;
 	/*
 	 * The pod's one devpts (the agent opens terminals there before the container exists), so a container's
-	 * tty keeps its /dev/pts/N name. Containers of a pod share it as they share PIDs.
+	 * tty keeps its /dev/pts/N name. Containers of a pod share it.
 	 */
 	if (mount_at(e, "/dev/pts", root, "dev/pts", NULL, MS_BIND, NULL) < 0)
 		return -1;
@@ -90,8 +120,12 @@ static int mount_volumes(struct err *e, const char *root, const struct mount_spe
 	return 0;
 }
 
-/* In the child: a new mount namespace whose root is `root`, with its volumes. */
-static int enter_new_root(struct err *e, const char *root, int readonly, const struct mount_spec *m, size_t n)
+/*
+ * In the child: a new mount namespace whose root is `root`, with its volumes, a /proc of its PID namespace
+ * (the child is in it already), /sys read-only and runc's masked paths unless privileged.
+ */
+static int enter_new_root(struct err *e, const char *root, int readonly, int privileged, const struct mount_spec *m,
+			  size_t n)
 {
 	if (unshare(CLONE_NEWNS) < 0)
 		return fail_errno(e, "unshare mount namespace");
@@ -103,9 +137,10 @@ static int enter_new_root(struct err *e, const char *root, int readonly, const s
 		return -1;
 	if (mount_at(e, "proc", root, "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
 		return -1;
-	if (mount_at(e, "sysfs", root, "sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) < 0)
+	if (mount_at(e, "sysfs", root, "sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | (privileged ? 0 : MS_RDONLY),
+		     NULL) < 0)
 		return -1;
-	if (make_dev(e, root) < 0)
+	if (make_dev(e, root, privileged) < 0)
 		return -1;
 	if (chdir(root) < 0)
 		return fail_errno(e, "chdir %s", root);
@@ -115,6 +150,8 @@ static int enter_new_root(struct err *e, const char *root, int readonly, const s
 		return fail_errno(e, "detach old root");
 	if (chdir("/") < 0)
 		return fail_errno(e, "chdir /");
+	if (!privileged && mask_paths(e) < 0)
+		return -1;
 	if (readonly && mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
 		return fail_errno(e, "remount / read-only");
 	return 0;
@@ -129,9 +166,11 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 	for (int sig = 1; sig < NSIG; sig++)
 		signal(sig, SIG_DFL);
 
+	if (s->cgroup && cg_join(s->cgroup, e) < 0)
+		return -1;
 	if (s->rootfs) {
 		char go = 0;
-		if (enter_new_root(e, s->rootfs, s->readonly, s->mounts, s->nmounts) < 0)
+		if (enter_new_root(e, s->rootfs, s->readonly, s->privileged, s->mounts, s->nmounts) < 0)
 			return -1;
 		if (write_full(sync_fd, "N", 1) < 0 || read(sync_fd, &go, 1) != 1 || go != 'G')
 			return fail(e, EPIPE, "agent went away during container setup");
@@ -149,12 +188,16 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 	}
 	if (s->cwd && *s->cwd && chdir(s->cwd) < 0)
 		return fail_errno(e, "chdir to working directory %s", s->cwd);
+	if (s->apply_caps && caps_bound(&s->caps, e) < 0)
+		return -1;
 	if (setgroups(s->ngroups, s->groups) < 0)
 		return fail_errno(e, "setgroups");
 	if (setgid(s->gid) < 0)
 		return fail_errno(e, "setgid %u", (unsigned)s->gid);
 	if (setuid(s->uid) < 0)
 		return fail_errno(e, "setuid %u", (unsigned)s->uid);
+	if (s->apply_caps && caps_apply(&s->caps, e) < 0)
+		return -1;
 	environ = s->envp;
 	if (!getenv("PATH"))
 		setenv("PATH", DEFAULT_PATH, 1);
@@ -194,7 +237,7 @@ int parse_rlimit(const char *text, struct rlimit_spec *out, struct err *e)
 }
 
 /* Parent side of the sync channel: 0 once the child exec'd, -1 with *e on its failure. */
-static int await_child(int fd, pid_t pid, int *mntns, struct err *e)
+static int await_child(int fd, pid_t pid, int *mntns, int *pidns, struct err *e)
 {
 	for (;;) {
 		char tag = 0;
@@ -208,6 +251,9 @@ static int await_child(int fd, pid_t pid, int *mntns, struct err *e)
 			snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)pid);
 			if (mntns)
 				*mntns = open(path, O_RDONLY | O_CLOEXEC);
+			snprintf(path, sizeof(path), "/proc/%d/ns/pid", (int)pid);
+			if (pidns)
+				*pidns = open(path, O_RDONLY | O_CLOEXEC);
 			(void)write_full(fd, "G", 1);
 			continue;
 		}
@@ -220,17 +266,112 @@ static int await_child(int fd, pid_t pid, int *mntns, struct err *e)
 		}
 		if (mntns && *mntns >= 0)
 			close(*mntns), *mntns = -1;
+		if (pidns && *pidns >= 0)
+			close(*pidns), *pidns = -1;
 		return -1;
 	}
 }
 
-int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, int *mntns, struct err *e)
+/*
+ * fork() into a new PID namespace (new_pidns) or an existing one (join_pidns >= 0): the agent changes the
+ * namespace of its next child, forks, and changes it back to its own at once.
+ */
+static pid_t fork_in_pidns(int new_pidns, int join_pidns, struct err *e)
+{
+	static int own = -1;
+	if (!new_pidns && join_pidns < 0)
+		return fork();
+	if (own < 0 && (own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC)) < 0)
+		return fail_errno(e, "open the agent's PID namespace");
+	if (new_pidns ? unshare(CLONE_NEWPID) < 0 : setns(join_pidns, CLONE_NEWPID) < 0)
+		return fail_errno(e, new_pidns ? "new PID namespace" : "join the container's PID namespace");
+	pid_t pid = fork();
+	if (pid < 0)
+		fail_errno(e, "fork");
+	if (pid != 0 && setns(own, CLONE_NEWPID) < 0)
+		log_msg("cannot return to the agent's PID namespace: %s", strerror(errno));
+	return pid;
+}
+
+static void on_sigchld(int sig)
+{
+	(void)sig; /* only there to interrupt sigsuspend */
+}
+
+/*
+ * The pause process, before it becomes one: no agent fd, an empty root, nobody without capabilities, then a
+ * fresh image of the agent binary (argv[0] "pause": pause_loop()), so no copy of the agent's memory remains.
+ */
+static void pause_main(void)
+{
+	static char *const argv[] = {"pause", NULL}, *const envp[] = {NULL};
+	int exe = open("/proc/self/exe", O_RDONLY);
+	for (int fd = 0; fd < 1024; fd++)
+		if (fd != exe)
+			close(fd);
+	int null = open("/dev/null", O_RDWR);
+	if (null >= 0)
+		dup2(null, 0), dup2(null, 1), dup2(null, 2);
+	if (null > 2)
+		close(null);
+	fcntl(exe, F_SETFD, FD_CLOEXEC);
+	setsid();
+	mkdir_p("/run/hc/empty", 0);
+	if (exe < 0 || chroot("/run/hc/empty") < 0 || chdir("/") < 0)
+		_exit(1);
+	struct cap_spec nothing = {.no_new_privs = 1};
+	if (setgroups(0, NULL) < 0 || caps_bound(&nothing, &(struct err){0}) < 0 || setgid(65534) < 0 ||
+	    setuid(65534) < 0 || caps_apply(&nothing, &(struct err){0}) < 0)
+		_exit(1);
+	fexecve(exe, argv, envp);
+	_exit(1);
+}
+
+void pause_loop(void)
+{
+	sigset_t chld, none;
+	prctl(PR_SET_NAME, "pause", 0, 0, 0);
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, NULL);
+	sigemptyset(&none);
+	signal(SIGCHLD, on_sigchld);
+	for (;;) {
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		sigsuspend(&none);
+	}
+}
+
+int spawn_pause(pid_t *pidp, int *pidns, struct err *e)
+{
+	char path[64];
+	pid_t pid = fork_in_pidns(1, -1, e);
+	if (pid < 0)
+		return -1;
+	if (pid == 0)
+		pause_main();
+	snprintf(path, sizeof(path), "/proc/%d/ns/pid", (int)pid);
+	if ((*pidns = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		fail_errno(e, "open %s", path);
+		kill(pid, SIGKILL);
+		return -1;
+	}
+	*pidp = pid;
+	return 0;
+}
+
+int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, int *mntns, int *pidns,
+		  struct err *e)
 {
 	int errp[2] = {-1, -1}, in[2] = {-1, -1}, out[2] = {-1, -1}, errs[2] = {-1, -1};
 	int master = -1, slave = -1;
 
 	if (mntns)
 		*mntns = -1;
+	if (pidns)
+		*pidns = -1;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, errp) < 0)
 		return fail_errno(e, "socketpair");
 	if (s->terminal) {
@@ -253,9 +394,8 @@ int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, in
 		}
 	}
 
-	pid_t pid = fork();
+	pid_t pid = fork_in_pidns(s->new_pidns, s->join_pidns, e);
 	if (pid < 0) {
-		fail_errno(e, "fork");
 		close_pair(errp), close_pair(in), close_pair(out), close_pair(errs);
 		if (master >= 0)
 			close(master), close(slave);
@@ -278,7 +418,7 @@ int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, in
 	}
 
 	close(errp[1]);
-	int failed = await_child(errp[0], pid, mntns, e) < 0;
+	int failed = await_child(errp[0], pid, mntns, pidns, e) < 0;
 	close(errp[0]);
 	if (s->terminal) {
 		close(slave);

@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include "security.h"
 #include "util.h"
 
 #define MOUNT_READONLY 1
@@ -28,6 +29,12 @@ struct rlimit_spec {
 struct proc_spec {
 	const char *rootfs; /* new container on this root; NULL: no new root */
 	int join_mntns;     /* >= 0: join this mount namespace (exec into a container) */
+	int new_pidns;      /* 1: the process is PID 1 of a new PID namespace */
+	int join_pidns;     /* >= 0: the process starts in this PID namespace */
+	const char *cgroup; /* the container whose cgroups it joins (cgroup.h); NULL: none */
+	int apply_caps;     /* 1: caps below, else the agent's (tests without a root) */
+	struct cap_spec caps;
+	int privileged;     /* all devices, /sys writable, no masked paths */
 	int readonly;
 	char **argv;
 	char **envp;
@@ -52,7 +59,19 @@ struct proc_io {
 	int in, out, err;
 };
 
-/* With s->rootfs, *mntns receives an fd of the new container's mount namespace (for later EXECs). */
-int spawn_process(const struct proc_spec *s, pid_t *pid, struct proc_io *io, int *mntns, struct err *e);
+/*
+ * With s->rootfs, *mntns and *pidns receive fds of the new container's mount and PID namespaces (for later
+ * EXECs). The pid is the agent's view of it (the guest's initial PID namespace).
+ */
+int spawn_process(const struct proc_spec *s, pid_t *pid, struct proc_io *io, int *mntns, int *pidns,
+		  struct err *e);
+
+/*
+ * A PID namespace for containers that share one (a pod's shareProcessNamespace): its PID 1 is a pause
+ * process that only reaps, runs as nobody without capabilities in an empty root, holds no agent fd.
+ */
+int spawn_pause(pid_t *pid, int *pidns, struct err *e);
+/* The pause process's life (the agent binary run as argv[0] "pause"): reap, never return. */
+void pause_loop(void) __attribute__((noreturn));
 
 #endif

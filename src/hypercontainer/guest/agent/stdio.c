@@ -18,6 +18,7 @@
 
 #include "agent.h"
 #include "boot.h"
+#include "cgroup.h"
 #include "spawn.h"
 
 void send_frame(void)
@@ -104,6 +105,8 @@ static void proc_finish_if_done(struct proc *p)
 	frame_begin(&out, MSG_EXITED, 0);
 	frame_add_u64(&out, F_STREAM, p->stream);
 	frame_add_u64(&out, F_STATUS, (uint64_t)p->status);
+	if (p->oom_killed)
+		frame_add_u64(&out, F_OOM_KILLED, 1);
 	send_frame();
 	memset(p, 0, sizeof(*p));
 	p->in = p->out = p->err = -1;
@@ -113,6 +116,16 @@ static void on_exit_status(struct proc *p, int wstatus)
 {
 	p->exited = 1;
 	p->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+	/*
+	 * A container's first process: any OOM kill in the container during its run counts (docker's OOMKilled; a
+	 * shell passing on 137 from the process killed). Any other: it must have died of SIGKILL itself.
+	 */
+	if (*p->cgroup && (p->container_init || (WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL)))
+		p->oom_killed = cg_oom_kills(p->cgroup) > p->oom_base;
+	if (WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL && p->emulated_sig && !p->oom_killed)
+		p->status = 128 + p->emulated_sig;
+	if (p->ns_init && *p->cgroup) /* its namespace is gone with it: so are its processes */
+		cg_remove(p->cgroup);
 	/* Everything the process wrote before it exited is in its pipes: flush it, then close. */
 	while (p->out >= 0 && pump_output(p, &p->out, p->stream) == 1)
 		;
