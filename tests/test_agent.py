@@ -15,8 +15,8 @@ import pytest
 
 from hypercontainer.errors import AgentError
 from hypercontainer.image.unpack import unpack_layer
-from hypercontainer.protocol.client import AgentClient
-from hypercontainer.protocol.codec import CTL_HDR, Msg
+from hypercontainer.protocol.client import AgentClient, AgentRequestError, ProcessStreams, command_exit_code
+from hypercontainer.protocol.codec import CTL_HDR, MountFlag, Msg, Phase
 
 
 class Agent:
@@ -41,11 +41,12 @@ class Agent:
 
 
 async def run(client: AgentClient, argv: list[str], stream: int = 2, stdin: bytes | None = None,
-              _signal: int | None = None, **extra: object) -> tuple[bytes, bytes, int]:
-    """A process to its end; with _signal, that signal once its first line of output has arrived."""
+              _signal: int | None = None, _msg: Msg = Msg.NEW_CONTAINER, **extra: object) -> tuple[bytes, bytes, int]:
+    """A process to its end (a new container's, or with _msg EXEC, one in a container); with _signal, that signal
+    once its first line of output has arrived."""
     p = client.register(stream, bool(extra.get("terminal")))
-    await client.request(Msg.NEW_CONTAINER, {"id": f"c{stream}", "arg": argv, "stream": stream,
-                                             "stdin": int(stdin is not None), **extra})  # type: ignore[dict-item]
+    await client.request(_msg, {"id": f"c{stream}", "arg": argv, "stream": stream,
+                                "stdin": int(stdin is not None), **extra})  # type: ignore[dict-item]
     if stdin is not None:
         await p.write_stdin(stdin)
         await p.close_stdin()
@@ -274,3 +275,165 @@ async def _drain(c: AgentClient, stream: int):
     while (chunk := await p.stdout.get()) is not None:
         yield chunk
     await asyncio.wait_for(p.exit, 10)
+
+
+# ---- REMOVE_CONTAINER and STATS ------------------------------------------------------------------------------
+
+async def _stats(c: AgentClient) -> tuple[int, int, int]:
+    r = await c.request(Msg.STATS)
+    return int(r["containers"]), int(r["processes"]), int(r["fds"])  # type: ignore[arg-type]
+
+
+async def _started(c: AgentClient, msg: Msg, stream: int, **fields: object) -> ProcessStreams:
+    p = c.register(stream, False)
+    await c.request(msg, {"stream": stream, **fields})  # type: ignore[dict-item]
+    return p
+
+
+async def test_remove_container_frees_its_name_and_slot(agent: Agent) -> None:
+    """Create, exit, remove: the id is unknown afterwards (no EXEC into it), the slot count is back, and a new
+    container of the same name starts; removing it twice names it as unknown."""
+    async with agent as c:
+        await c.handshake(5)
+        base = await _stats(c)
+        p = await _started(c, Msg.NEW_CONTAINER, 2, id="web", arg=["true"])
+        assert await asyncio.wait_for(p.exit, 10) == 0
+        assert (await _stats(c))[0] == base[0] + 1  # an exited container keeps its slot until removed
+        await c.request(Msg.REMOVE_CONTAINER, {"id": "web"})
+        assert await _stats(c) == base
+        c.register(4, False)
+        with pytest.raises(AgentError, match="no container web") as e:
+            await c.request(Msg.EXEC, {"id": "web", "arg": ["true"], "stream": 4})
+        assert e.value.errno == errno.ENOENT
+        c.unregister(4)
+        with pytest.raises(AgentError, match="no container web") as e:
+            await c.request(Msg.REMOVE_CONTAINER, {"id": "web"})
+        assert e.value.errno == errno.ENOENT
+        out, _, code = await run(c, ["echo", "again"], stream=6, id="web")
+        assert (out, code) == (b"again\n", 0)
+
+
+async def test_remove_refuses_a_running_or_unknown_container(agent: Agent) -> None:
+    async with agent as c:
+        await c.handshake(5)
+        p = await _started(c, Msg.NEW_CONTAINER, 2, id="sleeper", arg=["sleep", "30"])
+        with pytest.raises(AgentError, match="container sleeper is running: stop it first") as e:
+            await c.request(Msg.REMOVE_CONTAINER, {"id": "sleeper"})
+        assert e.value.errno == errno.EBUSY
+        out, _, code = await run(c, ["echo", "still here"], stream=4, id="sleeper", _msg=Msg.EXEC)
+        assert (out, code) == (b"still here\n", 0)  # refused, so nothing of it went
+        await c.request(Msg.SIGNAL, {"stream": 2, "signal": 9})
+        assert await asyncio.wait_for(p.exit, 10) == 137
+        await c.request(Msg.REMOVE_CONTAINER, {"id": "sleeper"})
+        with pytest.raises(AgentError, match="no container no-such-ctr") as e:
+            await c.request(Msg.REMOVE_CONTAINER, {"id": "no-such-ctr"})
+        assert e.value.errno == errno.ENOENT
+
+
+async def test_remove_kills_what_outlived_the_first_process(agent: Agent) -> None:
+    """In test mode containers share the host's PID namespace (as a pod's shared one would): an EXECed process
+    outlives the first one, and REMOVE ends it; its EXITED still comes."""
+    async with agent as c:
+        await c.handshake(5)
+        first = await _started(c, Msg.NEW_CONTAINER, 2, id="c", arg=["sleep", "30"])
+        execed = await _started(c, Msg.EXEC, 4, id="c", arg=["sleep", "30"])
+        await c.request(Msg.SIGNAL, {"stream": 2, "signal": 9})
+        assert await asyncio.wait_for(first.exit, 10) == 137
+        assert not execed.exit.done()
+        await c.request(Msg.REMOVE_CONTAINER, {"id": "c"})
+        assert await asyncio.wait_for(execed.exit, 10) == 137
+        assert (await _stats(c))[:2] == (0, 0)
+
+
+async def test_300_container_cycles_leave_the_agent_as_it_was(agent: Agent) -> None:
+    """create → exit → remove, 300 times under one name: the agent's container and process slots and its open
+    fds end where they started; with no container left it keeps serving."""
+    async with agent as c:
+        await c.handshake(5)
+        base = await _stats(c)
+        for i in range(300):
+            p = await _started(c, Msg.NEW_CONTAINER, 2 + 2 * i, id="cycle", arg=["true"])
+            assert await asyncio.wait_for(p.exit, 10) == 0
+            c.unregister(2 + 2 * i)
+            await c.request(Msg.REMOVE_CONTAINER, {"id": "cycle"})
+        assert await _stats(c) == base
+        assert base[:2] == (0, 0)
+        assert await c.request(Msg.PING) == {}
+        out, _, code = await run(c, ["echo", "later"], stream=1000, id="later")
+        assert (out, code) == (b"later\n", 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="container setup needs root")
+async def test_remove_closes_the_container_namespaces(agent_host_binary: Path, busybox_tar: Path,
+                                                      tmp_path: Path) -> None:
+    """A container on a root holds its mount and PID namespaces (two fds in the agent) until it is removed:
+    cycles on a root end with the fds where they started, each exited container held them until REMOVE."""
+    share = tmp_path / "share"
+    _busybox_share(busybox_tar, share, "c1")
+    async with Agent(agent_host_binary, share) as c:
+        await c.handshake(5)
+        base = None
+        for i in range(301):
+            p = await _started(c, Msg.NEW_CONTAINER, 2 + 2 * i, id="rooted", rootfs="c1", arg=["true"])
+            assert await asyncio.wait_for(p.exit, 10) == 0
+            c.unregister(2 + 2 * i)
+            held = await _stats(c)
+            await c.request(Msg.REMOVE_CONTAINER, {"id": "rooted"})
+            if base is None:  # after the first: the agent keeps its own PID namespace's fd from then on
+                base = await _stats(c)
+            assert await _stats(c) == base and base[0] == 0
+            assert held == (1, 0, base[2] + 2)
+    shutil.rmtree(share)
+
+
+# ---- the failing phase ---------------------------------------------------------------------------------------
+
+async def _refused(c: AgentClient, msg: Msg, stream: int, **fields: object) -> AgentRequestError:
+    c.register(stream, False)
+    with pytest.raises(AgentRequestError) as e:
+        await c.request(msg, {"stream": stream, **fields})  # type: ignore[dict-item]
+    c.unregister(stream)
+    return e.value
+
+
+async def test_failure_phase_exec_and_chdir(agent: Agent, tmp_path: Path) -> None:
+    """The ERROR says which step failed: exec (not found: 127, not executable: 126), chdir; none for a request
+    refused before any step; a failed start keeps no container slot."""
+    plain = tmp_path / "plain"
+    plain.write_text("echo hi\n")
+    plain.chmod(0o644)
+    async with agent as c:
+        await c.handshake(5)
+        base = await _stats(c)
+        e = await _refused(c, Msg.NEW_CONTAINER, 2, id="x", arg=["no-such-command"])
+        assert (e.phase, e.errno, command_exit_code(e)) == (Phase.EXEC, errno.ENOENT, 127)
+        e = await _refused(c, Msg.NEW_CONTAINER, 2, id="x", arg=[str(plain)])
+        assert (e.phase, e.errno, command_exit_code(e)) == (Phase.EXEC, errno.EACCES, 126)
+        e = await _refused(c, Msg.NEW_CONTAINER, 2, id="x", arg=["true"], cwd=str(tmp_path / "gone"))
+        assert (e.phase, e.errno, command_exit_code(e)) == (Phase.CHDIR, errno.ENOENT, 127)
+        assert "chdir to working directory" in e.message
+        e = await _refused(c, Msg.NEW_CONTAINER, 2, id="x", arg=["true"], rlimit=["nofile:10:5"])
+        assert (e.phase, command_exit_code(e)) == (Phase.RLIMIT, None)  # soft over hard: setrlimit refuses
+        e = await _refused(c, Msg.NEW_CONTAINER, 2, id="x", arg=["true"], cwd="relative")
+        assert (e.phase, e.errno, command_exit_code(e)) == (None, errno.EINVAL, None)
+        assert await _stats(c) == base
+        p = await _started(c, Msg.NEW_CONTAINER, 2, id="x", arg=["sleep", "30"])
+        e = await _refused(c, Msg.EXEC, 4, id="x", arg=["no-such-command"])
+        assert (e.phase, command_exit_code(e)) == (Phase.EXEC, 127)
+        await c.request(Msg.SIGNAL, {"stream": 2, "signal": 9})
+        await asyncio.wait_for(p.exit, 10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="container setup needs root")
+async def test_failure_phase_mount(agent_host_binary: Path, busybox_tar: Path, tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    _busybox_share(busybox_tar, share, "c1")
+    async with Agent(agent_host_binary, share) as c:
+        await c.handshake(5)
+        e = await _refused(c, Msg.NEW_CONTAINER, 2, id="m", rootfs="c1", arg=["true"], mount_src=["no-such-dir"],
+                           mount_dst=["/mnt"], mount_flags=[MountFlag.READONLY])
+        assert (e.phase, e.errno) == (Phase.MOUNT, errno.ENOENT) and "mount volume" in e.message
+        e = await _refused(c, Msg.NEW_CONTAINER, 2, id="m", rootfs="c1", arg=["true"], mount_src=["c1"],
+                           mount_dst=["/mnt"], mount_flags=[8])
+        assert (e.phase, e.errno) == (None, errno.EINVAL) and "invalid mount flags 8" in e.message
+    shutil.rmtree(share)

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from hypercontainer.errors import VMError
-from hypercontainer.protocol.client import AgentClient
+from hypercontainer.errors import AgentError, VMError
+from hypercontainer.protocol.client import AgentClient, AgentRequestError, command_exit_code
 from hypercontainer.protocol.codec import (
     BY_NAME,
     FIELDS,
     CtlFrame,
     FrameReader,
+    MountFlag,
     Msg,
+    Phase,
     ProtocolError,
     check_from_guest,
     encode_ctl,
@@ -72,12 +74,16 @@ def test_c_agent_runs_the_same_vectors() -> None:
 
 
 def test_tables_agree(agent_host_binary: Path) -> None:
+    """Messages, fields, mount flags and failure phases: the agent's tables are the host's."""
     out = subprocess.run([str(agent_host_binary), "--tables"], capture_output=True, text=True, check=True).stdout
-    c_msgs = {int(n): name for kind, n, name, *_ in (line.split() for line in out.splitlines()) if kind == "msg"}
-    assert c_msgs == {m.value: m.name for m in Msg}
-    c_fields = [line.split()[1:] for line in out.splitlines() if line.startswith("field ")]
+    rows = [line.split() for line in out.splitlines()]
+    assert {row[0] for row in rows} == {"msg", "field", "mountflag", "phase"}
+    assert {int(n): name for kind, n, name in (r for r in rows if r[0] == "msg")} == {m.value: m.name for m in Msg}
     py_fields = [[str(f.tag), f.name, f.kind, *(["list"] if f.list else [])] for f in FIELDS]
-    assert c_fields == py_fields
+    assert [r[1:] for r in rows if r[0] == "field"] == py_fields
+    c_flags = {int(bit): name for kind, bit, name in (r for r in rows if r[0] == "mountflag")}
+    assert c_flags == {f.value: f.name for f in MountFlag}
+    assert [r[1] for r in rows if r[0] == "phase"] == [p.value for p in Phase]
 
 
 def test_host_rejects_unknown_tag_from_guest() -> None:
@@ -94,6 +100,8 @@ def test_host_rejects_unknown_tag_from_guest() -> None:
     (CtlFrame(Msg.EXITED, 0, {"stream": 2}), "without status"),
     (CtlFrame(Msg.EXITED, 5, {"stream": 2, "status": 0}), "with seq 5"),
     (CtlFrame(Msg.ACK, 0, {}), "with seq 0"),
+    (CtlFrame(Msg.ERROR, 1, {"code": 2, "message": "x", "phase": "bogus"}), "ERROR with phase 'bogus'"),
+    (CtlFrame(Msg.ACK, 1, {"phase": "exec"}), "ACK with phase"),
 ])
 def test_guest_frames_checked(frame: CtlFrame, why: str) -> None:
     with pytest.raises(ProtocolError, match=why):
@@ -129,3 +137,24 @@ async def test_client_records_oom_kill_and_rejects_a_bad_flag() -> None:
         await client.close()
         for s in (ctl_guest, io_guest):
             s.close()
+
+
+async def test_client_error_carries_the_phase() -> None:
+    """ERROR's phase reaches the host as AgentRequestError.phase (an AgentError, as before); none when absent."""
+    ctl_host, ctl_guest = socket.socketpair()
+    io_host, io_guest = socket.socketpair()
+    client = AgentClient()
+    await client.connect_sockets(ctl_host, io_host)
+    for seq, phase in ((1, "exec"), (2, None)):
+        req = asyncio.ensure_future(client.request(Msg.PING))
+        await asyncio.sleep(0)
+        ctl_guest.sendall(encode_ctl(Msg.ERROR, seq, {"code": 13, "message": "exec /x: Permission denied",
+                                                       **({"phase": phase} if phase else {})}))
+        with pytest.raises(AgentRequestError) as e:
+            await asyncio.wait_for(req, 5)
+        assert isinstance(e.value, AgentError) and e.value.errno == 13
+        assert e.value.phase == (Phase(phase) if phase else None)
+        assert command_exit_code(e.value) == (126 if phase else None)
+    await client.close()
+    for s in (ctl_guest, io_guest):
+        s.close()

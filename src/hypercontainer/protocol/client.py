@@ -22,6 +22,7 @@ from .codec import (
     FrameReader,
     IoFrame,
     Msg,
+    Phase,
     ProtocolError,
     check_from_guest,
     encode_ctl,
@@ -30,6 +31,14 @@ from .codec import (
 
 log = logging.getLogger(__name__)
 STREAM_QUEUE = 64  # chunks of up to 64 KiB buffered per output stream before the guest is slowed down
+
+
+class AgentRequestError(AgentError):
+    """The agent's ERROR reply: errno, message and, for a process start, the step that failed."""
+
+    def __init__(self, message: str, errno: int, phase: Phase | None = None) -> None:
+        super().__init__(message, errno)
+        self.phase = phase
 
 
 class ProcessStreams:
@@ -43,6 +52,7 @@ class ProcessStreams:
         self.stderr: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
         self.exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.oom_killed = False  # set with the exit: the guest kernel's OOM killer ended the process
+        self.pid: int | None = None  # the guest's pid, once the agent started it (Agent sets it)
         self.stdin_closed = False
         self.ended: set[int] = set()  # output streams that saw EOF: later frames are the guest's error
         if terminal:
@@ -67,7 +77,7 @@ class AgentClient:
         self._seq = 0
         self._pending: dict[int, asyncio.Future[CtlFrame]] = {}
         self._procs: dict[int, ProcessStreams] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.agent = ""
@@ -111,8 +121,9 @@ class AgentClient:
         if reply.get("version") != VERSION:
             raise VMError(f"agent speaks protocol {reply.get('version')}, we speak {VERSION}")
         self.agent = str(reply.get("agent", ""))
-        if "uptime_ms" in reply:
-            self.guest_uptime = int(reply["uptime_ms"]) / 1000
+        uptime = reply.get("uptime_ms")
+        if isinstance(uptime, int):
+            self.guest_uptime = uptime / 1000
         return self.agent
 
     def _fail(self, why: str) -> None:
@@ -151,7 +162,8 @@ class AgentClient:
 
     def _on_ctl(self, frame: CtlFrame) -> None:
         if frame.type == Msg.EXITED:
-            stream, status = int(frame.fields["stream"]), int(frame.fields["status"])
+            stream, status = frame.fields["stream"], frame.fields["status"]
+            assert isinstance(stream, int) and isinstance(status, int)  # check_from_guest: present, u64
             proc = self._procs.get(stream)
             if proc is None:
                 if stream <= self.max_stream:
@@ -209,8 +221,9 @@ class AgentClient:
         finally:
             self._pending.pop(seq, None)
         if reply.type == Msg.ERROR:
-            code = int(reply.fields["code"])
-            raise AgentError(str(reply.fields["message"]), code)
+            code, phase = reply.fields["code"], reply.fields.get("phase")
+            assert isinstance(code, int)  # check_from_guest: present, u64, phase known
+            raise AgentRequestError(str(reply.fields["message"]), code, Phase(str(phase)) if phase else None)
         return reply.fields
 
     async def io_ping(self, timeout: float) -> None:
@@ -259,3 +272,11 @@ class AgentClient:
 def exec_failure_exit_code(err: AgentError) -> int:
     """docker's convention: 127 command not found, 126 not executable."""
     return 127 if err.errno in (errno_mod.ENOENT, errno_mod.ENOTDIR) else 126
+
+
+def command_exit_code(err: AgentError) -> int | None:
+    """docker's exit code when the command could not be run (phase exec or chdir): 127 not found, 126 not
+    executable; None for any other failure."""
+    if isinstance(err, AgentRequestError) and err.phase in (Phase.EXEC, Phase.CHDIR):
+        return exec_failure_exit_code(err)
+    return None

@@ -34,6 +34,8 @@ class Msg(enum.IntEnum):
     SIGNAL = 6
     WINSIZE = 7
     SHUTDOWN = 8
+    REMOVE_CONTAINER = 9
+    STATS = 10
     ACK = 256
     ERROR = 257
     EXITED = 512
@@ -96,9 +98,40 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(43, "shared_pid_ns", "u64"),
     FieldDef(44, "oom_killed", "u64"),
     FieldDef(45, "pid_ns_of", "str"),
+    FieldDef(46, "phase", "str"),
+    FieldDef(47, "containers", "u64"),
+    FieldDef(48, "processes", "u64"),
+    FieldDef(49, "fds", "u64"),
 )
 BY_TAG = {f.tag: f for f in FIELDS}
 BY_NAME = {f.name: f for f in FIELDS}
+
+
+
+class MountFlag(enum.IntFlag):
+    """Bits of `mount_flags` (NEW_CONTAINER)."""
+
+    READONLY = 1  # the volume is read-only in the container
+    TMPFS = 2  # the source is a pod-wide tmpfs volume's name
+    BLOCK = 4  # the source is SERIAL:FSTYPE, a virtio disk mounted once per pod
+
+
+class Phase(enum.StrEnum):
+    """`phase` of an ERROR: the step of a process start that failed (absent: the request itself was refused)."""
+
+    SPAWN = "spawn"  # pipes, terminal, fork
+    CGROUP = "cgroup"  # making or joining the container's cgroups
+    NAMESPACE = "namespace"  # making or joining a mount or PID namespace
+    MOUNT = "mount"  # the container's root, volumes, /proc, /sys, /dev, masked paths
+    SYSCTL = "sysctl"
+    RLIMIT = "rlimit"
+    CHDIR = "chdir"  # the process's working directory
+    USER = "user"  # supplementary groups, gid, uid
+    CAPABILITIES = "capabilities"  # capability sets, no_new_privs
+    EXEC = "exec"  # the command itself: not found (ENOENT, ENOTDIR) or not executable
+
+
+PHASES = frozenset(p.value for p in Phase)
 
 # What the guest may send, and the fields each must carry.
 FROM_GUEST_REQUIRED: dict[Msg, tuple[str, ...]] = {
@@ -189,7 +222,7 @@ def decode_fields(payload: bytes) -> Fields:
             except UnicodeDecodeError as e:
                 raise ProtocolError(f"field {d.name}: not UTF-8") from e
         if d.list:
-            fields.setdefault(d.name, []).append(value)  # type: ignore[union-attr]
+            fields.setdefault(d.name, []).append(value)  # type: ignore[union-attr,arg-type]
         elif d.name in fields:
             raise ProtocolError(f"field {d.name} repeated")
         else:
@@ -210,6 +243,9 @@ def check_from_guest(frame: CtlFrame) -> None:
         raise ProtocolError(f"{kind.name} without {', '.join(missing)}")
     if (kind is Msg.EXITED) != (frame.seq == 0):
         raise ProtocolError(f"{kind.name} with seq {frame.seq}")
+    phase = frame.fields.get("phase")
+    if phase is not None and (kind is not Msg.ERROR or phase not in PHASES):
+        raise ProtocolError(f"{kind.name} with phase {phase!r}")
 
 
 class FrameReader:
@@ -221,7 +257,8 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[CtlFrame] | list[IoFrame]:
         self._buf += data
-        frames: list = []
+        ctl: list[CtlFrame] = []
+        io: list[IoFrame] = []
         while len(self._buf) >= 12:
             if self.kind == "ctl":
                 a, b, n = CTL_HDR.unpack_from(self._buf)
@@ -236,10 +273,10 @@ class FrameReader:
             body = bytes(self._buf[12 : 12 + n])
             del self._buf[: 12 + n]
             if self.kind == "ctl":
-                frames.append(CtlFrame(a, b, decode_fields(body)))
+                ctl.append(CtlFrame(a, b, decode_fields(body)))
             else:
-                frames.append(IoFrame(a, body))
-        return frames
+                io.append(IoFrame(a, body))
+        return ctl if self.kind == "ctl" else io
 
     @property
     def pending(self) -> int:

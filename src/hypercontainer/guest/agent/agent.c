@@ -4,7 +4,8 @@
  *
  *   hc-agent                       as PID 1 in the guest
  *   hc-agent --test CTL IO [ROOT]  over two inherited fds, for host tests; ROOT stands in for the pod share
- *   hc-agent --tables              prints the message and field tables (checked against the host's)
+ *   hc-agent --tables              prints the message, field, mount flag and phase tables (checked against
+ *                                  the host's)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -97,7 +98,7 @@ static void on_ctl(void)
 		if (r == 0)
 			return;
 		if (r < 0) {
-			struct err e;
+			struct err e = {0};
 			fail(&e, EMSGSIZE, "bad control frame: %s", why);
 			send_error(seq, &e);
 			reader_reset(&ctl_rd);
@@ -105,7 +106,7 @@ static void on_ctl(void)
 		}
 		struct msg m;
 		if (msg_decode((uint32_t)type, seq, body, len, &m, &why) < 0) {
-			struct err e;
+			struct err e = {0};
 			fail(&e, EINVAL, "bad payload: %s", why);
 			send_error(seq, &e);
 			continue;
@@ -177,6 +178,10 @@ static void print_tables(void)
 	for (int t = 1; t <= F_MAX_TAG; t++)
 		printf("field %d %s %s%s\n", t, field_table[t].name, field_table[t].kind == KIND_U64 ? "u64" : "str",
 		       field_table[t].list ? " list" : "");
+	for (const struct flag_def *f = mount_flag_table; f->name; f++)
+		printf("mountflag %u %s\n", f->bit, f->name);
+	for (int p = PHASE_NONE + 1; p < PHASE_COUNT; p++)
+		printf("phase %s\n", phase_names[p]);
 }
 
 int main(int argc, char **argv)

@@ -32,6 +32,7 @@ struct proc {
 	int container_init; /* a container's first process */
 	int ns_init;	   /* PID 1 of its PID namespace: the kernel drops signals it has no handler for */
 	int emulated_sig;  /* a signal the agent delivered as SIGKILL for it (ns_init): reported as 128+N */
+	char container[65]; /* the container it runs in; "" if none */
 	char cgroup[65];   /* the container whose cgroups it is in; "" if none */
 	unsigned long long oom_base; /* the cgroup's OOM kills when it started */
 };

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_VERSION] = {F_VERSION, "version", KIND_U64, 0},
 	[F_AGENT] = {F_AGENT, "agent", KIND_STR, 0},
@@ -50,13 +52,27 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_SHARED_PID_NS] = {F_SHARED_PID_NS, "shared_pid_ns", KIND_U64, 0},
 	[F_OOM_KILLED] = {F_OOM_KILLED, "oom_killed", KIND_U64, 0},
 	[F_PID_NS_OF] = {F_PID_NS_OF, "pid_ns_of", KIND_STR, 0},
+	[F_PHASE] = {F_PHASE, "phase", KIND_STR, 0},
+	[F_CONTAINERS] = {F_CONTAINERS, "containers", KIND_U64, 0},
+	[F_PROCESSES] = {F_PROCESSES, "processes", KIND_U64, 0},
+	[F_FDS] = {F_FDS, "fds", KIND_U64, 0},
 };
 
 const struct msg_def msg_table[] = {
 	{MSG_VERSION, "VERSION"}, {MSG_PING, "PING"}, {MSG_START_POD, "START_POD"},
 	{MSG_NEW_CONTAINER, "NEW_CONTAINER"}, {MSG_EXEC, "EXEC"}, {MSG_SIGNAL, "SIGNAL"},
-	{MSG_WINSIZE, "WINSIZE"}, {MSG_SHUTDOWN, "SHUTDOWN"}, {MSG_ACK, "ACK"},
-	{MSG_ERROR, "ERROR"}, {MSG_EXITED, "EXITED"}, {0, NULL},
+	{MSG_WINSIZE, "WINSIZE"}, {MSG_SHUTDOWN, "SHUTDOWN"}, {MSG_REMOVE_CONTAINER, "REMOVE_CONTAINER"},
+	{MSG_STATS, "STATS"}, {MSG_ACK, "ACK"}, {MSG_ERROR, "ERROR"}, {MSG_EXITED, "EXITED"}, {0, NULL},
+};
+
+const struct flag_def mount_flag_table[] = {
+	{MOUNT_READONLY, "READONLY"}, {MOUNT_TMPFS, "TMPFS"}, {MOUNT_BLOCK, "BLOCK"}, {0, NULL},
+};
+
+const char *const phase_names[PHASE_COUNT] = {
+	[PHASE_NONE] = NULL, [PHASE_SPAWN] = "spawn", [PHASE_CGROUP] = "cgroup", [PHASE_NAMESPACE] = "namespace",
+	[PHASE_MOUNT] = "mount", [PHASE_SYSCTL] = "sysctl", [PHASE_RLIMIT] = "rlimit", [PHASE_CHDIR] = "chdir",
+	[PHASE_USER] = "user", [PHASE_CAPABILITIES] = "capabilities", [PHASE_EXEC] = "exec",
 };
 
 uint32_t get_u32(const uint8_t *p)
@@ -260,6 +276,17 @@ int frame_add_str(struct buf *b, uint16_t tag, const char *s)
 void frame_end(struct buf *b)
 {
 	put_u32(b->data + 8, (uint32_t)(b->len - CTL_HDR));
+}
+
+int frame_error(struct buf *b, uint32_t seq, int code, const char *message, int phase)
+{
+	if (frame_begin(b, MSG_ERROR, seq) < 0 || frame_add_u64(b, F_CODE, (uint64_t)code) < 0 ||
+	    frame_add_str(b, F_MESSAGE, message) < 0)
+		return -1;
+	if (phase > PHASE_NONE && phase < PHASE_COUNT && frame_add_str(b, F_PHASE, phase_names[phase]) < 0)
+		return -1;
+	frame_end(b);
+	return 0;
 }
 
 void io_header(uint8_t *hdr, uint64_t stream, uint32_t len)

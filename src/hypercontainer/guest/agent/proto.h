@@ -22,6 +22,8 @@ enum msg_type {
 	MSG_SIGNAL = 6,
 	MSG_WINSIZE = 7,
 	MSG_SHUTDOWN = 8,
+	MSG_REMOVE_CONTAINER = 9,
+	MSG_STATS = 10,
 	MSG_ACK = 256,
 	MSG_ERROR = 257,
 	MSG_EXITED = 512,
@@ -35,8 +37,11 @@ enum field_tag {
 	F_PID, F_READONLY, F_STDIN, F_SHARE, F_SHAREFS, F_UPTIME_MS, F_MOUNT_SRC, F_MOUNT_DST, F_MOUNT_FLAGS,
 	F_SYSCTL, F_RLIMIT, F_NET_MAC, F_NET_ADDR, F_NET_GW, F_CLOCK_NS, F_SEED, F_CAP_BOUNDING, F_CAP_EFFECTIVE,
 	F_CAP_PERMITTED, F_CAP_INHERITABLE, F_CAP_AMBIENT, F_NO_NEW_PRIVS, F_PRIVILEGED, F_SHARED_PID_NS, F_OOM_KILLED,
-	F_PID_NS_OF, F_MAX_TAG = F_PID_NS_OF,
+	F_PID_NS_OF, F_PHASE, F_CONTAINERS, F_PROCESSES, F_FDS, F_MAX_TAG = F_FDS,
 };
+
+/* mount_flags bits (NEW_CONTAINER). */
+enum mount_flag { MOUNT_READONLY = 1, MOUNT_TMPFS = 2, MOUNT_BLOCK = 4, MOUNT_ALL = 7 };
 
 struct field_def {
 	uint16_t tag;
@@ -53,6 +58,14 @@ struct msg_def {
 	const char *name;
 };
 extern const struct msg_def msg_table[];
+/* The mount flag table: bit and name, ends with {0, NULL}. */
+struct flag_def {
+	unsigned bit;
+	const char *name;
+};
+extern const struct flag_def mount_flag_table[];
+/* The wire name of each enum phase (util.h); NULL for PHASE_NONE. */
+extern const char *const phase_names[];
 
 /* A decoded field: str points into the payload and is NUL-terminated in a copy owned by the message. */
 struct field {
@@ -98,6 +111,8 @@ int frame_begin(struct buf *b, uint32_t type, uint32_t seq);
 int frame_add_u64(struct buf *b, uint16_t tag, uint64_t v);
 int frame_add_str(struct buf *b, uint16_t tag, const char *s);
 void frame_end(struct buf *b);
+/* A whole ERROR frame: code, message and, unless PHASE_NONE, phase. */
+int frame_error(struct buf *b, uint32_t seq, int code, const char *message, int phase);
 /* Stream frame header into hdr[IO_HDR]. */
 void io_header(uint8_t *hdr, uint64_t stream, uint32_t len);
 

@@ -1,4 +1,5 @@
-/* The control requests: VERSION, START_POD, NEW_CONTAINER, EXEC, SIGNAL, WINSIZE, SHUTDOWN. */
+/* The control requests: VERSION, START_POD, NEW_CONTAINER, EXEC, SIGNAL, WINSIZE, REMOVE_CONTAINER, STATS,
+ * SHUTDOWN. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -137,12 +138,14 @@ static int prepare_mounts(const struct msg *m, struct mount_spec *out, char (*sr
 		unsigned flags = (unsigned)msg_nth(m, F_MOUNT_FLAGS, i)->u64;
 		if (dst[0] != '/' || !path_is_clean_relative(dst + 1))
 			return fail(e, EINVAL, "mount point %s is not a clean absolute path", dst);
+		if (flags & ~(unsigned)MOUNT_ALL || (flags & MOUNT_TMPFS && flags & MOUNT_BLOCK))
+			return fail(e, EINVAL, "invalid mount flags %u for %s", flags, dst);
 		if (flags & MOUNT_TMPFS) {
 			if (tmpfs_volume(src, srcs[i], PATH_MAX, e) < 0)
-				return -1;
+				return in_phase(e, PHASE_MOUNT);
 		} else if (flags & MOUNT_BLOCK) {
 			if (block_volume(src, srcs[i], PATH_MAX, e) < 0)
-				return -1;
+				return in_phase(e, PHASE_MOUNT);
 		} else {
 			if (!path_is_clean_relative(src))
 				return fail(e, EINVAL, "volume source %s is not a clean relative path", src);
@@ -188,6 +191,7 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	uint64_t stream = msg_u64(m, F_STREAM, 0);
 	char root[PATH_MAX];
 	struct proc *slot = NULL;
+	const char *cgroup_made = NULL;
 	int rc = -1;
 
 	if (nargs == 0)
@@ -267,8 +271,10 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	for (size_t i = 0; i < msg_count(m, F_RLIMIT); i++)
 		if (parse_rlimit(msg_nth(m, F_RLIMIT, i)->str, &s.rlimits[s.nrlimits++], e) < 0)
 			goto out;
-	if (new_container && !test_mode && apply_sysctls(m, e) < 0)
+	if (new_container && !test_mode && apply_sysctls(m, e) < 0) {
+		in_phase(e, PHASE_SYSCTL);
 		goto out;
+	}
 	s.mounts = mounts;
 	const char *of = new_container ? msg_str(m, F_PID_NS_OF, NULL) : NULL;
 	if (of) { /* CRI: a sandbox's container in the sandbox's PID namespace */
@@ -276,27 +282,35 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 		struct proc *init = owner ? proc_by_stream(owner->init_stream) : NULL;
 		if (!owner || owner->pidns < 0 || !init || init->exited) {
 			fail(e, ESRCH, "no running container %s whose PID namespace to join", of);
+			in_phase(e, PHASE_NAMESPACE);
 			goto out;
 		}
 		s.join_pidns = owner->pidns;
 	} else if (new_container && msg_u64(m, F_SHARED_PID_NS, 0)) {
-		if ((s.join_pidns = shared_pidns(e)) < 0)
+		if ((s.join_pidns = shared_pidns(e)) < 0) {
+			in_phase(e, PHASE_NAMESPACE);
 			goto out;
+		}
 	} else if (new_container) {
 		s.new_pidns = !test_mode || s.rootfs; /* tests without a root run on the host's PIDs */
 	}
 	const char *id = msg_str(m, F_ID, "");
 	if (new_container && !test_mode) {
-		if (cg_create(id, s.privileged, e) < 0)
+		cgroup_made = id;
+		if (cg_create(id, s.privileged, e) < 0) {
+			in_phase(e, PHASE_CGROUP);
 			goto out;
+		}
 		s.cgroup = id;
 	}
 
 	struct proc_io io;
 	pid_t pid;
 	int mntns = -1, pidns = -1;
-	if (spawn_process(&s, &pid, &io, new_container ? &mntns : NULL, new_container ? &pidns : NULL, e) < 0)
+	if (spawn_process(&s, &pid, &io, new_container ? &mntns : NULL, new_container ? &pidns : NULL, e) < 0) {
+		in_phase(e, PHASE_SPAWN);
 		goto out;
+	}
 	memset(slot, 0, sizeof(*slot));
 	slot->used = 1;
 	slot->pid = pid;
@@ -305,6 +319,7 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	slot->terminal = s.terminal;
 	slot->ns_init = s.new_pidns;
 	slot->container_init = new_container;
+	snprintf(slot->container, sizeof(slot->container), "%s", new_container ? msg_str(m, F_ID, "") : c->id);
 	if (s.cgroup) {
 		snprintf(slot->cgroup, sizeof(slot->cgroup), "%s", s.cgroup);
 		slot->oom_base = cg_oom_kills(s.cgroup);
@@ -324,6 +339,8 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	frame_begin(&out, MSG_ACK, m->seq);
 	frame_add_u64(&out, F_PID, (uint64_t)pid);
 out:
+	if (rc < 0 && cgroup_made) /* a failed start leaves no cgroup either (empty: its child is gone) */
+		cg_remove(cgroup_made);
 	free(argv);
 	free(envp);
 	return rc;
@@ -379,6 +396,59 @@ static int handle_new_container(const struct msg *m, struct err *e)
 	c->init_stream = msg_u64(m, F_STREAM, 0);
 	snprintf(c->id, sizeof(c->id), "%s", id);
 	return 0;
+}
+
+/*
+ * Frees the container's slot, its namespaces (the agent's fds were all that kept them once its processes are
+ * gone) and its cgroups. Its first process must have exited; processes it EXECed that outlive it (possible only
+ * in a PID namespace it does not own) are killed and reported as usual.
+ */
+static int handle_remove_container(const struct msg *m, struct err *e)
+{
+	const char *id = msg_str(m, F_ID, "");
+	struct container *c = container_by_id(id);
+	if (!c)
+		return fail(e, ENOENT, "no container %s", id);
+	struct proc *init = proc_by_stream(c->init_stream);
+	if (init && !init->exited)
+		return fail(e, EBUSY, "container %s is running: stop it first", id);
+	for (int i = 0; i < MAX_PROCS; i++)
+		if (procs[i].used && !procs[i].exited && strcmp(procs[i].container, id) == 0)
+			kill(procs[i].pid, SIGKILL);
+	if (c->mntns >= 0)
+		close(c->mntns);
+	if (c->pidns >= 0)
+		close(c->pidns);
+	if (!test_mode)
+		cg_remove(id); /* fails while a killed process is still in it: retried when the last one is reaped */
+	memset(c, 0, sizeof(*c));
+	c->mntns = c->pidns = -1;
+	return 0;
+}
+
+/* Open fds of the agent: a leak of namespaces or pipes shows here. */
+static uint64_t count_fds(void)
+{
+	uint64_t n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	while (d && (de = readdir(d)))
+		n += de->d_name[0] != '.';
+	if (d)
+		closedir(d);
+	return n ? n - 1 : 0; /* not the one opendir holds */
+}
+
+static void handle_stats(void)
+{
+	uint64_t ncontainers = 0, nprocs = 0;
+	for (int i = 0; i < MAX_CONTAINERS; i++)
+		ncontainers += containers[i].used != 0;
+	for (int i = 0; i < MAX_PROCS; i++)
+		nprocs += procs[i].used != 0;
+	frame_add_u64(&out, F_CONTAINERS, ncontainers);
+	frame_add_u64(&out, F_PROCESSES, nprocs);
+	frame_add_u64(&out, F_FDS, count_fds());
 }
 
 static int handle_exec(const struct msg *m, struct err *e)
@@ -502,6 +572,12 @@ void dispatch(const struct msg *m)
 			break;
 		case MSG_WINSIZE:
 			rc = handle_winsize(m, &e);
+			break;
+		case MSG_REMOVE_CONTAINER:
+			rc = handle_remove_container(m, &e);
+			break;
+		case MSG_STATS:
+			handle_stats();
 			break;
 		case MSG_SHUTDOWN:
 			shutdown = 1;

@@ -127,8 +127,10 @@ static int mount_volumes(struct err *e, const char *root, const struct mount_spe
 static int enter_new_root(struct err *e, const char *root, int readonly, int privileged, const struct mount_spec *m,
 			  size_t n)
 {
-	if (unshare(CLONE_NEWNS) < 0)
-		return fail_errno(e, "unshare mount namespace");
+	if (unshare(CLONE_NEWNS) < 0) {
+		fail_errno(e, "unshare mount namespace");
+		return in_phase(e, PHASE_NAMESPACE);
+	}
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		return fail_errno(e, "make / private");
 	if (mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0)
@@ -167,37 +169,46 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 		signal(sig, SIG_DFL);
 
 	if (s->cgroup && cg_join(s->cgroup, e) < 0)
-		return -1;
+		return in_phase(e, PHASE_CGROUP);
 	if (s->rootfs) {
 		char go = 0;
 		if (enter_new_root(e, s->rootfs, s->readonly, s->privileged, s->mounts, s->nmounts) < 0)
-			return -1;
-		if (write_full(sync_fd, "N", 1) < 0 || read(sync_fd, &go, 1) != 1 || go != 'G')
-			return fail(e, EPIPE, "agent went away during container setup");
+			return in_phase(e, PHASE_MOUNT);
+		if (write_full(sync_fd, "N", 1) < 0 || read(sync_fd, &go, 1) != 1 || go != 'G') {
+			fail(e, EPIPE, "agent went away during container setup");
+			return in_phase(e, PHASE_SPAWN);
+		}
 	}
 	if (s->join_mntns >= 0) {
+		e->phase = PHASE_NAMESPACE;
 		if (setns(s->join_mntns, CLONE_NEWNS) < 0)
 			return fail_errno(e, "join the container's mount namespace");
 		if (chdir("/") < 0)
 			return fail_errno(e, "chdir /");
 	}
+	e->phase = PHASE_RLIMIT;
 	for (size_t i = 0; i < s->nrlimits; i++) {
 		struct rlimit rl = {.rlim_cur = s->rlimits[i].soft, .rlim_max = s->rlimits[i].hard};
 		if (setrlimit(s->rlimits[i].resource, &rl) < 0)
 			return fail_errno(e, "setrlimit %d", s->rlimits[i].resource);
 	}
+	e->phase = PHASE_CHDIR;
 	if (s->cwd && *s->cwd && chdir(s->cwd) < 0)
 		return fail_errno(e, "chdir to working directory %s", s->cwd);
+	e->phase = PHASE_CAPABILITIES;
 	if (s->apply_caps && caps_bound(&s->caps, e) < 0)
 		return -1;
+	e->phase = PHASE_USER;
 	if (setgroups(s->ngroups, s->groups) < 0)
 		return fail_errno(e, "setgroups");
 	if (setgid(s->gid) < 0)
 		return fail_errno(e, "setgid %u", (unsigned)s->gid);
 	if (setuid(s->uid) < 0)
 		return fail_errno(e, "setuid %u", (unsigned)s->uid);
+	e->phase = PHASE_CAPABILITIES;
 	if (s->apply_caps && caps_apply(&s->caps, e) < 0)
 		return -1;
+	e->phase = PHASE_EXEC;
 	environ = s->envp;
 	if (!getenv("PATH"))
 		setenv("PATH", DEFAULT_PATH, 1);
@@ -263,6 +274,7 @@ static int await_child(int fd, pid_t pid, int *mntns, int *pidns, struct err *e)
 			e->msg[sizeof(e->msg) - 1] = 0;
 		} else {
 			fail(e, EIO, "container setup failed");
+			e->phase = PHASE_SPAWN;
 		}
 		if (mntns && *mntns >= 0)
 			close(*mntns), *mntns = -1;
@@ -281,13 +293,17 @@ static pid_t fork_in_pidns(int new_pidns, int join_pidns, struct err *e)
 	static int own = -1;
 	if (!new_pidns && join_pidns < 0)
 		return fork();
-	if (own < 0 && (own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC)) < 0)
-		return fail_errno(e, "open the agent's PID namespace");
-	if (new_pidns ? unshare(CLONE_NEWPID) < 0 : setns(join_pidns, CLONE_NEWPID) < 0)
-		return fail_errno(e, new_pidns ? "new PID namespace" : "join the container's PID namespace");
+	if (own < 0 && (own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC)) < 0) {
+		fail_errno(e, "open the agent's PID namespace");
+		return in_phase(e, PHASE_NAMESPACE);
+	}
+	if (new_pidns ? unshare(CLONE_NEWPID) < 0 : setns(join_pidns, CLONE_NEWPID) < 0) {
+		fail_errno(e, new_pidns ? "new PID namespace" : "join the container's PID namespace");
+		return in_phase(e, PHASE_NAMESPACE);
+	}
 	pid_t pid = fork();
 	if (pid < 0)
-		fail_errno(e, "fork");
+		fail_errno(e, "fork"), in_phase(e, PHASE_SPAWN);
 	if (pid != 0 && setns(own, CLONE_NEWPID) < 0)
 		log_msg("cannot return to the agent's PID namespace: %s", strerror(errno));
 	return pid;

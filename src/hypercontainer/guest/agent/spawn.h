@@ -4,12 +4,10 @@
 
 #include <sys/types.h>
 
+#include "proto.h" /* enum mount_flag */
 #include "security.h"
 #include "util.h"
 
-#define MOUNT_READONLY 1
-#define MOUNT_TMPFS 2
-#define MOUNT_BLOCK 4
 #define MAX_MOUNTS 64
 
 /* A volume bind-mounted into a new container: source in the guest, target inside the container root. */

@@ -30,9 +30,8 @@ void send_frame(void)
 
 void send_error(uint32_t seq, const struct err *e)
 {
-	frame_begin(&out, MSG_ERROR, seq);
-	frame_add_u64(&out, F_CODE, (uint64_t)(e->code > 0 ? e->code : EIO));
-	frame_add_str(&out, F_MESSAGE, e->msg);
+	if (frame_error(&out, seq, e->code > 0 ? e->code : EIO, e->msg, e->phase) < 0)
+		return;
 	send_frame();
 }
 
@@ -124,7 +123,8 @@ static void on_exit_status(struct proc *p, int wstatus)
 		p->oom_killed = cg_oom_kills(p->cgroup) > p->oom_base;
 	if (WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL && p->emulated_sig && !p->oom_killed)
 		p->status = 128 + p->emulated_sig;
-	if (p->ns_init && *p->cgroup) /* its namespace is gone with it: so are its processes */
+	/* Its namespace is gone with it, so are its processes; or the last of a removed container's. */
+	if (*p->cgroup && (p->ns_init || !container_by_id(p->cgroup)))
 		cg_remove(p->cgroup);
 	/* Everything the process wrote before it exited is in its pipes: flush it, then close. */
 	while (p->out >= 0 && pump_output(p, &p->out, p->stream) == 1)

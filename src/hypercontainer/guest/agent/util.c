@@ -31,6 +31,13 @@ int fail_errno(struct err *e, const char *fmt, ...)
 	return -1;
 }
 
+int in_phase(struct err *e, enum phase phase)
+{
+	if (e->phase == PHASE_NONE)
+		e->phase = phase;
+	return -1;
+}
+
 void log_msg(const char *fmt, ...)
 {
 	char line[600];

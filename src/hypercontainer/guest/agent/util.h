@@ -7,16 +7,27 @@
 
 /*
  * Functions that can fail return an int < 0 and fill a struct err: an errno value and a short text naming the
- * operation and its object ("mount /proc: Operation not permitted"). The host gets both in an ERROR reply.
+ * operation and its object ("mount /proc: Operation not permitted"). The host gets both in an ERROR reply, and
+ * the phase, where a step of a process start failed (docs/protocol.md, `phase`; names in proto.c).
  */
+enum phase {
+	PHASE_NONE, /* the request itself was refused: no step ran */
+	PHASE_SPAWN, PHASE_CGROUP, PHASE_NAMESPACE, PHASE_MOUNT, PHASE_SYSCTL, PHASE_RLIMIT, PHASE_CHDIR, PHASE_USER,
+	PHASE_CAPABILITIES, PHASE_EXEC, PHASE_COUNT,
+};
+
 struct err {
 	int code;
+	int phase; /* enum phase */
 	char msg[512];
 };
 
 int fail(struct err *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* fail() with errno and strerror(errno) appended. */
 int fail_errno(struct err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Returns -1, naming the step that failed unless a step within it named itself already. */
+int in_phase(struct err *e, enum phase phase);
 
 void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int write_full(int fd, const void *p, size_t n);

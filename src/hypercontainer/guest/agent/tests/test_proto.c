@@ -1,9 +1,13 @@
-/* Runs the shared vectors (tests/vectors/frames.txt) through the agent's codec: decode, re-encode, reject. */
+/*
+ * Runs the shared vectors (tests/vectors/frames.txt) through the agent's codec: decode, re-encode, reject. Then
+ * the agent's ERROR encoder against the "error" and "error-phase" vectors, and in_phase().
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "proto.h"
+#include "util.h"
 
 static int hexval(int c)
 {
@@ -73,12 +77,36 @@ out:
 	return ok;
 }
 
+/* frame_error() must produce the vector `name` byte for byte. */
+static int check_error_frame(const char *name, const uint8_t *want, size_t n, int phase)
+{
+	struct buf b = {0};
+	int ok = n && frame_error(&b, 7, 2, "exec nosuch: No such file or directory", phase) == 0 && b.len == n &&
+		 memcmp(b.data, want, n) == 0;
+	buf_free(&b);
+	printf("%s  frame_error -> %s\n", ok ? "ok  " : "FAIL", name);
+	return ok;
+}
+
+/* The innermost step that names itself wins; a step without a name gets the caller's. */
+static int check_in_phase(void)
+{
+	struct err e = {0};
+	fail(&e, 2, "inner"), in_phase(&e, PHASE_NAMESPACE);
+	int ok = in_phase(&e, PHASE_MOUNT) == -1 && e.phase == PHASE_NAMESPACE;
+	struct err f = {0};
+	ok = ok && in_phase(&f, PHASE_MOUNT) == -1 && f.phase == PHASE_MOUNT;
+	printf("%s  in_phase\n", ok ? "ok  " : "FAIL");
+	return ok;
+}
+
 int main(int argc, char **argv)
 {
 	const char *path = argc > 1 ? argv[1] : "../../../../tests/vectors/frames.txt";
 	FILE *f = fopen(path, "r");
 	static char line[1 << 16];
-	static uint8_t raw[1 << 15];
+	static uint8_t raw[1 << 15], error[1 << 12], error_phase[1 << 12];
+	size_t nerror = 0, nerror_phase = 0;
 	int passed = 0, failed = 0;
 
 	if (!f) {
@@ -90,6 +118,10 @@ int main(int argc, char **argv)
 		if (line[0] == '#' || sscanf(line, "%127s %15s %s", name, kind, hex) != 3)
 			continue;
 		size_t n = unhex(hex, raw);
+		if (strcmp(name, "error") == 0 && n <= sizeof(error))
+			memcpy(error, raw, nerror = n);
+		if (strcmp(name, "error-phase") == 0 && n <= sizeof(error_phase))
+			memcpy(error_phase, raw, nerror_phase = n);
 		const char *why = "";
 		int bad = strncmp(kind, "bad-", 4) == 0;
 		enum reader_kind rk = strstr(kind, "ctl") ? READER_CTL : READER_IO;
@@ -104,5 +136,7 @@ int main(int argc, char **argv)
 	}
 	fclose(f);
 	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	int encoders = check_error_frame("error", error, nerror, PHASE_NONE) &
+		       check_error_frame("error-phase", error_phase, nerror_phase, PHASE_EXEC) & check_in_phase();
+	return failed || !encoders ? 1 : 0;
 }

@@ -1,0 +1,355 @@
+"""The typed agent interface: what the host asks of a guest agent, one method per request.
+
+Requests are frozen dataclasses whose attributes are the protocol's fields by name (docs/protocol.md), so
+`to_fields()` is the wire payload and `from_fields()` reads the dicts hyperd persisted before (a pod's runtime
+state keeps a container's process fields and its mount fields as plain dicts). `Agent` wraps an AgentClient,
+which keeps the connection, the process streams and the exit events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from ..errors import AgentError, CommandNotRunnable, VMError
+from .client import AgentClient, AgentRequestError, ProcessStreams, command_exit_code
+from .codec import BY_NAME, Fields, MountFlag, Msg
+
+__all__ = [
+    "Agent", "AgentRequestError", "AgentStats", "ContainerRequest", "ExecRequest", "Mount", "PodRequest",
+    "ProcessRequest",
+]
+
+_ALL_MOUNT_FLAGS = MountFlag.READONLY | MountFlag.TMPFS | MountFlag.BLOCK
+_NO_MOUNT_FLAGS = MountFlag(0)
+_T = TypeVar("_T")
+
+
+def _wire(name: str, value: object) -> int | str | list[int] | list[str]:
+    """A field value as the codec takes it (bools as 0/1, sequences as lists), checked against the table."""
+    d = BY_NAME[name]
+    if d.list != isinstance(value, list | tuple):
+        raise ValueError(f"field {name}: {value!r} is {'not ' if d.list else ''}a list")
+    out: list[Any] = []
+    for v in value if isinstance(value, list | tuple) else [value]:
+        if d.kind == "u64" and isinstance(v, int) and 0 <= v < 2**64:
+            out.append(int(v))
+        elif d.kind == "str" and isinstance(v, str):
+            out.append(v)
+        else:
+            raise ValueError(f"field {name}: {v!r} is not a {d.kind}")
+    return out if d.list else out[0]
+
+
+def _fields_of(obj: object) -> Fields:
+    """The dataclass's protocol fields: every attribute named after one, None left out."""
+    fields: Fields = {}
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if f.name in BY_NAME and value is not None:
+            fields[f.name] = _wire(f.name, value)
+    return fields
+
+
+def _build(cls: type[_T], fields: Mapping[str, object], **extra: object) -> _T:
+    """An instance of the request dataclass `cls` from the protocol fields among `fields` (and `extra`)."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, object] = dict(extra)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in BY_NAME or f.name not in fields:
+            continue
+        value = _wire(f.name, fields[f.name])
+        hint = hints[f.name]
+        if bool in (hint, *typing.get_args(hint)):
+            if value not in (0, 1):
+                raise ValueError(f"field {f.name}: {value!r} is not 0 or 1")
+            kwargs[f.name] = bool(value)
+        else:
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field missing
+        raise ValueError(f"{cls.__name__}: {e}") from None
+
+
+def _names(*classes: type) -> frozenset[str]:
+    return frozenset(f.name for c in classes for f in dataclasses.fields(c))
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One volume of a container: `mount_src`, `mount_dst` and `mount_flags` at one index."""
+
+    src: str  # relative to the pod share; a tmpfs volume's name (TMPFS); SERIAL:FSTYPE (BLOCK)
+    dst: str  # absolute, in the container
+    flags: MountFlag = _NO_MOUNT_FLAGS
+
+
+@dataclass(frozen=True)
+class ProcessRequest:
+    """The process fields of NEW_CONTAINER and EXEC. A capability field or no_new_privs left None is not sent:
+    the agent's default for a container (docker's set), the container's own for an EXEC."""
+
+    arg: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    group: tuple[int, ...] = ()
+    terminal: bool = False
+    stdin: bool = False
+    rlimit: tuple[str, ...] = ()  # name:soft:hard, -1 unlimited
+    cap_bounding: int | None = None
+    cap_effective: int | None = None
+    cap_permitted: int | None = None
+    cap_inheritable: int | None = None
+    cap_ambient: int | None = None
+    no_new_privs: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.arg:
+            raise ValueError("a process needs a command (arg)")
+        _fields_of(self)  # every value checked against the field table
+
+    def to_fields(self) -> Fields:
+        return _fields_of(self)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, object]) -> ProcessRequest:
+        """The process fields among `fields`; the rest is the caller's to check."""
+        return _build(cls, fields)
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """NEW_CONTAINER: a container's first process on its root, with its volumes and pod-wide sysctls."""
+
+    id: str
+    stream: int  # even, non-zero: stdin/stdout on it, stderr on stream + 1
+    process: ProcessRequest
+    rootfs: str | None = None  # relative to the pod share
+    readonly: bool = False
+    mounts: tuple[Mount, ...] = ()
+    sysctl: tuple[str, ...] = ()  # name=value
+    privileged: bool = False
+    shared_pid_ns: bool = False
+    pid_ns_of: str | None = None  # start in this running container's PID namespace (a CRI sandbox's)
+
+    MSG: ClassVar[Msg] = Msg.NEW_CONTAINER
+    FIELDS: ClassVar[frozenset[str]] = frozenset()  # set below: the field names it carries
+
+    def __post_init__(self) -> None:
+        for m in self.mounts:
+            if int(m.flags) & ~int(_ALL_MOUNT_FLAGS) or (m.flags & MountFlag.TMPFS and m.flags & MountFlag.BLOCK):
+                raise ValueError(f"mount {m.dst}: invalid flags {int(m.flags)}")
+        _fields_of(self)
+
+    def to_fields(self) -> Fields:
+        mounts: Fields = {"mount_src": [m.src for m in self.mounts], "mount_dst": [m.dst for m in self.mounts],
+                          "mount_flags": [int(m.flags) for m in self.mounts]} if self.mounts else {}
+        return {**_fields_of(self), **self.process.to_fields(), **mounts}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, object], *, id: str | None = None,
+                    stream: int | None = None) -> ContainerRequest:
+        """From NEW_CONTAINER fields as pod/ and runv build and persist them (a container's process fields with
+        its mount fields merged in); `id` and `stream`, when given, instead of the fields'. A name that is not a
+        NEW_CONTAINER field is an error."""
+        unknown = set(fields) - cls.FIELDS
+        if unknown:
+            raise ValueError(f"not NEW_CONTAINER fields: {', '.join(sorted(unknown))}")
+        srcs, dsts, flags = (fields.get(k, []) for k in ("mount_src", "mount_dst", "mount_flags"))
+        if not (isinstance(srcs, list | tuple) and isinstance(dsts, list | tuple) and isinstance(flags, list | tuple)
+                and len(srcs) == len(dsts) == len(flags)):
+            raise ValueError("mount_src, mount_dst and mount_flags must be lists of one length")
+        _wire("mount_src", srcs), _wire("mount_dst", dsts), _wire("mount_flags", flags)
+        mounts = tuple(Mount(s, d, MountFlag(f)) for s, d, f in zip(srcs, dsts, flags, strict=True))
+        given = {k: v for k, v in (("id", id), ("stream", stream)) if v is not None}
+        return _build(cls, {**fields, **given}, process=ProcessRequest.from_fields(fields), mounts=mounts)
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """EXEC: a process in a running container's namespaces and cgroups."""
+
+    id: str
+    stream: int
+    process: ProcessRequest
+
+    MSG: ClassVar[Msg] = Msg.EXEC
+    FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self) -> None:
+        _fields_of(self)
+
+    def to_fields(self) -> Fields:
+        return {**_fields_of(self), **self.process.to_fields()}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, object], *, id: str | None = None,
+                    stream: int | None = None) -> ExecRequest:
+        """As ContainerRequest.from_fields; NEW_CONTAINER's own fields (rootfs, readonly, mounts, sysctl,
+        privileged, PID namespace) are dropped, as the agent ignores them in an EXEC: a container's persisted
+        fields are the base of its EXECs."""
+        unknown = set(fields) - ContainerRequest.FIELDS
+        if unknown:
+            raise ValueError(f"not EXEC fields: {', '.join(sorted(unknown))}")
+        given = {k: v for k, v in (("id", id), ("stream", stream)) if v is not None}
+        return _build(cls, {**fields, **given}, process=ProcessRequest.from_fields(fields))
+
+
+ContainerRequest.FIELDS = (_names(ProcessRequest, ContainerRequest) - {"process", "mounts"}) | {
+    "mount_src", "mount_dst", "mount_flags"}
+ExecRequest.FIELDS = _names(ProcessRequest, ExecRequest) - {"process"}
+
+
+@dataclass(frozen=True)
+class PodRequest:
+    """START_POD: everything optional (a pool VM has its share mounted already; no net_addr: no network)."""
+
+    hostname: str | None = None
+    share: str | None = None  # tag of the pod share device
+    sharefs: str | None = None  # virtiofs or 9p
+    net_mac: str | None = None
+    net_addr: str | None = None  # a.b.c.d/len
+    net_gw: str | None = None
+    clock_ns: int | None = None  # a clone's clock
+    seed: str | None = None  # hex: a clone's random state
+
+    def __post_init__(self) -> None:
+        _fields_of(self)
+
+    def to_fields(self) -> Fields:
+        return _fields_of(self)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, object]) -> PodRequest:
+        unknown = set(fields) - _names(cls)
+        if unknown:
+            raise ValueError(f"not START_POD fields: {', '.join(sorted(unknown))}")
+        return _build(cls, fields)
+
+
+@dataclass(frozen=True)
+class AgentStats:
+    """STATS: slots in use in the agent's tables, and its open fds (namespaces and pipes it holds)."""
+
+    containers: int
+    processes: int
+    fds: int
+
+
+class Agent:
+    """One guest agent, typed. Failures are AgentRequestError (errno, message, phase), VMError when the
+    connection is lost, CommandNotRunnable (docker's 126/127) when a process's command could not be run."""
+
+    def __init__(self, client: AgentClient) -> None:
+        self.client = client
+
+    @classmethod
+    def at(cls, ctl: Path, io: Path) -> Agent:
+        """An agent behind QEMU's two port sockets (not connected yet)."""
+        return cls(AgentClient(ctl, io))
+
+    # ---- the connection ---------------------------------------------------------------------------------
+    async def connect(self, timeout: float = 10.0) -> None:
+        await self.client.connect(timeout)
+
+    async def handshake(self, timeout: float) -> str:
+        """VERSION: the agent's name; guest_uptime is set from its reply."""
+        return await self.client.handshake(timeout)
+
+    async def io_ping(self, timeout: float) -> None:
+        await self.client.io_ping(timeout)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    @property
+    def guest_uptime(self) -> float | None:
+        return self.client.guest_uptime
+
+    @property
+    def max_stream(self) -> int:
+        """The highest stream id handed out for this guest (EXITED for streams up to it may come unattached)."""
+        return self.client.max_stream
+
+    @max_stream.setter
+    def max_stream(self, value: int) -> None:
+        self.client.max_stream = value
+
+    @property
+    def takeover(self) -> bool:
+        """Taking over from an earlier hyperd: replies to its requests may still arrive and are dropped."""
+        return self.client.takeover
+
+    @takeover.setter
+    def takeover(self, value: bool) -> None:
+        self.client.takeover = value
+
+    def attach(self, stream: int, terminal: bool) -> ProcessStreams:
+        """The streams of a process started before (a takeover): output and exit from now on."""
+        return self.client.register(stream, terminal)
+
+    def detach(self, stream: int) -> None:
+        self.client.unregister(stream)
+
+    # ---- requests ---------------------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self.client.request(Msg.PING)
+
+    async def start_pod(self, req: PodRequest) -> None:
+        await self.client.request(Msg.START_POD, req.to_fields())
+
+    async def new_container(self, req: ContainerRequest) -> ProcessStreams:
+        """Starts the container's first process; its streams (registered before the request, so no output is
+        missed) with `pid` set. Starting a container whose first process exited starts it anew."""
+        return await self._start(req)
+
+    async def exec(self, req: ExecRequest) -> ProcessStreams:
+        return await self._start(req)
+
+    async def _start(self, req: ContainerRequest | ExecRequest) -> ProcessStreams:
+        streams = self.client.register(req.stream, req.process.terminal)
+        try:
+            reply = await self.client.request(req.MSG, req.to_fields())
+        except AgentError as e:
+            self.client.unregister(req.stream)
+            code = command_exit_code(e)
+            if code is not None:
+                raise CommandNotRunnable(e.message, code) from None
+            raise
+        except BaseException:
+            self.client.unregister(req.stream)
+            raise
+        pid = reply.get("pid")
+        streams.pid = pid if isinstance(pid, int) else None
+        return streams
+
+    async def signal(self, stream: int, sig: int) -> None:
+        """ERROR ESRCH if the process is gone."""
+        await self.client.request(Msg.SIGNAL, {"stream": stream, "signal": sig})
+
+    async def winsize(self, stream: int, rows: int, cols: int) -> None:
+        await self.client.request(Msg.WINSIZE, {"stream": stream, "rows": rows, "cols": cols})
+
+    async def remove_container(self, id: str) -> None:
+        """Frees the container's slot, namespaces and cgroups in the guest. Its first process must have exited
+        (ERROR EBUSY: stop it first with signal()); an unknown id is ERROR ENOENT."""
+        await self.client.request(Msg.REMOVE_CONTAINER, {"id": id})
+
+    async def stats(self) -> AgentStats:
+        reply = await self.client.request(Msg.STATS)
+        containers, processes, fds = (reply.get(k) for k in ("containers", "processes", "fds"))
+        if not (isinstance(containers, int) and isinstance(processes, int) and isinstance(fds, int)):
+            raise VMError(f"the agent's STATS reply lacks a count: {reply}")
+        return AgentStats(containers, processes, fds)
+
+    async def shutdown(self) -> None:
+        """ACK, then the agent kills everything, syncs and powers the VM off."""
+        await self.client.request(Msg.SHUTDOWN)
+
