@@ -163,19 +163,19 @@ try_("mknod-fifo", lambda: os.mknod(d + "/p", stat.S_IFIFO | 0o600))
     assert sorted(os.listdir(tmp_path)) == ["c", "p"]
 
 
-def test_uid_leases_are_unique_and_outlive_their_claimer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HYPERCONTAINER_VMM_UIDS", "1879113728-1879113743")  # 16 of their own
-    claimed = [uids.claim() for _ in range(16)]
+def test_uid_leases_are_unique_and_outlive_their_claimer() -> None:
+    own = (1879113728, 1879113743)  # 16 of their own
+    claimed = [uids.claim(own) for _ in range(16)]
     try:
         assert len(set(claimed)) == 16 and all(1879113728 <= u <= 1879113743 for u in claimed)
         with pytest.raises(HCError, match="every uid"):
-            uids.claim()
+            uids.claim(own)
         # a lease names its holder by pid and start time: one whose process is gone is free again
         child = subprocess.Popen(["sleep", "0.1"])
         uids.hand_to(claimed[0], child.pid)
         assert uids.held()[claimed[0]] == child.pid
         child.wait()
-        assert uids.claim() == claimed[0]
+        assert uids.claim(own) == claimed[0]
     finally:
         for u in claimed:
             uids.release(u)
@@ -202,7 +202,7 @@ def test_console_rotation_keeps_the_tail_and_a_bound(tmp_path: Path) -> None:
 
 
 def test_a_qemu_that_cannot_be_jailed_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HYPERCONTAINER_VMM_UIDS", "1879113744-1879113759")
+    monkeypatch.setattr(uids, "_range", (1879113744, 1879113759))  # as uids.use_range() sets it, undone after
     cur = json.loads(Path(os.environ.get("HYPERCONTAINER_ASSETS", "/var/lib/hypercontainer/assets"),
                           "current.json").read_text())
     share = tmp_path / "share"

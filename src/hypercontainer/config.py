@@ -1,10 +1,26 @@
-"""Where things live. Every path can be moved with an environment variable (tests use temp directories)."""
+"""Where things live, and the HYPERCONTAINER_* environment variables: the one place that reads them.
+
+hyperd takes each variable as the default of its flag (daemon/config.py builds its HyperdConfig from both);
+hyperctl, runv and `make assets` take them through environment(). Nothing below reads os.environ for these.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+DEFAULT_ROOT = Path("/var/lib/hypercontainer")
+DEFAULT_RUN = Path("/run/hypercontainer")
+
+ENV_ROOT = "HYPERCONTAINER_ROOT"
+ENV_RUN = "HYPERCONTAINER_RUN"
+ENV_SOCKET = "HYPERCONTAINER_SOCKET"
+ENV_ASSETS = "HYPERCONTAINER_ASSETS"
+ENV_ACCEL = "HYPERCONTAINER_ACCEL"
+ENV_KERNEL = "HYPERCONTAINER_KERNEL"
+ENV_VMM_UIDS = "HYPERCONTAINER_VMM_UIDS"
 
 
 @dataclass(frozen=True)
@@ -12,10 +28,14 @@ class Paths:
     root: Path  # persistent state: images, pods, sqlite
     run: Path  # runtime: sockets, per-pod runtime files
     assets: Path  # guest kernel, initramfs, agent builds
+    socket: Path  # hyperd's API socket
 
-    @property
-    def socket(self) -> Path:
-        return Path(os.environ.get("HYPERCONTAINER_SOCKET", self.run / "hyperd.sock"))
+    @classmethod
+    def of(cls, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, assets: Path | None = None,
+           socket: Path | None = None) -> Paths:
+        """The layout with its derived defaults: assets under the root, the socket under the runtime dir."""
+        return cls(root, run, assets if assets is not None else root / "assets",
+                   socket if socket is not None else run / "hyperd.sock")
 
     @property
     def images(self) -> Path:
@@ -38,10 +58,33 @@ class Paths:
         self.assets.mkdir(parents=True, exist_ok=True, mode=0o755)
 
 
-def paths() -> Paths:
-    root = Path(os.environ.get("HYPERCONTAINER_ROOT", "/var/lib/hypercontainer"))
-    return Paths(
-        root=root,
-        run=Path(os.environ.get("HYPERCONTAINER_RUN", "/run/hypercontainer")),
-        assets=Path(os.environ.get("HYPERCONTAINER_ASSETS", root / "assets")),
+@dataclass(frozen=True)
+class Environment:
+    """What hyperctl, runv and `make assets` take from HYPERCONTAINER_* (raw: each consumer checks its own)."""
+
+    paths: Paths
+    accel: str | None  # kvm | tcg; None: probe
+    kernel: str  # auto | own | distro
+    vmm_uids: str | None  # FIRST-LAST; None: the default range
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    value = env.get(name)
+    return Path(value) if value else None
+
+
+def environment(env: Mapping[str, str] | None = None) -> Environment:
+    """The HYPERCONTAINER_* variables of `env` (default: this process's); unset or empty means the default."""
+    env = os.environ if env is None else env
+    return Environment(
+        paths=Paths.of(_path(env, ENV_ROOT) or DEFAULT_ROOT, _path(env, ENV_RUN) or DEFAULT_RUN,
+                       _path(env, ENV_ASSETS), _path(env, ENV_SOCKET)),
+        accel=env.get(ENV_ACCEL) or None,
+        kernel=env.get(ENV_KERNEL) or "auto",
+        vmm_uids=env.get(ENV_VMM_UIDS) or None,
     )
+
+
+def paths() -> Paths:
+    """The paths hyperctl, runv and `make assets` use (hyperd's come from its flags)."""
+    return environment().paths

@@ -84,11 +84,14 @@ def build_initrd(cache: Path, agent: Path, kernel: Kernel) -> Path:
     return path
 
 
-def choose_kernel(cache: Path) -> Kernel:
-    """HYPERCONTAINER_KERNEL: `own` (ours, built by make assets), `distro`, or `auto` (ours if built)."""
-    pref = os.environ.get("HYPERCONTAINER_KERNEL", "auto")
-    if pref not in ("auto", "own", "distro"):
-        raise HCError(f"HYPERCONTAINER_KERNEL={pref!r}: use auto, own or distro")
+KERNELS = ("auto", "own", "distro")
+
+
+def choose_kernel(cache: Path, pref: str = "auto") -> Kernel:
+    """`pref` (hyperd --kernel, HYPERCONTAINER_KERNEL): `own` (ours, built by make assets), `distro`, or `auto`
+    (ours if built)."""
+    if pref not in KERNELS:
+        raise HCError(f"guest kernel {pref!r}: use auto, own or distro")
     if pref != "distro":
         own = kernel_build.built(cache)
         if own:
@@ -104,9 +107,10 @@ def digest(kernel: Kernel, initrd: Path) -> str:
     return hashlib.sha256(f"{kernel.digest()}:{initrd.name}".encode()).hexdigest()[:16]
 
 
-def ensure(cache: Path) -> Assets:
+def ensure(cache: Path, kernel_pref: str = "auto") -> Assets:
+    """Builds what is missing (agent, initramfs) for the kernel `kernel_pref` chooses; records it as current."""
     cache.mkdir(parents=True, exist_ok=True)
-    kernel = choose_kernel(cache)
+    kernel = choose_kernel(cache, kernel_pref)
     agent, agent_hash = build_agent(cache)
     initrd = build_initrd(cache, agent, kernel)
     assets = Assets(kernel.image, initrd, kernel.release, agent_hash, digest(kernel, initrd))
@@ -140,9 +144,9 @@ def prune(cache: Path, keep: Assets, now: float | None = None) -> list[Path]:
     return gone
 
 
-def current(cache: Path) -> Assets:
+def current(cache: Path, kernel_pref: str = "auto") -> Assets:
     """What the last ensure() built (current.json), without rebuilding or hashing anything: for runv's shims,
-    which start once per container. Falls back to ensure() when there is nothing yet."""
+    which start once per container. Falls back to ensure(cache, kernel_pref) when there is nothing yet."""
     try:
         d = json.loads((cache / "current.json").read_text())
         a = Assets(Path(d["kernel"]), Path(d["initrd"]), d["kernel_release"], d["agent_hash"], d["digest"])
@@ -150,23 +154,26 @@ def current(cache: Path) -> Assets:
             return a
     except (OSError, ValueError, KeyError):
         pass
-    return ensure(cache)
+    return ensure(cache, kernel_pref)
 
 
 def main() -> None:
     """make assets: builds our kernel (unless HYPERCONTAINER_KERNEL=distro; a failed build falls back to the
     distribution's kernel with a warning), the agent and the initramfs."""
-    from ..config import paths
+    from ..config import environment
 
-    cache = paths().assets
-    if os.environ.get("HYPERCONTAINER_KERNEL", "auto") != "distro":
+    env = environment()
+    cache, pref = env.paths.assets, env.kernel
+    if pref not in KERNELS:
+        raise HCError(f"HYPERCONTAINER_KERNEL={pref!r}: use auto, own or distro")
+    if pref != "distro":
         try:
             kernel_build.build(cache, progress=lambda m: print(m, file=sys.stderr, flush=True))
         except KernelError as e:
-            if os.environ.get("HYPERCONTAINER_KERNEL") == "own":
+            if pref == "own":
                 raise
             print(f"warning: {e.message}\nwarning: using the distribution's kernel instead", file=sys.stderr)
-    a = ensure(cache)
+    a = ensure(cache, pref)
     print(a.to_json())
     sys.exit(0)
 

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import queue
 import shutil
 from collections.abc import Callable
@@ -27,7 +26,7 @@ INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
 IMAGE_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                "application/vnd.docker.distribution.manifest.v2+json")
 SCHEMA1 = "application/vnd.docker.distribution.manifest.v1"
-PARALLEL = int(os.environ.get("HYPERCONTAINER_PULL_PARALLEL", "4"))
+PARALLEL = 4  # layers downloaded at once per pull (hyperd --pull-parallel)
 MAX_CONFIG = 4 << 20
 
 Progress = Callable[[dict], None]
@@ -77,9 +76,12 @@ def _descriptor(d: object, what: str) -> tuple[str, int]:
 class Puller:
     """One per daemon: the in-flight downloads and unpacks that concurrent pulls share."""
 
-    def __init__(self, store: ImageStore, insecure: set[str] | None = None) -> None:
+    def __init__(self, store: ImageStore, insecure: set[str] | None = None, parallel: int = PARALLEL) -> None:
+        if parallel < 1:
+            raise ValueError(f"parallel downloads must be 1 or more, not {parallel}")
         self.store = store
         self.insecure = insecure or set()
+        self.parallel = parallel
         self._downloads: dict[str, asyncio.Task] = {}
         self._unpacks: dict[str, asyncio.Task] = {}
 
@@ -122,7 +124,7 @@ class Puller:
                 raise ImageError(f"{ref.short}: image config lacks rootfs.diff_ids") from None
             if len(diff_ids) != len(layers):
                 raise ImageError(f"{ref.short}: config lists {len(diff_ids)} layers, manifest {len(layers)}")
-            sem = asyncio.Semaphore(PARALLEL)
+            sem = asyncio.Semaphore(self.parallel)
 
             async def one(blob: tuple[str, int], diff_id: str) -> None:
                 d, size = blob

@@ -55,12 +55,12 @@ async def probe_kvm(kernel: Path, initrd: Path, timeout: float = PROBE_TIMEOUT) 
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-async def detect(kernel: Path, initrd: Path, digest: str, cache: Path) -> Accel:
-    forced = os.environ.get("HYPERCONTAINER_ACCEL")
+async def detect(kernel: Path, initrd: Path, digest: str, cache: Path, forced: str | None = None) -> Accel:
+    """`forced` (kvm or tcg: hyperd --accel, HYPERCONTAINER_ACCEL) skips the probe; None probes (cached)."""
     if forced:
         if forced not in ("kvm", "tcg"):
-            raise ValueError(f"HYPERCONTAINER_ACCEL must be kvm or tcg, not {forced!r}")
-        return Accel(forced, "set by HYPERCONTAINER_ACCEL")
+            raise VMError(f"the accelerator must be kvm or tcg, not {forced!r}")
+        return Accel(forced, "set by --accel / HYPERCONTAINER_ACCEL")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return Accel("tcg", "no usable /dev/kvm")
     key = f"{digest}:{os.stat('/dev/kvm').st_rdev}"

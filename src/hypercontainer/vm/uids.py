@@ -1,6 +1,7 @@
 """One unprivileged uid (and the gid of the same number) per VMM process, leased so that no two live VMs share one.
 
-The range (`HYPERCONTAINER_VMM_UIDS=FIRST-LAST`, `hyperd --vmm-uids`) defaults to 1879048192-1879113727
+The range (`hyperd --vmm-uids FIRST-LAST`, default from `HYPERCONTAINER_VMM_UIDS`; the program sets it once with
+use_range() before any VM starts) defaults to 1879048192-1879113727
 (0x70000000 + 64 Ki): above the container ranges systemd hands to systemd-nspawn (524288-1879048191) and below
 2^31, a block systemd's UID/GID allocation table leaves unused; no passwd or group entry may fall in it (checked on
 each lease). The leases are files in one host-wide directory (`/run/hypercontainer-vmm/uids`, on tmpfs: a reboot ends
@@ -18,6 +19,7 @@ import json
 import os
 import pwd
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import procs
@@ -27,14 +29,24 @@ DEFAULT_RANGE = (0x70000000, 0x70000000 + 0xFFFF)
 LEASES = Path("/run/hypercontainer-vmm/uids")
 
 
-def uid_range() -> tuple[int, int]:
-    text = os.environ.get("HYPERCONTAINER_VMM_UIDS")
-    if not text:
-        return DEFAULT_RANGE
-    return parse_range(text)
+UidRange = tuple[int, int]  # (first, last), both included
+DEFAULT_TEXT = f"{DEFAULT_RANGE[0]}-{DEFAULT_RANGE[1]}"
+_range: UidRange = DEFAULT_RANGE
 
 
-def parse_range(text: str) -> tuple[int, int]:
+def use_range(r: UidRange) -> None:
+    """Sets the range this process's VMMs take their uids from (hyperd from its config, runv from its
+    environment); claim() and release_pid() use it."""
+    global _range
+    _range = r
+
+
+def uid_range() -> UidRange:
+    """The range set by use_range() (DEFAULT_RANGE until then)."""
+    return _range
+
+
+def parse_range(text: str) -> UidRange:
     try:
         first, last = (int(x) for x in text.split("-", 1))
     except ValueError:
@@ -44,7 +56,7 @@ def parse_range(text: str) -> tuple[int, int]:
     return first, last
 
 
-def check_range(r: tuple[int, int]) -> tuple[int, int]:
+def check_range(r: UidRange) -> UidRange:
     """Refuses a range that holds a known user or group (QEMU would share its files and processes)."""
     first, last = r
     for name, ids in (("user", ((u.pw_name, u.pw_uid) for u in pwd.getpwall())),
@@ -78,7 +90,7 @@ def _known(uid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _locked():
+def _locked() -> Iterator[None]:
     LEASES.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(LEASES / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -94,9 +106,9 @@ def _write(uid: int, pid: int) -> None:
     tmp.rename(LEASES / str(uid))
 
 
-def claim() -> int:
-    """A uid no live VMM has, leased to this process until hand_to() names the VMM."""
-    first, last = uid_range()
+def claim(r: UidRange | None = None) -> int:
+    """A uid of `r` (default: uid_range()) no live VMM has, leased to this process until hand_to() names the VMM."""
+    first, last = r if r is not None else _range
     size = last - first + 1
     offset = secrets.randbelow(size)
     with _locked():

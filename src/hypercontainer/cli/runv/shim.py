@@ -30,7 +30,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ... import procs
-from ...config import paths
+from ...config import environment
 from ...errors import HCError
 from ...guest import assets as guest_assets
 from ...image.store import Image
@@ -42,6 +42,7 @@ from ...protocol.client import ProcessStreams
 from ...spec import oci
 from ...spec.pod import MIN_MEMORY_MIB, ContainerSpec, PodSpec, Volume
 from ...storage.volumes import check_host_dir
+from ...vm import uids
 from ...vm.accel import detect
 from . import wire
 from .fdio import read_chunks, write_all
@@ -147,9 +148,12 @@ class Shim:
         cfg = oci.load(self.bundle)
         for what in oci.unsupported(cfg):
             log.warning("not supported, ignored: %s", what)
-        p = paths()
-        a = await asyncio.to_thread(guest_assets.current, p.assets)
-        accel = await detect(a.kernel, a.initrd, a.digest, p.assets / "accel.json")
+        env = environment()  # runv's HYPERCONTAINER_* settings, read in one place (config.py)
+        p = env.paths
+        if env.vmm_uids:
+            uids.use_range(uids.check_range(uids.parse_range(env.vmm_uids)))
+        a = await asyncio.to_thread(guest_assets.current, p.assets, env.kernel)
+        accel = await detect(a.kernel, a.initrd, a.digest, p.assets / "accel.json", env.accel)
         templates = Templates(a.kernel, a.initrd, accel.name, a.digest, p.assets / "templates",
                               self.store.rundir(self.cid) / "templates")
         spec = pod_spec(self.cid, cfg)

@@ -9,6 +9,7 @@ import re
 import time
 from pathlib import Path
 
+from ...config import environment
 from ...errors import Conflict, InvalidArgument, NotFound
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
@@ -22,16 +23,17 @@ def check_id(cid: str) -> str:
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, run: Path | None = None) -> None:
+        """`run`: hypercontainer's runtime dir, for the shims' sockets (default: HYPERCONTAINER_RUN's, config.py)."""
         self.root = root
+        self.run = run if run is not None else environment().paths.run
 
     def dir(self, cid: str) -> Path:
         return self.root / check_id(cid)
 
     def rundir(self, cid: str) -> Path:
         """Sockets live under a short path (unix socket paths are limited to 107 bytes)."""
-        run = Path(os.environ.get("HYPERCONTAINER_RUN", "/run/hypercontainer"))
-        return run / "runv" / hashlib.sha256(f"{self.root.resolve()}/{cid}".encode()).hexdigest()[:16]
+        return self.run / "runv" / hashlib.sha256(f"{self.root.resolve()}/{cid}".encode()).hexdigest()[:16]
 
     def sock(self, cid: str) -> Path:
         return self.rundir(cid) / "shim.sock"

@@ -1,0 +1,264 @@
+"""hyperd's configuration: its flags, each defaulting to its HYPERCONTAINER_* variable, parsed and checked once
+into a frozen HyperdConfig that main() passes down (nothing below reads the environment for these)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast, get_args
+
+import click
+from click.core import ParameterSource
+
+from .. import __version__
+from ..config import (
+    DEFAULT_ROOT,
+    DEFAULT_RUN,
+    ENV_ACCEL,
+    ENV_ASSETS,
+    ENV_KERNEL,
+    ENV_ROOT,
+    ENV_RUN,
+    ENV_SOCKET,
+    ENV_VMM_UIDS,
+    Paths,
+)
+from ..errors import HCError, InvalidArgument
+from ..network.manager import DEFAULT_BRIDGE, DEFAULT_SUBNET
+from ..storage.disk import DEFAULT_STORAGE_SIZE, parse_size
+from ..vm import uids
+
+NetworkMode = Literal["auto", "bridge", "user", "none"]
+BootPolicy = Literal["cold", "template", "pool"]
+AccelChoice = Literal["auto", "kvm", "tcg"]
+KernelChoice = Literal["auto", "own", "distro"]
+
+MAX_POOL = 64
+MAX_PULL_PARALLEL = 64
+DEFAULT_PULL_PARALLEL = 4
+SOCKET_PATH_MAX = 107  # sun_path, less its terminating NUL
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1 bytes, nothing ip(8) would misread
+_DEFAULT_SUBNET = ipaddress.IPv4Network(DEFAULT_SUBNET)
+_DEFAULT_STORAGE_SIZE = parse_size(DEFAULT_STORAGE_SIZE)
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+# Each flag's environment variable (its default when set and not empty).
+ENVVARS: dict[str, str] = {
+    "root": ENV_ROOT, "run": ENV_RUN, "socket": ENV_SOCKET, "assets": ENV_ASSETS,
+    "insecure_registry": "HYPERCONTAINER_INSECURE_REGISTRIES", "live_restore": "HYPERCONTAINER_LIVE_RESTORE",
+    "network": "HYPERCONTAINER_NETWORK", "bridge": "HYPERCONTAINER_BRIDGE", "subnet": "HYPERCONTAINER_SUBNET",
+    "boot": "HYPERCONTAINER_BOOT", "pool": "HYPERCONTAINER_POOL", "vmm_uids": ENV_VMM_UIDS,
+    "storage_size": "HYPERCONTAINER_STORAGE_SIZE", "accel": ENV_ACCEL, "kernel": ENV_KERNEL,
+    "pull_parallel": "HYPERCONTAINER_PULL_PARALLEL", "debug": "HYPERCONTAINER_DEBUG",
+}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a HyperdConfig setting: `vmm_uids` -> `--vmm-uids`."""
+    return "--" + name.replace("_", "-")
+
+
+class ConfigError(InvalidArgument):
+    """A flag's value (given or from its environment variable) that hyperd cannot use."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{flag(name)}: {reason}")
+        self.name, self.reason = name, reason
+
+
+@dataclass(frozen=True)
+class HyperdConfig:
+    """Everything hyperd was told, checked: built once by build() and handed to the parts that need it."""
+
+    paths: Paths = field(default_factory=Paths.of)
+    live_restore: bool = True  # pods outlive hyperd; the next one takes them over
+    network: NetworkMode = "auto"
+    bridge: str = DEFAULT_BRIDGE
+    subnet: ipaddress.IPv4Network = _DEFAULT_SUBNET
+    boot: BootPolicy = "template"
+    pool: int = 0  # VMs kept started and paused
+    vmm_uids: uids.UidRange = uids.DEFAULT_RANGE
+    storage_size: int = _DEFAULT_STORAGE_SIZE  # bytes per pod's disk; 0: no limit
+    insecure_registries: frozenset[str] = frozenset()
+    accel: AccelChoice = "auto"  # auto: the probe decides
+    kernel: KernelChoice = "auto"
+    pull_parallel: int = DEFAULT_PULL_PARALLEL  # layers downloaded at once per pull
+    debug: bool = False
+
+    @property
+    def forced_accel(self) -> str | None:
+        """The accelerator to use without a probe, if one was named."""
+        return None if self.accel == "auto" else self.accel
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(name, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _count(name: str, value: int | str, low: int, high: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(name, f"{value!r} is not a whole number") from None
+    if not low <= n <= high:
+        raise ConfigError(name, f"{n} is not within {low}..{high}")
+    return n
+
+
+def _subnet(value: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(value)
+    except ValueError as e:
+        raise ConfigError("subnet", f"{value!r} is not an IPv4 network in CIDR form ({e})") from None
+    if net.prefixlen > 29:
+        raise ConfigError("subnet", f"{value} is too small for pods (at most /29)")
+    return net
+
+
+def _uid_range(value: str) -> uids.UidRange:
+    try:
+        return uids.check_range(uids.parse_range(value))
+    except HCError as e:
+        raise ConfigError("vmm_uids", e.message) from None
+
+
+def _socket(value: Path) -> Path:
+    if len(str(value).encode()) > SOCKET_PATH_MAX:
+        raise ConfigError("socket", f"{value} is longer than the {SOCKET_PATH_MAX} bytes a unix socket path may have")
+    return value
+
+
+def _registries(values: Iterable[str]) -> frozenset[str]:
+    out = set()
+    for v in (v.strip() for v in values):
+        if not v:
+            continue
+        if not _REGISTRY.match(v):
+            raise ConfigError("insecure_registry", f"{v!r} is not HOST[:PORT] (no scheme, no path)")
+        out.add(v)
+    return frozenset(out)
+
+
+def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | None = None,
+          assets: Path | None = None, insecure_registry: Iterable[str] = (), live_restore: bool = True,
+          network: str = "auto", bridge: str = DEFAULT_BRIDGE, subnet: str = DEFAULT_SUBNET,
+          boot: str = "template", pool: int | str = 0, vmm_uids: str = uids.DEFAULT_TEXT,
+          storage_size: str = DEFAULT_STORAGE_SIZE, accel: str = "auto", kernel: str = "auto",
+          pull_parallel: int | str = DEFAULT_PULL_PARALLEL, debug: bool = False) -> HyperdConfig:
+    """Checks every setting and makes the config; a bad one raises ConfigError naming its flag."""
+    if not _IFNAME.match(bridge):
+        raise ConfigError("bridge", f"{bridge!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    try:
+        size = parse_size(storage_size)
+    except ValueError as e:
+        raise ConfigError("storage_size", str(e)) from None
+    return HyperdConfig(
+        paths=Paths.of(Path(root), Path(run), Path(assets) if assets else None,
+                       _socket(Path(socket)) if socket else _socket(Path(run) / "hyperd.sock")),
+        live_restore=live_restore,
+        network=cast(NetworkMode, _choice("network", network, get_args(NetworkMode))),
+        bridge=bridge,
+        subnet=_subnet(subnet),
+        boot=cast(BootPolicy, _choice("boot", boot, get_args(BootPolicy))),
+        pool=_count("pool", pool, 0, MAX_POOL),
+        vmm_uids=_uid_range(vmm_uids),
+        storage_size=size,
+        insecure_registries=_registries(insecure_registry),
+        accel=cast(AccelChoice, _choice("accel", accel, get_args(AccelChoice))),
+        kernel=cast(KernelChoice, _choice("kernel", kernel, get_args(KernelChoice))),
+        pull_parallel=_count("pull_parallel", pull_parallel, 1, MAX_PULL_PARALLEL),
+        debug=debug,
+    )
+
+
+class _Registries(click.ParamType[str]):
+    """--insecure-registry: repeated on the command line, comma-separated in its environment variable."""
+
+    name = "HOST:PORT"
+    envvar_list_splitter = ","
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return str(value).strip()
+
+
+def _option(*decls: str, name: str, help: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(*decls, name, envvar=ENVVARS[name], show_envvar=True, help=help, **kw)
+
+
+def options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """hyperd's flags, in --help order; parameter names are build()'s keywords."""
+    path = click.Path(path_type=Path)
+    decorators = [
+        _option("--root", name="root", type=path, metavar="DIR", default=DEFAULT_ROOT, show_default=True,
+                help="State directory: images, pods, the database."),
+        _option("--run", name="run", type=path, metavar="DIR", default=DEFAULT_RUN, show_default=True,
+                help="Runtime directory: sockets, per-pod runtime files."),
+        _option("--socket", name="socket", type=path, show_default="<run>/hyperd.sock", help="The API socket."),
+        _option("--assets", name="assets", type=path, metavar="DIR", show_default="<root>/assets",
+                help="Guest assets: kernel, initramfs, agent builds, VM templates."),
+        _option("--insecure-registry", name="insecure_registry", type=_Registries(), multiple=True,
+                help="Registry reached over plain HTTP (loopback ones always are); repeatable, comma-separated in "
+                     "the variable."),
+        _option("--live-restore/--no-live-restore", name="live_restore", default=True, show_default=True,
+                help="Leave pods running when hyperd stops and take them over when it starts."),
+        _option("--network", name="network", type=click.Choice(get_args(NetworkMode)), default="auto",
+                show_default=True, help="Pod network: a host bridge with NAT, QEMU user mode, or none (auto: bridge "
+                                        "where links can be created, else user)."),
+        _option("--bridge", name="bridge", metavar="NAME", default=DEFAULT_BRIDGE, show_default=True,
+                help="Bridge name."),
+        _option("--subnet", name="subnet", metavar="CIDR", default=DEFAULT_SUBNET, show_default=True,
+                help="Bridge subnet."),
+        _option("--boot", name="boot", type=click.Choice(get_args(BootPolicy)), default="template",
+                show_default=True,
+                help="How pods start: a cold boot, from a VM template, or a pre-started VM from the pool."),
+        _option("--pool", name="pool", type=click.IntRange(0, MAX_POOL), metavar="N", default=0, show_default=True,
+                help="VMs kept started (from the template) and paused, ready for pods."),
+        _option("--vmm-uids", name="vmm_uids", metavar="FIRST-LAST", default=uids.DEFAULT_TEXT, show_default=True,
+                help="FIRST-LAST: the uids (and gids) QEMU runs as, one per VM; no user or group may have one."),
+        _option("--storage-size", name="storage_size", metavar="SIZE", default=DEFAULT_STORAGE_SIZE, show_default=True,
+                help="Each pod's disk for its containers' writable layers (a sparse image of its own: a pod that "
+                     "fills it fills its own), e.g. 20G; 0: no limit."),
+        _option("--accel", name="accel", type=click.Choice(get_args(AccelChoice)), default="auto",
+                show_default=True, help="Accelerator (auto: KVM if a probe boot under it works, else TCG)."),
+        _option("--kernel", name="kernel", type=click.Choice(get_args(KernelChoice)), default="auto",
+                show_default=True,
+                help="Guest kernel: ours (built by make assets), the distribution's, or auto (ours if built)."),
+        _option("--pull-parallel", name="pull_parallel", type=click.IntRange(1, MAX_PULL_PARALLEL), metavar="N",
+                default=DEFAULT_PULL_PARALLEL, show_default=True, help="Layers downloaded at once per pull."),
+        _option("--debug", name="debug", is_flag=True, default=False, help="Verbose logs."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def from_flags(ctx: click.Context, flags: dict[str, Any]) -> HyperdConfig:
+    """build() over click's parsed flags; a ConfigError becomes click's usage error for that flag, saying when
+    the value came from the environment variable."""
+    try:
+        return build(**flags)
+    except ConfigError as e:
+        hint = f"'{flag(e.name)}'"
+        if ctx.get_parameter_source(e.name) == ParameterSource.ENVIRONMENT:
+            hint += f" (env var: '{ENVVARS[e.name]}')"
+        raise click.BadParameter(e.reason, ctx=ctx, param_hint=hint) from None
+
+
+def command(run: Callable[[HyperdConfig], None]) -> click.Command:
+    """The hyperd command: parses and checks the flags into a HyperdConfig, then calls run(cfg)."""
+
+    @click.command(name="hyperd", context_settings={"help_option_names": ["-h", "--help"],
+                                                    "max_content_width": 120})
+    @options
+    @click.version_option(__version__, prog_name="hyperd")
+    @click.pass_context
+    def hyperd(ctx: click.Context, /, **flags: Any) -> None:
+        """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
+        run(from_flags(ctx, flags))
+
+    return hyperd
