@@ -1,1 +1,3 @@
-"""Pod networking: a host bridge with one tap per pod, NAT and published ports; QEMU user mode as fallback."""
+"""Pod networking behind one provider interface (provider.py): a host bridge with one tap per pod, NAT and published
+ports (bridge_mode.py); QEMU user mode as fallback (user_mode.py); none (none_mode.py). manager.Network selects
+the provider by mode."""

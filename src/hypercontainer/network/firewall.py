@@ -27,7 +27,7 @@ from ..errors import HCError
 from .links import TAP_PREFIX
 
 TABLE = "hypercontainer"
-TAP_GLOB = TAP_PREFIX + "*"  # pods' taps and the pool's (links.py, pod/pool.py)
+TAP_GLOB = TAP_PREFIX + "*"  # pods' taps and the premade ones (links.py, bridge_mode.py)
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 

@@ -31,6 +31,6 @@ def check_free(host_ip: str, port: int, protocol: str) -> int:
     """Fails if the port is taken; returns it (a free one if 0). For QEMU's user mode, which binds it itself."""
     s = reserve(host_ip, port, protocol)
     try:
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
     finally:
         s.close()

@@ -2,12 +2,15 @@
 one (no QEMU start, no restore, no handshake: it resumes the VM and sends START_POD) and the pool refills in the
 background.
 
-A pool VM's 9p root and NIC backend are fixed when its QEMU starts, so a slot brings its own share directory
-(the pod mounts its containers' roots there) and, in bridge mode, a tap made in advance (the pod's network
-attachment adopts it; the guest takes the pod's MAC at START_POD, as any clone does). What does not depend on
-the pod is done before the VM is paused: the guest mounts the slot's share (lookups over 9p go to the host each
-time, so roots mounted there later show up) and reseeds its random generator with bytes of its own, so the pod's
-START_POD only sets the clock, hostname and network (~30 ms less under TCG).
+A pool VM's 9p root and NIC backend are fixed when its QEMU starts (microvm has no hotplug), so a slot brings its
+own share directory (the pod mounts its containers' roots there) and the NIC backend the network provider made in
+advance (bridge: a tap on the bridge; the pod's attachment takes it over; the guest takes the pod's MAC at
+START_POD, as any clone does). Only providers that say `poolable` get pool VMs: not user mode (its port forwards
+are fixed when QEMU starts), not a pod whose network is an existing namespace (network/provider.py).
+
+What does not depend on the pod is done before the VM is paused: the guest mounts the slot's share (lookups over
+9p go to the host each time, so roots mounted there later show up) and reseeds its random generator with bytes of
+its own, so the pod's START_POD only sets the clock, hostname and network (~30 ms less under TCG).
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import procs
-from ..network.links import Bridge
 from ..network.manager import Network
+from ..network.none_mode import NoneProvider
+from ..network.provider import Provider
 from ..protocol.client import AgentClient
 from ..protocol.codec import Msg
+from ..spec.pod import PodSpec
 from ..storage.share import SHARE_TAG
 from ..storage.volumes import make_shared, remove_tree
 from ..vm.machine import Machine
@@ -34,7 +39,6 @@ from ..vm.qemu import Nic, Sockets
 from .templates import TEMPLATE_MAC, Templates, vm_config
 
 log = logging.getLogger(__name__)
-POOL_TAP_PREFIX = "hcpool"
 HANDSHAKE = 10.0
 VM_RECORD = "vm.json"  # the slot's QEMU (pid + start time): a crashed hyperd's pool VMs are found and stopped
 PREPARE_FIELDS = {"share": SHARE_TAG, "sharefs": "9p"}  # START_POD's part done before a pod takes the VM
@@ -60,26 +64,38 @@ class Pool:
         self.failures = 0
 
     @property
+    def provider(self) -> Provider:
+        """The network provider of the pool's VMs: hyperd's default mode's."""
+        return self.network.default if self.network else NoneProvider()
+
+    @property
     def mode(self) -> str:
-        return self.network.mode if self.network else "none"
+        return self.provider.mode
 
     def matches(self, cpus: int, memory: int, mode: str) -> bool:
-        """Pool VMs are of one size and network mode; user mode is left out (its port forwards are fixed when
-        QEMU starts)."""
-        return self.size > 0 and (cpus, memory) == (self.cpus, self.memory) and mode == self.mode != "user"
+        """Pool VMs are of one size and network mode, and serve only pods whose provider can use a VM made before
+        the pod was known (`poolable`)."""
+        return (self.size > 0 and (cpus, memory) == (self.cpus, self.memory) and mode == self.mode
+                and self.provider.poolable)
 
-    def take(self) -> Slot | None:
-        """A ready VM, if there is one. The taker calls fill() once its pod runs: a refill started at once would
-        compete with that pod's start for the CPUs."""
+    def take(self, spec: PodSpec | None = None) -> Slot | None:
+        """A ready VM, if there is one (and, given the pod's spec, if it can serve that pod: its size and network
+        provider; no block volumes, which are not in templates). The taker calls fill() once its pod runs: a refill
+        started at once would compete with that pod's start for the CPUs."""
+        if spec is not None:
+            mode = self.network.mode_for(spec) if self.network else "none"
+            if any(v.block for v in spec.volumes) or not self.matches(spec.resources.vcpu, spec.resources.memory,
+                                                                      mode):
+                return None
         return self.ready.pop(0) if self.ready else None
 
     def fill(self) -> None:
-        if self.size > 0 and self.mode != "user" and (self._filling is None or self._filling.done()):
+        if self.size > 0 and self.provider.poolable and (self._filling is None or self._filling.done()):
             self._filling = asyncio.ensure_future(self._fill())
 
     async def _fill(self) -> None:
         while len(self.ready) < self.size and self.failures < 3:
-            template = await self.templates.get(self.cpus, self.memory, self.mode != "none")
+            template = await self.templates.get(self.cpus, self.memory, self.provider.nic)
             try:
                 self.ready.append(await self._make(template))
             except Exception as e:
@@ -92,12 +108,14 @@ class Pool:
         share = rundir / "share"
         share.mkdir(parents=True)
         make_shared(share)  # before QEMU opens it: the pod's container roots are mounted below it later
-        tap = None
-        if self.mode == "bridge" and self.network:
-            tap = POOL_TAP_PREFIX + name[:8]
-            await asyncio.to_thread(self.network.bridge.add_tap, tap)
+        provider = self.provider
+        try:
+            tap = await provider.premake(name)  # the NIC backend, made before QEMU opens it
+        except BaseException:
+            remove_tree(rundir)
+            raise
         nic: Nic | bool = (Nic(TEMPLATE_MAC, tap=tap) if tap else
-                           Nic(TEMPLATE_MAC, hub=0) if self.mode == "user" else False)
+                           Nic(TEMPLATE_MAC, hub=0) if provider.nic else False)
         sockets = Sockets(rundir)
         machine = Machine(vm_config(self.templates.kernel, self.templates.initrd, self.templates.accel, sockets,
                                     self.cpus, self.memory, share, nic, template, building=False))
@@ -114,8 +132,7 @@ class Pool:
             await agent.close()
             await machine.stop(grace=0)
             if tap:
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(Bridge.remove_tap, tap)
+                await provider.discard(tap)
             remove_tree(rundir)
             raise
         return Slot(rundir, share, machine, agent, template.home.name, tap)
@@ -146,8 +163,7 @@ class Pool:
             await slot.agent.close()
             await slot.machine.stop(grace=0)
             if slot.tap:
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(Bridge.remove_tap, slot.tap)
+                await self.provider.discard(slot.tap)
             remove_tree(slot.rundir)
         self.ready.clear()
 
