@@ -167,6 +167,14 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
     async def add_container(ref: str, req: AddContainerRequest) -> dict:
         return {"name": await manager.add_container(ref, req.container)}
 
+    @app.delete("/v1/pods/{ref}/containers/{name}")
+    async def remove_container(ref: str, name: str, force: bool = False) -> dict:
+        return {"name": await manager.remove_container(ref, name, force=force)}
+
+    @app.get("/v1/pods/{ref}/agent")
+    async def agent_stats(ref: str) -> dict:
+        return await manager.get(ref).agent_stats()
+
     @app.post("/v1/pods/{ref}/stop")
     async def stop_pod(ref: str, timeout: float = 10.0) -> dict:
         return {"id": await manager.stop(ref, timeout)}
@@ -235,6 +243,9 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
         await _attach_and_start(ws, pod, req)
 
     async def _attach_and_start(ws: WebSocket, pod: Pod, req: dict) -> None:
+        if not pod.containers:
+            await send_error(ws, InvalidArgument("a pod without containers starts detached (run -d)"))
+            return
         c = pod.containers[0]
         events = c.subscribe()
         await ws.send_json({"type": "created", "id": pod.id, "name": pod.name})

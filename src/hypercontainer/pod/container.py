@@ -87,6 +87,7 @@ class Container:
     mounts: dict = field(default_factory=dict)  # its volume mount fields
     restarts: int = 0
     rootfs: Path | None = None  # a root prepared by someone else (runv: the OCI bundle's), bound in, not layers
+    root_dir: str = ""  # its root's directory in the pod share: its name, or name@N once that name was used before
     started: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     subscribers: list[asyncio.Queue[Event]] = field(default_factory=list)

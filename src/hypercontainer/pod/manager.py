@@ -153,6 +153,11 @@ class PodManager:
         await pod.add_container(c)
         return c.name
 
+    async def remove_container(self, ref: str, name: str, force: bool = False) -> str:
+        """hyperctl rm POD/CONTAINER: one container out of a running pod."""
+        await self.get(ref).remove_container(name, force=force)
+        return name
+
     async def stop(self, ref: str, timeout: float = 10.0) -> str:
         pod = self.get(ref)
         start = self._starts.get(pod.id)
@@ -255,7 +260,8 @@ class PodManager:
             c = Container(cs, self.images.get(ci["image"]), stream=state["stream"],
                           log_path=self.poddir / info["id"] / "logs" / f"{cs.name}.log",
                           fields=state["fields"], mounts=state["mounts"], restarts=state["restarts"],
-                          pid=state["pid"], oom_killed=state.get("oom_killed", False))
+                          pid=state["pid"], oom_killed=state.get("oom_killed", False),
+                          root_dir=state.get("root_dir", cs.name))
             if state["started"]:
                 c.started.set()
             if state["done"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import procs
-from ..errors import AgentError, CommandNotRunnable, Conflict, HCError, InvalidArgument, VMError
+from ..errors import CommandNotRunnable, Conflict, HCError, InvalidArgument, NotFound, VMError
 from ..network.manager import Attachment, Network
-from ..protocol.client import AgentClient, ProcessStreams, exec_failure_exit_code
-from ..protocol.codec import Msg
+from ..protocol.agent import Agent, AgentRequestError, ContainerRequest, ExecRequest, PodRequest
+from ..protocol.client import ProcessStreams
+from ..protocol.codec import MountFlag
 from ..spec.pod import PodSpec, Volume
 from ..storage.disk import mount_pod_disk, unmount_pod_disk
 from ..storage.safefs import make_dirs, write_file
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 TAKEOVER_ATTEMPTS, TAKEOVER_HANDSHAKE = 4, 5.0
 BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second
 CLONE_HANDSHAKE = 10.0  # a restored guest is running already: it answers at once or not at all
-MOUNT_READONLY, MOUNT_TMPFS, MOUNT_BLOCK = 1, 2, 4
 RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 0.1, 10.0
 EVENT_NAMES = {(PodState.CREATED, PodState.STARTING): "start", (PodState.STARTING, PodState.RUNNING): "running",
                (PodState.RUNNING, PodState.PAUSED): "pause", (PodState.PAUSED, PodState.RUNNING): "unpause",
@@ -92,7 +93,7 @@ class Pod:
         self.hostname = spec.hostname or pod_id[:12]
         self.machine: Machine | None = None
         self.share: PodShare | None = None
-        self.agent: AgentClient | None = None
+        self.agent: Agent | None = None
         self.network = network
         self.net: Attachment | None = None
         self.templates = templates
@@ -114,6 +115,8 @@ class Pod:
         self._stopping = False
         self._start_containers = True
         self._supervisors: set[asyncio.Future] = set()
+        self._wake = asyncio.Event()  # the watch looks again: a container was added or removed
+        self._removing: set[str] = set()  # containers on their way out: never restarted
         self._lock = asyncio.Lock()
         self.on_change: list = []  # callbacks(pod), e.g. persisting the record
         self.on_event: list = []  # callbacks(pod, action, attrs): hyperctl events
@@ -139,6 +142,8 @@ class Pod:
 
     def container(self, name: str | None) -> Container:
         if name is None:
+            if not self.containers:
+                raise NotFound(f"pod {self.name} has no container")
             return self.containers[0]
         for c in self.containers:
             if c.name == name:
@@ -171,7 +176,7 @@ class Pod:
             for c in self.containers:
                 c.finish(e.exit_code if isinstance(e, CommandNotRunnable) else 125, self.error)
             await self.teardown()
-            self.exit_code = self.containers[0].exit_code
+            self.exit_code = self.containers[0].exit_code if self.containers else 0
             self._set(PodState.FAILED)
             raise
         self._set(PodState.RUNNING)
@@ -200,7 +205,7 @@ class Pod:
         self.timings.mark("share")
         sockets = Sockets(self.rundir, logdir=self.statedir)
         if slot:  # running already, agent connected: resume it
-            self.machine, self.agent = slot.machine, slot.agent
+            self.machine, self.agent = slot.machine, Agent(slot.agent)
             self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
             await self.machine.qmp("cont")
             self.timings.mark("resumed")
@@ -212,7 +217,7 @@ class Pod:
             if template:
                 await self.machine.restore(template.state)
                 self.timings.mark("restored")
-            self.agent = AgentClient(sockets.ctl, sockets.io)
+            self.agent = Agent.at(sockets.ctl, sockets.io)
             self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
             await self.agent.connect()
             await self._guest(self.agent.handshake(CLONE_HANDSHAKE if template else BOOT_TIMEOUT))
@@ -225,8 +230,8 @@ class Pod:
             net.update(clock_ns=time.time_ns(), **({} if slot else {"seed": os.urandom(32).hex()}))
         mount = {} if slot else {"share": share.tag, "sharefs": share.kind}  # a pool VM has its share mounted
         try:
-            await asyncio.wait_for(self._guest(self.agent.request(Msg.START_POD, {
-                "hostname": self.hostname, **mount, **net})), CLONE_HANDSHAKE if clone else None)
+            await asyncio.wait_for(self._guest(self.agent.start_pod(PodRequest.from_fields({
+                "hostname": self.hostname, **mount, **net}))), CLONE_HANDSHAKE if clone else None)
         except TimeoutError:
             raise VMError("the guest restored from the template did not answer START_POD") from None
         if self._start_containers:
@@ -257,9 +262,12 @@ class Pod:
         """The container's root under the pod share (its image layers as an overlay, or (runv) the bundle's root
         bound in), its volumes, mount points and files; returns its process fields."""
         base = self.statedir / "containers" / c.name
+        if not c.root_dir:  # a name used before in this pod gets a fresh directory: the guest may still cache the old
+            c.root_dir = next(d for d in (c.name, *(f"{c.name}@{i}" for i in range(1, 1 << 16)))
+                              if not os.path.lexists(self.share_dir / d))
         try:
-            root = self.tree.container_root(c.name, rootfs=c.rootfs) if c.rootfs else self.tree.container_root(
-                c.name, layers=list(c.image.layers), upper=base / "upper", work=base / "work")
+            root = self.tree.container_root(c.root_dir, rootfs=c.rootfs) if c.rootfs else self.tree.container_root(
+                c.root_dir, layers=list(c.image.layers), upper=base / "upper", work=base / "work")
         except (OSError, ValueError) as e:  # ELOOP, ENOTDIR: something the guest put in its share
             why = e.strerror if isinstance(e, OSError) else str(e)
             raise Conflict(f"container {c.name}: cannot mount its root in the pod share: {why}") from None
@@ -308,15 +316,15 @@ class Pod:
                 vol = kinds[m.name]
                 if vol.block:
                     src.append(f"{block_serial(blocks.index(vol.name))}:{vol.fstype}")
-                    kind = MOUNT_BLOCK
+                    kind = MountFlag.BLOCK
                 elif vol.host_path:
                     src.append(self.tree.volume(vol.name, Path(vol.host_path), m.readonly))
-                    kind = 0
+                    kind = MountFlag(0)
                 else:
                     src.append(vol.name)
-                    kind = MOUNT_TMPFS
+                    kind = MountFlag.TMPFS
                 dst.append(m.path)
-                flags.append((MOUNT_READONLY if m.readonly else 0) | kind)
+                flags.append(int((MountFlag.READONLY if m.readonly else MountFlag(0)) | kind))
             injected = {f.path for f in c.spec.files}
             address = self.net.address if self.net else "127.0.1.1"
             generated = [("/etc/hostname", f"{self.hostname}\n"),
@@ -354,17 +362,10 @@ class Pod:
 
     async def _start_container(self, c: Container, fields: dict) -> None:
         assert self.agent
-        c.streams = self.agent.register(c.stream, bool(c.spec.tty))
-        try:
-            reply = await self._guest(self.agent.request(Msg.NEW_CONTAINER, {
-                "id": c.name, "rootfs": c.name, "stream": c.stream, **fields, **c.mounts}))
-        except AgentError as e:
-            self.agent.unregister(c.stream)
-            c.streams = None
-            if e.message.startswith(("exec ", "chdir to ")):
-                raise CommandNotRunnable(e.message, exec_failure_exit_code(e)) from None
-            raise
-        c.pid = int(reply.get("pid", 0))
+        req = ContainerRequest.from_fields({**fields, **c.mounts, "rootfs": c.root_dir or c.name}, id=c.name,
+                                           stream=c.stream)
+        c.streams = await self._guest(self.agent.new_container(req))
+        c.pid = c.streams.pid
         c.started.set()
         self._relays.append(asyncio.create_task(c.relay()))
 
@@ -386,11 +387,11 @@ class Pod:
             self._generation += 1
             sockets = Sockets(self.rundir, logdir=self.statedir, generation=self._generation)
             await self.machine.new_agent_sockets(sockets)
-            self.agent = AgentClient(sockets.ctl, sockets.io)
+            self.agent = Agent.at(sockets.ctl, sockets.io)
             self.agent.max_stream = self._stream_seq
             self.agent.takeover = True
             for c in running:
-                c.streams = self.agent.register(c.stream, bool(c.spec.tty))
+                c.streams = self.agent.attach(c.stream, bool(c.spec.tty))
             try:
                 await self.agent.connect(timeout=5)
                 await self._guest(self.agent.handshake(TAKEOVER_HANDSHAKE))
@@ -418,11 +419,26 @@ class Pod:
 
     # ---- running -----------------------------------------------------------------------------------------
     async def _watch(self) -> None:
-        """Each container under its restart policy; when none is left running (or the VM died), the pod stops.
-        Containers added to the running pod join the watch."""
+        """Each container under its restart policy; the pod stops when its VM dies, or when no container is left
+        running unless the pod is kept alive (a sandbox: containers come and go). Containers added to the running
+        pod join the watch."""
         self._supervisors = {asyncio.ensure_future(self._supervise(c)) for c in self.containers}
-        while pending := {t for t in self._supervisors if not t.done()}:
-            await asyncio.wait(pending)
+        died = asyncio.ensure_future(self.machine.wait()) if self.machine and self.machine.proc else None
+        try:
+            while True:
+                pending = {t for t in self._supervisors if not t.done()}
+                if not pending and not self.spec.keep_alive:
+                    break
+                self._wake.clear()
+                wake = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait(pending | {wake} | ({died} if died else set()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+                if died in done:
+                    break
+        finally:
+            if died:
+                died.cancel()
         self.timings.mark("exited")
         await self.stop()
 
@@ -465,12 +481,68 @@ class Pod:
         self.containers.append(c)
         self.spec = self.spec.model_copy(update={"containers": [*self.spec.containers, c.spec]})
         self._supervisors.add(asyncio.ensure_future(self._supervise(c)))
+        self._wake.set()
         self.changed()
         self.emit("add", container=c.name)
 
+    async def agent_stats(self) -> dict:
+        """What the agent holds: containers, processes, open fds (a leak shows here)."""
+        if self.state != PodState.RUNNING or not self.agent:
+            raise Conflict(f"pod {self.name} is {self.state.value}, not running")
+        st = await self.agent.stats()
+        return {"containers": st.containers, "processes": st.processes, "fds": st.fds}
+
+    async def stop_container(self, name: str, timeout: float = 10.0) -> Container:
+        """docker stop for one container: its stop signal, `timeout` seconds, then SIGKILL; it is not restarted.
+        The pod and its other containers go on."""
+        c = self.container(name)
+        if not c.started.is_set() or c.done.is_set():
+            return c
+        if self.state != PodState.RUNNING or not self.agent:
+            raise Conflict(f"pod {self.name} is {self.state.value}, not running")
+        self._removing.add(c.name)
+        for sig, wait in ((c.stop_signal, timeout), (9, 5.0)):
+            with contextlib.suppress(HCError):
+                await self.agent.signal(c.stream, sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(c.done.wait(), wait)
+            if c.done.is_set():
+                break
+        return c
+
+    async def remove_container(self, name: str, force: bool = False) -> None:
+        """Removes one container of the running pod: stopped first with force (else it must have exited), its
+        slot freed in the guest (REMOVE_CONTAINER), its root unmounted on the host and its writable layer and
+        log deleted. The name can be used again. A pod that is not kept alive stops with its last container."""
+        c = self.container(name)
+        if c.started.is_set() and not c.done.is_set():
+            if not force:
+                raise Conflict(f"container {c.name} of pod {self.name} is running: stop it first or use rm -f")
+            await self.stop_container(c.name, timeout=0)
+        self._removing.add(c.name)
+        try:
+            if self.agent and self.state == PodState.RUNNING and c.started.is_set():
+                try:
+                    await self.agent.remove_container(c.name)
+                except AgentRequestError as e:
+                    if e.errno != errno.ENOENT:  # never created in the guest (a failed start): nothing to free
+                        raise
+            self.tree.unmount_root(c.root_dir or c.name)
+            if c.streams and self.agent:
+                self.agent.detach(c.stream)
+            remove_tree(self.statedir / "containers" / c.name)
+            c.log_path.unlink(missing_ok=True)
+        finally:
+            self._removing.discard(c.name)
+        self.containers.remove(c)
+        self.spec = self.spec.model_copy(update={"containers": [x for x in self.spec.containers if x.name != name]})
+        self._wake.set()
+        self.changed()
+        self.emit("remove", container=c.name)
+
     def _should_restart(self, c: Container) -> bool:
         policy = self.spec.restart_policy
-        if self._stopping or self.state != PodState.RUNNING or c.error is not None:
+        if self._stopping or self.state != PodState.RUNNING or c.error is not None or c.name in self._removing:
             return False
         return policy == "Always" or (policy == "OnFailure" and c.exit_code != 0)
 
@@ -521,7 +593,7 @@ class Pod:
         fields = dict(c.fields, arg=command, terminal=int(tty), stdin=int(stdin))
         fields.pop("readonly", None)
         if user:
-            with self.tree.open_root(c.name) as root:
+            with self.tree.open_root(c.root_dir or c.name) as root:
                 u = resolve(root, user)  # type: ignore[arg-type]
             fields.update(uid=u.uid, gid=u.gid, group=list(u.groups))
         if env:
@@ -541,37 +613,29 @@ class Pod:
         stream = self._next_stream()
         self.changed()
         self.emit("exec", container=c.name, command=" ".join(fields["arg"]))
-        proc = self.agent.register(stream, tty)
-        try:
-            await self.agent.request(Msg.EXEC, {"id": c.name, "stream": stream, **fields})
-        except AgentError as e:
-            self.agent.unregister(stream)
-            if e.message.startswith(("exec ", "chdir to ")):
-                raise CommandNotRunnable(e.message, exec_failure_exit_code(e)) from None
-            raise
-        return proc
+        return await self.agent.exec(ExecRequest.from_fields(fields, id=c.name, stream=stream))
 
     async def signal_stream(self, stream: int, sig: int) -> None:
         if self.agent and self.state == PodState.RUNNING:
             with contextlib.suppress(HCError):
-                await self.agent.request(Msg.SIGNAL, {"stream": stream, "signal": sig})
+                await self.agent.signal(stream, sig)
 
     async def resize_stream(self, stream: int, rows: int, cols: int) -> None:
         if self.agent and self.state == PodState.RUNNING:
             with contextlib.suppress(HCError):
-                await self.agent.request(Msg.WINSIZE, {"stream": stream, "rows": rows, "cols": cols})
+                await self.agent.winsize(stream, rows, cols)
 
     async def signal(self, container: str | None, sig: int) -> None:
         c = self.container(container)
         if self.state != PodState.RUNNING or not self.agent or c.done.is_set():
             raise HCError(f"container {c.name} of pod {self.name} is not running")
-        await self.agent.request(Msg.SIGNAL, {"stream": c.stream, "signal": sig})
+        await self.agent.signal(c.stream, sig)
 
     async def resize(self, container: str | None, rows: int, cols: int) -> None:
         c = self.container(container)
         if self.agent and c.started.is_set() and not c.done.is_set() and c.spec.tty:
             with contextlib.suppress(HCError):
-                await self.agent.request(Msg.WINSIZE, {"stream": c.stream, "rows": rows, "cols": cols})
+                await self.agent.winsize(c.stream, rows, cols)
 
     async def graceful_stop(self, timeout: float) -> None:
         """docker stop: each container's stop signal (the image's StopSignal, else SIGTERM), `timeout` seconds to
@@ -581,7 +645,7 @@ class Pod:
         if self.state == PodState.RUNNING and self.agent:
             for c in running:
                 with contextlib.suppress(HCError):
-                    await self.agent.request(Msg.SIGNAL, {"stream": c.stream, "signal": c.stop_signal})
+                    await self.agent.signal(c.stream, c.stop_signal)
             done = asyncio.gather(*(c.done.wait() for c in running))
             try:
                 await asyncio.wait_for(done, timeout)
@@ -589,7 +653,7 @@ class Pod:
                 for c in running:
                     if not c.done.is_set():
                         with contextlib.suppress(HCError):
-                            await self.agent.request(Msg.SIGNAL, {"stream": c.stream, "signal": 9})
+                            await self.agent.signal(c.stream, 9)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in running)), 5)
         await self.stop()
@@ -615,7 +679,7 @@ class Pod:
             await self.teardown()
             for c in self.containers:
                 c.finish(137, "pod stopped before the container exited") if not c.done.is_set() else None
-            self.exit_code = self.containers[0].exit_code
+            self.exit_code = self.containers[0].exit_code if self.containers else 0
             self.finished = time.time()
             self._set(PodState.EXITED)
 
@@ -624,7 +688,7 @@ class Pod:
         if self.agent and self.machine and self.machine.proc and self.machine.proc.returncode is None \
                 and self.state != PodState.PAUSED:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.agent.request(Msg.SHUTDOWN), 1.0)
+                await asyncio.wait_for(self.agent.shutdown(), 1.0)
         if self.machine:
             await self.machine.stop(grace=2.0)
         for t in self._relays:
@@ -662,7 +726,7 @@ class Pod:
             "containers": {c.name: {"stream": c.stream, "fields": c.fields, "mounts": c.mounts,
                                     "started": c.started.is_set(), "done": c.done.is_set(),
                                     "exit_code": c.exit_code, "error": c.error, "restarts": c.restarts, "pid": c.pid,
-                                    "oom_killed": c.oom_killed}
+                                    "oom_killed": c.oom_killed, "root_dir": c.root_dir}
                            for c in self.containers},
         }
 
@@ -680,8 +744,8 @@ class Pod:
             "name": self.name,
             "state": self.state.value,
             "hostname": self.hostname,
-            "image": self.containers[0].spec.image,
-            "command": self.containers[0].spec.command,
+            "image": self.containers[0].spec.image if self.containers else None,
+            "command": self.containers[0].spec.command if self.containers else None,
             "exit_code": self.exit_code,
             "error": self.error,
             "created": self.created,

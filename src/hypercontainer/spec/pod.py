@@ -283,7 +283,7 @@ class PodSpec(Strict):
     name: Name | None = None
     hostname: str | None = None
     resources: Resources = Resources()
-    containers: Annotated[list[ContainerSpec], Field(min_length=1, max_length=MAX_CONTAINERS)]
+    containers: Annotated[list[ContainerSpec], Field(max_length=MAX_CONTAINERS)]
     volumes: Annotated[list[Volume], Field(max_length=64)] = []
     dns: Annotated[list[IPvAnyAddress], Field(max_length=3)] = []
     dns_search: Annotated[list[DnsName], Field(max_length=6)] = []
@@ -294,6 +294,13 @@ class PodSpec(Strict):
     boot: Literal["default", "cold", "template", "pool"] = "default"
     ports: Annotated[list[PortMapping], Field(max_length=256)] = []
     share_process_namespace: bool = False  # the containers share one PID namespace (never the agent's)
+    keep_alive: bool = False  # the VM stays up with no container running, until the pod is stopped (a sandbox)
+
+    @model_validator(mode="after")
+    def _some_container(self) -> PodSpec:
+        if not self.containers and not self.keep_alive:
+            raise ValueError("a pod needs at least one container (or keep_alive: a sandbox to add them to)")
+        return self
 
     @model_validator(mode="after")
     def _shared_pids(self) -> PodSpec:

@@ -13,7 +13,16 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .mount import MOUNT_ATTR_RDONLY, SAFE_ATTRS, attach, clone_tree, detach_all_under, is_mount_root, umount_beneath
+from .mount import (
+    MOUNT_ATTR_RDONLY,
+    SAFE_ATTRS,
+    attach,
+    clone_tree,
+    detach_all_under,
+    is_mount_root,
+    mount_id,
+    umount_beneath,
+)
 from .rootfs import overlay_rootfs
 from .safefs import open_dir
 from .volumes import make_shared
@@ -107,6 +116,25 @@ class ShareTree:
             pfd = open_dir(self.root, parent) if parent else os.open(self.root, os.O_PATH | os.O_CLOEXEC)
             try:
                 umount_beneath(pfd, name, mid)
+            finally:
+                os.close(pfd)
+
+    def unmount_root(self, name: str) -> None:
+        """Unmounts a container's root: the mount this hyperd made (checked by id) or, for a root an earlier
+        hyperd mounted, whatever mount is at that name (only hyperd mounts under a share; a mount point cannot be
+        renamed)."""
+        if name in self.ids:
+            self.undo(name)
+            return
+        with contextlib.suppress(OSError):
+            pfd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                if is_mount_root(pfd, name):
+                    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                    try:
+                        umount_beneath(pfd, name, mount_id(fd))
+                    finally:
+                        os.close(fd)
             finally:
                 os.close(pfd)
 

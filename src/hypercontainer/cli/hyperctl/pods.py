@@ -61,13 +61,18 @@ def ps(all_: bool, quiet: bool) -> None:
 
 
 @click.command("rm")
-@click.option("-f", "--force", is_flag=True, help="Stop a running pod first.")
-@click.argument("pods", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Stop a running pod (or container) first.")
+@click.argument("pods", nargs=-1, required=True, metavar="POD[/CONTAINER]...")
 def rm(force: bool, pods: tuple[str, ...]) -> None:
-    """Remove pods (with -f, running ones too)."""
+    """Remove pods, or single containers of a running pod (with -f, running ones too)."""
     client = Client()
-    for_each(pods, lambda ref: [ref] if client.request("DELETE", f"/v1/pods/{ref}", params={"force": force})
-             else [])
+
+    def one(ref: str) -> list[str]:
+        pod, _, container = ref.partition("/")
+        path = f"/v1/pods/{pod}/containers/{container}" if container else f"/v1/pods/{pod}"
+        return [ref] if client.request("DELETE", path, params={"force": force}) else []
+
+    for_each(pods, one)
 
 
 def parse_time(text: str) -> float:

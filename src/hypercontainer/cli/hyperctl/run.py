@@ -181,13 +181,16 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
 @click.option("--cap-drop", multiple=True, help="Drop a Linux capability (NAME, CAP_NAME or ALL).")
 @click.option("--privileged", is_flag=True, help="Every capability and device, /sys writable, no masked paths.")
 @click.option("--security-opt", "security_opts", multiple=True, help="no-new-privileges[:true|false].")
+@click.option("--keep-alive", is_flag=True, help="Keep the pod's VM up when no container runs (until stop or rm): "
+              "containers can be added (create -c) and removed (rm POD/CONTAINER) meanwhile.")
 @click.argument("image", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[str, ...], workdir: str | None,
             user: str | None, name: str | None, hostname: str | None, memory: int | None, cpus: int | None,
             entrypoint: str | None, volumes: tuple[str, ...], readonly: bool, restart: str, publish: tuple[str, ...],
             network: str, boot: str, podfile: Path | None, cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
-            privileged: bool, security_opts: tuple[str, ...], image: str | None, command: tuple[str, ...]) -> None:
+            privileged: bool, security_opts: tuple[str, ...], keep_alive: bool, image: str | None,
+            command: tuple[str, ...]) -> None:
     """Run a command in a new pod (its own VM)."""
     client = Client()
     if podfile:
@@ -205,6 +208,7 @@ def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[st
     spec["containers"][0].update(security_options(cap_add, cap_drop, privileged, security_opts))
     spec["network"] = network
     spec["boot"] = boot
+    spec["keep_alive"] = keep_alive
     spec["ports"] = [parse_publish(p) for p in publish]
     if detach:
         created = client.request("POST", "/v1/pods", json={"spec": spec})
