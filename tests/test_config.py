@@ -162,6 +162,9 @@ def test_help_shows_every_flag_with_its_variable_and_default() -> None:
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
     for name, envvar in ENVVARS.items():
+        if name == "crash_at":  # a hidden flag: tests only
+            assert flag(name) not in text
+            continue
         assert flag(name) in text and f"env var: {envvar}" in text, name
     for default in ("default: /var/lib/hypercontainer]", "default: /run/hypercontainer]", "<run>/hyperd.sock",
                     "<root>/assets", "default: hyper0]", "default: 10.77.0.0/16]", "default: template]",

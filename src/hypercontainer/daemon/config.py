@@ -13,7 +13,7 @@ from typing import Any, Literal, cast, get_args
 import click
 from click.core import ParameterSource
 
-from .. import __version__
+from .. import __version__, faults
 from ..config import (
     DEFAULT_ROOT,
     DEFAULT_RUN,
@@ -53,6 +53,7 @@ ENVVARS: dict[str, str] = {
     "boot": "HYPERCONTAINER_BOOT", "pool": "HYPERCONTAINER_POOL", "vmm_uids": ENV_VMM_UIDS,
     "storage_size": "HYPERCONTAINER_STORAGE_SIZE", "accel": ENV_ACCEL, "kernel": ENV_KERNEL,
     "pull_parallel": "HYPERCONTAINER_PULL_PARALLEL", "debug": "HYPERCONTAINER_DEBUG",
+    "crash_at": "HYPERCONTAINER_CRASH_AT",
 }
 
 
@@ -87,6 +88,7 @@ class HyperdConfig:
     kernel: KernelChoice = "auto"
     pull_parallel: int = DEFAULT_PULL_PARALLEL  # layers downloaded at once per pull
     debug: bool = False
+    crash_at: str | None = None  # tests only: hyperd kills itself at this step of a pod start (faults.py)
 
     @property
     def forced_accel(self) -> str | None:
@@ -149,7 +151,8 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
           network: str = "auto", bridge: str = DEFAULT_BRIDGE, subnet: str = DEFAULT_SUBNET,
           boot: str = "template", pool: int | str = 0, vmm_uids: str = uids.DEFAULT_TEXT,
           storage_size: str = DEFAULT_STORAGE_SIZE, accel: str = "auto", kernel: str = "auto",
-          pull_parallel: int | str = DEFAULT_PULL_PARALLEL, debug: bool = False) -> HyperdConfig:
+          pull_parallel: int | str = DEFAULT_PULL_PARALLEL, debug: bool = False,
+          crash_at: str | None = None) -> HyperdConfig:
     """Checks every setting and makes the config; a bad one raises ConfigError naming its flag."""
     if not _IFNAME.match(bridge):
         raise ConfigError("bridge", f"{bridge!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
@@ -173,6 +176,7 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
         kernel=cast(KernelChoice, _choice("kernel", kernel, get_args(KernelChoice))),
         pull_parallel=_count("pull_parallel", pull_parallel, 1, MAX_PULL_PARALLEL),
         debug=debug,
+        crash_at=_choice("crash_at", crash_at, faults.POINTS) if crash_at else None,
     )
 
 
@@ -231,6 +235,8 @@ def options(f: Callable[..., Any]) -> Callable[..., Any]:
         _option("--pull-parallel", name="pull_parallel", type=click.IntRange(1, MAX_PULL_PARALLEL), metavar="N",
                 default=DEFAULT_PULL_PARALLEL, show_default=True, help="Layers downloaded at once per pull."),
         _option("--debug", name="debug", is_flag=True, default=False, help="Verbose logs."),
+        _option("--crash-at", name="crash_at", metavar="POINT", hidden=True,
+                help="Tests only: die (SIGKILL) at this step of the next pod start."),
     ]
     for d in reversed(decorators):
         f = d(f)

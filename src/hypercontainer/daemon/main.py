@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import uvicorn
 
-from .. import __version__
+from .. import __version__, faults
 from ..errors import HCError
 from ..guest import assets as guest_assets
 from ..image.pull import Puller
@@ -110,6 +110,7 @@ async def serve(cfg: HyperdConfig) -> None:
     """Runs hyperd as `cfg` says until SIGTERM/SIGINT."""
     p = cfg.paths
     p.ensure()
+    faults.arm(cfg.crash_at)
     uids.use_range(cfg.vmm_uids)  # every VMM uid this process claims comes from the configured range
     log.info("VMM uids: %d-%d", *cfg.vmm_uids)
     log.info("preparing guest assets in %s", p.assets)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import procs
+from .. import faults, procs
 from ..errors import CommandNotRunnable, Conflict, HCError, InvalidArgument, NotFound, VMError
 from ..network.manager import Attachment, Network
 from ..protocol.agent import Agent, AgentRequestError, ContainerRequest, ExecRequest, PodRequest
@@ -191,11 +191,13 @@ class Pod:
         if self.network:
             self.net = await self.network.attach(self.id, self.spec, tap=slot.tap if slot else None)
             self.timings.mark("network")
+            faults.point("network")
         self.tree.prepare()
         await self._ensure_disk(self.containers)
         for c in self.containers:
             fields.append(self._prepare_container(c))
         self.timings.mark("rootfs")
+        faults.point("rootfs")
         template = None if slot else self._template()
         self.booted_from = f"pool:{slot.template}" if slot else template.home.name if template else "cold"
         clone = bool(slot or template)
@@ -203,6 +205,7 @@ class Pod:
         self.share.on_spawn = self.changed  # recorded before it runs: a crashed hyperd's successor finds it
         share = await self.share.start()
         self.timings.mark("share")
+        faults.point("share")
         sockets = Sockets(self.rundir, logdir=self.statedir)
         if slot:  # running already, agent connected: resume it
             self.machine, self.agent = slot.machine, Agent(slot.agent)
@@ -211,17 +214,19 @@ class Pod:
             self.timings.mark("resumed")
         else:
             self.machine = Machine(self._vm_config(sockets, share, template))
-            self.machine.on_spawn = self.changed
+            self.machine.on_spawn = self._spawned
             await self.machine.start()
             self.timings.mark("qemu")
             if template:
                 await self.machine.restore(template.state)
                 self.timings.mark("restored")
+                faults.point("restored")
             self.agent = Agent.at(sockets.ctl, sockets.io)
             self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
             await self.agent.connect()
             await self._guest(self.agent.handshake(CLONE_HANDSHAKE if template else BOOT_TIMEOUT))
         self.timings.mark("agent")
+        faults.point("agent")
         if self.agent.guest_uptime is not None:
             self.timings.marks["guest_uptime_at_agent"] = self.agent.guest_uptime
         net = {"net_mac": self.net.mac, "net_addr": f"{self.net.address}/{self.net.prefixlen}",
@@ -234,12 +239,19 @@ class Pod:
                 "hostname": self.hostname, **mount, **net}))), CLONE_HANDSHAKE if clone else None)
         except TimeoutError:
             raise VMError("the guest restored from the template did not answer START_POD") from None
+        faults.point("start-pod")
         if self._start_containers:
             for c, f in zip(self.containers, fields, strict=True):
                 await self._start_container(c, f)
+                faults.point("container")
             self.timings.mark("started")
         if self.pool and (slot or self.boot == "pool"):
             self.pool.fill()
+
+    def _spawned(self) -> None:
+        """QEMU exists: recorded before it runs anything."""
+        self.changed()
+        faults.point("qemu")
 
     def _vm_config(self, sockets: Sockets, share: Share, template: Template | None) -> VMConfig:
         """A clone's VM is the template's device set; a cold one gets the pod's share, disks and NIC."""
