@@ -43,7 +43,7 @@ def test_valid() -> None:
     ({"containers": [{"name": "a", "image": "b", "colour": 1}]}, "containers.0.colour: unknown field"),
     ({"containers": [{"name": "a", "image": "b"}, {"name": "a", "image": "c"}]}, "duplicate container names: a"),
     (ok(resources={"memory": 16}), "resources.memory"),
-    ({"containers": []}, "containers: "),
+    ({"containers": []}, "at least one container"),
     ({"containers": [{"name": "a", "image": "b"}] * 65}, "containers: "),
     ({"containers": [{"name": "a", "image": "b", "env": ["NOEQUALS"]}]}, "containers.0.env: "),
     ({"containers": [{"name": "a", "image": "b", "workdir": "relative"}]}, "containers.0.workdir: "),

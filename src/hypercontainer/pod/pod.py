@@ -13,15 +13,17 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import faults, procs
 from ..errors import CommandNotRunnable, Conflict, HCError, InvalidArgument, NotFound, VMError
 from ..network.manager import Attachment, Network
 from ..protocol.agent import Agent, AgentRequestError, ContainerRequest, ExecRequest, PodRequest
 from ..protocol.client import ProcessStreams
-from ..protocol.codec import MountFlag
+from ..protocol.codec import Fields, MountFlag
 from ..spec.pod import PodSpec, Volume
 from ..storage.disk import mount_pod_disk, unmount_pod_disk
 from ..storage.safefs import make_dirs, write_file
@@ -31,15 +33,26 @@ from ..storage.volumes import remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Disk, HostForward, Nic, Share, Sockets, VMConfig
 from .container import Container, process_fields
-from .pool import Pool, Slot
+from .pool import Pool
+from .records import PodInfo
+from .sources import (
+    CLONE_HANDSHAKE,
+    Booted,
+    BootPlan,
+    ColdSource,
+    Parts,
+    Placement,
+    PoolSource,
+    TemplateSource,
+    VMSource,
+    guarded,
+)
 from .states import PodState, check
 from .templates import Template, Templates, vm_config
 from .users import resolve
 
 log = logging.getLogger(__name__)
 TAKEOVER_ATTEMPTS, TAKEOVER_HANDSHAKE = 4, 5.0
-BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second
-CLONE_HANDSHAKE = 10.0  # a restored guest is running already: it answers at once or not at all
 RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 0.1, 10.0
 EVENT_NAMES = {(PodState.CREATED, PodState.STARTING): "start", (PodState.STARTING, PodState.RUNNING): "running",
                (PodState.RUNNING, PodState.PAUSED): "pause", (PodState.PAUSED, PodState.RUNNING): "unpause",
@@ -102,24 +115,26 @@ class Pod:
         self.storage_size = storage_size  # bytes of the pod's own disk for its writable layers; 0: no limit
         self._share_dir: Path | None = None  # a pool VM's share directory (its QEMU serves that one)
         self._tree: ShareTree | None = None
+        self.parts = Parts()  # the classes VMs are built from (unit tests give fakes)
+        self._undo = contextlib.AsyncExitStack()  # what the start made, undone by teardown()
         self.booted_from: str | None = None  # what this start used: cold, or the template's key
         self.timings = Timings()
         self.error: str | None = None
         self.exit_code: int | None = None
         self.created = time.time()
         self.finished: float | None = None
-        self._relays: list[asyncio.Task] = []
-        self._watcher: asyncio.Task | None = None
+        self._relays: list[asyncio.Task[None]] = []
+        self._watcher: asyncio.Task[None] | None = None
         self._stream_seq = 0
         self._generation = 0  # of the agent sockets: one more for each hyperd that took the pod over
         self._stopping = False
         self._start_containers = True
-        self._supervisors: set[asyncio.Future] = set()
+        self._supervisors: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()  # the watch looks again: a container was added or removed
         self._removing: set[str] = set()  # containers on their way out: never restarted
         self._lock = asyncio.Lock()
-        self.on_change: list = []  # callbacks(pod), e.g. persisting the record
-        self.on_event: list = []  # callbacks(pod, action, attrs): hyperctl events
+        self.on_change: list[Callable[[Pod], None]] = []  # e.g. persisting the record
+        self.on_event: list[Callable[[Pod, str, dict[str, object]], None]] = []  # hyperctl events
 
     @property
     def share_dir(self) -> Path:
@@ -183,83 +198,91 @@ class Pod:
         self._watcher = asyncio.create_task(self._watch())
 
     async def _build(self) -> None:
-        slot = self._pool_slot()
-        if slot:  # the pool VM's directories become the pod's
-            self.rundir, self._share_dir = slot.rundir, slot.share_dir
-        self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fields = []
-        if self.network:
-            self.net = await self.network.attach(self.id, self.spec, tap=slot.tap if slot else None)
-            self.timings.mark("network")
-            faults.point("network")
-        self.tree.prepare()
-        await self._ensure_disk(self.containers)
-        for c in self.containers:
-            fields.append(self._prepare_container(c))
-        self.timings.mark("rootfs")
-        faults.point("rootfs")
-        template = None if slot else self._template()
-        self.booted_from = f"pool:{slot.template}" if slot else template.home.name if template else "cold"
-        clone = bool(slot or template)
-        self.share = PodShare(self.share_dir, self.rundir, force_9p=clone)
-        self.share.on_spawn = self.changed  # recorded before it runs: a crashed hyperd's successor finds it
-        share = await self.share.start()
-        self.timings.mark("share")
-        faults.point("share")
-        sockets = Sockets(self.rundir, logdir=self.statedir)
-        if slot:  # running already, agent connected: resume it
-            self.machine, self.agent = slot.machine, Agent(slot.agent)
-            self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
-            await self.machine.qmp("cont")
-            self.timings.mark("resumed")
-        else:
-            self.machine = Machine(self._vm_config(sockets, share, template))
-            self.machine.on_spawn = self._spawned
-            await self.machine.start()
-            self.timings.mark("qemu")
-            if template:
-                await self.machine.restore(template.state)
-                self.timings.mark("restored")
-                faults.point("restored")
-            self.agent = Agent.at(sockets.ctl, sockets.io)
-            self.agent.max_stream = max(self._stream_seq, 2 * len(self.containers))
-            await self.agent.connect()
-            await self._guest(self.agent.handshake(CLONE_HANDSHAKE if template else BOOT_TIMEOUT))
-        self.timings.mark("agent")
-        faults.point("agent")
-        if self.agent.guest_uptime is not None:
-            self.timings.marks["guest_uptime_at_agent"] = self.agent.guest_uptime
-        net = {"net_mac": self.net.mac, "net_addr": f"{self.net.address}/{self.net.prefixlen}",
-               "net_gw": self.net.gateway} if self.net else {}
-        if clone:  # a clone: the snapshot's clock and random state are not its own (a pool VM reseeded already)
-            net.update(clock_ns=time.time_ns(), **({} if slot else {"seed": os.urandom(32).hex()}))
-        mount = {} if slot else {"share": share.tag, "sharefs": share.kind}  # a pool VM has its share mounted
+        """The one builder, top to bottom; each resource's undo is registered on one exit stack as soon as the
+        resource exists, and the stack is kept for teardown() once the pod runs."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(lambda: remove_tree(self.rundir))  # last of all; a pool VM's directory becomes ours
+            source = self._source()
+            place = source.placement(Placement(self.rundir, self.statedir / "share"), stack)
+            self.rundir, self._share_dir = place.rundir, place.share_dir
+            self.booted_from = source.origin
+            self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if self.network:
+                stack.push_async_callback(self.network.detach, self.id)
+                self.net = await self.network.attach(self.id, self.spec, tap=place.tap)
+                self.timings.mark("network")
+                faults.point("network")
+            stack.callback(unmount_pod_disk, self.statedir / "containers")
+            stack.callback(self.tree.release)
+            self.tree.prepare()
+            await self._ensure_disk(self.containers)
+            fields = [self._prepare_container(c) for c in self.containers]
+            self.timings.mark("rootfs")
+            faults.point("rootfs")
+            plan = BootPlan(Sockets(self.rundir, logdir=self.statedir), self.share_dir, self._vm_config,
+                            max(self._stream_seq, 2 * len(self.containers)), self._spawned, self.timings.mark)
+            booted = await source.boot(plan, stack)
+            self.machine, self.agent, self.share = booted.machine, booted.agent, booted.daemon
+            self.timings.mark("agent")
+            faults.point("agent")
+            if self.agent.guest_uptime is not None:
+                self.timings.marks["guest_uptime_at_agent"] = self.agent.guest_uptime
+            await self._start_pod(booted)
+            faults.point("start-pod")
+            if self._start_containers:
+                for c, f in zip(self.containers, fields, strict=True):
+                    await self._start_container(c, f)
+                    faults.point("container")
+                self.timings.mark("started")
+            self._undo = stack.pop_all()
+        if self.pool and (isinstance(source, PoolSource) or self.boot == "pool"):
+            self.pool.fill()
+
+    def _source(self) -> VMSource:
+        """A pool VM if the policy says so and one of this pod's shape is ready, else a template if the policy
+        allows one and it is built (it is then built in the background), else a cold boot. Pods with block
+        volumes always boot cold (disks are not in templates)."""
+        if self.boot == "pool" and self.pool and (slot := self.pool.take(self.spec)):
+            return PoolSource(slot)
+        if self.boot in ("template", "pool") and self.templates and not self._block_volumes():
+            nic = self.network.provider_for(self.spec).nic if self.network else False
+            if template := self.templates.ready(self.spec.resources.vcpu, self.spec.resources.memory, nic):
+                return TemplateSource(template, self.parts)
+        return ColdSource(self.parts)
+
+    async def _start_pod(self, booted: Booted) -> None:
+        """START_POD: hostname, network, and the share to mount (a pool VM has its own mounted already); a clone
+        gets its own clock and, unless the pool reseeded it, its own random seed."""
+        assert self.agent and self.machine
+        req: dict[str, object] = {"hostname": self.hostname}
+        if self.net:
+            req.update(net_mac=self.net.mac, net_addr=f"{self.net.address}/{self.net.prefixlen}",
+                       net_gw=self.net.gateway)
+        if not booted.prepared:
+            req.update(share=booted.share.tag, sharefs=booted.share.kind)
+        if booted.clone:
+            req["clock_ns"] = time.time_ns()
+            if not booted.prepared:
+                req["seed"] = os.urandom(32).hex()
         try:
-            await asyncio.wait_for(self._guest(self.agent.start_pod(PodRequest.from_fields({
-                "hostname": self.hostname, **mount, **net}))), CLONE_HANDSHAKE if clone else None)
+            await asyncio.wait_for(guarded(self.machine, self.agent.start_pod(PodRequest.from_fields(req))),
+                                   CLONE_HANDSHAKE if booted.clone else None)
         except TimeoutError:
             raise VMError("the guest restored from the template did not answer START_POD") from None
-        faults.point("start-pod")
-        if self._start_containers:
-            for c, f in zip(self.containers, fields, strict=True):
-                await self._start_container(c, f)
-                faults.point("container")
-            self.timings.mark("started")
-        if self.pool and (slot or self.boot == "pool"):
-            self.pool.fill()
 
     def _spawned(self) -> None:
         """QEMU exists: recorded before it runs anything."""
         self.changed()
         faults.point("qemu")
 
-    def _vm_config(self, sockets: Sockets, share: Share, template: Template | None) -> VMConfig:
+    def _vm_config(self, share: Share, template: Template | None) -> VMConfig:
         """A clone's VM is the template's device set; a cold one gets the pod's share, disks and NIC."""
         res, a = self.spec.resources, self.assets
+        sockets = Sockets(self.rundir, logdir=self.statedir)
         if template:
             return vm_config(a.kernel, a.initrd, a.accel, sockets, res.vcpu, res.memory, self.share_dir,
                              self._nic() or False, template, building=False)
-        disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()))
+        disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()) if v.block)
         return VMConfig(a.kernel, a.initrd, sockets, accel=a.accel,  # type: ignore[arg-type]
                         cpus=res.vcpu, memory_mib=res.memory, share=share, disks=disks, nic=self._nic())
 
@@ -270,7 +293,7 @@ class Pod:
             await mount_pod_disk(self.statedir / "disk.img", target, self.storage_size)
             self.timings.mark("disk")
 
-    def _prepare_container(self, c: Container) -> dict:
+    def _prepare_container(self, c: Container) -> Fields:
         """The container's root under the pod share (its image layers as an overlay, or (runv) the bundle's root
         bound in), its volumes, mount points and files; returns its process fields."""
         base = self.statedir / "containers" / c.name
@@ -285,7 +308,7 @@ class Pod:
             raise Conflict(f"container {c.name}: cannot mount its root in the pod share: {why}") from None
         try:
             if not c.fields:  # runv gives them from the OCI process
-                c.fields = process_fields(c.spec, c.image, root, self.hostname)  # type: ignore[arg-type]
+                c.fields = process_fields(c.spec, c.image, root, self.hostname)
             c.mounts = self._prepare_mounts(c, root)
         finally:
             os.close(root)
@@ -297,26 +320,10 @@ class Pod:
         fwd = tuple(HostForward(p.protocol, p.host_ip, p.host_port, p.container_port) for p in self.net.ports)
         return Nic(self.net.mac, tap=self.net.tap, forwards=() if self.net.tap else fwd)
 
-    def _pool_slot(self) -> Slot | None:
-        """A pool VM, if the policy says so and one of this pod's shape is ready (else a template, else cold)."""
-        if self.boot != "pool" or not self.pool or self._block_volumes():
-            return None
-        mode = self.network.mode_for(self.spec) if self.network else "none"
-        if not self.pool.matches(self.spec.resources.vcpu, self.spec.resources.memory, mode):
-            return None
-        return self.pool.take()
-
-    def _template(self) -> Template | None:
-        """The template to start from, if the policy says so and one is ready (else a cold boot; the template is
-        then built in the background). Pods with block volumes always boot cold (disks are not in templates)."""
-        if self.boot not in ("template", "pool") or not self.templates or self._block_volumes():
-            return None
-        return self.templates.ready(self.spec.resources.vcpu, self.spec.resources.memory, self.net is not None)
-
-    def _block_volumes(self) -> list:
+    def _block_volumes(self) -> list[Volume]:
         return [v for v in self.spec.volumes if v.block]
 
-    def _prepare_mounts(self, c: Container, root: int) -> dict:
+    def _prepare_mounts(self, c: Container, root: int) -> Fields:
         """Mount points and files made on the host in the container's root (never through its symlinks); the
         mount fields the agent needs."""
         kinds = {v.name: v for v in self.spec.volumes}
@@ -356,33 +363,18 @@ class Pod:
         return {"mount_src": src, "mount_dst": dst, "mount_flags": flags,
                 "sysctl": [f"{k}={v}" for k, v in c.spec.sysctls.items()]}
 
-    async def _guest(self, aw):
-        """Runs a guest request, failing fast (with the console's last words) if QEMU dies meanwhile."""
-        assert self.machine
-        task = asyncio.ensure_future(aw)
-        died = asyncio.ensure_future(self.machine.wait())
-        try:
-            done, _ = await asyncio.wait({task, died}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                return task.result()
-            raise VMError(f"the VM exited with status {died.result()} during boot. "
-                          f"{self.machine.qemu_log_tail()}\nGuest console:\n{self.machine.console_tail()}")
-        finally:
-            for t in (task, died):
-                if not t.done():
-                    t.cancel()
-
-    async def _start_container(self, c: Container, fields: dict) -> None:
+    async def _start_container(self, c: Container, fields: Fields) -> None:
         assert self.agent
         req = ContainerRequest.from_fields({**fields, **c.mounts, "rootfs": c.root_dir or c.name}, id=c.name,
                                            stream=c.stream)
-        c.streams = await self._guest(self.agent.new_container(req))
-        c.pid = c.streams.pid
+        assert self.machine
+        c.streams = streams = await guarded(self.machine, self.agent.new_container(req))
+        c.pid = streams.pid
         c.started.set()
         self._relays.append(asyncio.create_task(c.relay()))
 
     # ---- handing over between daemons ---------------------------------------------------------------------
-    async def reattach(self, vm: procs.Adopted, share: procs.Adopted | None, saved_net: dict | None) -> None:
+    async def reattach(self, vm: procs.Adopted, share: procs.Adopted | None, saved_net: dict[str, Any] | None) -> None:
         """Takes over a pod an earlier hyperd left running: its QEMU and virtiofsd, the agent's sockets, the
         streams of its running containers (output the guest held back meanwhile arrives now)."""
         old = Sockets(self.rundir, logdir=self.statedir, generation=self._generation)
@@ -390,6 +382,18 @@ class Pod:
         self.machine.proc = vm  # type: ignore[assignment]
         self.share = PodShare(self.share_dir, self.rundir)
         self.share.proc = share  # type: ignore[assignment]
+        # What teardown() undoes, as a start would have registered it (the agent is closed by each attempt below
+        # or, once connected, by teardown through self.agent).
+        undo = contextlib.AsyncExitStack()
+        undo.callback(remove_tree, self.rundir)
+        if self.network:
+            undo.push_async_callback(self.network.detach, self.id)
+        undo.callback(unmount_pod_disk, self.statedir / "containers")
+        undo.callback(self.tree.release)
+        undo.push_async_callback(self.share.stop)
+        undo.push_async_callback(self._close_agent)
+        undo.push_async_callback(self.machine.stop, 0)
+        self._undo = undo
         if self.network and saved_net:
             self.net = self.network.adopt(self.id, saved_net)
         running = [c for c in self.containers if c.started.is_set() and not c.done.is_set()]
@@ -406,8 +410,8 @@ class Pod:
                 c.streams = self.agent.attach(c.stream, bool(c.spec.tty))
             try:
                 await self.agent.connect(timeout=5)
-                await self._guest(self.agent.handshake(TAKEOVER_HANDSHAKE))
-                await self._guest(self.agent.io_ping(TAKEOVER_HANDSHAKE))
+                await guarded(self.machine, self.agent.handshake(TAKEOVER_HANDSHAKE))
+                await guarded(self.machine, self.agent.io_ping(TAKEOVER_HANDSHAKE))
                 break
             except VMError as e:
                 await self.agent.close()
@@ -418,6 +422,10 @@ class Pod:
             self._relays.append(asyncio.create_task(c.relay()))
         self.state = PodState.RUNNING
         self._watcher = asyncio.create_task(self._watch())
+
+    async def _close_agent(self) -> None:
+        if self.agent:
+            await self.agent.close()
 
     async def detach(self) -> None:
         """Lets go of a running pod (hyperd is stopping; the next one takes it over): nothing is stopped."""
@@ -497,7 +505,7 @@ class Pod:
         self.changed()
         self.emit("add", container=c.name)
 
-    async def agent_stats(self) -> dict:
+    async def agent_stats(self) -> dict[str, int]:
         """What the agent holds: containers, processes, open fds (a leak shows here)."""
         if self.state != PodState.RUNNING or not self.agent:
             raise Conflict(f"pod {self.name} is {self.state.value}, not running")
@@ -606,15 +614,16 @@ class Pod:
         fields.pop("readonly", None)
         if user:
             with self.tree.open_root(c.root_dir or c.name) as root:
-                u = resolve(root, user)  # type: ignore[arg-type]
+                u = resolve(root, user)
             fields.update(uid=u.uid, gid=u.gid, group=list(u.groups))
         if env:
-            fields["env"] = [*fields["env"], *env]
+            base = fields.get("env")
+            fields["env"] = [*(base if isinstance(base, list) else []), *env]
         if workdir:
             fields["cwd"] = workdir
         return await self.exec_fields(c.name, fields, tty=tty)
 
-    async def exec_fields(self, container: str, fields: dict, *, tty: bool = False) -> ProcessStreams:
+    async def exec_fields(self, container: str, fields: Fields, *, tty: bool = False) -> ProcessStreams:
         """EXEC with the process fields given whole (runv: from an OCI process)."""
         c = self.container(container)
         if self.state != PodState.RUNNING or not self.agent or not c.started.is_set() or c.done.is_set():
@@ -624,7 +633,8 @@ class Pod:
         fields.setdefault("rlimit", c.fields.get("rlimit", []))
         stream = self._next_stream()
         self.changed()
-        self.emit("exec", container=c.name, command=" ".join(fields["arg"]))
+        arg = fields.get("arg")
+        self.emit("exec", container=c.name, command=" ".join(map(str, arg)) if isinstance(arg, list) else "")
         return await self.agent.exec(ExecRequest.from_fields(fields, id=c.name, stream=stream))
 
     async def signal_stream(self, stream: int, sig: int) -> None:
@@ -696,7 +706,8 @@ class Pod:
             self._set(PodState.EXITED)
 
     async def teardown(self) -> None:
-        """Idempotent: agent, VM, share daemon, mounts, runtime directory."""
+        """Idempotent. The guest is asked to power off (it syncs), the VM gets a moment to do so and the
+        containers' output is drained; then everything the start registered is undone, last made first."""
         if self.agent and self.machine and self.machine.proc and self.machine.proc.returncode is None \
                 and self.state != PodState.PAUSED:
             with contextlib.suppress(Exception):
@@ -707,15 +718,7 @@ class Pod:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(t), 2.0)
             t.cancel()
-        if self.agent:
-            await self.agent.close()
-        if self.share:
-            await self.share.stop()
-        if self.network:
-            await self.network.detach(self.id)
-        self.tree.release()
-        unmount_pod_disk(self.statedir / "containers")
-        remove_tree(self.rundir)
+        await self._undo.aclose()
 
     def changed(self) -> None:
         for cb in self.on_change:
@@ -725,7 +728,7 @@ class Pod:
         for cb in self.on_event:
             cb(self, action, attrs)
 
-    def runtime(self) -> dict:
+    def runtime(self) -> dict[str, Any]:
         """What a later hyperd needs to take this pod over: processes, streams, container state."""
         vm = self.machine.proc if self.machine else None
         share = self.share.proc if self.share else None
@@ -742,7 +745,7 @@ class Pod:
                            for c in self.containers},
         }
 
-    def net_info(self) -> dict:
+    def net_info(self) -> dict[str, Any]:
         if not self.net:
             return {"mode": "none"}
         return {"mode": self.net.mode, "ip": self.net.address, "prefixlen": self.net.prefixlen,
@@ -750,7 +753,7 @@ class Pod:
                 "ports": [{"host_ip": p.host_ip, "host_port": p.host_port, "container_port": p.container_port,
                            "protocol": p.protocol} for p in self.net.ports]}
 
-    def info(self) -> dict:
+    def info(self) -> PodInfo:
         return {
             "id": self.id,
             "name": self.name,
