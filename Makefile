@@ -24,6 +24,7 @@ demo: assets image
 
 lint: bootstrap
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy  # src/, as configured in pyproject.toml ([tool.mypy]: strict for pod/, protocol/, vm/)
 
 test: assets image lint
 	$(MAKE) -s -C $(AGENT) OUT=$(CURDIR)/build/agent-test test VECTORS=$(CURDIR)/tests/vectors/frames.txt

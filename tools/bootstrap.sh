@@ -4,9 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every binary and shared library src/ and tests/ use. Not listed, as Debian's essential set has them: util-linux
+# (nsenter, setpriv, unshare), libc-bin (ldd), coreutils, tar, grep, dpkg (dpkg-deb); apt itself runs this script.
 PACKAGES=(qemu-system-x86 musl-tools busybox-static make gcc zstd ca-certificates
+          libseccomp2                                    # QEMU's and virtiofsd's seccomp filter (ctypes: libseccomp.so.2)
+          mount e2fsprogs                                # mount, umount, losetup; mkfs.ext4 for pod disks (debugfs: tests)
+          procps                                         # pgrep, pkill (tests)
           iproute2 nftables                              # pod networking: links (netlink) and NAT
-          flex bison bc lz4 libelf-dev libssl-dev xz-utils  # building the guest kernel from linux-source
+          flex bison bc lz4 libelf-dev libssl-dev xz-utils binutils  # the guest kernel from linux-source (strip)
           podman containerd docker.io runc               # the clients runv is tested with (and runc to compare)
           docker-registry skopeo)  # the last two: a real registry and its client for tests and benchmarks
 # Where virtiofsd is its own package (Debian 13, Ubuntu), take it too.

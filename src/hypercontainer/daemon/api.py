@@ -312,7 +312,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
 
     @app.get("/v1/images/save")
     async def save_images(ref: Annotated[list[str], Query()], format: str = "docker") -> FileResponse:
-        chosen = [(await asyncio.to_thread(images.get, r), r) for r in ref]
+        chosen: list[tuple[Image, str | None]] = [(await asyncio.to_thread(images.get, r), r) for r in ref]
         fd, tmp = tempfile.mkstemp(dir=images.tmp, suffix=".tar")
         os.close(fd)
         try:

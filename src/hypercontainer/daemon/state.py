@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+from ..pod.records import PodInfo, PodRecord
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pods (
     id TEXT PRIMARY KEY,
@@ -27,7 +29,7 @@ class StateDB:
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
-    def save(self, pod_id: str, name: str, state: str, info: dict) -> None:
+    def save(self, pod_id: str, name: str, state: str, info: PodInfo) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO pods (id, name, state, info, updated) VALUES (?, ?, ?, ?, ?) "
@@ -40,10 +42,10 @@ class StateDB:
         with self._lock:
             self._db.execute("DELETE FROM pods WHERE id = ?", (pod_id,))
 
-    def all(self) -> list[dict]:
+    def all(self) -> list[PodRecord]:
         with self._lock:
             rows = self._db.execute("SELECT id, name, state, info FROM pods").fetchall()
-        return [{"id": r[0], "name": r[1], "state": r[2], "info": json.loads(r[3])} for r in rows]
+        return [PodRecord(id=r[0], name=r[1], state=r[2], info=json.loads(r[3])) for r in rows]
 
     def close(self) -> None:
         self._db.close()

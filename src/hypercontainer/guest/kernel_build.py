@@ -121,7 +121,8 @@ def _make_with_progress(src: Path, jobs: int, progress: Callable[[str], None]) -
     proc = subprocess.Popen(["make", f"-j{jobs}", "vmlinux"], cwd=src, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout
-    done, last, tail = 0, time.monotonic(), []
+    done, last = 0, time.monotonic()
+    tail: list[str] = []
     for line in proc.stdout:
         tail = [*tail, line][-30:]
         if line.lstrip().startswith("CC "):

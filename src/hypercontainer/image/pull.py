@@ -83,7 +83,7 @@ class Puller:
         self.insecure = insecure or set()
         self.parallel = parallel
         self._downloads: dict[str, asyncio.Task] = {}
-        self._unpacks: dict[str, asyncio.Task] = {}
+        self._unpacks: dict[str, asyncio.Future[Path]] = {}
 
     async def pull(self, ref_text: str, creds: Credentials | None = None, platform: str | None = None,
                    progress: Progress | None = None) -> Image:

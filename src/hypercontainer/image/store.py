@@ -11,6 +11,7 @@ Every write lands in tmp/ first, is fsynced and renamed into place, so a kill -9
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import gzip
 import hashlib
@@ -109,7 +110,7 @@ def open_layer(f: BinaryIO) -> BinaryIO:
     if head[:2] == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if head == ZSTD_MAGIC:
-        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
+        return zstandard.ZstdDecompressor().stream_reader(raw)
     return raw
 
 
@@ -235,7 +236,7 @@ class ImageStore:
         if self.layer_dir(diff_id).exists():
             return self.layer_dir(diff_id)
         with open(self.blob_path(blob_digest), "rb") as f:
-            work = self.unpack_stream(f, diff_id)  # type: ignore[arg-type]
+            work = self.unpack_stream(f, diff_id)
         return self.commit_layer(work, diff_id)
 
     # ---- images ------------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ class ImageStore:
             self._save_index(index)
             return image_id
 
-    def remove(self, ref_or_id: str, in_use: set[str] | None = None) -> list[str]:
+    def remove(self, ref_or_id: str, in_use: set[str] | None = None) -> builtins.list[str]:
         """Untags a reference, or removes an image by id; removes the image and the layers no other image
         uses once no reference is left. Images in `in_use` keep their last reference."""
         with self._lock:
@@ -367,7 +368,7 @@ class ImageStore:
                     shutil.rmtree(p, ignore_errors=True)
         return {"images": dropped, "bytes_freed": freed}
 
-    def check(self) -> list[str]:
+    def check(self) -> builtins.list[str]:
         """Consistency problems, empty when the store is sound: every reference resolves, every image has its
         config and layer blobs with the right digests, every diff-id is unpacked."""
         problems = []

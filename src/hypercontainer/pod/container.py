@@ -8,13 +8,15 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from ..errors import CommandNotRunnable, InvalidArgument
 from ..image.store import Image
 from ..protocol.client import ProcessStreams
+from ..protocol.codec import Fields
 from ..signals import parse_signal
 from ..spec.pod import ContainerSpec
-from ..storage.safefs import make_dirs
+from ..storage.safefs import Root, make_dirs
 from .users import resolve
 
 LOG_MAX_BYTES = 32 << 20
@@ -23,7 +25,7 @@ LOG_MAX_BYTES = 32 << 20
 Event = tuple[str, "bytes | int | str"]
 
 
-def process_fields(spec: ContainerSpec, image: Image, rootfs: Path, hostname: str) -> dict:
+def process_fields(spec: ContainerSpec, image: Image, rootfs: Root, hostname: str) -> Fields:
     """The NEW_CONTAINER fields: command from entrypoint/cmd, env, user, workdir (created as docker does)."""
     cfg = image.run_config
     entrypoint = spec.entrypoint if spec.entrypoint is not None else (cfg.get("Entrypoint") or [])
@@ -62,7 +64,7 @@ def process_fields(spec: ContainerSpec, image: Image, rootfs: Path, hostname: st
     }
 
 
-def security_fields(spec: ContainerSpec) -> dict:
+def security_fields(spec: ContainerSpec) -> Fields:
     """Capabilities (docker's default set with the spec's adds and drops; every one if privileged), no_new_privs,
     privileged and the PID namespace, as NEW_CONTAINER fields. EXEC takes the same capabilities and
     no_new_privs; the agent reads privileged and shared_pid_ns on NEW_CONTAINER only."""
@@ -83,8 +85,8 @@ class Container:
     oom_killed: bool = False  # its process was ended by the guest kernel's OOM killer (exit code 137)
     error: str | None = None
     pid: int | None = None
-    fields: dict = field(default_factory=dict)  # the process fields it was started with (exec starts from them)
-    mounts: dict = field(default_factory=dict)  # its volume mount fields
+    fields: Fields = field(default_factory=dict)  # the process fields it was started with (exec starts from them)
+    mounts: Fields = field(default_factory=dict)  # its volume mount fields
     restarts: int = 0
     rootfs: Path | None = None  # a root prepared by someone else (runv: the OCI bundle's), bound in, not layers
     root_dir: str = ""  # its root's directory in the pod share: its name, or name@N once that name was used before
@@ -104,7 +106,9 @@ class Container:
         q: asyncio.Queue[Event] = asyncio.Queue()
         self.subscribers.append(q)
         if self.done.is_set():
-            q.put_nowait(("exit", self.exit_code) if self.error is None else ("error", self.error))
+            # done is set only with the exit code known: by finish(), or for a finished container read back from disk
+            code = cast(int, self.exit_code)
+            q.put_nowait(("exit", code) if self.error is None else ("error", self.error))
         return q
 
     def unsubscribe(self, q: asyncio.Queue[Event]) -> None:

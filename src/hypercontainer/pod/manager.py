@@ -8,6 +8,7 @@ import contextlib
 import logging
 import secrets
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -24,7 +25,7 @@ from .container import Container
 from .events import EventLog
 from .pod import GuestAssets, Pod
 from .pool import Pool
-from .records import PodRecords
+from .records import PodInfo, PodRecords
 from .states import FINAL, PodState
 from .templates import Templates
 
@@ -44,9 +45,9 @@ class PodManager:
         self.storage_size = storage_size  # each pod's disk for its writable layers, bytes; 0: no limit
         self.poddir, self.rundir, self.assets = poddir, rundir, assets
         self.pods: dict[str, Pod] = {}
-        self._starts: dict[str, asyncio.Task] = {}
-        self._stale: dict[str, dict] = {}  # records of pods from an earlier run of the daemon
-        self.recent_boots: collections.deque[dict] = collections.deque(maxlen=10)  # newest last
+        self._starts: dict[str, asyncio.Task[None]] = {}
+        self._stale: dict[str, PodInfo] = {}  # records of pods from an earlier run of the daemon
+        self.recent_boots: collections.deque[dict[str, float]] = collections.deque(maxlen=10)  # newest last
         # Live restore: pods outlive hyperd and the next one takes them over (hyperd sets it; on by default).
         # Without it, hyperd stops its pods when it stops, and after a crash releases what the old pods left.
         self.live_restore = False
@@ -79,12 +80,12 @@ class PodManager:
         c = pod.container(container)
         return c.log_path, c.done
 
-    def list(self) -> list[dict]:
+    def list(self) -> list[PodInfo]:
         live = [p.info() for p in self.pods.values()]
         return sorted(live + list(self._stale.values()), key=lambda i: i["created"], reverse=True)
 
     # ---- create / start ----------------------------------------------------------------------------------
-    def create(self, raw_spec: dict) -> Pod:
+    def create(self, raw_spec: dict[str, Any]) -> Pod:
         """Validates the spec (ours, or a Kubernetes v1 Pod) and resolves images; creates nothing on disk until
         start."""
         if is_kube_pod(raw_spec):
@@ -138,7 +139,7 @@ class PodManager:
         finally:
             self._starts.pop(pod.id, None)
 
-    async def add_container(self, ref: str, raw: dict) -> str:
+    async def add_container(self, ref: str, raw: dict[str, Any]) -> str:
         """hyperctl create -c POD: one more container in a running pod."""
         pod = self.get(ref)
         try:
@@ -230,7 +231,7 @@ class PodManager:
         if self.network:
             await self.network.reconcile(set(self.pods))
 
-    async def _take_over(self, info: dict) -> bool:
+    async def _take_over(self, info: PodInfo) -> bool:
         rt = info.get("runtime") or {}
         rundir = self._rundir_of(info)
         vm = procs.adopt(rt.get("vm_pid"), rt.get("vm_start"), str(rundir))
@@ -251,7 +252,7 @@ class PodManager:
         log.info("pod %s: taken over (VM pid %d)", pod.name, vm.pid)
         return True
 
-    def _rebuild(self, info: dict) -> Pod:
+    def _rebuild(self, info: PodInfo) -> Pod:
         spec = PodSpec.model_validate(info["spec"])
         rt = info["runtime"]
         containers = []
@@ -280,12 +281,12 @@ class PodManager:
         pod.on_event.append(self.events.record)
         return pod
 
-    def _rundir_of(self, info: dict) -> Path:
+    def _rundir_of(self, info: PodInfo) -> Path:
         """Where the pod's sockets are: its own runtime directory, or the pool VM's it took."""
         rt = info.get("runtime") or {}
         return Path(rt["rundir"]) if rt.get("rundir") else self.rundir / info["id"][:16]
 
-    def _release(self, info: dict) -> None:
+    def _release(self, info: PodInfo) -> None:
         rt = info.get("runtime") or {}
         rundir = self._rundir_of(info)
         for kind in ("vm", "share"):  # still ours: same pid, same start

@@ -30,18 +30,18 @@ from ..network.manager import Network
 from ..network.none_mode import NoneProvider
 from ..network.provider import Provider
 from ..protocol.client import AgentClient
-from ..protocol.codec import Msg
+from ..protocol.codec import Fields, Msg
 from ..spec.pod import PodSpec
 from ..storage.share import SHARE_TAG
 from ..storage.volumes import make_shared, remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Nic, Sockets
-from .templates import TEMPLATE_MAC, Templates, vm_config
+from .templates import TEMPLATE_MAC, Template, Templates, vm_config
 
 log = logging.getLogger(__name__)
 HANDSHAKE = 10.0
 VM_RECORD = "vm.json"  # the slot's QEMU (pid + start time): a crashed hyperd's pool VMs are found and stopped
-PREPARE_FIELDS = {"share": SHARE_TAG, "sharefs": "9p"}  # START_POD's part done before a pod takes the VM
+PREPARE_FIELDS: Fields = {"share": SHARE_TAG, "sharefs": "9p"}  # START_POD's part done before a pod takes the VM
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Pool:
         self.size, self.templates, self.rundir, self.network = size, templates, rundir, network
         self.cpus, self.memory = cpus, memory
         self.ready: list[Slot] = []
-        self._filling: asyncio.Task | None = None
+        self._filling: asyncio.Task[None] | None = None
         self.failures = 0
 
     @property
@@ -102,7 +102,7 @@ class Pool:
                 self.failures += 1
                 log.warning("pool: could not prepare a VM: %s", e)
 
-    async def _make(self, template) -> Slot:
+    async def _make(self, template: Template) -> Slot:
         name = secrets.token_hex(8)
         rundir = self.rundir / name
         share = rundir / "share"
@@ -167,5 +167,5 @@ class Pool:
             remove_tree(slot.rundir)
         self.ready.clear()
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, int]:
         return {"size": self.size, "ready": len(self.ready)}

@@ -74,7 +74,7 @@ class Templates:
     def __init__(self, kernel: Path, initrd: Path, accel: str, digest: str, home: Path, rundir: Path) -> None:
         self.kernel, self.initrd, self.accel, self.digest = kernel, initrd, accel, digest
         self.home, self.rundir = home, rundir
-        self._building: dict[str, asyncio.Task] = {}
+        self._building: dict[str, asyncio.Task[None]] = {}
         self._qemu = qemu_version()
         self.failures: dict[str, str] = {}
 
@@ -106,7 +106,7 @@ class Templates:
             raise RuntimeError(self.failures.get(key, "template build failed"))
         return t
 
-    def list(self) -> list[dict]:
+    def list(self) -> list[dict[str, object]]:
         """The templates on disk (meta.json of each), and the ones being built."""
         out = []
         if self.home.exists():

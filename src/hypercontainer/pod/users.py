@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import InvalidArgument
-from ..storage.safefs import read_file
+from ..storage.safefs import Root, read_file
 
 
 @dataclass(frozen=True)
@@ -17,12 +16,12 @@ class User:
     home: str
 
 
-def _table(root: Path, name: str) -> list[list[str]]:
+def _table(root: Root, name: str) -> list[list[str]]:
     data = read_file(root, name) or b""
     return [line.split(":") for line in data.decode(errors="replace").splitlines() if line and line[0] != "#"]
 
 
-def resolve(root: Path, spec: str | None) -> User:
+def resolve(root: Root, spec: str | None) -> User:
     spec = spec or "0"
     user, _, group = spec.partition(":")
     passwd = [r for r in _table(root, "etc/passwd") if len(r) >= 7]

@@ -333,9 +333,9 @@ class PodSpec(Strict):
                 if m.name not in vols:
                     raise ValueError(f"container {c.name} mounts volume {m.name}, which the pod does not define")
         published = [p.key() for p in self.ports if p.host_port]
-        dup = sorted({f"{k[0]}:{k[1]}/{k[2]}" for k in published if published.count(k) > 1})
-        if dup:
-            raise ValueError(f"host port published twice: {', '.join(dup)}")
+        twice = sorted({f"{k[0]}:{k[1]}/{k[2]}" for k in published if published.count(k) > 1})
+        if twice:
+            raise ValueError(f"host port published twice: {', '.join(twice)}")
         wild = {(p.host_port, p.protocol) for p in self.ports if p.host_port and p.host_ip == "0.0.0.0"}
         clash = sorted({f"{p.host_ip}:{p.host_port}/{p.protocol}" for p in self.ports
                         if p.host_ip != "0.0.0.0" and (p.host_port, p.protocol) in wild})

@@ -125,13 +125,13 @@ def system_binds() -> tuple[list[Bind], dict[str, str]]:
 class _Step:
     __slots__ = ("args", "fn", "what")
 
-    def __init__(self, what: bytes, fn: Callable, args: tuple) -> None:
+    def __init__(self, what: bytes, fn: Callable[..., object], args: tuple[object, ...]) -> None:
         self.what, self.fn, self.args = what, fn, args
 
 
-def _c(fn: Callable) -> Callable:
+def _c(fn: Callable[..., int]) -> Callable[..., None]:
     """A libc call as a step function: -1 raises OSError with errno."""
-    def call(*args):
+    def call(*args: object) -> None:
         if fn(*args) == -1:
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
@@ -163,7 +163,7 @@ class Jail:
             JAIL_ROOT.mkdir(parents=True, exist_ok=True, mode=0o755)
         self._plan()
 
-    def _add(self, what: str, fn: Callable, *args) -> None:
+    def _add(self, what: str, fn: Callable[..., object], *args: object) -> None:
         self.steps.append(_Step(what.encode(), fn, args))
 
     def _plan(self) -> None:

@@ -10,7 +10,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from qemu.qmp import QMPClient
@@ -35,7 +35,7 @@ class Machine:
         self.started_at = 0.0
         self.confinement: confine.Confinement | None = None  # what start() made for QEMU (uid, cgroup, jail)
         self._adopted: tuple[int | None, Cgroup | None] | None = None  # the same, of a VM taken over
-        self._console: asyncio.Task | None = None
+        self._console: asyncio.Task[None] | None = None
         self.on_spawn: Callable[[], None] | None = None  # called as soon as QEMU exists: its owner records it
 
     @property
@@ -126,11 +126,12 @@ class Machine:
         assert self.proc
         return await self.proc.wait()
 
-    async def qmp(self, command: str, args: dict | None = None, timeout: float = 2.0) -> object:
+    async def qmp(self, command: str, args: Mapping[str, object] | None = None, timeout: float = 2.0) -> object:
         """One QMP command on a short-lived connection (QMP is used rarely: pause, resume, quit, takeover)."""
         return (await self.qmp_batch([(command, args)], timeout))[0]
 
-    async def qmp_batch(self, commands: list[tuple[str, dict | None]], timeout: float = 2.0) -> list[object]:
+    async def qmp_batch(self, commands: list[tuple[str, Mapping[str, object] | None]],
+                        timeout: float = 2.0) -> list[object]:
         """Several QMP commands on one connection (QEMU serves one QMP client at a time)."""
         qmp = QMPClient(self.cfg.sockets.rundir.name)
         name = commands[0][0]
@@ -156,7 +157,7 @@ class Machine:
         await self._follow_console()
 
     @contextlib.asynccontextmanager
-    async def monitor(self, timeout: float = 2.0):
+    async def monitor(self, timeout: float = 2.0) -> AsyncIterator[QMPClient]:
         """One QMP connection for a sequence of commands (QEMU serves one QMP client at a time)."""
         qmp = QMPClient(self.cfg.sockets.rundir.name)
         try:

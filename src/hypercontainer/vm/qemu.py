@@ -166,7 +166,7 @@ def kernel_cmdline(cfg: VMConfig) -> str:
     return " ".join([*boot_args(cfg.accel), *cfg.cmdline])
 
 
-def socket_backend(path: Path) -> dict:
+def socket_backend(path: Path) -> dict[str, object]:
     """The QMP description of a listening unix-socket chardev backend (as `-chardev socket,server=on`)."""
     return {"type": "socket", "data": {"addr": {"type": "unix", "data": {"path": str(path)}},
                                        "server": True, "wait": False}}
@@ -228,13 +228,13 @@ def command(cfg: VMConfig, handed: Handed | None = None) -> list[str]:
                 "-device", f"virtserialport,chardev={chardev},name={name}",
             ]
     for i, disk in enumerate(cfg.disks):
-        path = str(disk.path)
+        drive = str(disk.path)
         if handed and handed.disk_fds:
             for fd in handed.disk_fds[i]:
                 argv += ["-add-fd", f"fd={fd},set={i + 1},opaque={disk.path}"]
-            path = f"/dev/fdset/{i + 1}"
+            drive = f"/dev/fdset/{i + 1}"
         argv += [
-            "-drive", f"file={path},if=none,id=disk{i},format=raw,cache=writeback",
+            "-drive", f"file={drive},if=none,id=disk{i},format=raw,cache=writeback",
             "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}",
         ]
     if cfg.nic:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ...errors import HCError
 from ...image import auth
 from ..client import Client, dumps, error_from, for_each
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 def human(n: float) -> str:
@@ -58,7 +62,7 @@ class _Bars:
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
         self.last: dict[str, str] = {}
         self.progress = None
         if self.tty:

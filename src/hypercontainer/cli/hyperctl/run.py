@@ -12,6 +12,7 @@ import termios
 import threading
 import tty
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -282,7 +283,7 @@ def attach_cmd(no_stdin: bool, target: str) -> None:
     client = Client()
     info = client.request("GET", f"/v1/pods/{pod}")
     containers = info["spec"]["containers"]
-    spec = next((c for c in containers if c["name"] == (container or containers[0]["name"])), {})
+    spec: dict[str, Any] = next((c for c in containers if c["name"] == (container or containers[0]["name"])), {})
     sys.exit(attach_or_exit(client, f"/v1/pods/{pod}/attach", {"container": container or None},
                             bool(spec.get("stdin")) and not no_stdin, bool(spec.get("tty"))))
 

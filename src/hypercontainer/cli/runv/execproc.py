@@ -65,15 +65,15 @@ async def relay(sock: Path, process: dict, console: int | None, status_fd: int |
     def on_signal(sig: int) -> None:
         send(wire.SIGNAL, struct.pack(">i", sig))
 
-    def on_winch() -> None:
-        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(console, termios.TIOCGWINSZ, b"\0" * 8))
+    def on_winch(tty: int) -> None:
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(tty, termios.TIOCGWINSZ, b"\0" * 8))
         send(wire.RESIZE, struct.pack(">HH", rows, cols))
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         loop.add_signal_handler(sig, on_signal, int(sig))
     if console is not None:
-        loop.add_signal_handler(signal.SIGWINCH, on_winch)
-        on_winch()
+        loop.add_signal_handler(signal.SIGWINCH, on_winch, console)
+        on_winch(console)
     stdin_task = asyncio.ensure_future(pump_in())
     status = 255
     while (f := await wire.read_frame(reader)) is not None:

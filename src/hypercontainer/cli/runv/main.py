@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -53,7 +54,8 @@ def warn(rt: Runtime, msg: str) -> None:
 
 
 def runtime() -> Runtime:
-    return click.get_current_context().find_object(Runtime)
+    # runv's group callback sets ctx.obj = Runtime(...) before any command runs
+    return cast(Runtime, click.get_current_context().find_object(Runtime))
 
 
 @click.group(context_settings=CONTEXT)

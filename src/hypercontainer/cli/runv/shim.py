@@ -34,7 +34,7 @@ from ...config import environment
 from ...errors import HCError
 from ...guest import assets as guest_assets
 from ...image.store import Image
-from ...pod.container import Container
+from ...pod.container import Container, Event
 from ...pod.pod import GuestAssets, Pod
 from ...pod.states import PodState
 from ...pod.templates import Templates
@@ -86,7 +86,9 @@ def vm_size(cfg: oci.Config) -> dict:
 def container_parts(cfg: oci.Config, name: str) -> tuple[dict, list[dict]]:
     """The container spec and the pod volumes it needs: bind-mounted directories become host volumes, files
     (hosts, resolv.conf, hostname, ...) are copied in, tmpfs mounts become guest tmpfs volumes."""
-    volumes, mounts, files = [], [], []
+    volumes: list[dict[str, object]] = []
+    mounts: list[dict[str, object]] = []
+    files: list[dict[str, object]] = []
     for i, m in enumerate(oci.bind_mounts(cfg)):
         src = Path(m.source or "")
         if src.is_dir():
@@ -342,7 +344,7 @@ class Shim:
         await relay_events(c, events, c.streams, reader, writer, self.pod)
 
     # ---- stdio -------------------------------------------------------------------------------------------
-    async def relay_init(self, events: asyncio.Queue) -> None:
+    async def relay_init(self, events: asyncio.Queue[Event]) -> None:
         """The container's output (as the pod core publishes it) to the shim's own fds or the pty's slave; the
         shim's stdin (or what is typed on the terminal) to the container."""
         assert self.container and self.container.streams
@@ -544,8 +546,8 @@ class Member(Shim):
         return self.exit_code
 
 
-async def relay_events(c: Container, events: asyncio.Queue, streams: ProcessStreams, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter, pod: Pod) -> None:
+async def relay_events(c: Container, events: asyncio.Queue[Event], streams: ProcessStreams,
+                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pod: Pod) -> None:
     """A member container's output events as frames; the member shim's frames (stdin, signals, size) to it."""
 
     async def from_member() -> None:
@@ -568,7 +570,7 @@ async def relay_events(c: Container, events: asyncio.Queue, streams: ProcessStre
                 await writer.drain()
                 continue
             code = data if kind == "exit" else 255
-            writer.write(wire.frame(wire.EXIT, struct.pack(">i", code)))  # type: ignore[arg-type]
+            writer.write(wire.frame(wire.EXIT, struct.pack(">i", code)))
             await writer.drain()
             return
     except ConnectionError:
