@@ -89,6 +89,8 @@ class FakeShare:
 
     async def start(self) -> Share:
         self.ledger.step("share", "virtiofsd")
+        if self.on_spawn:
+            self.on_spawn()
         return self.share
 
     async def stop(self) -> None:
@@ -248,6 +250,7 @@ async def test_a_pod_that_ran_leaves_nothing(tmp_path: Path, kind: str) -> None:
     pod = make_pod(tmp_path, kind, ledger)
     await pod.start()
     assert pod.state == PodState.RUNNING and ledger.seen == STEPS[kind]
+    assert isinstance(pod.machine, FakeMachine) and (kind != "cold") == (pod.share is None)  # recorded at spawn
     assert pod.booted_from == {"cold": "cold", "template": "template", "pool": "pool:tkey"}[kind]
     await finish(pod, ledger)
     assert ledger.live == set() and not mounts_under(tmp_path) and not pod.rundir.exists()

@@ -270,10 +270,13 @@ class Pod:
         except TimeoutError:
             raise VMError("the guest restored from the template did not answer START_POD") from None
 
-    def _spawned(self) -> None:
-        """QEMU exists: recorded before it runs anything."""
+    def _spawned(self, machine: Machine | None, share: PodShare | None) -> None:
+        """QEMU or virtiofsd exists: the pod's record gets it before it runs anything (a hyperd that dies now
+        leaves its successor what to kill)."""
+        self.machine, self.share = machine or self.machine, share or self.share
         self.changed()
-        faults.point("qemu")
+        if machine:
+            faults.point("qemu")
 
     def _vm_config(self, share: Share, template: Template | None) -> VMConfig:
         """A clone's VM is the template's device set; a cold one gets the pod's share, disks and NIC."""

@@ -57,7 +57,7 @@ class BootPlan:
     share_dir: Path
     vm_config: Callable[[Share, Template | None], VMConfig]
     max_stream: int
-    spawned: Callable[[], None]  # QEMU or virtiofsd exists: the pod records it before it runs anything
+    spawned: Callable[[Machine | None, PodShare | None], None]  # QEMU or virtiofsd exists: record it at once
     mark: Callable[[str], None]  # a timing mark
 
 
@@ -110,7 +110,7 @@ class ColdSource:
     async def boot(self, plan: BootPlan, stack: contextlib.AsyncExitStack) -> Booted:
         s = plan.sockets
         daemon = self.parts.share(plan.share_dir, s.rundir, False)
-        daemon.on_spawn = plan.spawned
+        daemon.on_spawn = lambda: plan.spawned(None, daemon)
         stack.push_async_callback(daemon.stop)
         share = await daemon.start()
         plan.mark("share")
@@ -180,7 +180,7 @@ async def _start_qemu(parts: Parts, plan: BootPlan, share: Share, template: Temp
     agent.max_stream = plan.max_stream
     stack.push_async_callback(agent.close)
     machine = parts.machine(plan.vm_config(share, template))
-    machine.on_spawn = plan.spawned
+    machine.on_spawn = lambda: plan.spawned(machine, None)
     stack.push_async_callback(machine.stop, 0)
     await machine.start()
     plan.mark("qemu")
