@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from hypercontainer import procs
+from hypercontainer.cli.runv.state import Store
 from hypercontainer.storage.mount import mounts_under, umount
+from hypercontainer.vm import confine, uids
 
 from .conftest import BIN, REPO
 
@@ -170,6 +173,49 @@ def test_delete_force_of_a_running_container(runv: Runv, bundle: Path) -> None:
     assert not Path(f"/proc/{vm_pid}").exists(), "the VM outlived delete --force"
     assert runv("delete", "--force", "c2").returncode == 0  # already gone: fine with --force
     assert runv("delete", "c2").returncode == 1
+
+
+def test_delete_force_after_the_shim_was_killed(runv: Runv, bundle: Path) -> None:
+    """kill -9 of the shim leaves its VM running: delete --force stops it, says so in --log, and no traceback."""
+    configure(bundle, ["sleep", "300"])
+    assert runv.detached("run", "-d", "--bundle", str(bundle), "k1").returncode == 0
+    st = json.loads((runv.root / "k1" / "state.json").read_text())
+    os.kill(st["pid"], signal.SIGKILL)
+    for _ in range(100):
+        if not Path(f"/proc/{st['pid']}").exists():
+            break
+        time.sleep(0.05)
+    assert running(st["vm_pid"]), "the VM went with its shim: nothing to show"
+    uid, cgroup = confine.inspect(st["vm_pid"])  # what the shim held for the VM
+    assert uid and cgroup and (uids.LEASES / str(uid)).exists()
+    try:
+        r = runv("delete", "--force", "k1")
+        assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+        assert not running(st["vm_pid"]), "the VM outlived delete --force"  # gone, or dead and not reaped by init
+    finally:
+        procs.kill_if_ours(st["vm_pid"], st["vm_start"], "")  # a failure leaves no VM behind
+    last = json.loads(runv.log.read_text().splitlines()[-1])
+    assert last["level"] == "warning" and "shim" in last["msg"] and "was gone" in last["msg"], last
+    assert f"VM (pid {st['vm_pid']}) was stopped" in last["msg"], last
+    assert runv("state", "k1").returncode == 1 and not (runv.root / "k1").exists()
+    assert not (uids.LEASES / str(uid)).exists() and not any(p.exists() for p in cgroup.paths)
+    rundir = str(Store(runv.root).rundir("k1")).encode()
+    assert not [p for p in Path("/proc").glob("[0-9]*") if rundir in read_cmdline(p)]  # virtiofsd neither
+    assert not mounts_under(runv.root)
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def read_cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_exec_foreground_and_detached(runv: Runv, bundle: Path, tmp_path: Path) -> None:

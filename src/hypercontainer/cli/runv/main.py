@@ -12,11 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import click
 
 from ... import __version__
+from ...config import environment
 from ...errors import HCError, InvalidArgument, NotFound
 from ...signals import parse_signal
 from ...spec.pod import CAPABILITIES
@@ -211,6 +212,8 @@ def delete(force: bool, cid: str) -> None:
         raise HCError(f"cannot delete container {cid} that is not stopped: {st['status']}")
     if st["status"] in ("created", "running", "paused"):
         stop_shim(rt.store, cid, st)
+    else:
+        stop_orphan_vm(rt, cid, st)
     cleanup(rt.store, cid)
 
 
@@ -229,6 +232,29 @@ def stop_shim(store: Store, cid: str, st: dict) -> None:
     from ... import procs
 
     procs.kill_if_ours(st.get("vm_pid"), st.get("vm_start"), "")
+
+
+def stop_orphan_vm(rt: Runtime, cid: str, st: dict[str, Any]) -> None:
+    """A shim that was killed (kill -9) leaves its VM running: the VM is killed if its pid and start time still name
+    it, waited for, and what the shim held for it (uid lease, cgroup) released; one line in --log says so."""
+    from ... import procs
+    from ...vm import confine, uids
+
+    vm = procs.adopt(st.get("vm_pid"), st.get("vm_start"), str(rt.store.rundir(cid)))
+    if vm is None:  # stopped with its shim, or never booted
+        return
+    vmm_uids = environment().vmm_uids
+    if vmm_uids:  # the range the shim took the VM's uid from
+        uids.use_range(uids.parse_range(vmm_uids))
+    held = confine.inspect(vm.pid)
+    with contextlib.suppress(ProcessLookupError, OSError):
+        vm.kill()
+    if not vm.wait_blocking(10):
+        raise HCError(f"container {cid}: its shim (pid {st.get('pid')}) was gone and its VM (pid {vm.pid}) "
+                      "did not stop")
+    confine.release_pid(vm.pid, *held)
+    rt.write_log("warning", f"container {cid}: its shim (pid {st.get('pid')}) was gone; "
+                            f"its VM (pid {vm.pid}) was stopped")
 
 
 def cleanup(store: Store, cid: str) -> None:
