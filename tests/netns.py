@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 HOST_IP, WORLD_IP = "198.51.100.2", "198.51.100.1"
@@ -55,3 +56,13 @@ def host_and_world() -> tuple[Netns, Netns]:
     sh("ip", "-n", world.name, "addr", "add", f"{WORLD_IP}/24", "dev", "hct-down")
     sh("ip", "-n", world.name, "link", "set", "hct-down", "up")
     return host, world
+
+
+def fetch(ns: Netns, url: str, tries: int = 60) -> str:
+    """GET through busybox wget inside a namespace, retrying while the pod's server comes up."""
+    for _ in range(tries):
+        r = ns.run("timeout", "5", "busybox", "wget", "-q", "-O-", url)
+        if r.returncode == 0:
+            return r.stdout.decode()
+        time.sleep(0.25)
+    raise AssertionError(f"{url}: {r.stderr.decode()}")

@@ -9,13 +9,12 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import Daemon
-from .netns import HOST_IP, WORLD_IP, host_and_world
+from .netns import HOST_IP, WORLD_IP, fetch, host_and_world
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -36,16 +35,6 @@ def net(busybox_tar: Path):
     host.delete()
     world.delete()
     shutil.rmtree(root, ignore_errors=True)
-
-
-def fetch(ns, url: str, tries: int = 40) -> str:
-    """GET through busybox wget inside a namespace, retrying while the pod's server comes up."""
-    for _ in range(tries):
-        r = ns.run("timeout", "5", "busybox", "wget", "-q", "-O-", url)
-        if r.returncode == 0:
-            return r.stdout.decode()
-        time.sleep(0.25)
-    raise AssertionError(f"{url}: {r.stderr.decode()}")
 
 
 def httpd(d: Daemon, *args: str) -> str:

@@ -31,7 +31,7 @@ from hypercontainer.errors import HCError
 from hypercontainer.network import firewall
 
 from .conftest import Daemon
-from .netns import HOST_IP, Netns, host_and_world
+from .netns import HOST_IP, Netns, fetch, host_and_world
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -205,15 +205,6 @@ def free_port(ns: Netns) -> int:
     r = ns.run(sys_python(), "-c", "import socket; s=socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])",
                check=True)
     return int(r.stdout)
-
-
-def fetch(ns: Netns, url: str, tries: int = 60) -> str:
-    for _ in range(tries):
-        r = ns.run("timeout", "5", "busybox", "wget", "-q", "-O-", url)
-        if r.returncode == 0:
-            return r.stdout.decode()
-        time.sleep(0.25)
-    raise AssertionError(f"{url}: {r.stderr.decode()}")
 
 
 def sh(lan: Lan, pod: str, script: str, check: bool = True) -> str:
