@@ -157,7 +157,7 @@ def test_pod_disk_bounds_what_a_pod_writes(tmp_path: Path) -> None:
 
     size = parse_size("40M")
     image, target = tmp_path / "disk.img", tmp_path / "containers"
-    asyncio.run(mount_pod_disk(image, target, size))
+    asyncio.run(mount_pod_disk(image, target, size, tmp_path / "blanks"))
     try:
         opts = [line.split()[5] for line in Path("/proc/self/mountinfo").read_text().splitlines()
                 if line.split()[4] == str(target)]

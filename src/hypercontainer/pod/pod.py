@@ -293,7 +293,8 @@ class Pod:
         """The pod's own disk for its containers' writable layers (with a size limit), mounted once."""
         target = self.statedir / "containers"
         if self.storage_size and any(not c.rootfs for c in containers) and not target.is_mount():
-            await mount_pod_disk(self.statedir / "disk.img", target, self.storage_size)
+            await mount_pod_disk(self.statedir / "disk.img", target, self.storage_size,
+                                 blanks=self.statedir.parent / ".disks")
             self.timings.mark("disk")
 
     def _prepare_container(self, c: Container) -> Fields:

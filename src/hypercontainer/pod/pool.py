@@ -106,21 +106,22 @@ class Pool:
         name = secrets.token_hex(8)
         rundir = self.rundir / name
         share = rundir / "share"
-        share.mkdir(parents=True)
-        make_shared(share)  # before QEMU opens it: the pod's container roots are mounted below it later
         provider = self.provider
-        try:
+        async with contextlib.AsyncExitStack() as stack:  # each undo registered as its resource is made
+            stack.callback(remove_tree, rundir)
+            share.mkdir(parents=True)
+            make_shared(share)  # before QEMU opens it: the pod's container roots are mounted below it later
             tap = await provider.premake(name)  # the NIC backend, made before QEMU opens it
-        except BaseException:
-            remove_tree(rundir)
-            raise
-        nic: Nic | bool = (Nic(TEMPLATE_MAC, tap=tap) if tap else
-                           Nic(TEMPLATE_MAC, hub=0) if provider.nic else False)
-        sockets = Sockets(rundir)
-        machine = Machine(vm_config(self.templates.kernel, self.templates.initrd, self.templates.accel, sockets,
-                                    self.cpus, self.memory, share, nic, template, building=False))
-        agent = AgentClient(sockets.ctl, sockets.io)
-        try:
+            if tap:
+                stack.push_async_callback(provider.discard, tap)
+            nic: Nic | bool = (Nic(TEMPLATE_MAC, tap=tap) if tap else
+                               Nic(TEMPLATE_MAC, hub=0) if provider.nic else False)
+            sockets = Sockets(rundir)
+            machine = Machine(vm_config(self.templates.kernel, self.templates.initrd, self.templates.accel, sockets,
+                                        self.cpus, self.memory, share, nic, template, building=False))
+            agent = AgentClient(sockets.ctl, sockets.io)
+            stack.push_async_callback(agent.close)
+            stack.push_async_callback(machine.stop, 0)
             await machine.start(record=rundir / VM_RECORD)
             await machine.restore(template.state)
             await agent.connect()
@@ -128,13 +129,7 @@ class Pool:
             await asyncio.wait_for(agent.request(Msg.START_POD, PREPARE_FIELDS | {
                 "clock_ns": time.time_ns(), "seed": os.urandom(32).hex()}), HANDSHAKE)
             await machine.qmp("stop")
-        except BaseException:
-            await agent.close()
-            await machine.stop(grace=0)
-            if tap:
-                await provider.discard(tap)
-            remove_tree(rundir)
-            raise
+            stack.pop_all()  # ready: the slot owns all of it now
         return Slot(rundir, share, machine, agent, template.home.name, tap)
 
     def sweep(self, keep: set[Path]) -> int:

@@ -142,16 +142,20 @@ class Templates:
     async def _build(self, key: str, cpus: int, memory: int, nic: bool) -> None:
         final = self.home / key
         tmp = self.home / f".{key}.{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "share").mkdir(parents=True)
         rundir = self.rundir / f"template-{key[:8]}"
-        rundir.mkdir(parents=True, exist_ok=True)
-        template = Template(tmp)
-        sockets = Sockets(rundir, logdir=tmp)
-        machine = Machine(vm_config(self.kernel, self.initrd, self.accel, sockets, cpus, memory, tmp / "share",
-                                    nic, template, building=True))
-        agent = AgentClient(sockets.ctl, sockets.io)
-        try:
+        async with contextlib.AsyncExitStack() as stack:  # each undo registered as its resource is made
+            shutil.rmtree(tmp, ignore_errors=True)
+            stack.callback(shutil.rmtree, tmp, ignore_errors=True)  # gone once renamed into place
+            (tmp / "share").mkdir(parents=True)
+            stack.callback(shutil.rmtree, rundir, ignore_errors=True)
+            rundir.mkdir(parents=True, exist_ok=True)
+            template = Template(tmp)
+            sockets = Sockets(rundir, logdir=tmp)
+            machine = Machine(vm_config(self.kernel, self.initrd, self.accel, sockets, cpus, memory, tmp / "share",
+                                        nic, template, building=True))
+            agent = AgentClient(sockets.ctl, sockets.io)
+            stack.push_async_callback(agent.close)
+            stack.push_async_callback(machine.stop, 0)
             await machine.start()
             await agent.connect()
             await asyncio.wait_for(agent.handshake(BUILD_TIMEOUT), BUILD_TIMEOUT)
@@ -163,9 +167,3 @@ class Templates:
                 "guest_uptime_at_agent": agent.guest_uptime}))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-        finally:
-            await agent.close()
-            await machine.stop(grace=0)
-            shutil.rmtree(tmp, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                shutil.rmtree(rundir)
