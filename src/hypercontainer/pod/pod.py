@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import time
@@ -302,8 +303,8 @@ class Pod:
         bound in), its volumes, mount points and files; returns its process fields."""
         base = self.statedir / "containers" / c.name
         if not c.root_dir:  # a name used before in this pod gets a fresh directory: the guest may still cache the old
-            c.root_dir = next(d for d in (c.name, *(f"{c.name}@{i}" for i in range(1, 1 << 16)))
-                              if not os.path.lexists(self.share_dir / d))
+            names = itertools.chain([c.name], (f"{c.name}@{i}" for i in itertools.count(1)))
+            c.root_dir = next(d for d in names if not os.path.lexists(self.share_dir / d))
         try:
             root = self.tree.container_root(c.root_dir, rootfs=c.rootfs) if c.rootfs else self.tree.container_root(
                 c.root_dir, layers=list(c.image.layers), upper=base / "upper", work=base / "work")
