@@ -174,6 +174,7 @@ class Pod:
         self._start_containers = start_containers
         self.timings = Timings()
         self._set(PodState.STARTING)
+        rundir, share_dir = self.rundir, self._share_dir
         try:
             try:
                 await self._build()
@@ -184,6 +185,7 @@ class Pod:
                             e.message)
                 self.emit("template-fallback", error=e.message)
                 await self.teardown()
+                self.rundir, self._share_dir = rundir, share_dir  # a pool VM's directories were its own: gone
                 self.boot = "cold"
                 self.timings = Timings()
                 await self._build()
@@ -308,9 +310,10 @@ class Pod:
         try:
             root = self.tree.container_root(c.root_dir, rootfs=c.rootfs) if c.rootfs else self.tree.container_root(
                 c.root_dir, layers=list(c.image.layers), upper=base / "upper", work=base / "work")
-        except (OSError, ValueError) as e:  # ELOOP, ENOTDIR: something the guest put in its share
-            why = e.strerror if isinstance(e, OSError) else str(e)
-            raise Conflict(f"container {c.name}: cannot mount its root in the pod share: {why}") from None
+        except ValueError as e:  # the image: too many layers for one overlay
+            raise InvalidArgument(f"container {c.name}: {e}") from None
+        except OSError as e:  # ELOOP, ENOTDIR: something the guest put in its share
+            raise Conflict(f"container {c.name}: cannot mount its root in the pod share: {e.strerror}") from None
         try:
             if not c.fields:  # runv gives them from the OCI process
                 c.fields = process_fields(c.spec, c.image, root, self.hostname)
@@ -618,8 +621,11 @@ class Pod:
         fields = dict(c.fields, arg=command, terminal=int(tty), stdin=int(stdin))
         fields.pop("readonly", None)
         if user:
-            with self.tree.open_root(c.root_dir or c.name) as root:
-                u = resolve(root, user)
+            try:
+                with self.tree.open_root(c.root_dir or c.name) as root:
+                    u = resolve(root, user)
+            except OSError as e:
+                raise Conflict(f"container {c.name}: its root is not there to resolve user {user}: {e}") from None
             fields.update(uid=u.uid, gid=u.gid, group=list(u.groups))
         if env:
             base = fields.get("env")
@@ -640,7 +646,11 @@ class Pod:
         self.changed()
         arg = fields.get("arg")
         self.emit("exec", container=c.name, command=" ".join(map(str, arg)) if isinstance(arg, list) else "")
-        return await self.agent.exec(ExecRequest.from_fields(fields, id=c.name, stream=stream))
+        try:
+            req = ExecRequest.from_fields(fields, id=c.name, stream=stream)
+        except ValueError as e:
+            raise InvalidArgument(f"exec in {c.name}: {e}") from None
+        return await self.agent.exec(req)
 
     async def signal_stream(self, stream: int, sig: int) -> None:
         if self.agent and self.state == PodState.RUNNING:

@@ -164,6 +164,10 @@ class PoolSource:
     async def boot(self, plan: BootPlan, stack: contextlib.AsyncExitStack) -> Booted:
         machine, agent = self.slot.machine, self._agent
         assert agent, "placement() first"
+        # Again (both are idempotent), so that a failure from here on stops QEMU, its 9p server, before the share
+        # tree, disk and network it serves go.
+        stack.push_async_callback(agent.close)
+        stack.push_async_callback(machine.stop, 0)
         agent.max_stream = plan.max_stream
         await machine.qmp("cont")
         plan.mark("resumed")

@@ -163,7 +163,8 @@ class AgentClient:
     def _on_ctl(self, frame: CtlFrame) -> None:
         if frame.type == Msg.EXITED:
             stream, status = frame.fields["stream"], frame.fields["status"]
-            assert isinstance(stream, int) and isinstance(status, int)  # check_from_guest: present, u64
+            if not (isinstance(stream, int) and isinstance(status, int)):  # check_from_guest has, but never -O
+                raise ProtocolError("EXITED without a numeric stream and status")
             proc = self._procs.get(stream)
             if proc is None:
                 if stream <= self.max_stream:
@@ -222,7 +223,8 @@ class AgentClient:
             self._pending.pop(seq, None)
         if reply.type == Msg.ERROR:
             code, phase = reply.fields["code"], reply.fields.get("phase")
-            assert isinstance(code, int)  # check_from_guest: present, u64, phase known
+            if not isinstance(code, int):  # check_from_guest has: present, u64, phase known
+                raise ProtocolError("ERROR without a numeric code")
             raise AgentRequestError(str(reply.fields["message"]), code, Phase(str(phase)) if phase else None)
         return reply.fields
 

@@ -87,13 +87,16 @@ async def make_blank(path: Path, size: int) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(path)}")
     with open(tmp, "wb") as f:
         f.truncate(size)
-    proc = await asyncio.create_subprocess_exec(
-        mkfs, "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0",
-        str(tmp), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            mkfs, "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0",
+            str(tmp), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise HCError(f"mkfs.ext4 of a pod disk failed: {err.decode(errors='replace').strip()}")
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise HCError(f"mkfs.ext4 of a pod disk failed: {err.decode(errors='replace').strip()}")
+        raise
     tmp.rename(path)
 
 
@@ -128,7 +131,14 @@ async def mount_pod_disk(image: Path, target: Path, size: int, blanks: Path) -> 
         blank = blanks / f"ext4-{size}.img"
         if not blank.exists():
             await make_blank(blank, size)
-        await asyncio.to_thread(copy_sparse, blank, image)
+        tmp = image.with_name(f".{image.name}.partial")
+        tmp.unlink(missing_ok=True)
+        try:
+            await asyncio.to_thread(copy_sparse, blank, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.rename(image)  # whole or not at all: a later start never mounts a half copy
     try:
         dev, lfd = _attach_loop(image)
     except OSError as e:

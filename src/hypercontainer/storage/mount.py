@@ -61,21 +61,10 @@ def umount(target: Path | str, detach: bool = True, follow: bool = False) -> Non
             raise OSError(e, f"umount {target}: {os.strerror(e)}")
 
 
-def is_mountpoint(path: Path) -> bool:
-    target = str(path.resolve()) if path.exists() else str(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
-
-
 def mounts_under(path: Path) -> list[Path]:
-    """Mount points at or below `path`, deepest first (the order to unmount them)."""
+    """Mount points at or below `path`, deepest first."""
     prefix = str(path)
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].encode().decode("unicode_escape")
-            if mp == prefix or mp.startswith(prefix + "/"):
-                found.append(Path(mp))
+    found = [Path(mp) for _, mp in _mountinfo() if mp == prefix or mp.startswith(prefix + "/")]
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 from ..errors import HCError, InvalidArgument
-from .mount import detach_all_under, mount, mounts_under
+from .mount import MS_NODEV, MS_NOSUID, detach_all_under, mount, mounts_under
 
-MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_SHARED = 2, 4, 32, 4096, 1 << 20
+MS_REMOUNT, MS_BIND, MS_SHARED = 32, 4096, 1 << 20
 
 
 def check_host_dir(name: str, path: str) -> Path:

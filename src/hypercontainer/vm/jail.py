@@ -42,8 +42,6 @@ PR_SET_KEEPCAPS, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AM
 PR_CAP_AMBIENT_RAISE, SECCOMP_MODE_FILTER = 2, 2
 CAP_VERSION_3 = 0x20080522
 CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_NET_BIND_SERVICE = 0, 1, 3, 10
-CAP_NAMES = {CAP_CHOWN: "chown", CAP_DAC_OVERRIDE: "dac_override", CAP_FOWNER: "fowner",
-             CAP_NET_BIND_SERVICE: "net_bind_service"}
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -49,14 +49,17 @@ class Machine:
         sockets = self.cfg.sockets
         self.started_at = time.monotonic()
         vmm = confine.qemu(self.cfg)
-        argv = command(self.cfg, vmm.handed)
-        log.debug("qemu (uid %s): %s", vmm.uid, " ".join(argv))
         try:
+            argv = command(self.cfg, vmm.handed)
+            log.debug("qemu (uid %s): %s", vmm.uid, " ".join(argv))
             self.proc = await procs.spawn(argv, log=sockets.qemu_log, preexec=vmm.jail.preexec,
                                           pass_fds=vmm.pass_fds)
         except (OSError, subprocess.SubprocessError) as e:
             vmm.release()
             raise VMError(f"QEMU could not be started in its jail: {e}. {self.qemu_log_tail()}") from None
+        except BaseException:  # no QEMU: its uid lease, cgroup and fds go now
+            vmm.release()
+            raise
         finally:
             vmm.close_parent_fds()
         self.confinement = vmm
