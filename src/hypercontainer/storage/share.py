@@ -80,8 +80,8 @@ class PodShare:
             return
         cgroup = None if self.confinement or self.proc.returncode is not None else Cgroup.of_pid(self.proc.pid)
         await procs.stop(self.proc, grace=1.0)
-        if self.confinement:
-            self.confinement.release()
-            self.confinement = None
+        if self.confinement:  # a cgroup's removal waits for the kernel: off the event loop
+            vmm, self.confinement = self.confinement, None
+            await asyncio.to_thread(vmm.release)
         elif cgroup:  # a virtiofsd an earlier hyperd started
-            cgroup.remove()
+            await asyncio.to_thread(cgroup.remove)

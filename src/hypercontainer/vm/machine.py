@@ -240,9 +240,10 @@ class Machine:
                 await asyncio.wait_for(asyncio.shield(self._console), 1.0)
             self._console.cancel()
             self._console = None
+        # Removing a cgroup waits for the kernel (retries up to a second): off the event loop.
         if self.confinement:
-            self.confinement.release()
-            self.confinement = None
+            vmm, self.confinement = self.confinement, None
+            await asyncio.to_thread(vmm.release)
         elif self._adopted:
-            confine.release_pid(self.proc.pid, *self._adopted)
-            self._adopted = None
+            adopted, self._adopted = self._adopted, None
+            await asyncio.to_thread(confine.release_pid, self.proc.pid, *adopted)
