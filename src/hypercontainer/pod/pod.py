@@ -281,10 +281,9 @@ class Pod:
         if machine:
             faults.point("qemu")
 
-    def _vm_config(self, share: Share, template: Template | None) -> VMConfig:
+    def _vm_config(self, sockets: Sockets, share: Share, template: Template | None) -> VMConfig:
         """A clone's VM is the template's device set; a cold one gets the pod's share, disks and NIC."""
         res, a = self.spec.resources, self.assets
-        sockets = Sockets(self.rundir, logdir=self.statedir)
         if template:
             return vm_config(a.kernel, a.initrd, a.accel, sockets, res.vcpu, res.memory, self.share_dir,
                              self._nic() or False, template, building=False)

@@ -4,7 +4,7 @@ resumes) a VM with the agent connected and returns what it made; each resource i
 AsyncExitStack as soon as it exists, so one undo path serves every failure and the pod's teardown alike.
 
     source.placement(default, stack) -> Placement  (rundir, share directory, a NIC backend made in advance)
-    await source.boot(plan, stack) -> Booted  (machine, agent, share, origin)
+    await source.boot(plan, stack) -> Booted  (machine, agent, share)
 
 The QEMU, virtiofsd and agent classes come from `Parts`, which unit tests replace with fakes that fail a given
 step.
@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 from .. import faults
 from ..errors import VMError
 from ..protocol.agent import Agent
-from ..storage.share import PodShare
+from ..storage.share import PodShare, ninep
 from ..vm.machine import Machine
 from ..vm.qemu import Share, Sockets, VMConfig
 from .pool import Slot
@@ -55,7 +55,7 @@ class BootPlan:
 
     sockets: Sockets
     share_dir: Path
-    vm_config: Callable[[Share, Template | None], VMConfig]
+    vm_config: Callable[[Sockets, Share, Template | None], VMConfig]
     max_stream: int
     spawned: Callable[[Machine | None, PodShare | None], None]  # QEMU or virtiofsd exists: record it at once
     mark: Callable[[str], None]  # a timing mark
@@ -67,7 +67,6 @@ class Booted:
     agent: Agent
     share: Share
     daemon: PodShare | None  # virtiofsd, for a cold VM
-    origin: str  # cold, the template's key, or pool:<key>
     clone: bool = False  # restored from a snapshot: its clock and random state are not its own yet
     prepared: bool = False  # a pool VM: share mounted and random state reseeded before it was paused
 
@@ -117,7 +116,7 @@ class ColdSource:
         faults.point("share")
         machine, agent = await _start_qemu(self.parts, plan, share, None, stack)
         await guarded(machine, agent.handshake(BOOT_TIMEOUT))
-        return Booted(machine, agent, share, daemon, self.origin)
+        return Booted(machine, agent, share, daemon)
 
 
 @dataclass
@@ -136,10 +135,10 @@ class TemplateSource:
         return default
 
     async def boot(self, plan: BootPlan, stack: contextlib.AsyncExitStack) -> Booted:
-        share = self.parts.share(plan.share_dir, plan.sockets.rundir, True).share
+        share = ninep(plan.share_dir)
         machine, agent = await _start_qemu(self.parts, plan, share, self.template, stack)
         await guarded(machine, agent.handshake(CLONE_HANDSHAKE))
-        return Booted(machine, agent, share, None, self.origin, clone=True)
+        return Booted(machine, agent, share, None, clone=True)
 
 
 @dataclass
@@ -171,7 +170,7 @@ class PoolSource:
         agent.max_stream = plan.max_stream
         await machine.qmp("cont")
         plan.mark("resumed")
-        return Booted(machine, agent, Share("9p", "", path=self.slot.share_dir), None, self.origin, clone=True,
+        return Booted(machine, agent, ninep(self.slot.share_dir), None, clone=True,
                       prepared=True)
 
 
@@ -183,7 +182,7 @@ async def _start_qemu(parts: Parts, plan: BootPlan, share: Share, template: Temp
     agent = parts.agent(s.ctl, s.io)
     agent.max_stream = plan.max_stream
     stack.push_async_callback(agent.close)
-    machine = parts.machine(plan.vm_config(share, template))
+    machine = parts.machine(plan.vm_config(s, share, template))
     machine.on_spawn = lambda: plan.spawned(machine, None)
     stack.push_async_callback(machine.stop, 0)
     await machine.start()

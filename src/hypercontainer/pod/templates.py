@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..protocol.client import AgentClient
-from ..storage.share import SHARE_TAG
+from ..storage.share import ninep
 from ..vm.machine import Machine
-from ..vm.qemu import Nic, Share, Sockets, VMConfig, boot_args, qemu_binary
+from ..vm.qemu import Nic, Sockets, VMConfig, boot_args, qemu_binary
 
 log = logging.getLogger(__name__)
 RECIPE = "1"
@@ -57,7 +57,7 @@ def vm_config(kernel: Path, initrd: Path, accel: str, sockets: Sockets, cpus: in
     if nic is True:
         nic = Nic(TEMPLATE_MAC, hub=0)
     return VMConfig(kernel, initrd, sockets, accel=accel, cpus=cpus, memory_mib=memory,  # type: ignore[arg-type]
-                    share=Share("9p", SHARE_TAG, path=share_dir), nic=nic or None, memory_file=template.mem,
+                    share=ninep(share_dir), nic=nic or None, memory_file=template.mem,
                     memory_shared=building, incoming=not building)
 
 

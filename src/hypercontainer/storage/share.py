@@ -23,6 +23,11 @@ SHARE_TAG = "hcshare"
 MODCAPS = "-mknod:-setfcap"  # capabilities virtiofsd drops from its default set
 
 
+def ninep(source: Path) -> Share:
+    """The share of a VM whose QEMU serves `source` over 9p itself (template clones, pool VMs)."""
+    return Share("9p", SHARE_TAG, path=source)
+
+
 def find_virtiofsd() -> str | None:
     for p in VIRTIOFSD_PATHS:
         if Path(p).exists():
@@ -43,7 +48,7 @@ class PodShare:
         binary = None if force_9p else find_virtiofsd()
         self.binary = binary
         self.share = (Share("virtiofs", SHARE_TAG, socket=rundir / "virtiofs.sock") if binary
-                      else Share("9p", SHARE_TAG, path=source))
+                      else ninep(source))
 
     async def start(self) -> Share:
         if self.share.kind != "virtiofs":
