@@ -20,8 +20,12 @@ from hypercontainer.protocol.agent import (
     ContainerRequest,
     ExecRequest,
     Mount,
+    NetIf,
+    NetRoute,
     PodRequest,
     ProcessRequest,
+    net_if,
+    net_route,
 )
 from hypercontainer.protocol.codec import BY_NAME, MountFlag, Msg, Phase, encode_ctl
 
@@ -112,6 +116,80 @@ def test_pod_request() -> None:
     assert PodRequest.from_fields(req.to_fields()) == req
     with pytest.raises(ValueError, match="not START_POD fields: id"):
         PodRequest.from_fields({"id": "x"})
+    with pytest.raises(ValueError, match="not START_POD fields: net_mac"):  # retired
+        PodRequest.from_fields({"net_mac": "02:68:63:00:00:02"})
+
+
+M1, M2 = "02:68:63:00:00:02", "02:68:63:00:01:02"
+
+
+def test_pod_request_network_entries() -> None:
+    """Interfaces and routes as START_POD carries them: built by net_if()/net_route() (canonical text), parsed back
+    by NetIf/NetRoute, checked together."""
+    ifs = (net_if(M1.upper(), ["10.77.0.2/16", "2001:DB8:0::2/64"]), net_if(M2, ["192.0.2.2/24"], mtu=1400),
+           net_if("02:68:63:00:02:02", []))
+    assert ifs == (f"{M1} 0 10.77.0.2/16 2001:db8::2/64", f"{M2} 1400 192.0.2.2/24", "02:68:63:00:02:02 0")
+    routes = (net_route("0.0.0.0/0", "10.77.0.1", M1), net_route("::/0", "fe80::1", M1),
+              net_route("198.51.100.0/24", None, M2))
+    assert routes == (f"0.0.0.0/0 10.77.0.1 {M1}", f"::/0 fe80::1 {M1}", f"198.51.100.0/24 - {M2}")
+    req = PodRequest(hostname="web", net_if=ifs, net_route=routes)
+    assert req.to_fields() == {"hostname": "web", "net_if": list(ifs), "net_route": list(routes)}
+    assert PodRequest.from_fields(json.loads(json.dumps(req.to_fields()))) == req
+    first = NetIf.parse(ifs[0])
+    assert first.mac == M1 and first.mtu == 0 and [a.version for a in first.addresses] == [4, 6]
+    assert NetRoute.parse(routes[2]).via is None and str(NetRoute.parse(routes[1]).dst) == "::/0"
+    assert PodRequest().to_fields() == {}  # no network: no entries
+
+
+@pytest.mark.parametrize(("ifs", "routes", "why"), [
+    ((f"{M1} 0 10.77.0.2",), (), "want ADDR/LEN"),
+    ((f"{M1} 0 10.77.0.2/255.255.0.0",), (), "want ADDR/LEN"),
+    ((f"{M1} 0 10.77.0.2/0",), (), "prefix length"),
+    ((f"{M1} 0 2001:db8::2/129",), (), "prefix length"),
+    ((f"{M1} 0 fe80::2%eth0/64",), (), "invalid address"),
+    ((f"{M1} 0 010.77.0.2/16",), (), "invalid address"),
+    ((f"{M1} 1279 2001:db8::2/64",), (), "IPv6 needs an MTU"),
+    ((f"{M1} 67",), (), "MTU 67"),
+    ((f"{M1} 65536",), (), "MTU 65536"),
+    ((f"{M1} -1",), (), "want MAC MTU"),
+    ((M1,), (), "want MAC MTU"),
+    ((f"{M1} 0 ",), (), "invalid address"),
+    ((f"{M1}  0",), (), "want MAC MTU"),
+    (("01:68:63:00:00:02 0",), (), "invalid MAC"),
+    (("00:00:00:00:00:00 0",), (), "invalid MAC"),
+    (("02-68-63-00-00-02 0",), (), "invalid MAC"),
+    ((f"{M1} 0", f"{M1} 1500"), (), "given twice"),
+    ((f"{M1} 0 " + " ".join(f"10.0.0.{i}/24" for i in range(1, 18)),), (), "more than 16 addresses"),
+    (tuple(f"02:00:00:00:00:{i:02x} 0" for i in range(1, 18)), (), "at most 16 net_if"),
+    ((f"{M1} 0",), (f"0.0.0.0/0 10.0.0.1 {M2}",), f"no net_if entry has MAC {M2}"),
+    ((), (f"0.0.0.0/0 10.0.0.1 {M1}",), "no net_if entry"),
+    ((f"{M1} 0",), (f"::/0 10.0.0.1 {M1}",), "different families"),
+    ((f"{M1} 0",), (f"10.0.0.1/8 - {M1}",), "host bits"),
+    ((f"{M1} 0",), ("10.0.0.0/8 -",), "want DST VIA MAC"),
+    ((f"{M1} 0",), (f"10.0.0.0/8 - {M1} x",), "want DST VIA MAC"),
+    ((f"{M1} 0",), (f"10.0.0.0/8 gw {M1}",), "invalid address"),
+])
+def test_bad_network_entries_refused(ifs: tuple[str, ...], routes: tuple[str, ...], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        PodRequest(net_if=ifs, net_route=routes)
+    with pytest.raises(ValueError, match=why):
+        PodRequest.from_fields({"net_if": list(ifs), "net_route": list(routes)})
+
+
+async def test_agent_refuses_bad_network_entries(agent_host_binary: Path) -> None:
+    """The agent checks every entry itself (the host's check is not its only guard), before it changes anything:
+    EINVAL naming the entry. Good entries pass in test mode (nothing is configured there)."""
+    async with AgentBinary(agent_host_binary) as client:
+        agent = Agent(client)
+        await agent.handshake(5)
+        await agent.start_pod(PodRequest(net_if=(f"{M1} 1400 10.77.0.2/16 2001:db8::2/64",),
+                                         net_route=(f"::/0 2001:db8::1 {M1}", f"10.0.0.0/8 - {M1}")))
+        for fields, why in (({"net_if": [f"{M1} 0 10.77.0.2"]}, f'net_if "{M1} 0 10.77.0.2": invalid address'),
+                            ({"net_if": [f"{M1} 0"], "net_route": [f"0.0.0.0/0 10.0.0.1 {M2}"]},
+                             f"no net_if entry has MAC {M2}")):
+            with pytest.raises(AgentRequestError) as e:
+                await client.request(Msg.START_POD, fields)  # type: ignore[arg-type]
+            assert e.value.errno == errno.EINVAL and why in e.value.message, e.value.message
 
 
 # ---- Agent against the agent binary ------------------------------------------------------------------------

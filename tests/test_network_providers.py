@@ -20,6 +20,7 @@ from hypercontainer.network import firewall
 from hypercontainer.network.attachment import Attachment, Published, Route
 from hypercontainer.network.bridge_mode import BridgeProvider
 from hypercontainer.network.manager import DEFAULT_BRIDGE, Network
+from hypercontainer.network.netns_mode import NamespaceProvider
 from hypercontainer.network.none_mode import NoneProvider
 from hypercontainer.network.provider import Provider
 from hypercontainer.network.user_mode import UserProvider
@@ -46,13 +47,14 @@ async def started(mode: str, db: Path) -> Network:
 def test_every_mode_is_a_provider_and_says_what_the_pool_may_do(tmp_path: Path) -> None:
     net = Network("none", tmp_path / "db")
     kinds = {mode: type(p) for mode, p in net.providers.items()}
-    assert kinds == {"bridge": BridgeProvider, "user": UserProvider, "none": NoneProvider}
+    assert kinds == {"bridge": BridgeProvider, "user": UserProvider, "none": NoneProvider,
+                     "namespace": NamespaceProvider}
     for mode, p in net.providers.items():
         assert isinstance(p, Provider) and p.mode == mode
     # A VM made before its pod is known serves bridge pods (a premade tap) and none pods, not user mode's (its
     # forwards are fixed when QEMU starts).
     assert {m: (p.poolable, p.nic) for m, p in net.providers.items()} == {
-        "bridge": (True, True), "user": (False, True), "none": (True, False)}
+        "bridge": (True, True), "user": (False, True), "none": (True, False), "namespace": (False, True)}
     net.leases.close()
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from hypercontainer.errors import AgentError, VMError
+from hypercontainer.protocol.agent import PodRequest, check_net
 from hypercontainer.protocol.client import AgentClient, AgentRequestError, command_exit_code
 from hypercontainer.protocol.codec import (
     BY_NAME,
     FIELDS,
+    RETIRED_TAGS,
     CtlFrame,
     FrameReader,
     MountFlag,
@@ -158,3 +160,36 @@ async def test_client_error_carries_the_phase() -> None:
     await client.close()
     for s in (ctl_guest, io_guest):
         s.close()
+
+
+START_POD_NET = [v for v in vectors() if v[0].startswith("start-pod-net")]
+
+
+@pytest.mark.parametrize(("name", "kind", "raw"), START_POD_NET, ids=[v[0] for v in START_POD_NET])
+def test_start_pod_network_vectors(name: str, kind: str, raw: bytes) -> None:
+    """The network entries of the start-pod-net* vectors, read by PodRequest as the agent reads them (test_net.c
+    runs the same frames): accepted, or refused where the name says -bad-."""
+    (frame,) = FrameReader("ctl").feed(raw)
+    assert frame.type == Msg.START_POD and frame.fields.get("net_if")
+    if "-bad-" in name:
+        with pytest.raises(ValueError, match=r"net_if|net_route"):
+            PodRequest.from_fields(frame.fields)
+        return
+    req = PodRequest.from_fields(frame.fields)
+    ifs, routes = check_net(req.net_if, req.net_route)
+    assert [(i.mac, i.mtu, [str(a) for a in i.addresses]) for i in ifs] == [
+        ("02:68:63:00:00:02", 0, ["10.77.0.2/16", "2001:db8::2/64"]), ("02:68:63:00:01:02", 1400, ["192.0.2.2/24"])]
+    assert [str(r) for r in routes] == [
+        "0.0.0.0/0 10.77.0.1 02:68:63:00:00:02", "::/0 2001:db8::1 02:68:63:00:00:02",
+        "198.51.100.0/24 - 02:68:63:00:01:02", "2001:db8:99::/48 fe80::1 02:68:63:00:01:02"]
+    assert encode_ctl(Msg.START_POD, frame.seq, req.to_fields()) == raw
+
+
+def test_retired_tags_stay_retired() -> None:
+    """net_mac, net_addr and net_gw (31-33) are gone and their tags never reused; a frame with one is refused."""
+    assert {31, 32, 33} == RETIRED_TAGS and not RETIRED_TAGS & {f.tag for f in FIELDS}
+    assert not {"net_mac", "net_addr", "net_gw"} & set(BY_NAME)
+    raw = encode_ctl(Msg.ACK, 1)[:8] + (10).to_bytes(4, "big") + (32).to_bytes(2, "big") + (4).to_bytes(4, "big") \
+        + b"abcd"
+    with pytest.raises(ProtocolError, match="unknown field tag 32"):
+        FrameReader("ctl").feed(raw)

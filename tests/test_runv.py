@@ -266,6 +266,14 @@ def test_two_containers_in_one_vm_by_annotation(runv: Runv, bundle: Path, tmp_pa
     r = runv("run", "--bundle", str(member), "m2")
     assert r.returncode == 5 and r.stdout.splitlines()[0] == boot_id, r.stderr
     assert not any(b"sleep 300" in line for line in r.stdout.splitlines()[1:])
+    # exec into a container that joined the VM: its own root, stdin, exit code (CRI's ExecSync into a pod's app)
+    (member / "rootfs" / "marker").write_text("the member's root\n")
+    cfg["process"]["args"] = ["sleep", "300"]
+    (member / "config.json").write_text(json.dumps(cfg))
+    assert runv.detached("run", "-d", "--bundle", str(member), "m3").returncode == 0
+    r = runv("exec", "m3", "sh", "-c", "cat /marker; cat; exit 3", input=b"typed\n")
+    assert (r.returncode, r.stdout) == (3, b"the member's root\ntyped\n"), r.stderr
+    assert runv("exec", "sb", "cat", "/marker").returncode != 0  # not in the sandbox's container
     vm = json.loads((runv.root / "sb" / "state.json").read_text())["vm_pid"]
     assert runv("delete", "--force", "sb").returncode == 0
     for _ in range(100):
@@ -273,6 +281,48 @@ def test_two_containers_in_one_vm_by_annotation(runv: Runv, bundle: Path, tmp_pa
             break
         time.sleep(0.1)
     assert not Path(f"/proc/{vm}").exists()
+
+
+def test_sysctls_apply_in_the_guest(runv: Runv, bundle: Path) -> None:
+    configure(bundle, ["cat", "/proc/sys/net/core/somaxconn"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["sysctl"] = {"net.core.somaxconn": "777"}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    r = runv("run", "--bundle", str(bundle), "s1")
+    assert (r.returncode, r.stdout) == (0, b"777\n"), r.stderr
+    assert "linux.sysctl" not in runv.log.read_text()  # applied, not reported as ignored
+
+
+def test_hooks_run_on_the_host_with_the_state(runv: Runv, bundle: Path, tmp_path: Path) -> None:
+    """prestart (docker's networking), createRuntime and poststart see the container's state and the shim's pid;
+    poststop runs at delete; a failing prestart hook fails create and leaves nothing."""
+    log = tmp_path / "hooks.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\n{{ echo \"$1 $HOOK_ENV\"; cat; echo; }} >> {log}\n")
+    hook.chmod(0o755)
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["process"].update(args=["sleep", "300"], terminal=False)
+    cfg["hooks"] = {kind: [{"path": str(hook), "args": ["hook.sh", kind], "env": ["HOOK_ENV=set"]}]
+                    for kind in ("prestart", "createRuntime", "poststart", "poststop")}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    assert runv.detached("create", "--bundle", str(bundle), "h1").returncode == 0
+    pid = runv.state("h1")["pid"]
+    assert runv("start", "h1").returncode == 0
+    assert runv("delete", "--force", "h1").returncode == 0
+    lines = log.read_text().splitlines()
+    assert [line for line in lines[::2]] == [f"{k} set" for k in ("prestart", "createRuntime", "poststart",
+                                                                   "poststop")]
+    states = [json.loads(line) for line in lines[1::2]]
+    assert [s["pid"] for s in states[:3]] == [pid] * 3 and states[0]["id"] == "h1"
+    # the shim's own network namespace (docker's hook moves the container's interface there)
+    assert states[0]["status"] == "creating" and states[2]["status"] == "running"
+    cfg["hooks"] = {"prestart": [{"path": "/bin/false"}]}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    qemus = subprocess.run(["pgrep", "-c", "qemu-system"], capture_output=True, text=True).stdout.strip()
+    r = runv.detached("create", "--bundle", str(bundle), "h2")
+    assert r.returncode == 1 and b"prestart hook /bin/false exited with status 1" in r.stderr, r.stderr
+    assert not (runv.root / "h2").exists()
+    assert subprocess.run(["pgrep", "-c", "qemu-system"], capture_output=True, text=True).stdout.strip() == qemus
 
 
 def test_bad_bundles_leave_nothing(runv: Runv, bundle: Path, tmp_path: Path) -> None:

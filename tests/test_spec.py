@@ -111,9 +111,20 @@ def test_oci_config_reports_what_it_does_not_honour(tmp_path: Path) -> None:
     assert [m.destination for m in oci.bind_mounts(c)] == ["/data", "/etc/hosts", "/dev/x"]
     reported = " | ".join(oci.unsupported(c))
     assert "/etc/hosts" not in reported  # copied in
-    for what in ("/dev/null on /dev/x", "/mnt of type nfs", "network namespace /run/netns/x", "linux.seccomp",
-                 "linux.resources.memory"):
+    for what in ("/dev/null on /dev/x", "/mnt of type nfs", "linux.seccomp", "linux.resources.memory"):
         assert what in reported
+    assert "network" not in reported  # the namespace's interfaces are carried into the VM
+    assert oci.network_namespace(c) == ("path", "/run/netns/x")
+    cfg["linux"]["namespaces"] = [{"type": "network"}]
+    cfg["hooks"] = {"prestart": [{"path": "/bin/true"}], "createContainer": [{"path": "/bin/true"}]}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    c = oci.load(tmp_path)
+    reported = " | ".join(oci.unsupported(c))
+    assert oci.network_namespace(c) == ("new", None) and "network" not in reported
+    assert "hooks.createContainer" in reported and "prestart" not in reported  # run on the host, as runc does
+    cfg["linux"]["namespaces"] = []
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert "the host's network namespace" in " | ".join(oci.unsupported(oci.load(tmp_path)))
     cfg["process"]["rlimits"] = [{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(InvalidArgument, match="unknown rlimit RLIMIT_BOGUS"):
@@ -162,7 +173,7 @@ def test_kube_security_context() -> None:
 
 def test_oci_capabilities_and_no_new_privileges(tmp_path: Path) -> None:
     (tmp_path / "rootfs").mkdir()
-    cfg = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+    cfg = {"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "linux": {"namespaces": [{"type": "network"}]},
            "process": {"args": ["sh"], "noNewPrivileges": True, "capabilities": {
                "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_TELEPATHY"], "effective": ["CAP_KILL"],
                "permitted": ["CAP_KILL", "CAP_CHOWN"], "ambient": ["CAP_KILL"]}}}

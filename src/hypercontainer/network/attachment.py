@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 FALLBACK_DNS = ("8.8.8.8", "8.8.4.4")
-Mode = Literal["bridge", "user", "none"]  # the providers' names (a namespace provider joins them: issue 14)
+Mode = Literal["bridge", "user", "none", "namespace"]  # the providers' names
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,23 @@ class Published:
 
 @dataclass(frozen=True)
 class Route:
-    """A route the guest gets besides its default one (`via` None: on the link)."""
+    """A route the guest gets besides the default one `gateway` gives (`via` None: on the link). `dst` is a CIDR
+    (IPv4 or IPv6; 0.0.0.0/0 and ::/0 are default routes); `mac` names the guest interface (None: the first)."""
 
     dst: str
     via: str | None = None
+    mac: str | None = None
+
+
+@dataclass(frozen=True)
+class Interface:
+    """One guest NIC: its host backend (`tap`, in the attachment's `netns`; None: QEMU's user-mode stack) and what
+    the guest configures on the interface with this MAC (addresses "addr/len", IPv4 and IPv6; MTU, None: 1500)."""
+
+    mac: str
+    tap: str | None
+    addresses: tuple[str, ...] = ()
+    mtu: int | None = None
 
 
 @dataclass
@@ -47,7 +60,21 @@ class Attachment:
     ports: list[Published] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     mtu: int | None = None  # None: the guest's default (1500)
-    netns: str | None = None  # the namespace the tap is in (a path); None: hyperd's
+    netns: str | None = None  # the namespace the taps are in (a path); None: hyperd's
+    # Several NICs (the namespace mode: one per interface of the namespace); empty: the one the fields above give.
+    interfaces: list[Interface] = field(default_factory=list)
+
+    def nics(self) -> list[Interface]:
+        """The guest's NICs, in device order: what QEMU gets (taps) and the guest configures (addresses, MTU)."""
+        if self.interfaces:
+            return list(self.interfaces)
+        addrs = (f"{self.address}/{self.prefixlen}",) if self.address else ()
+        return [Interface(self.mac, self.tap, addrs, self.mtu)]
+
+    def guest_routes(self) -> list[Route]:
+        """Every route the guest adds, the default one (`gateway`, on the first NIC) first."""
+        default = [Route("0.0.0.0/0", self.gateway, self.mac)] if self.gateway else []
+        return default + [r if r.mac else Route(r.dst, r.via, self.mac) for r in self.routes]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +83,9 @@ class Attachment:
     def from_dict(cls, d: Mapping[str, Any]) -> Attachment:
         """Also reads what an earlier hyperd recorded (fewer fields)."""
         return cls(**{**d, "ports": [Published(**p) for p in d.get("ports", [])],
-                      "routes": [Route(**r) for r in d.get("routes", [])]})
+                      "routes": [Route(**r) for r in d.get("routes", [])],
+                      "interfaces": [Interface(**{**i, "addresses": tuple(i.get("addresses", ()))})
+                                     for i in d.get("interfaces", [])]})
 
 
 def mac_for(ip: ipaddress.IPv4Address) -> str:

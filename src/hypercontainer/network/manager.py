@@ -1,5 +1,6 @@
 """The pods' networks: hyperd's default mode (`auto` resolved at start) and, per pod, the provider its spec asks for
-(provider.py: the interface, and which starts can serve which providers' pods).
+(provider.py: the interface, and which starts can serve which providers' pods). The namespace mode (netns_mode.py)
+is per pod only, never hyperd's default.
 
 Callers hold one `Network`; it selects the provider by mode and remembers which provider attached each pod."""
 
@@ -15,6 +16,7 @@ from .attachment import FALLBACK_DNS, Attachment, Mode, Published, Route, host_n
 from .bridge_mode import BridgeProvider, subnet_of
 from .ipam import Leases
 from .links import Bridge
+from .netns_mode import NamespaceProvider
 from .none_mode import NoneProvider
 from .provider import Provider
 from .user_mode import USER_DNS, USER_GATEWAY, USER_GUEST, USER_NET, UserProvider
@@ -35,7 +37,9 @@ class Network:
         self.mode: Mode = "none"
         self.reason = ""
         self.bridged = BridgeProvider(db, Bridge(bridge, subnet_of(subnet)))
-        self.providers: dict[str, Provider] = {"bridge": self.bridged, "user": UserProvider(), "none": NoneProvider()}
+        self.namespaced = NamespaceProvider(db)  # per pod only (a spec's `network: {namespace: PATH}`)
+        self.providers: dict[str, Provider] = {"bridge": self.bridged, "user": UserProvider(), "none": NoneProvider(),
+                                               "namespace": self.namespaced}
         self._owner: dict[str, Provider] = {}  # pod id -> the provider that attached (or adopted) it
 
     @property
@@ -48,7 +52,7 @@ class Network:
 
     @property
     def default(self) -> Provider:
-        """The provider of pods whose spec says `default` (and of the pool's VMs)."""
+        """The provider of pods whose spec says `default` (and of the pool's VMs); never the namespace mode's."""
         return self.providers[self.mode]
 
     def provider(self, mode: str) -> Provider:
@@ -75,10 +79,11 @@ class Network:
             await self.default.setup()
             return
         self.mode, self.reason = "bridge", f"bridge {self.bridge.name} {self.bridge.subnet}"
+        self.namespaced.protect("/proc/self/ns/net", "hyperd's own network namespace (where its bridge is)")
 
     async def reconcile(self, live: set[str]) -> None:
         """After the pods an earlier hyperd left were taken over: what belongs to no live pod goes (taps, leases,
-        NAT and anti-spoofing rules)."""
+        NAT and anti-spoofing rules; taps and tc filters in the namespaces of namespace pods)."""
         for pod_id in set(self._owner) - live:
             del self._owner[pod_id]
         for p in self.providers.values():
@@ -91,10 +96,10 @@ class Network:
     # ---- pods --------------------------------------------------------------------------------------------
     def mode_for(self, spec: PodSpec) -> Mode:
         """The pod's mode; InvalidArgument where its provider is not usable here."""
-        provider = self.provider(self.mode if spec.network == "default" else spec.network)
-        if not provider.ready:
-            raise InvalidArgument(f"{provider.mode} networking is not available: "
-                                  f"{self.reason or 'hyperd runs without it'}")
+        provider = self.provider(self.mode if spec.network_mode == "default" else spec.network_mode)
+        if not provider.ready:  # the namespace provider probes the kernel (tun, tc) the first time it is asked
+            why = self.namespaced.reason if provider is self.namespaced else self.reason
+            raise InvalidArgument(f"{provider.mode} networking is not available: {why or 'hyperd runs without it'}")
         return provider.mode
 
     def provider_for(self, spec: PodSpec) -> Provider:

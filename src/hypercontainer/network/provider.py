@@ -5,8 +5,9 @@ a VM made before its pod is known.
     bridge (bridge_mode.py): a tap per pod on hyperd's bridge, a leased address, NAT and published ports
     user   (user_mode.py):   QEMU's user-mode stack; published ports become QEMU host forwards
     none   (none_mode.py):   loopback only
-    namespace (issue 14):    the VM joins a network namespace the engine made: a tap inside it, tc-redirected to
-                             the namespace's veth; the guest takes the veth's MAC, addresses, routes and MTU
+    namespace (netns_mode.py): per pod (`network: {namespace: PATH}`), never hyperd's default: the VM joins a
+                             network namespace the engine made: a tap inside it per interface, tc-redirected to
+                             that interface both ways; the guest takes its MAC, addresses, routes and MTU
 
 Which starts can serve a pod whose network is an existing namespace. QEMU's microvm machine has no hotplug, so a
 VM's NIC backend is fixed when its QEMU starts:

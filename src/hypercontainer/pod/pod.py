@@ -22,7 +22,7 @@ from typing import Any
 from .. import faults, procs
 from ..errors import CommandNotRunnable, Conflict, HCError, InvalidArgument, NotFound, VMError
 from ..network.manager import Attachment, Network
-from ..protocol.agent import Agent, AgentRequestError, ContainerRequest, ExecRequest, PodRequest
+from ..protocol.agent import Agent, AgentRequestError, ContainerRequest, ExecRequest, PodRequest, net_if, net_route
 from ..protocol.client import ProcessStreams
 from ..protocol.codec import Fields, MountFlag
 from ..spec.pod import PodSpec, Volume
@@ -215,6 +215,7 @@ class Pod:
                 self.net = await self.network.attach(self.id, self.spec, tap=place.tap)
                 self.timings.mark("network")
                 faults.point("network")
+                source = self._one_nic_or_cold(source)
             stack.callback(unmount_pod_disk, self.statedir / "containers")
             stack.callback(self.tree.release)
             self.tree.prepare()
@@ -253,14 +254,37 @@ class Pod:
                 return TemplateSource(template, self.parts)
         return ColdSource(self.parts)
 
+    def _one_nic_or_cold(self, source: VMSource) -> VMSource:
+        """A template VM (a clone's, the pool's) has one NIC and microvm has no hotplug; how many the pod needs is
+        known only once its network is attached (a namespace's interfaces), after the source was chosen. A clone
+        is not started yet: the pod boots cold instead, in the same place. A pool VM runs already: VMError, and
+        start() boots the pod cold (template-fallback)."""
+        if not self.net or len(self.net.nics()) <= 1 or isinstance(source, ColdSource):
+            return source
+        if isinstance(source, PoolSource):
+            raise VMError(f"a pool VM has one NIC; pod {self.name} needs {len(self.net.nics())}")
+        log.info("pod %s: %d NICs, a template VM has one: booting cold", self.name, len(self.net.nics()))
+        cold = ColdSource(self.parts)
+        self.booted_from = cold.origin
+        return cold
+
+    def _net_fields(self) -> dict[str, object]:
+        """START_POD's net_if and net_route entries: every NIC of the attachment (the VM's, in order) with its
+        addresses and MTU, and every route (a route that names no NIC is the first one's)."""
+        if not self.net:
+            return {}
+        nics = self.net.nics()
+        try:
+            return {"net_if": [net_if(n.mac, n.addresses, n.mtu) for n in nics],
+                    "net_route": [net_route(r.dst, r.via, r.mac or nics[0].mac) for r in self.net.guest_routes()]}
+        except ValueError as e:
+            raise InvalidArgument(f"pod {self.name}: its network cannot be given to the guest: {e}") from None
+
     async def _start_pod(self, booted: Booted) -> None:
         """START_POD: hostname, network, and the share to mount (a pool VM has its own mounted already); a clone
         gets its own clock and, unless the pool reseeded it, its own random seed."""
         assert self.agent and self.machine
-        req: dict[str, object] = {"hostname": self.hostname}
-        if self.net:
-            req.update(net_mac=self.net.mac, net_addr=f"{self.net.address}/{self.net.prefixlen}",
-                       net_gw=self.net.gateway)
+        req: dict[str, object] = {"hostname": self.hostname, **self._net_fields()}
         if not booted.prepared:
             req.update(share=booted.share.tag, sharefs=booted.share.kind)
         if booted.clone:
@@ -284,12 +308,14 @@ class Pod:
     def _vm_config(self, sockets: Sockets, share: Share, template: Template | None) -> VMConfig:
         """A clone's VM is the template's device set; a cold one gets the pod's share, disks and NIC."""
         res, a = self.spec.resources, self.assets
+        nics = self._nics()
         if template:
+            assert len(nics) <= 1, "a template VM has one NIC (_one_nic_or_cold)"
             return vm_config(a.kernel, a.initrd, a.accel, sockets, res.vcpu, res.memory, self.share_dir,
-                             self._nic() or False, template, building=False)
+                             nics[0] if nics else False, template, building=False)
         disks = tuple(Disk(Path(v.block), block_serial(i)) for i, v in enumerate(self._block_volumes()) if v.block)
         return VMConfig(a.kernel, a.initrd, sockets, accel=a.accel,  # type: ignore[arg-type]
-                        cpus=res.vcpu, memory_mib=res.memory, share=share, disks=disks, nic=self._nic())
+                        cpus=res.vcpu, memory_mib=res.memory, share=share, disks=disks, nics=nics)
 
     async def _ensure_disk(self, containers: list[Container]) -> None:
         """The pod's own disk for its containers' writable layers (with a size limit), mounted once."""
@@ -321,11 +347,14 @@ class Pod:
             os.close(root)
         return c.fields
 
-    def _nic(self) -> Nic | None:
+    def _nics(self) -> tuple[Nic, ...]:
+        """The VM's NICs, one per interface of the attachment, in order: a tap (in the attachment's namespace), or
+        QEMU's user-mode stack, whose first NIC forwards the published ports."""
         if not self.net:
-            return None
+            return ()
         fwd = tuple(HostForward(p.protocol, p.host_ip, p.host_port, p.container_port) for p in self.net.ports)
-        return Nic(self.net.mac, tap=self.net.tap, forwards=() if self.net.tap else fwd)
+        return tuple(Nic(i.mac, tap=i.tap, netns=self.net.netns if i.tap else None,
+                         forwards=fwd if k == 0 and not i.tap else ()) for k, i in enumerate(self.net.nics()))
 
     def _block_volumes(self) -> list[Volume]:
         return [v for v in self.spec.volumes if v.block]
@@ -765,7 +794,11 @@ class Pod:
         return {"mode": self.net.mode, "ip": self.net.address, "prefixlen": self.net.prefixlen,
                 "gateway": self.net.gateway, "mac": self.net.mac, "tap": self.net.tap,
                 "ports": [{"host_ip": p.host_ip, "host_port": p.host_port, "container_port": p.container_port,
-                           "protocol": p.protocol} for p in self.net.ports]}
+                           "protocol": p.protocol} for p in self.net.ports],
+                "netns": self.net.netns,
+                "interfaces": [{"mac": i.mac, "tap": i.tap, "addresses": list(i.addresses), "mtu": i.mtu}
+                               for i in self.net.nics()],
+                "routes": [{"dst": r.dst, "via": r.via, "mac": r.mac} for r in self.net.guest_routes()]}
 
     def info(self) -> PodInfo:
         return {

@@ -52,12 +52,13 @@ class Template:
 
 def vm_config(kernel: Path, initrd: Path, accel: str, sockets: Sockets, cpus: int, memory: int, share_dir: Path,
               nic: Nic | bool, template: Template, building: bool) -> VMConfig:
-    """The one VM configuration of a template and of every clone of it (the device sets must match). `nic`: the
-    clone's NIC, True for a template with one (on an isolated hub), False for none (pods without network)."""
+    """The one VM configuration of a template and of every clone of it (the device sets must match: one NIC or
+    none). `nic`: the clone's NIC, True for a template with one (on an isolated hub), False for none (pods without
+    network)."""
     if nic is True:
         nic = Nic(TEMPLATE_MAC, hub=0)
     return VMConfig(kernel, initrd, sockets, accel=accel, cpus=cpus, memory_mib=memory,  # type: ignore[arg-type]
-                    share=ninep(share_dir), nic=nic or None, memory_file=template.mem,
+                    share=ninep(share_dir), nics=(nic,) if nic else (), memory_file=template.mem,
                     memory_shared=building, incoming=not building)
 
 

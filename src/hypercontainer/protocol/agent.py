@@ -9,8 +9,10 @@ which keeps the connection, the process streams and the exit events.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -20,8 +22,8 @@ from .client import AgentClient, AgentRequestError, ProcessStreams, command_exit
 from .codec import BY_NAME, Fields, MountFlag, Msg
 
 __all__ = [
-    "Agent", "AgentRequestError", "AgentStats", "ContainerRequest", "ExecRequest", "Mount", "PodRequest",
-    "ProcessRequest",
+    "Agent", "AgentRequestError", "AgentStats", "ContainerRequest", "ExecRequest", "Mount", "NetIf", "NetRoute",
+    "PodRequest", "ProcessRequest", "check_net", "net_if", "net_route",
 ]
 
 _ALL_MOUNT_FLAGS = MountFlag.READONLY | MountFlag.TMPFS | MountFlag.BLOCK
@@ -207,24 +209,147 @@ ContainerRequest.FIELDS = (_names(ProcessRequest, ContainerRequest) - {"process"
 ExecRequest.FIELDS = _names(ProcessRequest, ExecRequest) - {"process"}
 
 
+# START_POD's network entries (docs/protocol.md, "Network entries"); the agent has the same limits.
+NET_MAX_IFS, NET_MAX_ADDRS, NET_MAX_ROUTES = 16, 16, 64
+NET_MIN_MTU, NET_MIN_MTU_IPV6, NET_MAX_MTU = 68, 1280, 65535
+_MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
+_DIGITS = re.compile(r"[0-9]{1,5}")
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _mac(text: str) -> str:
+    """A unicast, non-zero MAC in canonical (lower-case) form."""
+    if not _MAC.fullmatch(text) or int(text[:2], 16) & 1 or text.replace(":", "").strip("0") == "":
+        raise ValueError(f"invalid MAC {text!r} (want a unicast xx:xx:xx:xx:xx:xx)")
+    return text.lower()
+
+
+def _address(text: str) -> IPAddress:
+    if "%" in text:  # an IPv6 scope: the interface is the entry's
+        raise ValueError(f"invalid address {text!r}")
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"invalid address {text!r}") from None
+
+
+def _cidr(text: str, route: bool) -> tuple[IPAddress, int]:
+    """"addr/len": len digits only, 1 (0 for a route's destination) up to the family's width."""
+    addr, slash, plen = text.partition("/")
+    if not slash or not _DIGITS.fullmatch(plen):
+        raise ValueError(f"invalid {'destination' if route else 'address'} {text!r} (want ADDR/LEN)")
+    ip, n = _address(addr), int(plen)
+    if not (0 if route else 1) <= n <= ip.max_prefixlen:
+        raise ValueError(f"invalid prefix length in {text!r}")
+    return ip, n
+
+
+@dataclass(frozen=True)
+class NetIf:
+    """One `net_if` entry: "MAC MTU ADDR/LEN ..." (MTU 0: the guest's default)."""
+
+    mac: str
+    mtu: int = 0
+    addresses: tuple[IPInterface, ...] = ()
+
+    def __str__(self) -> str:
+        return " ".join([self.mac, str(self.mtu), *(a.with_prefixlen for a in self.addresses)])
+
+    @classmethod
+    def parse(cls, entry: str) -> NetIf:
+        mac, *rest = entry.split(" ")
+        if not rest or not _DIGITS.fullmatch(rest[0]):
+            raise ValueError(f"net_if {entry!r}: want MAC MTU [ADDR/LEN ...]")
+        mtu, addresses = int(rest[0]), []
+        if mtu and not NET_MIN_MTU <= mtu <= NET_MAX_MTU:
+            raise ValueError(f"net_if {entry!r}: MTU {mtu} is not 0 or {NET_MIN_MTU}-{NET_MAX_MTU}")
+        try:
+            for text in rest[1:]:
+                ip, n = _cidr(text, route=False)
+                addresses.append(ipaddress.ip_interface((ip, n)))
+            if len(addresses) > NET_MAX_ADDRS:
+                raise ValueError(f"more than {NET_MAX_ADDRS} addresses")
+            if 0 < mtu < NET_MIN_MTU_IPV6 and any(a.version == 6 for a in addresses):
+                raise ValueError(f"IPv6 needs an MTU of at least {NET_MIN_MTU_IPV6}")
+            return cls(_mac(mac), mtu, tuple(addresses))
+        except ValueError as e:
+            raise ValueError(f"net_if {entry!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class NetRoute:
+    """One `net_route` entry: "DST VIA MAC" (VIA "-": on the link; MAC: the guest interface, one of net_if's)."""
+
+    dst: IPNetwork
+    via: IPAddress | None
+    mac: str
+
+    def __str__(self) -> str:
+        return f"{self.dst.with_prefixlen} {self.via or '-'} {self.mac}"
+
+    @classmethod
+    def parse(cls, entry: str) -> NetRoute:
+        parts = entry.split(" ")
+        if len(parts) != 3:
+            raise ValueError(f"net_route {entry!r}: want DST VIA MAC")
+        try:
+            ip, n = _cidr(parts[0], route=True)
+            dst = ipaddress.ip_network((ip, n))  # host bits set: ValueError
+            via = None if parts[1] == "-" else _address(parts[1])
+            if via is not None and via.version != dst.version:
+                raise ValueError("gateway and destination of different families")
+            return cls(dst, via, _mac(parts[2]))
+        except ValueError as e:
+            raise ValueError(f"net_route {entry!r}: {e}") from None
+
+
+def net_if(mac: str, addresses: Sequence[str] = (), mtu: int | None = None) -> str:
+    """A `net_if` entry, checked."""
+    return str(NetIf.parse(" ".join([mac, str(mtu or 0), *addresses])))
+
+
+def net_route(dst: str, via: str | None, mac: str) -> str:
+    """A `net_route` entry, checked."""
+    return str(NetRoute.parse(f"{dst} {via or '-'} {mac}"))
+
+
+def check_net(ifs: Sequence[str], routes: Sequence[str]) -> tuple[list[NetIf], list[NetRoute]]:
+    """START_POD's network entries parsed and checked together: limits, no MAC twice, every route's MAC among
+    the interfaces'. ValueError names the entry."""
+    parsed_ifs, parsed_routes = [NetIf.parse(e) for e in ifs], [NetRoute.parse(e) for e in routes]
+    if len(parsed_ifs) > NET_MAX_IFS or len(parsed_routes) > NET_MAX_ROUTES:
+        raise ValueError(f"at most {NET_MAX_IFS} net_if and {NET_MAX_ROUTES} net_route entries")
+    macs = [i.mac for i in parsed_ifs]
+    if len(set(macs)) != len(macs):
+        raise ValueError(f"net_if: a MAC is given twice ({', '.join(macs)})")
+    for r in parsed_routes:
+        if r.mac not in macs:
+            raise ValueError(f"net_route {str(r)!r}: no net_if entry has MAC {r.mac}")
+    return parsed_ifs, parsed_routes
+
+
 @dataclass(frozen=True)
 class PodRequest:
-    """START_POD: everything optional (a pool VM has its share mounted already; no net_addr: no network)."""
+    """START_POD: everything optional (a pool VM has its share mounted already; no net_if: no network). Each
+    `net_if` is an interface ("MAC MTU ADDR/LEN ...", see net_if()), each `net_route` a route ("DST VIA MAC", see
+    net_route()), added in order after every interface is configured."""
 
     hostname: str | None = None
     share: str | None = None  # tag of the pod share device
     sharefs: str | None = None  # virtiofs or 9p
-    net_mac: str | None = None
-    net_addr: str | None = None  # a.b.c.d/len
-    net_gw: str | None = None
+    net_if: tuple[str, ...] = ()
+    net_route: tuple[str, ...] = ()
     clock_ns: int | None = None  # a clone's clock
     seed: str | None = None  # hex: a clone's random state
 
     def __post_init__(self) -> None:
         _fields_of(self)
+        check_net(self.net_if, self.net_route)
 
     def to_fields(self) -> Fields:
-        return _fields_of(self)
+        return {k: v for k, v in _fields_of(self).items() if v != []}  # no network: no entries
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, object]) -> PodRequest:

@@ -83,9 +83,7 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(28, "mount_flags", "u64", list=True),
     FieldDef(29, "sysctl", "str", list=True),
     FieldDef(30, "rlimit", "str", list=True),
-    FieldDef(31, "net_mac", "str"),
-    FieldDef(32, "net_addr", "str"),
-    FieldDef(33, "net_gw", "str"),
+    # 31-33 (net_mac, net_addr, net_gw: one IPv4 interface) are retired: never reused, unknown to both sides.
     FieldDef(34, "clock_ns", "u64"),
     FieldDef(35, "seed", "str"),
     FieldDef(36, "cap_bounding", "u64"),
@@ -102,10 +100,12 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(47, "containers", "u64"),
     FieldDef(48, "processes", "u64"),
     FieldDef(49, "fds", "u64"),
+    FieldDef(50, "net_if", "str", list=True),
+    FieldDef(51, "net_route", "str", list=True),
 )
+RETIRED_TAGS = frozenset({31, 32, 33})
 BY_TAG = {f.tag: f for f in FIELDS}
 BY_NAME = {f.name: f for f in FIELDS}
-
 
 
 class MountFlag(enum.IntFlag):

@@ -177,6 +177,25 @@ def pid_namespace_path(cfg: Config) -> str | None:
     return None
 
 
+def network_namespace(cfg: Config) -> tuple[str, str | None]:
+    """linux.namespaces' network entry: ("path", PATH) to join one the engine made (podman, CRI), ("new", None) for
+    one the runtime makes (docker's hooks and `ctr run --cni` fill it), ("host", None) without an entry."""
+    for ns in cfg.linux.get("namespaces") or []:
+        if isinstance(ns, dict) and ns.get("type") == "network":
+            return ("path", str(ns["path"])) if ns.get("path") else ("new", None)
+    return "host", None
+
+
+HOOKS_RUN = ("prestart", "createRuntime", "poststart", "poststop")  # on the host, as runc runs them
+HOOKS_IN_CONTAINER = ("createContainer", "startContainer")  # in the container's namespaces: the guest's
+
+
+def hooks(cfg: Config, kind: str) -> list[dict]:
+    """The config's hooks of one kind (each: path, args, env, timeout)."""
+    found = ((cfg.model_extra or {}).get("hooks") or {}).get(kind) or []
+    return [h for h in found if isinstance(h, dict) and h.get("path")]
+
+
 def unsupported(cfg: Config) -> list[str]:
     """Settings present in config.json that runv does not honour, for the log and stderr."""
     out = []
@@ -190,9 +209,9 @@ def unsupported(cfg: Config) -> list[str]:
             out.append(f"bind mount of {m.source} on {m.destination} (directories are shared and regular files of "
                        f"up to {MAX_COPIED_FILE >> 10} KiB copied in; this is neither)")
     linux = cfg.linux
-    for ns in linux.get("namespaces") or []:
-        if ns.get("type") == "network" and ns.get("path"):
-            out.append(f"network namespace {ns['path']}: the VM has loopback only")
+    if network_namespace(cfg)[0] == "host" and not cri_sandbox(cfg):
+        out.append("the host's network namespace (no network namespace in linux.namespaces): a VM cannot share "
+                   "the host's network, it has loopback only")
     if pid_namespace_path(cfg) and not cri_sandbox(cfg):
         out.append(f"pid namespace {pid_namespace_path(cfg)}: only a CRI sandbox's container may join one (the "
                    "sandbox's); this container gets its own")
@@ -200,12 +219,12 @@ def unsupported(cfg: Config) -> list[str]:
     for key in ("memory", "cpu", "pids", "blockIO", "hugepageLimits", "network"):
         if res.get(key):
             out.append(f"linux.resources.{key} (the VM's size is fixed at create)")
-    for key in ("seccomp", "sysctl", "devices", "intelRdt", "personality"):
+    for key in ("seccomp", "devices", "intelRdt", "personality"):
         if linux.get(key):
             out.append(f"linux.{key}")
-    for key in ("hooks",):
-        if getattr(cfg, key, None) or (cfg.model_extra or {}).get(key):
-            out.append(key)
+    for kind in HOOKS_IN_CONTAINER:
+        if hooks(cfg, kind):
+            out.append(f"hooks.{kind} (they run in the container's namespaces, which are the guest's)")
     caps = cfg.process.capabilities if cfg.process else None
     if caps:
         names = {n for s in (caps.bounding, caps.effective, caps.inheritable, caps.permitted, caps.ambient) for n in s}

@@ -279,6 +279,12 @@ class ContainerSpec(Strict):
         return v
 
 
+class NamespaceNetwork(Strict):
+    """An existing network namespace the pod's VM joins (its interfaces' addresses become the guest's)."""
+
+    namespace: AbsPath  # /proc/PID/ns/net, /run/netns/NAME, ...
+
+
 class PodSpec(Strict):
     name: Name | None = None
     hostname: str | None = None
@@ -290,11 +296,20 @@ class PodSpec(Strict):
     dns_options: Annotated[list[DnsOption], Field(max_length=16)] = []
     restart_policy: Literal["Never", "OnFailure", "Always"] = "Never"
     auto_remove: bool = False
-    network: Literal["default", "bridge", "user", "none"] = "default"
+    network: Literal["default", "bridge", "user", "none"] | NamespaceNetwork = "default"
     boot: Literal["default", "cold", "template", "pool"] = "default"
     ports: Annotated[list[PortMapping], Field(max_length=256)] = []
     share_process_namespace: bool = False  # the containers share one PID namespace (never the agent's)
     keep_alive: bool = False  # the VM stays up with no container running, until the pod is stopped (a sandbox)
+
+    @property
+    def network_mode(self) -> str:
+        """`network` as a mode name: default, bridge, user, none or namespace."""
+        return "namespace" if isinstance(self.network, NamespaceNetwork) else self.network
+
+    @property
+    def network_namespace(self) -> str | None:
+        return self.network.namespace if isinstance(self.network, NamespaceNetwork) else None
 
     @model_validator(mode="after")
     def _some_container(self) -> PodSpec:
@@ -343,6 +358,9 @@ class PodSpec(Strict):
             raise ValueError(f"host port published twice (also on 0.0.0.0): {', '.join(clash)}")
         if self.ports and self.network == "none":
             raise ValueError("ports cannot be published with network none")
+        if self.ports and self.network_namespace:
+            raise ValueError(f"ports cannot be published with network namespace {self.network_namespace}: the "
+                             "engine that made the namespace maps its ports")
         if self.auto_remove and self.restart_policy != "Never":
             raise ValueError("auto_remove (--rm) and a restart policy other than Never exclude each other")
         return self

@@ -5,8 +5,8 @@ QEMU (every Machine: cold, template clone, template builder, pool, runv):
 - a mount namespace showing /usr, ld.so.cache, kernel, initramfs, /dev/{null,zero,urandom,random[,kvm]}, its
   socket directory `<rundir>/vm` (owned by its uid, mode 0700), and the pod's files it serves at their own paths:
   the 9p share (recursive, slave: containers added later appear), the virtiofsd socket, the template memory file;
-- the tap and block volumes as inherited fds (no /dev/net/tun, no CAP_NET_ADMIN, no write access to the image's
-  path), template state through QMP getfd (as before);
+- the taps (each opened in the network namespace it is in: open_tap) and block volumes as inherited fds (no
+  /dev/net/tun, no CAP_NET_ADMIN, no write access to the image's path), template state through QMP getfd;
 - capabilities: none, except that QEMU's 9p server with security_model=passthrough (template, pool and clone
   pods) keeps file ownership with CAP_CHOWN, CAP_DAC_OVERRIDE and CAP_FOWNER, ambient (never CAP_MKNOD,
   CAP_FSETID, CAP_SETFCAP, CAP_SYS_ADMIN, CAP_NET_ADMIN); CAP_NET_BIND_SERVICE only for user-mode forwards of
@@ -20,15 +20,18 @@ CAP_SETFCAP (`modcaps`), in its own cgroup, with the extra filter.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import resource
 import secrets
 import shutil
+import socket
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import nsenter
 from ..errors import HCError, VMError
 from . import cgroups, uids
 from .cgroups import Cgroup, Limits
@@ -65,8 +68,13 @@ def rlimits(core_only: bool = False) -> dict[int, tuple[int, int]]:
     return limits
 
 
-def open_tap(name: str) -> int:
-    """The tap `name` as an fd, attached the way QEMU would (vnet headers where the kernel has them)."""
+def _open_tap_here(name: str) -> int:
+    """In the calling thread's network namespace. TUNSETIFF would make a tap that is not there (one that leads
+    nowhere): an existing one only."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV)) from None
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
         features = struct.unpack("I", fcntl.ioctl(fd, TUNGETFEATURES, b"\0" * 4))[0]
@@ -76,6 +84,17 @@ def open_tap(name: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def open_tap(name: str, netns: str | None = None) -> int:
+    """The tap `name` as an fd, attached the way QEMU would (vnet headers where the kernel has them). `netns`: the
+    network namespace (a path) the tap is in, when that is not this process's: opened by a short-lived thread that
+    enters it (nsenter.run_in), so nothing else here changes namespace; the fd stays bound to that tap wherever it
+    goes. OSError names the tap and the namespace."""
+    try:
+        return nsenter.run_in(netns, lambda: _open_tap_here(name)) if netns else _open_tap_here(name)
+    except OSError as e:
+        raise OSError(e.errno, f"tap {name}{f' in {netns}' if netns else ''}: {e.strerror}") from None
 
 
 def unprivileged_port_start() -> int:
@@ -91,10 +110,9 @@ def qemu_caps(cfg: VMConfig) -> frozenset[int]:
         caps |= NINEP_CAPS
     if cfg.memory_file:
         caps.add(CAP_DAC_OVERRIDE)  # the template's files stay root's
-    if cfg.nic and not cfg.nic.tap and cfg.nic.hub is None:
-        low = unprivileged_port_start()
-        if any(f.host_port < low for f in cfg.nic.forwards):
-            caps.add(CAP_NET_BIND_SERVICE)
+    forwards = [f for nic in cfg.nics if not nic.tap and nic.hub is None for f in nic.forwards]
+    if forwards and any(f.host_port < unprivileged_port_start() for f in forwards):
+        caps.add(CAP_NET_BIND_SERVICE)
     return frozenset(caps)
 
 
@@ -169,9 +187,12 @@ def qemu(cfg: VMConfig) -> Confinement:
             if not cfg.memory_file.exists():  # a template being made: QEMU fills the file, it may not create it
                 os.close(os.open(cfg.memory_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             binds.append(Bind(cfg.memory_file, writable=True))
-        tap_fd = open_tap(cfg.nic.tap) if cfg.nic and cfg.nic.tap and cfg.nic.hub is None else None
-        if tap_fd is not None:
-            fds.append(tap_fd)
+        tap_fds: list[int | None] = []
+        for nic in cfg.nics:
+            fd = open_tap(nic.tap, nic.netns) if nic.tap and nic.hub is None else None
+            if fd is not None:
+                fds.append(fd)
+            tap_fds.append(fd)
         disk_fds = []
         for d in cfg.disks:
             pair = (os.open(d.path, os.O_RDONLY | os.O_CLOEXEC), os.open(d.path, os.O_RDWR | os.O_CLOEXEC))
@@ -181,7 +202,7 @@ def qemu(cfg: VMConfig) -> Confinement:
         cgroup = Cgroup.create(f"vm-{uid}", Limits((cfg.memory_mib + overhead) * MIB, QEMU_PIDS))
         spec = Spec(uid=uid, gid=uid, caps=qemu_caps(cfg), binds=binds, symlinks=links, devices=devices,
                     rlimits=rlimits())  # its cgroup: Machine.start moves it in before the guest runs
-        return Confinement(uid, cgroup, Jail(spec), Handed(tap_fd, tuple(disk_fds)), fds)
+        return Confinement(uid, cgroup, Jail(spec), Handed(tuple(tap_fds), tuple(disk_fds)), fds)
     except BaseException as e:
         for fd in fds:
             os.close(fd)

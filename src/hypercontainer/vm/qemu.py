@@ -46,10 +46,12 @@ class HostForward:
 
 @dataclass(frozen=True)
 class Nic:
-    """The pod's virtio-net interface: on a host tap (created by network/), or on QEMU's user-mode stack."""
+    """One virtio-net interface of the VM: on a host tap (created by network/; in the network namespace `netns`, a
+    path, when that is not hyperd's), or on QEMU's user-mode stack."""
 
     mac: str
     tap: str | None = None  # None: user mode (or, with hub, no backend at all)
+    netns: str | None = None  # where the tap is (/proc/PID/ns/net, /run/netns/NAME); None: hyperd's namespace
     user_net: str = "10.0.2.0/24"
     forwards: tuple[HostForward, ...] = ()
     hub: int | None = None  # an isolated QEMU hub: a NIC that reaches nothing (templates, clones without network)
@@ -105,7 +107,7 @@ class VMConfig:
     cmdline: tuple[str, ...] = field(default_factory=tuple)
     with_ports: bool = True
     disks: tuple[Disk, ...] = ()
-    nic: Nic | None = None
+    nics: tuple[Nic, ...] = ()  # net0, net1, ... in this order (the guest finds each by its MAC)
     # Templates: guest RAM in a file (shared while a template is made; a private copy-on-write mapping of the
     # template's file in a clone), and a clone waits for its state (`-incoming defer`, then Machine.restore).
     memory_file: Path | None = None
@@ -121,7 +123,7 @@ class VMConfig:
 class Handed:
     """What a confined QEMU gets as open fds instead of opening it (it may not: vm/confine.py)."""
 
-    tap_fd: int | None = None
+    tap_fds: tuple[int | None, ...] = ()  # per NIC: its tap's fd (None: a NIC without a tap)
     disk_fds: tuple[tuple[int, int], ...] = ()  # per disk: read-only and read-write (QEMU opens it both ways)
 
 
@@ -175,15 +177,19 @@ def socket_backend(path: Path) -> dict[str, object]:
 AGENT_CHARDEVS = ("ctl", "io")
 
 
-def netdev(nic: Nic, tap_fd: int | None = None) -> str:
+def netdev(nic: Nic, index: int = 0, tap_fd: int | None = None) -> str:
+    """The -netdev of NIC `index` (id net<index>)."""
+    nid = f"net{index}"
     if nic.hub is not None:
-        return f"hubport,id=net0,hubid={nic.hub}"
+        return f"hubport,id={nid},hubid={nic.hub}"
     if nic.tap and tap_fd is not None:
-        return f"tap,id=net0,fd={tap_fd}"
+        return f"tap,id={nid},fd={tap_fd}"
+    if nic.tap and nic.netns:
+        raise VMError(f"tap {nic.tap} is in {nic.netns}: QEMU can only be handed it as an fd (a confined QEMU)")
     if nic.tap:
-        return f"tap,id=net0,ifname={nic.tap},script=no,downscript=no"
+        return f"tap,id={nid},ifname={nic.tap},script=no,downscript=no"
     fwd = "".join(f",hostfwd={f.protocol}:{f.host_ip}:{f.host_port}-:{f.guest_port}" for f in nic.forwards)
-    return f"user,id=net0,net={nic.user_net},ipv6=off{fwd}"
+    return f"user,id={nid},net={nic.user_net},ipv6=off{fwd}"
 
 
 def memory_backend(cfg: VMConfig) -> str:
@@ -194,7 +200,7 @@ def memory_backend(cfg: VMConfig) -> str:
 
 
 def command(cfg: VMConfig, handed: Handed | None = None) -> list[str]:
-    """QEMU's argv. `handed`: the tap and disks as inherited fds (a confined QEMU), else by name and path."""
+    """QEMU's argv. `handed`: the taps and disks as inherited fds (a confined QEMU), else by name and path."""
     s = cfg.sockets
     console = (f"socket,id=console,path={s.console_sock},server=on,wait=on" if cfg.jailed
                else f"file,id=console,path={s.console}")
@@ -237,9 +243,9 @@ def command(cfg: VMConfig, handed: Handed | None = None) -> list[str]:
             "-drive", f"file={drive},if=none,id=disk{i},format=raw,cache=writeback",
             "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}",
         ]
-    if cfg.nic:
-        net = netdev(cfg.nic, handed.tap_fd if handed else None)
-        argv += ["-netdev", net, "-device", f"virtio-net-device,netdev=net0,mac={cfg.nic.mac}"]
+    for i, nic in enumerate(cfg.nics):
+        tap_fd = handed.tap_fds[i] if handed and i < len(handed.tap_fds) else None
+        argv += ["-netdev", netdev(nic, i, tap_fd), "-device", f"virtio-net-device,netdev=net{i},mac={nic.mac}"]
     if cfg.share and cfg.share.kind == "virtiofs":
         argv += [
             "-chardev", f"socket,id=share,path={cfg.share.socket}",

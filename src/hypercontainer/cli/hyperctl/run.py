@@ -69,6 +69,19 @@ def security_options(cap_add: tuple[str, ...], cap_drop: tuple[str, ...], privil
     return out
 
 
+NETWORK_MODES = ("default", "bridge", "user", "none")
+
+
+def parse_network(value: str) -> str | dict:
+    """--net: a mode, or ns:PATH (a network namespace: /run/netns/NAME, /proc/PID/ns/net; relative to here)."""
+    if value in NETWORK_MODES:
+        return value
+    if value.startswith("ns:") and value[3:]:
+        return {"namespace": os.path.abspath(value[3:])}
+    raise click.BadParameter(f"{value!r}: expected one of {', '.join(NETWORK_MODES)} or ns:PATH",
+                             param_hint="--net")
+
+
 def build_spec(image: str, command: tuple[str, ...], *, name: str | None, hostname: str | None, env: tuple[str, ...],
                workdir: str | None, user: str | None, tty_: bool, interactive: bool, rm: bool, memory: int | None,
                cpus: int | None, entrypoint: str | None, volumes: tuple[str, ...] = (), restart: str = "Never",
@@ -171,8 +184,10 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
               help="Restart policy (with backoff).")
 @click.option("-p", "--publish", "publish", multiple=True,
               help="Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]; no host port: any free one.")
-@click.option("--net", "--network", "network", type=click.Choice(["default", "bridge", "user", "none"]),
-              default="default", show_default=True, help="Pod network (default: hyperd's mode).")
+@click.option("--net", "--network", "network", default="default", show_default=True, metavar="MODE",
+              callback=lambda _ctx, _param, value: parse_network(value),
+              help="Pod network: default (hyperd's mode), bridge, user, none, or ns:PATH (join the existing network "
+                   "namespace at PATH: the VM takes over its interfaces, addresses and routes).")
 @click.option("--boot", type=click.Choice(["default", "cold", "template", "pool"]), default="default",
               show_default=True, help="Boot the VM cold, start it from a VM template, or take a pre-started one from "
                                       "hyperd's pool (default: hyperd's policy).")
@@ -189,7 +204,7 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
 def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[str, ...], workdir: str | None,
             user: str | None, name: str | None, hostname: str | None, memory: int | None, cpus: int | None,
             entrypoint: str | None, volumes: tuple[str, ...], readonly: bool, restart: str, publish: tuple[str, ...],
-            network: str, boot: str, podfile: Path | None, cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
+            network: str | dict, boot: str, podfile: Path | None, cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
             privileged: bool, security_opts: tuple[str, ...], keep_alive: bool, image: str | None,
             command: tuple[str, ...]) -> None:
     """Run a command in a new pod (its own VM)."""

@@ -35,9 +35,11 @@ def console_pty(console_socket: Path) -> int:
     return slave
 
 
-async def relay(sock: Path, process: dict, console: int | None, status_fd: int | None) -> int:
+async def relay(sock: Path, process: dict, console: int | None, status_fd: int | None,
+                container: str | None = None) -> int:
+    """`container`: the name in the sandbox's VM of a container that joined it (`sock` is then the sandbox's)."""
     reader, writer = await asyncio.open_unix_connection(str(sock))
-    writer.write(json.dumps({"op": "exec", "process": process}).encode() + b"\n")
+    writer.write(json.dumps({"op": "exec", "process": process, "container": container}).encode() + b"\n")
     await writer.drain()
     reply = json.loads(await reader.readline() or b'{"ok": false, "error": "the shim closed the connection"}')
     if not reply.get("ok"):
@@ -88,11 +90,11 @@ async def relay(sock: Path, process: dict, console: int | None, status_fd: int |
     return status
 
 
-def run_foreground(sock: Path, process_file: Path, console_socket: Path | None) -> int:
+def run_foreground(sock: Path, process_file: Path, console_socket: Path | None, container: str | None = None) -> int:
     process = json.loads(process_file.read_text())
     process_file.unlink(missing_ok=True)
     console = console_pty(console_socket) if console_socket and process.get("terminal") else None
-    return asyncio.run(relay(sock, process, console, None))
+    return asyncio.run(relay(sock, process, console, None, container))
 
 
 def main() -> None:
@@ -100,6 +102,7 @@ def main() -> None:
     ap.add_argument("--sock", required=True)
     ap.add_argument("--process", required=True)
     ap.add_argument("--console-socket")
+    ap.add_argument("--container")
     ap.add_argument("--status-fd", type=int)
     args = ap.parse_args()
     process_file = Path(args.process)
@@ -112,7 +115,7 @@ def main() -> None:
     except OSError as e:
         os.write(args.status_fd, f"error console socket: {e}\n".encode())
         sys.exit(255)
-    sys.exit(asyncio.run(relay(Path(args.sock), process, console, args.status_fd)))
+    sys.exit(asyncio.run(relay(Path(args.sock), process, console, args.status_fd, args.container)))
 
 
 if __name__ == "__main__":

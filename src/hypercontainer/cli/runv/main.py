@@ -23,7 +23,7 @@ from ...signals import parse_signal
 from ...spec.pod import CAPABILITIES
 from .. import run_cli
 from . import wire
-from .state import OCI_VERSION, Store, check_id, oci_state
+from .state import OCI_VERSION, Store, check_id, member_name, oci_state
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "ignore_unknown_options": False}
 
@@ -150,6 +150,22 @@ def start(cid: str) -> None:
     if st["status"] != "created":
         raise HCError(f"cannot start a container that is {st['status']}")
     wire.request(rt.store.sock(cid), {"op": "start"})
+    after_hooks(rt, st, "poststart", "running")
+
+
+def after_hooks(rt: Runtime, st: dict, kind: str, status: str) -> None:
+    """poststart and poststop hooks: a failure is a warning (the OCI runtime spec)."""
+    from ...spec import oci
+    from . import hooks
+
+    try:
+        cfg = oci.load(Path(st["bundle"]))
+    except HCError:
+        return  # the bundle is gone: nothing to run
+    try:
+        hooks.run(cfg, kind, hooks.state(cfg, st["id"], st["bundle"], status, st.get("pid") or 0))
+    except HCError as e:
+        warn(rt, e.message)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -167,10 +183,13 @@ def run(bundle: Path, pid_file: Path | None, console_socket: Path | None, detach
     proc = create_container(bundle, pid_file, console_socket, preserve_fds, cid)
     rt = runtime()
     wire.request(rt.store.sock(cid), {"op": "start"})
+    st = rt.store.load(cid)
+    after_hooks(rt, st, "poststart", "running")
     if detach:
         return
     code = proc.wait()
     cleanup(rt.store, cid)
+    after_hooks(rt, st, "poststop", "stopped")
     sys.exit(code)
 
 
@@ -214,7 +233,9 @@ def delete(force: bool, cid: str) -> None:
         stop_shim(rt.store, cid, st)
     else:
         stop_orphan_vm(rt, cid, st)
+        unplug(rt, cid, st)
     cleanup(rt.store, cid)
+    after_hooks(rt, st, "poststop", "stopped")
 
 
 def stop_shim(store: Store, cid: str, st: dict) -> None:
@@ -255,6 +276,21 @@ def stop_orphan_vm(rt: Runtime, cid: str, st: dict[str, Any]) -> None:
     confine.release_pid(vm.pid, *held)
     rt.write_log("warning", f"container {cid}: its shim (pid {st.get('pid')}) was gone; "
                             f"its VM (pid {vm.pid}) was stopped")
+
+
+def unplug(rt: Runtime, cid: str, st: dict[str, Any]) -> None:
+    """What the container's VM had in the engine's network namespace (taps, tc filters) goes: its shim removes it
+    when it stops, a shim that was killed cannot. (A namespace of the shim's own died with it and its VM.)"""
+    att = st.get("network")
+    if not att or not att.get("netns") or att["netns"].startswith("/proc/"):
+        return
+    from ...network import netns_mode
+
+    taps = [i["tap"] for i in att.get("interfaces") or [] if i.get("tap")]
+    try:
+        netns_mode.unplug(att["netns"], taps)
+    except (HCError, OSError) as e:
+        warn(rt, f"container {cid}: cleaning its network namespace {att['netns']}: {e}")
 
 
 def cleanup(store: Store, cid: str) -> None:
@@ -306,8 +342,12 @@ def exec_cmd(process_file: Path | None, detach: bool, pid_file: Path | None, con
         raise InvalidArgument("the process has no args")
     spec_file = rt.store.dir(cid) / f"exec-{os.getpid()}-{time.monotonic_ns()}.json"
     spec_file.write_text(json.dumps(process))
-    argv = [sys.executable, "-m", "hypercontainer.cli.runv.execproc", "--sock", str(rt.store.sock(cid)),
+    # A container that joined a sandbox's VM: the sandbox's shim runs the process, in this container.
+    sock = rt.store.sock(st["sandbox"]) if st.get("sandbox") else rt.store.sock(cid)
+    argv = [sys.executable, "-m", "hypercontainer.cli.runv.execproc", "--sock", str(sock),
             "--process", str(spec_file)]
+    if st.get("sandbox"):
+        argv += ["--container", member_name(cid)]
     if console_socket:
         argv += ["--console-socket", str(console_socket.resolve())]
     if detach:
@@ -317,7 +357,7 @@ def exec_cmd(process_file: Path | None, detach: bool, pid_file: Path | None, con
         return
     from .execproc import run_foreground
 
-    sys.exit(run_foreground(rt.store.sock(cid), spec_file, console_socket))
+    sys.exit(run_foreground(sock, spec_file, console_socket, member_name(cid) if st.get("sandbox") else None))
 
 
 @cli.command(context_settings=CONTEXT)

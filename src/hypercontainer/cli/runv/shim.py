@@ -15,7 +15,6 @@ import asyncio
 import base64
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -29,11 +28,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ... import procs
+from ... import nsenter, procs
 from ...config import environment
 from ...errors import HCError
 from ...guest import assets as guest_assets
 from ...image.store import Image
+from ...network.manager import Network
 from ...pod.container import Container, Event
 from ...pod.pod import GuestAssets, Pod
 from ...pod.states import PodState
@@ -44,9 +44,9 @@ from ...spec.pod import MIN_MEMORY_MIB, ContainerSpec, PodSpec, Volume
 from ...storage.volumes import check_host_dir
 from ...vm import uids
 from ...vm.accel import detect
-from . import wire
+from . import hooks, wire
 from .fdio import read_chunks, write_all
-from .state import Store, now_rfc3339
+from .state import Store, member_name, now_rfc3339
 
 log = logging.getLogger("runv-shim")
 CONTAINER = "ctr"
@@ -103,13 +103,16 @@ def container_parts(cfg: oci.Config, name: str) -> tuple[dict, list[dict]]:
     p = cfg.process
     assert p
     return ({"name": name, "image": "oci-bundle", "tty": p.terminal, "stdin": True, "readonly": cfg.root.readonly,
-             "volumes": mounts, "files": files}, volumes)
+             "volumes": mounts, "files": files,
+             # applied in the guest, whose kernel is the pod's alone (namespaced sysctls or not)
+             "sysctls": {str(k): str(v) for k, v in (cfg.linux.get("sysctl") or {}).items()}}, volumes)
 
 
-def pod_spec(cid: str, cfg: oci.Config) -> PodSpec:
+def pod_spec(cid: str, cfg: oci.Config, netns: str | None = None) -> PodSpec:
+    """`netns`: the network namespace the VM joins (None: loopback only)."""
     container, volumes = container_parts(cfg, CONTAINER)
-    spec: dict = {"name": "runv", "network": "none", "boot": "template", "volumes": volumes,
-                  "containers": [container]}
+    spec: dict = {"name": "runv", "network": {"namespace": netns} if netns else "none", "boot": "template",
+                  "volumes": volumes, "containers": [container]}
     if cfg.hostname and len(cfg.hostname) <= 63 and cfg.hostname.replace("-", "").isalnum():
         spec["hostname"] = cfg.hostname.lower()
     size = vm_size(cfg)
@@ -121,10 +124,6 @@ def pod_spec(cid: str, cfg: oci.Config) -> PodSpec:
 def sandbox_of(cfg: oci.Config) -> str | None:
     """The sandbox a container joins (CRI annotations); None: a VM of its own."""
     return oci.cri_sandbox(cfg)
-
-
-def member_name(cid: str) -> str:
-    return "m" + hashlib.sha256(cid.encode()).hexdigest()[:12]
 
 
 class Shim:
@@ -139,6 +138,12 @@ class Shim:
         self._tasks: set[asyncio.Future] = set()
         self.relay_task: asyncio.Future | None = None
         self.server: asyncio.AbstractServer | None = None
+        self.cfg: oci.Config | None = None
+        self.netns: str | None = None  # the container's network namespace (None: the host's, not joined)
+        self.host_netns: int | None = None  # an fd of the host's, where main() left it for a new one
+        self.network: Network | None = None
+        self.assets: GuestAssets | None = None
+        self.templates: Templates | None = None
 
     def spawn(self, aw) -> None:
         t = asyncio.ensure_future(aw)
@@ -147,6 +152,8 @@ class Shim:
 
     # ---- create ------------------------------------------------------------------------------------------
     async def create(self) -> None:
+        """The container is created: its hooks ran, its VM is up (or, in a network namespace that is still empty,
+        boots at start) and its process waits for `start`."""
         cfg = oci.load(self.bundle)
         for what in oci.unsupported(cfg):
             log.warning("not supported, ignored: %s", what)
@@ -154,30 +161,56 @@ class Shim:
         p = env.paths
         if env.vmm_uids:
             uids.use_range(uids.check_range(uids.parse_range(env.vmm_uids)))
-        a = await asyncio.to_thread(guest_assets.current, p.assets, env.kernel)
-        accel = await detect(a.kernel, a.initrd, a.digest, p.assets / "accel.json", env.accel)
-        templates = Templates(a.kernel, a.initrd, accel.name, a.digest, p.assets / "templates",
-                              self.store.rundir(self.cid) / "templates")
-        spec = pod_spec(self.cid, cfg)
         root = oci.root_path(self.bundle, cfg)
         if not root.is_dir():
             raise HCError(f"root {root} is not a directory")
+        self.cfg = cfg
+        kind, path = oci.network_namespace(cfg)
+        self.netns = f"/proc/{os.getpid()}/ns/net" if kind == "new" else path  # main() left the host's for "new"
+        self.state = {"id": self.cid, "bundle": str(self.bundle), "rootfs": str(root), "status": "creating",
+                      "pid": os.getpid(), "pid_start": procs.start_time(os.getpid()), "created_rfc3339": now_rfc3339(),
+                      "annotations": cfg.annotations, "vm_pid": None, "vm_start": None}
+        for hook_kind in ("prestart", "createRuntime"):  # docker's networking: a prestart hook fills the namespace
+            await asyncio.to_thread(hooks.run, cfg, hook_kind,
+                                    hooks.state(cfg, self.cid, str(self.bundle), "creating", os.getpid()),
+                                    self.host_netns)
+        a = await asyncio.to_thread(guest_assets.current, p.assets, env.kernel)
+        accel = await detect(a.kernel, a.initrd, a.digest, p.assets / "accel.json", env.accel)
+        self.assets = GuestAssets(a.kernel, a.initrd, accel.name)
+        self.templates = Templates(a.kernel, a.initrd, accel.name, a.digest, p.assets / "templates",
+                                   self.store.rundir(self.cid) / "templates")
         image = Image(id="oci-bundle", refs=(), repo_digests=(), config={}, diff_ids=(), blobs=(), layers=(),
                       size=0, created="")
         statedir = self.store.dir(self.cid) / "pod"
-        self.container = Container(spec.containers[0], image, stream=2, log_path=statedir / "logs" / "ctr.log",
-                                   fields=oci_fields(cfg), rootfs=root)
+        self.container = Container(pod_spec(self.cid, cfg).containers[0], image, stream=2,
+                                   log_path=statedir / "logs" / "ctr.log", fields=oci_fields(cfg), rootfs=root)
         (statedir / "logs").mkdir(parents=True, exist_ok=True)
-        self.pod = Pod(self.cid, self.cid[:63], spec, [self.container], statedir, self.store.rundir(self.cid),
-                       GuestAssets(a.kernel, a.initrd, accel.name), None, templates, "template")
         if cfg.process and cfg.process.terminal:
             self.open_console(cfg)
+        # A namespace of its own that is still empty: `ctr run --cni` (and CNI callers like it) fill it between
+        # create and start; a microvm cannot take a NIC later (no hotplug), so the VM boots at start.
+        if kind == "new" and not nsenter.links("/proc/self/ns/net"):
+            log.info("network namespace %s is empty: the VM boots at start", self.netns)
+        else:
+            await self.boot()
+        self.state["status"] = "created"
+        self.store.save(self.cid, self.state)
+
+    async def boot(self) -> None:
+        """The VM, joined to the container's network namespace if it has an interface, and the container in it
+        (created). On failure nothing is left."""
+        assert self.container and self.cfg and self.assets
+        ns = self.netns if self.netns and nsenter.links(self.netns) else None
+        spec = pod_spec(self.cid, self.cfg, ns)
+        self.network = Network("none", self.store.dir(self.cid) / "network.db")
+        await self.network.setup()
+        statedir = self.store.dir(self.cid) / "pod"
+        self.pod = Pod(self.cid, self.cid[:63], spec, [self.container], statedir, self.store.rundir(self.cid),
+                       self.assets, self.network, self.templates, "template")
         await self.pod.start(start_containers=False)
         vm = self.pod.runtime()
-        self.state = {"id": self.cid, "bundle": str(self.bundle), "rootfs": str(root), "status": "created",
-                      "pid": os.getpid(), "pid_start": procs.start_time(os.getpid()), "created_rfc3339": now_rfc3339(),
-                      "annotations": cfg.annotations, "vm_pid": vm["vm_pid"], "vm_start": vm["vm_start"],
-                      "booted_from": self.pod.booted_from}
+        self.state.update(vm_pid=vm["vm_pid"], vm_start=vm["vm_start"], booted_from=self.pod.booted_from,
+                          network=self.pod.net.to_dict() if self.pod.net else None)
         self.store.save(self.cid, self.state)
 
     def open_console(self, cfg: oci.Config) -> None:
@@ -204,7 +237,7 @@ class Shim:
         self.server = await asyncio.start_unix_server(self.on_client, path=str(self.store.sock(self.cid)))
 
     async def serve(self) -> int:
-        assert self.pod and self.container and self.server
+        assert self.container and self.server
         self.install_signal_handlers()
         try:
             await self.container.done.wait()
@@ -212,7 +245,8 @@ class Shim:
             if self.relay_task:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.relay_task, 5)
-            await self.pod.stop()
+            if self.pod:
+                await self.pod.stop()
         finally:
             self.stopped()
         return self.exit_code
@@ -272,10 +306,13 @@ class Shim:
             writer.close()
 
     async def handle(self, op: str | None, req: dict) -> dict:
-        assert self.pod and self.container
+        assert self.container
         if op == "start":
             if self.started.is_set():
                 raise HCError("container already started")
+            if not self.pod:  # its VM waited for the network namespace to be filled
+                await self.boot()
+            assert self.pod
             events = self.container.subscribe()  # before the process runs: no output is missed
             try:
                 await self.pod.start_created(CONTAINER)
@@ -289,15 +326,18 @@ class Shim:
             self.store.save(self.cid, self.state)
             return {"ok": True}
         if op == "kill":
-            if self.container.done.is_set() or self.pod.state not in (PodState.RUNNING, PodState.PAUSED):
+            if self.container.done.is_set() or (self.pod and self.pod.state not in (PodState.RUNNING,
+                                                                                     PodState.PAUSED)):
                 raise HCError("container not running")
             sig = int(req["signal"])
-            if not self.started.is_set():  # killing a created container: it never runs
+            if not self.started.is_set() or not self.pod:  # killing a created container: it never runs
                 self.container.finish(128 + sig, "killed before start")
                 return {"ok": True}
             await self.pod.signal(CONTAINER, sig)
             return {"ok": True}
         if op in ("pause", "resume"):
+            if not self.pod:
+                raise HCError(f"cannot {op} a container that is not running")
             await (self.pod.pause() if op == "pause" else self.pod.unpause())
             self.state["status"] = "paused" if op == "pause" else "running"
             self.store.save(self.cid, self.state)
@@ -360,22 +400,26 @@ class Shim:
             stdin.cancel()
 
     async def exec(self, req: dict, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A process in the sandbox's own container or (`container`: runv exec into a member) in a container that
+        joined this VM."""
         assert self.pod
         p = req["process"]
+        name = req.get("container") or CONTAINER
         user = p.get("user") or {}
         fields = {"arg": p["args"], "env": p.get("env") or [], "cwd": p.get("cwd") or "/",
                   "uid": user.get("uid", 0), "gid": user.get("gid", 0), "group": user.get("additionalGids") or []}
         try:
             # Its own capabilities and noNewPrivileges if the exec's process gives them, else the container's.
-            inherit = self.container.fields if self.container else None
+            inherit = self.pod.container(name).fields
             fields.update(oci.process_security(oci.Process.model_validate(p), inherit=inherit))
-        except ValidationError as e:
-            writer.write(json.dumps({"ok": False, "error": f"exec process: {e.errors()[0]['msg']}"}).encode() + b"\n")
+        except (ValidationError, HCError) as e:
+            msg = e.message if isinstance(e, HCError) else f"exec process: {e.errors()[0]['msg']}"
+            writer.write(json.dumps({"ok": False, "error": msg}).encode() + b"\n")
             await writer.drain()
             writer.close()
             return
         try:
-            streams = await self.pod.exec_fields(CONTAINER, fields, tty=bool(p.get("terminal")))
+            streams = await self.pod.exec_fields(name, fields, tty=bool(p.get("terminal")))
         except HCError as e:
             writer.write(json.dumps({"ok": False, "error": e.message}).encode() + b"\n")
             await writer.drain()
@@ -422,7 +466,14 @@ async def relay_socket(streams: ProcessStreams, reader: asyncio.StreamReader, wr
             elif kind == wire.SIGNAL and len(data) == 4:
                 await pod.signal_stream(streams.stream, struct.unpack(">i", data)[0])
 
-    client = asyncio.ensure_future(from_client())
+    async def hang_up() -> None:
+        """The client (runv exec's process) went away before the exit (containerd kills it when an ExecSync times
+        out): the guest process goes too."""
+        await from_client()
+        if not streams.exit.done():
+            await pod.signal_stream(streams.stream, signal.SIGKILL)
+
+    client = asyncio.ensure_future(hang_up())
     await asyncio.gather(pump_out(streams.stdout, lambda d: send(wire.STDOUT, d)),
                          pump_out(streams.stderr, lambda d: send(wire.STDERR, d)))
     status = await streams.exit
@@ -581,7 +632,20 @@ async def relay_events(c: Container, events: asyncio.Queue[Event], streams: Proc
         c.unsubscribe(events)
 
 
-async def amain(args: argparse.Namespace) -> int:
+def new_network_namespace(bundle: Path) -> int | None:
+    """A container whose config asks for a network namespace of its own gets one: the shim, whose pid stands for
+    the container's, moves into it (hooks and CNI callers find it at /proc/PID/ns/net). Returns an fd of the
+    host's namespace (hooks run there), or None."""
+    try:
+        cfg = oci.load(bundle)
+    except HCError:
+        return None  # create() reports the error
+    if sandbox_of(cfg) is not None or oci.network_namespace(cfg)[0] != "new":
+        return None
+    return nsenter.unshare_net()
+
+
+async def amain(args: argparse.Namespace, host_netns: int | None) -> int:
     store = Store(Path(args.root))
     try:
         joins = sandbox_of(oci.load(Path(args.bundle))) is not None
@@ -589,6 +653,7 @@ async def amain(args: argparse.Namespace) -> int:
         joins = False  # create() reports the error
     shim = (Member if joins else Shim)(store, args.id, Path(args.bundle),
                                        Path(args.console_socket) if args.console_socket else None)
+    shim.host_netns = host_netns
     store.rundir(args.id).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         await shim.create()
@@ -618,8 +683,12 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(filename=args.log, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    code = asyncio.run(amain(args))
-    sys.exit(code)
+    try:
+        host_netns = new_network_namespace(Path(args.bundle))
+    except OSError as e:
+        os.write(args.status_fd, f"error a network namespace for the container: {e.strerror}\n".encode())
+        sys.exit(1)
+    sys.exit(asyncio.run(amain(args, host_netns)))
 
 
 if __name__ == "__main__":

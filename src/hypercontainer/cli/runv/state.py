@@ -83,6 +83,11 @@ class Store:
         return sorted(p.name for p in self.root.iterdir() if (p / "state.json").exists())
 
 
+def member_name(cid: str) -> str:
+    """The name a container that joins a sandbox's VM has in that VM's pod."""
+    return "m" + hashlib.sha256(cid.encode()).hexdigest()[:12]
+
+
 def oci_state(st: dict) -> dict:
     """The `state` output of the OCI runtime spec."""
     out = {"ociVersion": OCI_VERSION, "id": st["id"], "status": st["status"], "bundle": st["bundle"],

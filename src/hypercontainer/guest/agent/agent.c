@@ -176,8 +176,9 @@ static void print_tables(void)
 	for (const struct msg_def *d = msg_table; d->name; d++)
 		printf("msg %u %s\n", d->type, d->name);
 	for (int t = 1; t <= F_MAX_TAG; t++)
-		printf("field %d %s %s%s\n", t, field_table[t].name, field_table[t].kind == KIND_U64 ? "u64" : "str",
-		       field_table[t].list ? " list" : "");
+		if (field_table[t].name)
+			printf("field %d %s %s%s\n", t, field_table[t].name,
+			       field_table[t].kind == KIND_U64 ? "u64" : "str", field_table[t].list ? " list" : "");
 	for (const struct flag_def *f = mount_flag_table; f->name; f++)
 		printf("mountflag %u %s\n", f->bit, f->name);
 	for (int p = PHASE_NONE + 1; p < PHASE_COUNT; p++)

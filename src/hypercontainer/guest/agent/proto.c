@@ -37,9 +37,6 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_MOUNT_FLAGS] = {F_MOUNT_FLAGS, "mount_flags", KIND_U64, 1},
 	[F_SYSCTL] = {F_SYSCTL, "sysctl", KIND_STR, 1},
 	[F_RLIMIT] = {F_RLIMIT, "rlimit", KIND_STR, 1},
-	[F_NET_MAC] = {F_NET_MAC, "net_mac", KIND_STR, 0},
-	[F_NET_ADDR] = {F_NET_ADDR, "net_addr", KIND_STR, 0},
-	[F_NET_GW] = {F_NET_GW, "net_gw", KIND_STR, 0},
 	[F_CLOCK_NS] = {F_CLOCK_NS, "clock_ns", KIND_U64, 0},
 	[F_SEED] = {F_SEED, "seed", KIND_STR, 0},
 	[F_CAP_BOUNDING] = {F_CAP_BOUNDING, "cap_bounding", KIND_U64, 0},
@@ -56,6 +53,8 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_CONTAINERS] = {F_CONTAINERS, "containers", KIND_U64, 0},
 	[F_PROCESSES] = {F_PROCESSES, "processes", KIND_U64, 0},
 	[F_FDS] = {F_FDS, "fds", KIND_U64, 0},
+	[F_NET_IF] = {F_NET_IF, "net_if", KIND_STR, 1},
+	[F_NET_ROUTE] = {F_NET_ROUTE, "net_route", KIND_STR, 1},
 };
 
 const struct msg_def msg_table[] = {
@@ -101,7 +100,7 @@ void put_u64(uint8_t *p, uint64_t v)
 
 static const struct field_def *field_def(uint16_t tag)
 {
-	if (tag == 0 || tag > F_MAX_TAG)
+	if (tag == 0 || tag > F_MAX_TAG || !field_table[tag].name) /* unknown, or retired */
 		return NULL;
 	return &field_table[tag];
 }

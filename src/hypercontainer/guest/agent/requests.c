@@ -348,9 +348,12 @@ out:
 
 static int handle_start_pod(const struct msg *m, struct err *e)
 {
+	static struct net_config net;
 	const char *host = msg_str(m, F_HOSTNAME, NULL), *share = msg_str(m, F_SHARE, NULL);
-	const char *addr = msg_str(m, F_NET_ADDR, NULL), *seed = msg_str(m, F_SEED, NULL);
+	const char *seed = msg_str(m, F_SEED, NULL);
 	unsigned long long clock = msg_u64(m, F_CLOCK_NS, 0);
+	if (net_read(&net, m, e) < 0) /* all checked first; in test mode too (the host's tests see what is refused) */
+		return -1;
 	if (test_mode)
 		return 0;
 	if (clock && set_clock_ns(clock, e) < 0)
@@ -361,7 +364,7 @@ static int handle_start_pod(const struct msg *m, struct err *e)
 		return fail_errno(e, "sethostname %s", host);
 	if (share && mount_share(share, msg_str(m, F_SHAREFS, "virtiofs"), SHARE_ROOT, e) < 0)
 		return -1;
-	if (addr && net_configure(msg_str(m, F_NET_MAC, ""), addr, msg_str(m, F_NET_GW, NULL), 2000, e) < 0)
+	if (net.nifs && net_apply(&net, 2000, e) < 0)
 		return -1;
 	return 0;
 }
