@@ -19,6 +19,7 @@ import pytest
 
 from hypercontainer import procs
 from hypercontainer.cli.runv.state import Store
+from hypercontainer.spec import oci
 from hypercontainer.storage.mount import mounts_under, umount
 from hypercontainer.vm import confine, uids
 
@@ -323,6 +324,38 @@ def test_hooks_run_on_the_host_with_the_state(runv: Runv, bundle: Path, tmp_path
     assert r.returncode == 1 and b"prestart hook /bin/false exited with status 1" in r.stderr, r.stderr
     assert not (runv.root / "h2").exists()
     assert subprocess.run(["pgrep", "-c", "qemu-system"], capture_output=True, text=True).stdout.strip() == qemus
+
+
+def test_the_shim_joins_the_configs_memory_cgroup_and_a_guest_oom_shows_there(runv: Runv, bundle: Path) -> None:
+    """containerd learns of OOM kills from the host memory cgroup of the container's pid (the shim): the shim joins
+    linux.cgroupsPath, and an OOM recorded there reaches an eventfd registered the way containerd's runc shim
+    registers its own (cgroup v1: cgroup.event_control on memory.oom_control), and kills nothing."""
+    from hypercontainer.cli.runv import hostoom
+
+    configure(bundle, ["sleep", "300"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["cgroupsPath"] = f"/hc-test-{os.getpid()}/o1"
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    assert runv.detached("run", "-d", "--bundle", str(bundle), "o1").returncode == 0
+    cg = hostoom.memory_cgroup(oci.load(bundle))
+    assert cg and str(runv.state("o1")["pid"]) in (cg / "cgroup.procs").read_text().split()
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    control = os.open(cg / "memory.oom_control", os.O_RDONLY)
+    try:
+        (cg / "cgroup.event_control").write_text(f"{efd} {control}")
+        assert not select.select([efd], [], [], 0)[0]
+        assert hostoom.record_oom(cg)
+        assert select.select([efd], [], [], 5)[0] and os.eventfd_read(efd) >= 1
+        assert runv.state("o1")["status"] == "running"  # nothing was killed: the shim lives on
+        assert "oom_kill 0" in (cg / "memory.oom_control").read_text()
+        assert runv("exec", "o1", "true").returncode == 0
+        assert "9223372036854771712" in (cg / "memory.limit_in_bytes").read_text()  # the limit lifted again
+    finally:
+        os.close(efd)
+        os.close(control)
+        assert runv("delete", "--force", "o1").returncode == 0
+    assert not cg.exists()
+    cg.parent.rmdir()
 
 
 def test_bad_bundles_leave_nothing(runv: Runv, bundle: Path, tmp_path: Path) -> None:

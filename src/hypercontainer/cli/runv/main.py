@@ -294,8 +294,16 @@ def unplug(rt: Runtime, cid: str, st: dict[str, Any]) -> None:
 
 
 def cleanup(store: Store, cid: str) -> None:
-    """The container's state and runtime directories (remove_tree detaches what is still mounted below)."""
+    """The container's state and runtime directories (remove_tree detaches what is still mounted below), and the
+    host memory cgroup its shim joined."""
     from ...storage.volumes import remove_tree
+
+    with contextlib.suppress(NotFound, KeyError):
+        cg = store.load(cid).get("cgroup")
+        if cg:
+            from .hostoom import remove
+
+            remove(Path(cg))
 
     remove_tree(store.dir(cid))
     remove_tree(store.rundir(cid))

@@ -44,7 +44,7 @@ from ...spec.pod import MIN_MEMORY_MIB, ContainerSpec, PodSpec, Volume
 from ...storage.volumes import check_host_dir
 from ...vm import uids
 from ...vm.accel import detect
-from . import hooks, wire
+from . import hooks, hostoom, wire
 from .fdio import read_chunks, write_all
 from .state import Store, member_name, now_rfc3339
 
@@ -141,6 +141,7 @@ class Shim:
         self.cfg: oci.Config | None = None
         self.netns: str | None = None  # the container's network namespace (None: the host's, not joined)
         self.host_netns: int | None = None  # an fd of the host's, where main() left it for a new one
+        self.oom_cgroup: Path | None = None  # the host memory cgroup the shim joined (hostoom.py)
         self.network: Network | None = None
         self.assets: GuestAssets | None = None
         self.templates: Templates | None = None
@@ -170,6 +171,7 @@ class Shim:
         self.state = {"id": self.cid, "bundle": str(self.bundle), "rootfs": str(root), "status": "creating",
                       "pid": os.getpid(), "pid_start": procs.start_time(os.getpid()), "created_rfc3339": now_rfc3339(),
                       "annotations": cfg.annotations, "vm_pid": None, "vm_start": None}
+        self.join_cgroup(cfg)
         for hook_kind in ("prestart", "createRuntime"):  # docker's networking: a prestart hook fills the namespace
             await asyncio.to_thread(hooks.run, cfg, hook_kind,
                                     hooks.state(cfg, self.cid, str(self.bundle), "creating", os.getpid()),
@@ -213,6 +215,20 @@ class Shim:
                           network=self.pod.net.to_dict() if self.pod.net else None)
         self.store.save(self.cid, self.state)
 
+    def join_cgroup(self, cfg: oci.Config) -> None:
+        """The shim (the container's pid on the host) into the memory cgroup config.json names, where containerd
+        looks for the container's OOM kills (hostoom.py)."""
+        cg = hostoom.memory_cgroup(cfg)
+        if cg and hostoom.join(cg):
+            self.oom_cgroup = cg
+            self.state["cgroup"] = str(cg)
+            self.store.save(self.cid, self.state)  # runv delete (or create, if this one fails) removes it
+
+    async def record_oom(self) -> None:
+        if self.oom_cgroup:
+            recorded = await asyncio.to_thread(hostoom.record_oom, self.oom_cgroup)
+            log.info("the guest's OOM kill recorded in %s: %s", self.oom_cgroup, recorded)
+
     def open_console(self, cfg: oci.Config) -> None:
         """A host pty: the master goes to the console socket, the shim keeps the slave as the container's
         terminal (raw; its window size is forwarded to the guest's pty)."""
@@ -242,6 +258,8 @@ class Shim:
         try:
             await self.container.done.wait()
             self.exit_code = self.container.exit_code if self.container.exit_code is not None else 255
+            if self.container.oom_killed:
+                await self.record_oom()
             if self.relay_task:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.relay_task, 5)
@@ -519,6 +537,7 @@ class Member(Shim):
         self.state = {"id": self.cid, "bundle": str(self.bundle), "rootfs": str(root), "status": "created",
                       "pid": os.getpid(), "pid_start": procs.start_time(os.getpid()), "created_rfc3339": now_rfc3339(),
                       "annotations": cfg.annotations, "sandbox": sandbox, "vm_pid": None, "vm_start": None}
+        self.join_cgroup(cfg)
         self.store.save(self.cid, self.state)
 
     def send(self, kind: int, data: bytes = b"") -> None:
@@ -578,6 +597,8 @@ class Member(Shim):
                 elif kind == wire.EXIT and len(data) == 4:
                     self.exit_code = struct.unpack(">i", data)[0]
                     return
+                elif kind == wire.OOM:
+                    await self.record_oom()
                 elif kind == wire.ERROR:
                     log.error("start failed: %s", data.decode(errors="replace"))
                     self.exit_code = 128
@@ -621,6 +642,8 @@ async def relay_events(c: Container, events: asyncio.Queue[Event], streams: Proc
                 await writer.drain()
                 continue
             code = data if kind == "exit" else 255
+            if c.oom_killed:
+                writer.write(wire.frame(wire.OOM))
             writer.write(wire.frame(wire.EXIT, struct.pack(">i", code)))
             await writer.drain()
             return

@@ -1,7 +1,8 @@
 """The shim's socket: one JSON request line, one JSON reply line; an exec then carries its stdio as frames.
 
     frame = kind: u8, length: u32 (big endian), data
-    shim -> client: 1 stdout, 2 stderr, 3 exit (data: i32 status), 7 error (text)
+    shim -> client: 1 stdout, 2 stderr, 3 exit (data: i32 status), 7 error (text), 8 oom (the guest's OOM killer
+                    ended the container: sent before its exit)
     client -> shim: 0 stdin (length 0: EOF), 4 resize (u16 rows, u16 cols), 5 signal (i32),
                     6 start (a container that joined the sandbox)
 """
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     import asyncio
 
 HDR = struct.Struct(">BI")
-STDIN, STDOUT, STDERR, EXIT, RESIZE, SIGNAL, START, ERROR = 0, 1, 2, 3, 4, 5, 6, 7
+STDIN, STDOUT, STDERR, EXIT, RESIZE, SIGNAL, START, ERROR, OOM = 0, 1, 2, 3, 4, 5, 6, 7, 8
 MAX_FRAME = 1 << 20
 
 
