@@ -3,6 +3,7 @@ clients on this machine — podman, containerd's ctr and dockerd — each with i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -13,6 +14,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -463,10 +465,12 @@ def wait_for(check, timeout: float = 60) -> None:
     raise AssertionError("timed out")
 
 
-@pytest.fixture(scope="module")
-def containerd(busybox_tar: Path):
+@contextlib.contextmanager
+def private_containerd(busybox_tar: Path, prefix: str = "hc-ctd-") -> Iterator[tuple[list[str], Path]]:
+    """A containerd of its own (temp root, state and socket; its CRI plugin off) with busybox imported: ctr's argv
+    and the directory. Stopped, its shims killed and the directory removed afterwards."""
     need("containerd")
-    d = Path(tempfile.mkdtemp(prefix="hc-ctd-"))
+    d = Path(tempfile.mkdtemp(prefix=prefix))
     sock = d / "containerd.sock"
     (d / "config.toml").write_text(f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n'
                                    f'[grpc]\n  address = "{sock}"\n'
@@ -474,15 +478,23 @@ def containerd(busybox_tar: Path):
     daemon = subprocess.Popen(["containerd", "--config", str(d / "config.toml")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     ctr = ["ctr", "--address", str(sock)]
-    wait_for(lambda: subprocess.run([*ctr, "version"], capture_output=True).returncode == 0)
-    subprocess.run([*ctr, "images", "import", "--base-name", "docker.io/library/busybox", str(busybox_tar)],
-                   check=True, capture_output=True, timeout=120)
-    yield ctr
-    daemon.send_signal(signal.SIGTERM)
-    daemon.wait(30)
-    subprocess.run(["pkill", "-f", f"containerd-shim.*{d}"], capture_output=True)
-    unmount_all(d)
-    shutil.rmtree(d, ignore_errors=True)
+    try:
+        wait_for(lambda: subprocess.run([*ctr, "version"], capture_output=True).returncode == 0)
+        subprocess.run([*ctr, "images", "import", "--base-name", "docker.io/library/busybox", str(busybox_tar)],
+                       check=True, capture_output=True, timeout=120)
+        yield ctr, d
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+        subprocess.run(["pkill", "-f", f"containerd-shim.*{d}"], capture_output=True)
+        unmount_all(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def containerd(busybox_tar: Path):
+    with private_containerd(busybox_tar) as (ctr, _):
+        yield ctr
 
 
 def test_ctr_run(containerd) -> None:

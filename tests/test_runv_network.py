@@ -19,7 +19,19 @@ import pytest
 
 from .netns import Netns, sh
 from .netns import fetch as ns_fetch
-from .test_runv import ASSETS, RUNV, Runv, bundle, need, rootfs_tar, running, runv, unmount_all, wait_for  # noqa: F401
+from .test_runv import (  # noqa: F401
+    ASSETS,
+    RUNV,
+    Runv,
+    bundle,
+    need,
+    private_containerd,
+    rootfs_tar,
+    running,
+    runv,
+    unmount_all,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(900)
 INDEX = "hello from a VM\n"
@@ -160,40 +172,24 @@ CNI_SUBNET, CNI_GATEWAY = "10.99.8.0/24", "10.99.8.1"
 def ctr_cni(busybox_tar: Path):
     """A containerd of its own; ctr's CNI reads /etc/cni/net.d and /opt/cni/bin (fixed in ctr 1.6): the test's
     conflist sorts first there for as long as the test runs, and /opt/cni/bin points at Debian's plugins."""
-    need("containerd")
-    d = Path(tempfile.mkdtemp(prefix="hc-ctdnet-"))
     made_bin = not os.path.lexists("/opt/cni/bin")
     if made_bin:
         Path("/opt/cni").mkdir(parents=True, exist_ok=True)
         os.symlink("/usr/lib/cni", "/opt/cni/bin")
     conf = Path("/etc/cni/net.d/00-hc-runv-test.conflist")
     conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(json.dumps({"cniVersion": "0.4.0", "name": "hc-runv-test", "plugins": [
-        {"type": "bridge", "bridge": "hcctr0", "isGateway": True, "ipMasq": False,
-         "ipam": {"type": "host-local", "ranges": [[{"subnet": CNI_SUBNET}]], "routes": [{"dst": "0.0.0.0/0"}],
-                  "dataDir": str(d / "ipam")}}]}))
-    sock = d / "containerd.sock"
-    (d / "config.toml").write_text(f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n'
-                                   f'[grpc]\n  address = "{sock}"\n'
-                                   '[plugins."io.containerd.grpc.v1.cri"]\n  disable = true\n')
-    daemon = subprocess.Popen(["containerd", "--config", str(d / "config.toml")], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    ctr = ["ctr", "--address", str(sock)]
     try:
-        wait_for(lambda: subprocess.run([*ctr, "version"], capture_output=True).returncode == 0)
-        subprocess.run([*ctr, "images", "import", "--base-name", "docker.io/library/busybox", str(busybox_tar)],
-                       check=True, capture_output=True, timeout=120)
-        yield ctr
+        with private_containerd(busybox_tar, "hc-ctdnet-") as (ctr, d):
+            conf.write_text(json.dumps({"cniVersion": "0.4.0", "name": "hc-runv-test", "plugins": [
+                {"type": "bridge", "bridge": "hcctr0", "isGateway": True, "ipMasq": False,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": CNI_SUBNET}]],
+                          "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(d / "ipam")}}]}))
+            yield ctr
     finally:
         conf.unlink(missing_ok=True)
         if made_bin:
             os.unlink("/opt/cni/bin")
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
-        subprocess.run(["pkill", "-f", f"containerd-shim.*{d}"], capture_output=True)
         subprocess.run(["ip", "link", "del", "hcctr0"], capture_output=True)
-        unmount_all(d)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_ctr_run_cni_gets_an_address_and_reaches_the_host(ctr_cni) -> None:
