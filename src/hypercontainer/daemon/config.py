@@ -27,6 +27,7 @@ from ..config import (
     Paths,
 )
 from ..errors import HCError, InvalidArgument
+from ..image import mirrors
 from ..network.manager import DEFAULT_BRIDGE, DEFAULT_SUBNET
 from ..storage.disk import DEFAULT_STORAGE_SIZE, parse_size
 from ..vm import uids
@@ -54,6 +55,7 @@ ENVVARS: dict[str, str] = {
     "storage_size": "HYPERCONTAINER_STORAGE_SIZE", "accel": ENV_ACCEL, "kernel": ENV_KERNEL,
     "pull_parallel": "HYPERCONTAINER_PULL_PARALLEL", "debug": "HYPERCONTAINER_DEBUG",
     "crash_at": "HYPERCONTAINER_CRASH_AT",
+    "registry_config": "HYPERCONTAINER_REGISTRY_CONFIG",
 }
 
 
@@ -84,6 +86,7 @@ class HyperdConfig:
     vmm_uids: uids.UidRange = uids.DEFAULT_RANGE
     storage_size: int = _DEFAULT_STORAGE_SIZE  # bytes per pod's disk; 0: no limit
     insecure_registries: frozenset[str] = frozenset()
+    registry_hosts: mirrors.RegistryHosts = field(default_factory=mirrors.RegistryHosts)  # --registry-config, read
     accel: AccelChoice = "auto"  # auto: the probe decides
     kernel: KernelChoice = "auto"
     pull_parallel: int = DEFAULT_PULL_PARALLEL  # layers downloaded at once per pull
@@ -146,13 +149,20 @@ def _registries(values: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+def _registry_hosts(path: Path) -> mirrors.RegistryHosts:
+    try:
+        return mirrors.load(path)
+    except mirrors.RegistryConfigError as e:
+        raise ConfigError("registry_config", e.message) from None
+
+
 def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | None = None,
           assets: Path | None = None, insecure_registry: Iterable[str] = (), live_restore: bool = True,
           network: str = "auto", bridge: str = DEFAULT_BRIDGE, subnet: str = DEFAULT_SUBNET,
           boot: str = "template", pool: int | str = 0, vmm_uids: str = uids.DEFAULT_TEXT,
           storage_size: str = DEFAULT_STORAGE_SIZE, accel: str = "auto", kernel: str = "auto",
           pull_parallel: int | str = DEFAULT_PULL_PARALLEL, debug: bool = False,
-          crash_at: str | None = None) -> HyperdConfig:
+          crash_at: str | None = None, registry_config: Path = mirrors.DEFAULT_DIR) -> HyperdConfig:
     """Checks every setting and makes the config; a bad one raises ConfigError naming its flag."""
     if not _IFNAME.match(bridge):
         raise ConfigError("bridge", f"{bridge!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
@@ -172,6 +182,7 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
         vmm_uids=_uid_range(vmm_uids),
         storage_size=size,
         insecure_registries=_registries(insecure_registry),
+        registry_hosts=_registry_hosts(Path(registry_config)),
         accel=cast(AccelChoice, _choice("accel", accel, get_args(AccelChoice))),
         kernel=cast(KernelChoice, _choice("kernel", kernel, get_args(KernelChoice))),
         pull_parallel=_count("pull_parallel", pull_parallel, 1, MAX_PULL_PARALLEL),
@@ -208,6 +219,9 @@ def options(f: Callable[..., Any]) -> Callable[..., Any]:
         _option("--insecure-registry", name="insecure_registry", type=_Registries(), multiple=True,
                 help="Registry reached over plain HTTP (loopback ones always are); repeatable, comma-separated in "
                      "the variable."),
+        _option("--registry-config", name="registry_config", type=path, metavar="DIR", default=mirrors.DEFAULT_DIR,
+                show_default=True, help="Registry mirrors: DIR/<registry host>/hosts.toml as containerd's certs.d "
+                                        "(a containerd config_path works as is); read once at start, none if absent."),
         _option("--live-restore/--no-live-restore", name="live_restore", default=True, show_default=True,
                 help="Leave pods running when hyperd stops and take them over when it starts."),
         _option("--network", name="network", type=click.Choice(get_args(NetworkMode)), default="auto",

@@ -103,7 +103,7 @@ def assemble(cfg: HyperdConfig, a: guest_assets.Assets, accel: Accel) -> Parts:
                          templates, cfg.boot, pool, cfg.storage_size)
     manager.live_restore = cfg.live_restore
     return Parts(images, db, network, templates, pool, manager,
-                 Puller(images, set(cfg.insecure_registries), cfg.pull_parallel))
+                 Puller(images, set(cfg.insecure_registries), cfg.pull_parallel, cfg.registry_hosts))
 
 
 async def serve(cfg: HyperdConfig) -> None:

@@ -1,5 +1,6 @@
 """Pulling an image: resolve the manifest (and the platform in an index), fetch config and layers in parallel,
-verify, store, unpack. Concurrent pulls share downloads and unpacks of the same blob.
+verify, store, unpack. Concurrent pulls share downloads and unpacks of the same blob. The registry's mirrors, if
+the registry configuration names any (mirrors.py), are tried first; the image keeps the name asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from ..errors import ImageError
 from . import reference
 from .auth import Credentials
-from .registry import Registry
+from .mirrors import RegistryHosts, Sources
 from .store import Image, ImageStore, check_digest
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,18 @@ def _descriptor(d: object, what: str) -> tuple[str, int]:
 class Puller:
     """One per daemon: the in-flight downloads and unpacks that concurrent pulls share."""
 
-    def __init__(self, store: ImageStore, insecure: set[str] | None = None, parallel: int = PARALLEL) -> None:
+    def __init__(self, store: ImageStore, insecure: set[str] | None = None, parallel: int = PARALLEL,
+                 hosts: RegistryHosts | None = None) -> None:
         if parallel < 1:
             raise ValueError(f"parallel downloads must be 1 or more, not {parallel}")
         self.store = store
         self.insecure = insecure or set()
         self.parallel = parallel
+        self.hosts = hosts or RegistryHosts()  # mirrors: none unless a registry configuration was read
+        for line in self.hosts.warnings:
+            log.warning("registry config: %s", line)
+        for line in self.hosts.describe():
+            log.info("registry mirrors: %s", line)
         self._downloads: dict[str, asyncio.Task] = {}
         self._unpacks: dict[str, asyncio.Future[Path]] = {}
 
@@ -90,7 +97,7 @@ class Puller:
         ref = reference.parse(ref_text)
         plat = Platform.parse(platform)
         emit = progress or (lambda ev: None)
-        reg = Registry(ref.registry, creds, insecure=ref.registry in self.insecure)
+        reg = Sources(ref.registry, self.hosts.hosts(ref.registry), creds, self.insecure)
         try:
             body, media, digest = await reg.manifest(ref)
             manifest = _parse_json(body, "manifest")
@@ -150,7 +157,7 @@ class Puller:
         finally:
             await reg.close()
 
-    async def _fetch(self, reg: Registry, ref: reference.Reference, digest: str, size: int,
+    async def _fetch(self, reg: Sources, ref: reference.Reference, digest: str, size: int,
                      progress: Callable[[int], None] | None, diff_id: str | None = None) -> None:
         """Downloads a blob unless stored (a layer is unpacked as it arrives); a second caller for the same
         digest waits for the first."""
@@ -163,7 +170,7 @@ class Puller:
             task.add_done_callback(lambda _t: self._downloads.pop(digest, None))
         await asyncio.shield(task)
 
-    async def _download(self, reg: Registry, ref: reference.Reference, digest: str, size: int,
+    async def _download(self, reg: Sources, ref: reference.Reference, digest: str, size: int,
                         progress: Callable[[int], None] | None, diff_id: str | None) -> None:
         out, tmp = self.store.temp_file()
         out.close()
@@ -174,7 +181,8 @@ class Puller:
             tee.task.add_done_callback(lambda _t: self._unpacks.pop(diff_id, None))
         try:
             await reg.blob(ref, digest, size, tmp, progress, tee)
-            work = await tee.finish() if tee else None
+            # an abandoned unpack (the bytes it saw were not the ones kept): one() unpacks the stored blob
+            work = await tee.finish() if tee and not tee.abandoned else None
             await asyncio.to_thread(self.store.commit_blob, tmp, digest)
             if work is not None and diff_id:
                 await asyncio.to_thread(self.store.commit_layer, work, diff_id)
@@ -240,6 +248,7 @@ class _UnpackTee:
         self.task: asyncio.Future[Path] = asyncio.ensure_future(
             asyncio.to_thread(store.unpack_stream, self.reader, diff_id))  # type: ignore[arg-type]
         self.done = False
+        self.abandoned = False  # by a failed download attempt: what it unpacked is not the blob that is kept
 
     async def _put(self, item: bytes | BaseException | None) -> None:
         try:
@@ -263,7 +272,7 @@ class _UnpackTee:
             if not self.task.cancelled() and self.task.exception() is None:
                 shutil.rmtree(self.task.result(), ignore_errors=True)
             return
-        self.done = True
+        self.done = self.abandoned = True
         if not self.task.done():
             await self._put(_Abandoned("download abandoned"))
         with contextlib.suppress(BaseException):

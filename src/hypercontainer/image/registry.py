@@ -2,6 +2,8 @@
 
 HTTPS by default; plain HTTP for loopback registries and those named insecure. Bearer tokens come from the
 realm a 401 names (with basic credentials when given); plain basic auth too. Transient failures are retried.
+A mirror (mirrors.py) is a Registry too: its own scheme, API root and TLS settings, and a query (`ns=`) naming the
+registry it stands in for.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -50,6 +53,17 @@ class AuthError(RegistryError):
     status = 401
 
 
+class Unreachable(RegistryError):
+    """No usable answer at all (connection refused, no such host, timeouts), retries included."""
+
+
+def new_client(*, verify: bool | ssl.SSLContext = True, headers: list[tuple[str, str]] | None = None,
+               connect_timeout: float | None = None, proxy: str | None = None) -> httpx.AsyncClient:
+    """The HTTP client a Registry uses: follows redirects (blobs often live elsewhere), generous read timeouts."""
+    timeout = httpx.Timeout(30.0, read=120.0, connect=30.0 if connect_timeout is None else connect_timeout)
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=True, verify=verify, headers=headers, proxy=proxy)
+
+
 def is_loopback(host: str) -> bool:
     name = host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
     if name == "localhost":
@@ -61,18 +75,25 @@ def is_loopback(host: str) -> bool:
 
 
 class Registry:
-    """One registry host; one token per repository scope."""
+    """One registry host; one token per repository scope.
+
+    `scheme` overrides the choice `insecure` and loopback make; `root` is the API root ("/v2", or a mirror's own
+    path); `params` go with every manifest and blob request; `retries` counts attempts at transient failures."""
 
     def __init__(self, host: str, creds: Credentials | None = None, insecure: bool = False,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: httpx.AsyncClient | None = None, *, scheme: str | None = None, root: str = "/v2",
+                 params: dict[str, str] | None = None, retries: int = RETRIES) -> None:
         self.host = DOCKER_HUB if host == "docker.io" else host
-        self.scheme = "http" if insecure or is_loopback(self.host) else "https"
+        self.scheme = scheme or ("http" if insecure or is_loopback(self.host) else "https")
+        self.root = root.rstrip("/")
+        self.params = params or {}
+        self.retries = max(1, retries)
         self.creds = creds
         self._tokens: dict[str, str] = {}
-        self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=120.0), follow_redirects=True)
+        self.client = client or new_client()
 
     def url(self, path: str) -> str:
-        return f"{self.scheme}://{self.host}/v2/{path}"
+        return f"{self.scheme}://{self.host}{self.root}/{path}"
 
     async def _token(self, challenge_header: str, scope: str) -> str:
         ch = parse_challenge(challenge_header)
@@ -110,12 +131,13 @@ class Registry:
             if scope in self._tokens:
                 h["Authorization"] = self._tokens[scope]
             try:
-                r = await self.client.send(self.client.build_request(method, self.url(path), headers=h),
+                r = await self.client.send(self.client.build_request(method, self.url(path), headers=h,
+                                                                     params=self.params if path else None),
                                            stream=stream)
             except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as e:
                 attempt += 1
-                if attempt >= RETRIES:
-                    raise RegistryError(f"cannot reach {self.host}: {e or type(e).__name__}") from None
+                if attempt >= self.retries:
+                    raise Unreachable(f"cannot reach {self.host}: {e or type(e).__name__}") from None
                 await asyncio.sleep(0.2 * 2**attempt)
                 continue
             if r.status_code == 401 and not refreshed:  # a first or an expired token: fetch one, once
@@ -124,7 +146,7 @@ class Registry:
                 await r.aclose()
                 self._tokens[scope] = await self._token(header, scope)
                 continue
-            if r.status_code in (429, 500, 502, 503, 504) and attempt < RETRIES - 1:
+            if r.status_code in (429, 500, 502, 503, 504) and attempt < self.retries - 1:
                 attempt += 1
                 await r.aclose()
                 await asyncio.sleep(0.2 * 2**attempt)
@@ -163,14 +185,14 @@ class Registry:
         """Streams a blob into `dest`, checking size and digest as it goes. Retries from scratch; `tee` sees
         each chunk of the first attempt (and is told when that attempt is abandoned)."""
         scope = f"repository:{ref.repository}:pull"
-        for attempt in range(RETRIES):
+        for attempt in range(self.retries):
             try:
                 await self._blob_once(ref, digest, size, dest, scope, progress, tee if attempt == 0 else None)
                 return
             except (httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as e:
                 if tee and attempt == 0:
                     await tee.abandon()
-                if attempt == RETRIES - 1:
+                if attempt == self.retries - 1:
                     raise RegistryError(f"{digest[:19]}: download failed: {e or type(e).__name__}") from None
                 await asyncio.sleep(0.2 * 2**attempt)
 
