@@ -1,5 +1,6 @@
-"""Network namespaces by fd: enter one on a short-lived thread (setns moves only the calling thread), or leave the
-host's for a new one. Python 3.11 has neither os.setns nor os.unshare: libc's, via ctypes."""
+"""Network namespaces by fd: enter one on a short-lived thread (setns moves only the calling thread), make a new one
+on such a thread, or leave the host's for a new one. Python 3.11 has neither os.setns nor os.unshare: libc's, via
+ctypes."""
 
 from __future__ import annotations
 
@@ -49,34 +50,55 @@ def open_ns(path: str) -> int:
     return fd
 
 
-def run_in(path: str | int, fn: Callable[[], T]) -> T:
-    """fn() on a thread inside the network namespace `path` (or an fd of it); its result or its exception.
-    InvalidArgument if `path` is not a network namespace."""
-    fd = open_ns(path) if isinstance(path, str) else path
+def _on_thread(enter: Callable[[], None], fn: Callable[[], T], what: str) -> T:
+    """fn() on a new thread that first calls enter() (which moves it to another namespace); fn's result or its
+    exception. The thread is never reused: whatever namespace it entered goes with it unless something else holds
+    that namespace (a bind mount, an open fd)."""
     out: list[T] = []
     err: list[BaseException] = []
 
     def body() -> None:
         try:
-            setns(fd)
-        except OSError as e:
-            err.append(InvalidArgument(f"{path} is not a network namespace ({e.strerror})"))
+            enter()
+        except BaseException as e:
+            err.append(e)
             return
         try:
             out.append(fn())
         except BaseException as e:
             err.append(e)
 
-    try:
-        t = threading.Thread(target=body, name="netns")  # never reused: its namespace dies with it
-        t.start()
-        t.join()
-    finally:
-        if isinstance(path, str):
-            os.close(fd)
+    t = threading.Thread(target=body, name=what)
+    t.start()
+    t.join()
     if err:
         raise err[0]
     return out[0]
+
+
+def run_in(path: str | int, fn: Callable[[], T]) -> T:
+    """fn() on a thread inside the network namespace `path` (or an fd of it); its result or its exception.
+    InvalidArgument if `path` is not a network namespace. Processes that fn starts are born in that namespace."""
+    fd = open_ns(path) if isinstance(path, str) else path
+
+    def enter() -> None:
+        try:
+            setns(fd)
+        except OSError as e:
+            raise InvalidArgument(f"{path} is not a network namespace ({e.strerror})") from None
+
+    try:
+        return _on_thread(enter, fn, "netns")
+    finally:
+        if isinstance(path, str):
+            os.close(fd)
+
+
+def in_new_ns(fn: Callable[[], T]) -> T:
+    """fn() on a thread inside a network namespace made for it (unshare on that thread alone: the process and its
+    other threads stay where they are). The namespace lives on only if fn makes something hold it: a bind mount of
+    /proc/thread-self/ns/net, an fd of it."""
+    return _on_thread(lambda: _check(_libc.unshare(CLONE_NEWNET), "unshare"), fn, "new-netns")
 
 
 def links(path: str | int) -> list[str]:

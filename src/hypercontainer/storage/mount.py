@@ -20,6 +20,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 MNT_DETACH, UMOUNT_NOFOLLOW = 2, 8
 MS_NOSUID, MS_NODEV = 2, 4
+MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 0x100000
 
 # Syscall numbers of the mount API are the same on every architecture (added after the numbering was unified).
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT, SYS_MOUNT_SETATTR = 428, 429, 430, 431, 432, 442
