@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import os
 import shutil
@@ -436,4 +437,95 @@ async def test_failure_phase_mount(agent_host_binary: Path, busybox_tar: Path, t
         e = await _refused(c, Msg.NEW_CONTAINER, 2, id="m", rootfs="c1", arg=["true"], mount_src=["c1"],
                            mount_dst=["/mnt"], mount_flags=[8])
         assert (e.phase, e.errno) == (None, errno.EINVAL) and "invalid mount flags 8" in e.message
+    shutil.rmtree(share)
+
+
+# ---- seccomp, masked and read-only paths ------------------------------------------------------------------------
+def _filter(**profile: object) -> str:
+    from hypercontainer.spec.seccomp import compile_filter
+
+    return compile_filter({"defaultAction": "SCMP_ACT_ALLOW", **profile})[0]
+
+
+NO_MKDIR = {"syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM}]}
+
+
+async def test_seccomp_filter_for_the_container_and_its_execs(agent: Agent, tmp_path: Path) -> None:
+    """The container's filter is loaded before exec; an EXEC without one gets the container's, with one its own;
+    a filter the kernel refuses fails in phase seccomp, one that is not base64 is refused before any step."""
+    no_mkdir = _filter(**NO_MKDIR)
+    async with agent as c:
+        await c.handshake(5)
+        base = await _stats(c)
+        out, err, code = await run(c, ["sh", "-c", f"mkdir {tmp_path}/a; grep ^Seccomp: /proc/self/status"],
+                                   seccomp=no_mkdir)
+        assert b"Operation not permitted" in err and out.split() == [b"Seccomp:", b"2"] and code == 0
+        assert not (tmp_path / "a").exists()
+        p = await _started(c, Msg.NEW_CONTAINER, 4, id="s", arg=["sleep", "30"], seccomp=no_mkdir)
+        out, err, code = await run(c, ["mkdir", f"{tmp_path}/b"], stream=6, _msg=Msg.EXEC, id="s")
+        assert code == 1 and b"Operation not permitted" in err and not (tmp_path / "b").exists()
+        out, err, code = await run(c, ["mkdir", f"{tmp_path}/b"], stream=8, _msg=Msg.EXEC, id="s",
+                                   seccomp=_filter())
+        assert code == 0 and (tmp_path / "b").is_dir(), err
+        await c.request(Msg.SIGNAL, {"stream": 4, "signal": 9})
+        await asyncio.wait_for(p.exit, 10)
+        for cid in ("s", "c2"):
+            await c.request(Msg.REMOVE_CONTAINER, {"id": cid})
+
+        bad_insn = base64.b64encode(bytes.fromhex("ffff0000000000ff")).decode()
+        e = await _refused(c, Msg.NEW_CONTAINER, 10, id="x", arg=["true"], seccomp=bad_insn)
+        assert (e.phase, e.errno) == (Phase.SECCOMP, errno.EINVAL) and "load the seccomp filter" in e.message
+        for fields, why in (({"seccomp": "not base64!"}, "not base64"), ({"seccomp": ""}, "not base64"),
+                            ({"seccomp": no_mkdir, "seccomp_flags": 1}, "seccomp_flags 1"),
+                            ({"seccomp_flags": 2}, "seccomp_flags without seccomp")):
+            e = await _refused(c, Msg.NEW_CONTAINER, 10, id="x", arg=["true"], **fields)
+            assert (e.phase, e.errno) == (None, errno.EINVAL) and why in e.message, e.message
+        assert await _stats(c) == base  # no slot, no fd left by a failed start
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setuid and capabilities need root")
+async def test_seccomp_goes_in_where_runc_puts_it(agent: Agent) -> None:
+    """Without no_new_privs the filter goes in while the agent's child still has CAP_SYS_ADMIN, before the uid
+    change, so a filter refusing setgroups fails the user step; with no_new_privs it goes in just before exec,
+    after the uid change and the capability sets (which it then no longer sees)."""
+    no_setgroups = _filter(syscalls=[{"names": ["setgroups"], "action": "SCMP_ACT_ERRNO"}])
+    user = {"uid": 65534, "gid": 65534, "cap_bounding": 0, "cap_effective": 0, "cap_permitted": 0}
+    async with agent as c:
+        await c.handshake(5)
+        e = await _refused(c, Msg.NEW_CONTAINER, 2, id="x", arg=["true"], seccomp=no_setgroups, no_new_privs=0,
+                           **user)
+        assert (e.phase, e.errno) == (Phase.USER, errno.EPERM) and "setgroups" in e.message
+        out, err, code = await run(c, ["sh", "-c", "grep -E '^(Uid|NoNewPrivs|Seccomp):' /proc/self/status"],
+                                   seccomp=no_setgroups, no_new_privs=1, **user)
+        st = _status(out)
+        assert (code, err, st["Seccomp"], st["NoNewPrivs"], st["Uid"].split()[0]) == (0, b"", "2", "1", "65534")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="container setup needs root")
+async def test_masked_and_readonly_paths_as_given(agent_host_binary: Path, busybox_tar: Path, tmp_path: Path) -> None:
+    """masked_paths / readonly_paths replace runc's defaults; an empty list (one empty entry) is none; without
+    them the defaults stay; paths that are not clean are refused."""
+    share = tmp_path / "share"
+    _busybox_share(busybox_tar, share, "c1")
+    root = share / "c1"
+    (root / "etc" / "secret").write_text("password\n")
+    (root / "data").mkdir()
+    (root / "data" / "file").write_text("x\n")
+    (root / "ro").mkdir()
+    script = ("cat /etc/secret; ls /data; touch /ro/x && echo WROTE; "
+              "grep -c ' /proc/sys ' /proc/self/mountinfo; grep -c ' /proc/keys ' /proc/self/mountinfo; true")
+    async with Agent(agent_host_binary, share) as c:
+        await c.handshake(5)
+        out, err, code = await run(c, ["sh", "-c", script], rootfs="c1", masked_paths=["/etc/secret", "/data",
+                                   "/no/such"], readonly_paths=["/ro"])
+        assert (code, out.split()) == (0, [b"0", b"0"]) and b"Read-only file system" in err, (out, err)
+        out, err, code = await run(c, ["sh", "-c", script], stream=4, rootfs="c1", masked_paths=[""],
+                                   readonly_paths=[""])
+        assert (code, out.split()) == (0, [b"password", b"file", b"WROTE", b"0", b"0"]), (out, err)  # none
+        (root / "ro" / "x").unlink()
+        out, err, code = await run(c, ["sh", "-c", script], stream=6, rootfs="c1")
+        assert (code, out.split()) == (0, [b"password", b"file", b"WROTE", b"1", b"1"]), (out, err)  # runc's
+        for paths in (["/a/../b"], ["relative"], ["/"], ["", "/a"]):
+            e = await _refused(c, Msg.NEW_CONTAINER, 8, id="x", rootfs="c1", arg=["true"], masked_paths=paths)
+            assert (e.phase, e.errno) == (None, errno.EINVAL) and "masked_paths" in e.message
     shutil.rmtree(share)

@@ -55,8 +55,8 @@ def test_request_attributes_are_protocol_fields(cls: type) -> None:
         d = BY_NAME[name]
         hint = hints[name]
         types = set(typing.get_args(hint)) - {type(None), Ellipsis} or {hint}
-        if d.list:
-            assert typing.get_origin(hint) is tuple, name
+        if d.list:  # a tuple, or a tuple or None (masked_paths: None is "not given", () an empty list)
+            hint = next(h for h in (hint, *typing.get_args(hint)) if typing.get_origin(h) is tuple)
             types = set(typing.get_args(hint)) - {Ellipsis}
         assert types <= ({int, bool} if d.kind == "u64" else {str}), (name, hint)
 
@@ -75,6 +75,22 @@ def test_persisted_dicts_load_and_round_trip() -> None:
     assert runv.pid_ns_of == "ctr"
     assert runv.to_fields() == {"id": "ctr2", "stream": 4, **RUNV_FIELDS, "privileged": 0, "shared_pid_ns": 0,
                                 "sysctl": []}  # the defaults, said out loud
+
+
+def test_container_security_fields_and_exec() -> None:
+    """runv's linux fields: the memory limit and path lists are NEW_CONTAINER's (an empty list said as one empty
+    entry), the filter a process field an EXEC built from the container's fields keeps."""
+    fields = {**RUNV_FIELDS, "memory_limit": 15 << 20, "masked_paths": [], "readonly_paths": ["/data"],
+              "seccomp": "BgAAAAAA/38=", "seccomp_flags": 2}
+    req = ContainerRequest.from_fields(json.loads(json.dumps(fields)), id="ctr", stream=2)
+    assert (req.memory_limit, req.masked_paths, req.readonly_paths) == (15 << 20, (), ("/data",))
+    wire = req.to_fields()
+    assert wire["masked_paths"] == [""] and wire["readonly_paths"] == ["/data"] and wire["seccomp_flags"] == 2
+    assert ContainerRequest.from_fields(wire) == req
+    plain = ContainerRequest.from_fields(RUNV_FIELDS, id="ctr", stream=2).to_fields()
+    assert not {"memory_limit", "masked_paths", "readonly_paths", "seccomp", "seccomp_flags"} & set(plain)
+    ex = ExecRequest.from_fields(fields, id="ctr", stream=4).to_fields()
+    assert ex["seccomp"] == "BgAAAAAA/38=" and not {"memory_limit", "masked_paths", "readonly_paths"} & set(ex)
 
 
 def test_exec_from_a_containers_fields() -> None:
@@ -104,6 +120,16 @@ def test_exec_from_a_containers_fields() -> None:
     ({**POD_FIELDS, "mount_src": ["a"], "mount_dst": ["/a"], "mount_flags": [8]}, "invalid flags 8"),
     ({**POD_FIELDS, "mount_src": ["a"], "mount_dst": ["/a"], "mount_flags": [6]}, "invalid flags 6"),
     ({k: v for k, v in POD_FIELDS.items() if k != "arg"}, "missing"),
+    ({**POD_FIELDS, "memory_limit": -1}, "memory_limit: -1 is not a u64"),
+    ({**POD_FIELDS, "masked_paths": ["/a/../b"]}, "masked_paths: '/a/../b' is not a clean absolute path"),
+    ({**POD_FIELDS, "readonly_paths": ["/a", ""]}, "readonly_paths: '' is not a clean"),
+    ({**POD_FIELDS, "readonly_paths": ["/"]}, "readonly_paths: '/' is not a clean"),
+    ({**POD_FIELDS, "masked_paths": ["/p"] * 257}, "more than 256 paths"),
+    ({**POD_FIELDS, "seccomp": "BgAAAAAA/38"}, "seccomp: not base64"),
+    ({**POD_FIELDS, "seccomp": "BgAA"}, "seccomp: 3 bytes"),
+    ({**POD_FIELDS, "seccomp": "AAAA" * 10923}, "seccomp: 32769 bytes"),
+    ({**POD_FIELDS, "seccomp_flags": 2}, "seccomp_flags 2: .* with seccomp"),
+    ({**POD_FIELDS, "seccomp": "BgAAAAAA/38=", "seccomp_flags": 1}, "seccomp_flags 1"),
 ])
 def test_bad_fields_refused(fields: dict[str, object], why: str) -> None:
     with pytest.raises(ValueError, match=why):

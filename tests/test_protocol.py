@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hypercontainer.errors import AgentError, VMError
-from hypercontainer.protocol.agent import PodRequest, check_net
+from hypercontainer.protocol.agent import ContainerRequest, ExecRequest, PodRequest, check_net, check_seccomp
 from hypercontainer.protocol.client import AgentClient, AgentRequestError, command_exit_code
 from hypercontainer.protocol.codec import (
     BY_NAME,
@@ -193,3 +193,18 @@ def test_retired_tags_stay_retired() -> None:
         + b"abcd"
     with pytest.raises(ProtocolError, match="unknown field tag 32"):
         FrameReader("ctl").feed(raw)
+
+
+def test_container_security_vectors() -> None:
+    """new-container-own-security and exec-seccomp (the agent's codec runs them too; test_agent.py has the agent
+    apply such fields): memory limit, the container's own path lists (an empty one as one empty entry), the filter
+    and its flags, read by the request classes and written back the same."""
+    frames = {name: FrameReader("ctl").feed(raw)[0] for name, kind, raw in vectors()
+              if name in ("new-container-own-security", "exec-seccomp")}
+    req = ContainerRequest.from_fields(frames["new-container-own-security"].fields)
+    assert (req.memory_limit, req.masked_paths, req.readonly_paths) == (15 << 20, ("/etc/secret", "/proc/kcore"), ())
+    assert req.process.seccomp and check_seccomp(req.process.seccomp) == 1 and req.process.seccomp_flags == 2
+    (again,) = FrameReader("ctl").feed(encode_ctl(Msg.NEW_CONTAINER, 1, req.to_fields()))
+    assert again.fields["readonly_paths"] == [""] and ContainerRequest.from_fields(again.fields) == req
+    ex = ExecRequest.from_fields(frames["exec-seccomp"].fields)
+    assert ex.process.seccomp == req.process.seccomp and "memory_limit" not in ex.to_fields()

@@ -104,15 +104,18 @@ def test_oci_config_reports_what_it_does_not_honour(tmp_path: Path) -> None:
                       {"destination": "/etc/hosts", "type": "bind", "source": str(hosts), "options": ["rbind"]},
                       {"destination": "/dev/x", "type": "bind", "source": "/dev/null", "options": ["rbind"]},
                       {"destination": "/mnt", "type": "nfs", "source": "server:/x"}],
-           "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}], "seccomp": {"defaultAction": "x"},
-                     "resources": {"memory": {"limit": 512 << 20}}}}
+           "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}],
+                     "seccomp": {"defaultAction": "SCMP_ACT_ALLOW"},
+                     "resources": {"memory": {"limit": 512 << 20, "reservation": 1 << 20}, "pids": {"limit": 9}}}}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     c = oci.load(tmp_path)
     assert [m.destination for m in oci.bind_mounts(c)] == ["/data", "/etc/hosts", "/dev/x"]
     reported = " | ".join(oci.unsupported(c))
     assert "/etc/hosts" not in reported  # copied in
-    for what in ("/dev/null on /dev/x", "/mnt of type nfs", "linux.seccomp", "linux.resources.memory"):
+    for what in ("/dev/null on /dev/x", "/mnt of type nfs", "linux.resources.memory.reservation",
+                 "linux.resources.pids"):
         assert what in reported
+    assert "linux.seccomp" not in reported and "memory.limit" not in reported  # applied in the guest
     assert "network" not in reported  # the namespace's interfaces are carried into the VM
     assert oci.network_namespace(c) == ("path", "/run/netns/x")
     cfg["linux"]["namespaces"] = [{"type": "network"}]

@@ -8,6 +8,8 @@ which keeps the connection, the process streams and the exit events.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import re
@@ -23,10 +25,14 @@ from .codec import BY_NAME, Fields, MountFlag, Msg
 
 __all__ = [
     "Agent", "AgentRequestError", "AgentStats", "ContainerRequest", "ExecRequest", "Mount", "NetIf", "NetRoute",
-    "PodRequest", "ProcessRequest", "check_net", "net_if", "net_route",
+    "PodRequest", "ProcessRequest", "check_net", "check_paths", "check_seccomp", "net_if", "net_route",
 ]
 
 _ALL_MOUNT_FLAGS = MountFlag.READONLY | MountFlag.TMPFS | MountFlag.BLOCK
+# The container's own paths and seccomp filter (docs/protocol.md); the agent has the same limits.
+PATHS_MAX, PATH_MAX = 256, 4095  # entries of masked_paths / readonly_paths; bytes of one
+SECCOMP_MAX_INSNS = 4096  # struct sock_filter entries (the kernel's BPF_MAXINSNS)
+SECCOMP_FLAG_LOG, SECCOMP_FLAG_SPEC_ALLOW = 2, 4  # the kernel's SECCOMP_FILTER_FLAG_* the agent passes on
 _NO_MOUNT_FLAGS = MountFlag(0)
 _T = TypeVar("_T")
 
@@ -111,11 +117,18 @@ class ProcessRequest:
     cap_inheritable: int | None = None
     cap_ambient: int | None = None
     no_new_privs: bool | None = None
+    seccomp: str | None = None  # base64 of a classic BPF program (struct sock_filter[]); EXEC: the container's
+    seccomp_flags: int | None = None  # SECCOMP_FLAG_LOG, SECCOMP_FLAG_SPEC_ALLOW; with seccomp only
 
     def __post_init__(self) -> None:
         if not self.arg:
             raise ValueError("a process needs a command (arg)")
         _fields_of(self)  # every value checked against the field table
+        if self.seccomp is not None:
+            check_seccomp(self.seccomp)
+        if self.seccomp_flags is not None and (self.seccomp is None or self.seccomp_flags & ~(
+                SECCOMP_FLAG_LOG | SECCOMP_FLAG_SPEC_ALLOW)):
+            raise ValueError(f"seccomp_flags {self.seccomp_flags}: only LOG (2) and SPEC_ALLOW (4), with seccomp")
 
     def to_fields(self) -> Fields:
         return _fields_of(self)
@@ -140,6 +153,11 @@ class ContainerRequest:
     privileged: bool = False
     shared_pid_ns: bool = False
     pid_ns_of: str | None = None  # start in this running container's PID namespace (a CRI sandbox's)
+    memory_limit: int | None = None  # bytes, for its memory cgroup (None or 0: no limit of its own)
+    # Paths to mask / make read-only in the container instead of the agent's defaults (runc's); None: the defaults
+    # (none if privileged), (): none. An empty list goes on the wire as one empty entry.
+    masked_paths: tuple[str, ...] | None = None
+    readonly_paths: tuple[str, ...] | None = None
 
     MSG: ClassVar[Msg] = Msg.NEW_CONTAINER
     FIELDS: ClassVar[frozenset[str]] = frozenset()  # set below: the field names it carries
@@ -148,12 +166,19 @@ class ContainerRequest:
         for m in self.mounts:
             if int(m.flags) & ~int(_ALL_MOUNT_FLAGS) or (m.flags & MountFlag.TMPFS and m.flags & MountFlag.BLOCK):
                 raise ValueError(f"mount {m.dst}: invalid flags {int(m.flags)}")
+        for name in ("masked_paths", "readonly_paths"):
+            paths = getattr(self, name)
+            if paths == ("",):  # the wire's empty list
+                object.__setattr__(self, name, ())
+            elif paths is not None:
+                check_paths(name, paths)
         _fields_of(self)
 
     def to_fields(self) -> Fields:
         mounts: Fields = {"mount_src": [m.src for m in self.mounts], "mount_dst": [m.dst for m in self.mounts],
                           "mount_flags": [int(m.flags) for m in self.mounts]} if self.mounts else {}
-        return {**_fields_of(self), **self.process.to_fields(), **mounts}
+        paths: Fields = {name: [""] for name in ("masked_paths", "readonly_paths") if getattr(self, name) == ()}
+        return {**_fields_of(self), **self.process.to_fields(), **mounts, **paths}
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, object], *, id: str | None = None,
@@ -202,6 +227,30 @@ class ExecRequest:
             raise ValueError(f"not EXEC fields: {', '.join(sorted(unknown))}")
         given = {k: v for k, v in (("id", id), ("stream", stream)) if v is not None}
         return _build(cls, {**fields, **given}, process=ProcessRequest.from_fields(fields))
+
+
+def check_paths(name: str, paths: Sequence[str]) -> None:
+    """masked_paths / readonly_paths: absolute, clean (no empty, "." or ".." component), at most PATHS_MAX of at
+    most PATH_MAX bytes."""
+    if len(paths) > PATHS_MAX:
+        raise ValueError(f"{name}: more than {PATHS_MAX} paths")
+    for p in paths:
+        parts = p.split("/")
+        if (not p.startswith("/") or len(p.encode()) > PATH_MAX or p == "/"
+                or any(c in ("", ".", "..") for c in parts[1:])):
+            raise ValueError(f"{name}: {p!r} is not a clean absolute path")
+
+
+def check_seccomp(text: str) -> int:
+    """A `seccomp` value: base64 (padded, standard alphabet) of 1 to SECCOMP_MAX_INSNS struct sock_filter (8 bytes
+    each). Returns the number of instructions."""
+    try:
+        raw = base64.b64decode(text.encode(), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError("seccomp: not base64") from None
+    if not raw or len(raw) % 8 or len(raw) // 8 > SECCOMP_MAX_INSNS:
+        raise ValueError(f"seccomp: {len(raw)} bytes is not 1 to {SECCOMP_MAX_INSNS} instructions of 8 bytes")
+    return len(raw) // 8
 
 
 ContainerRequest.FIELDS = (_names(ProcessRequest, ContainerRequest) - {"process", "mounts"}) | {

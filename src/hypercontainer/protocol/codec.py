@@ -102,6 +102,11 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(49, "fds", "u64"),
     FieldDef(50, "net_if", "str", list=True),
     FieldDef(51, "net_route", "str", list=True),
+    FieldDef(52, "memory_limit", "u64"),
+    FieldDef(53, "masked_paths", "str", list=True),
+    FieldDef(54, "readonly_paths", "str", list=True),
+    FieldDef(55, "seccomp", "str"),
+    FieldDef(56, "seccomp_flags", "u64"),
 )
 RETIRED_TAGS = frozenset({31, 32, 33})
 BY_TAG = {f.tag: f for f in FIELDS}
@@ -128,6 +133,7 @@ class Phase(enum.StrEnum):
     CHDIR = "chdir"  # the process's working directory
     USER = "user"  # supplementary groups, gid, uid
     CAPABILITIES = "capabilities"  # capability sets, no_new_privs
+    SECCOMP = "seccomp"  # loading the seccomp filter
     EXEC = "exec"  # the command itself: not found (ENOENT, ENOTDIR) or not executable
 
 

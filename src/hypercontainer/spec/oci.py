@@ -1,20 +1,24 @@
 """The OCI runtime spec's config.json (the part runv runs), and what it cannot honour, named.
 
 A VM runtime runs the process in its own kernel: /proc, /sys, /dev and /dev/pts are the guest's, with the agent's
-own PID namespace, runc's masked and read-only paths and device allow-list. The process's capability sets and
-noNewPrivileges are honoured (`process_security`). Settings that would change behaviour and are not supported are
+own PID namespace and device allow-list. The process's capability sets and noNewPrivileges are honoured
+(`process_security`), and so are linux.maskedPaths / linux.readonlyPaths (runc's lists where the config has none),
+linux.seccomp (compiled to BPF on the host, spec/seccomp.py) and linux.resources.memory.limit (the container's
+memory cgroup in the guest) (`container_security`). Settings that would change behaviour and are not supported are
 reported (`unsupported`), never dropped silently.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InvalidArgument
+from . import seccomp
 from .pod import CAPABILITIES, DEFAULT_CAPABILITIES, cap_mask
 
 MAX_COPIED_FILE = 1 << 20
@@ -109,6 +113,10 @@ def load(bundle: Path) -> Config:
     for r in cfg.process.rlimits:
         if r.type not in RLIMIT_NAMES:
             raise InvalidArgument(f"{path}: unknown rlimit {r.type}")
+    try:
+        container_security(cfg)  # a filter that cannot be compiled, a path that is not one: refused at once
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{path}: {e.message}") from None
     return cfg
 
 
@@ -157,6 +165,48 @@ def process_security(p: Process, inherit: dict | None = None) -> dict:
                 "cap_ambient": 0}
     nnp = p.no_new_privileges if p.no_new_privileges is not None else bool((inherit or {}).get("no_new_privs"))
     return {**caps, "no_new_privs": int(nnp)}
+
+
+def _paths(cfg: Config, key: str) -> list[str] | None:
+    """linux.maskedPaths / linux.readonlyPaths, each made clean and absolute (None: the key is absent)."""
+    paths = cfg.linux.get(key)
+    if paths is None:
+        return None
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/") for p in paths):
+        raise InvalidArgument(f"linux.{key}: want a list of absolute paths")
+    out = ["/" + posixpath.normpath(p).lstrip("/") for p in paths]
+    if "/" in out:
+        raise InvalidArgument(f"linux.{key}: cannot apply to / itself")
+    return out
+
+
+def memory_limit(cfg: Config) -> int | None:
+    """linux.resources.memory.limit in bytes, if there is one (-1 or 0: none)."""
+    limit = ((cfg.linux.get("resources") or {}).get("memory") or {}).get("limit")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+
+
+def container_security(cfg: Config) -> dict:
+    """NEW_CONTAINER fields from linux: the container's memory limit (its cgroup in the guest; the VM is sized
+    for it too), its masked and read-only paths when the config gives them (else the agent's, runc's), its seccomp
+    filter compiled to BPF (EXECs get it too: the agent keeps it with the container)."""
+    out: dict = {}
+    limit = memory_limit(cfg)
+    if limit:
+        out["memory_limit"] = limit
+    for key, field in (("maskedPaths", "masked_paths"), ("readonlyPaths", "readonly_paths")):
+        paths = _paths(cfg, key)
+        if paths is not None:
+            out[field] = paths
+    profile = cfg.linux.get("seccomp")
+    if profile:
+        if not isinstance(profile, dict):
+            raise InvalidArgument("linux.seccomp is not an object")
+        program, flags = seccomp.compile_filter(profile)
+        out["seccomp"] = program
+        if flags:
+            out["seccomp_flags"] = flags
+    return out
 
 
 def cri_sandbox(cfg: Config) -> str | None:
@@ -216,10 +266,15 @@ def unsupported(cfg: Config) -> list[str]:
         out.append(f"pid namespace {pid_namespace_path(cfg)}: only a CRI sandbox's container may join one (the "
                    "sandbox's); this container gets its own")
     res = linux.get("resources") or {}
-    for key in ("memory", "cpu", "pids", "blockIO", "hugepageLimits", "network"):
+    for key in ("cpu", "pids", "blockIO", "hugepageLimits", "network"):
         if res.get(key):
             out.append(f"linux.resources.{key} (the VM's size is fixed at create)")
-    for key in ("seccomp", "devices", "intelRdt", "personality"):
+    memory = res.get("memory")
+    memory = memory if isinstance(memory, dict) else {}
+    for key in sorted(set(memory) - {"limit", "swap"}):  # no swap device in the guest: memory+swap is memory
+        if memory[key]:
+            out.append(f"linux.resources.memory.{key} (only the limit is applied, in the container's cgroup)")
+    for key in ("devices", "intelRdt", "personality"):
         if linux.get(key):
             out.append(f"linux.{key}")
     for kind in HOOKS_IN_CONTAINER:

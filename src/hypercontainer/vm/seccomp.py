@@ -18,29 +18,21 @@ import functools
 import os
 import stat
 
+from .. import libseccomp
+from ..libseccomp import ArgCmp
+
 S_ISUID, S_ISGID, S_IFMT = stat.S_ISUID, stat.S_ISGID, 0o170000
 O_TMPFILE_BIT = 0o20000000  # __O_TMPFILE, without O_DIRECTORY
-SCMP_ACT_ALLOW = 0x7FFF0000
-SCMP_CMP_MASKED_EQ = 7
 FCHMODAT2_NR = 452  # x86_64; libseccomp releases before 2.5.5 do not know the name
 
 
-def scmp_act_errno(code: int) -> int:
-    return 0x00050000 | (code & 0xFFFF)
+def _masked(arg: int, mask: int, value: int | None = None) -> ArgCmp:
+    return ArgCmp(arg, libseccomp.CMP_MASKED_EQ, mask, mask if value is None else value)
 
 
-class _ArgCmp(ctypes.Structure):
-    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
-                ("datum_b", ctypes.c_uint64)]
-
-
-def _masked(arg: int, mask: int, value: int | None = None) -> _ArgCmp:
-    return _ArgCmp(arg, SCMP_CMP_MASKED_EQ, mask, mask if value is None else value)
-
-
-def rules() -> list[tuple[str | int, int, list[_ArgCmp]]]:
+def rules() -> list[tuple[str | int, int, list[ArgCmp]]]:
     """(syscall, errno, conditions ANDed); one rule per way of asking for a forbidden mode."""
-    out: list[tuple[str | int, int, list[_ArgCmp]]] = []
+    out: list[tuple[str | int, int, list[ArgCmp]]] = []
     for bit in (S_ISUID, S_ISGID):
         out += [("chmod", errno.EPERM, [_masked(1, bit)]), ("fchmod", errno.EPERM, [_masked(1, bit)]),
                 ("fchmodat", errno.EPERM, [_masked(2, bit)]), ("creat", errno.EPERM, [_masked(1, bit)]),
@@ -60,43 +52,16 @@ def rules() -> list[tuple[str | int, int, list[_ArgCmp]]]:
 def filter_bpf() -> bytes:
     """The filter as a classic BPF program (struct sock_filter[]), made by libseccomp for this architecture
     (other architectures' system calls kill the process: libseccomp's default for a foreign arch)."""
-    lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
-    lib.seccomp_init.restype = ctypes.c_void_p
-    lib.seccomp_init.argtypes = [ctypes.c_uint32]
-    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
-                                           ctypes.POINTER(_ArgCmp)]
-    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.seccomp_release.argtypes = [ctypes.c_void_p]
-    ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
-    if not ctx:
-        raise OSError("seccomp_init failed")
-    try:
+    with libseccomp.Filter(libseccomp.ACT_ALLOW) as f:
         for name, code, conds in rules():
-            nr = name if isinstance(name, int) else lib.seccomp_syscall_resolve_name(name.encode())
-            if nr < 0:
+            nr = name if isinstance(name, int) else libseccomp.resolve_syscall(name)
+            if nr is None or nr < 0:
                 continue  # a call this libseccomp does not know of (io_uring on old ones): no such call here
-            arr = (_ArgCmp * len(conds))(*conds) if conds else None
-            rc = lib.seccomp_rule_add_array(ctx, scmp_act_errno(code), nr, len(conds), arr)
-            if rc < 0:
-                raise OSError(-rc, f"seccomp rule for {name}: {os.strerror(-rc)}")
-        r, w = os.pipe()
-        try:
-            rc = lib.seccomp_export_bpf(ctx, w)
-            os.close(w)
-            w = -1
-            if rc < 0:
-                raise OSError(-rc, f"seccomp_export_bpf: {os.strerror(-rc)}")
-            chunks = []
-            while chunk := os.read(r, 65536):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(r)
-            if w >= 0:
-                os.close(w)
-    finally:
-        lib.seccomp_release(ctx)
+            try:
+                f.add_rule(libseccomp.act_errno(code), nr, conds)
+            except OSError as e:
+                raise OSError(e.errno, f"seccomp rule for {name}: {e.strerror}") from None
+        return f.export_bpf()
 
 
 class SockFprog(ctypes.Structure):

@@ -96,7 +96,7 @@ def _bring_about(cg: Path, timeout: float) -> None:
 def remove(cg: Path) -> None:
     """The cgroup and the empty groups below it (the VM's own group nests there: vm/cgroups.py makes it under its
     creator's), once their processes are gone (runv delete)."""
-    for d in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [cg]:
+    for d in [*sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True), cg]:
         for _ in range(20):
             try:
                 d.rmdir()

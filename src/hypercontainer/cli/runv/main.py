@@ -445,13 +445,18 @@ def update(resources: str | None, memory: str | None, cpu_quota: str | None, cpu
 @cli.command(context_settings=CONTEXT)
 def features() -> None:
     """What this runtime supports (runc's `features` JSON)."""
+    from ...spec import seccomp
+
     click.echo(json.dumps({
-        "ociVersionMin": "1.0.0", "ociVersionMax": OCI_VERSION, "hooks": [],
+        "ociVersionMin": "1.0.0", "ociVersionMax": OCI_VERSION,
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
         "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec"],
         "linux": {"namespaces": ["mount", "pid", "ipc", "uts", "network"],
                   "capabilities": [f"CAP_{c}" for c in CAPABILITIES],
                   "cgroup": {"v1": False, "v2": False, "systemd": False},
-                  "seccomp": {"enabled": False}, "apparmor": {"enabled": False}, "selinux": {"enabled": False}},
+                  "seccomp": {"enabled": True, "actions": sorted(seccomp.ACTIONS), "operators": sorted(seccomp.OPS),
+                              "archs": ["SCMP_ARCH_X86_64"], "supportedFlags": sorted(seccomp.FLAGS)},
+                  "apparmor": {"enabled": False}, "selinux": {"enabled": False}},
         "annotations": {"io.hypercontainer.runv.vm": "one VM per container"},
     }, indent=2))
 

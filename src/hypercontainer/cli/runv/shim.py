@@ -57,7 +57,8 @@ UNLIMITED = 2**64 - 1
 
 
 def oci_fields(cfg: oci.Config) -> dict:
-    """NEW_CONTAINER/EXEC fields from an OCI process."""
+    """NEW_CONTAINER fields from an OCI config: its process, and (linux) its memory limit, masked and read-only
+    paths and seccomp filter, which the agent keeps for the container's EXECs too."""
     p = cfg.process
     assert p
     return {"arg": p.args, "env": p.env, "cwd": p.cwd or "/", "uid": p.user.uid, "gid": p.user.gid,
@@ -66,6 +67,7 @@ def oci_fields(cfg: oci.Config) -> dict:
             "rlimit": [f"{oci.RLIMIT_NAMES[r.type]}:{-1 if r.soft >= UNLIMITED else r.soft}:"
                        f"{-1 if r.hard >= UNLIMITED else r.hard}" for r in p.rlimits],
             **oci.process_security(p),
+            **oci.container_security(cfg),
             # CRI's pod-wide PID namespace: a sandbox's container given a pid namespace path joins the sandbox's.
             **({"pid_ns_of": CONTAINER} if oci.cri_sandbox(cfg) and oci.pid_namespace_path(cfg) else {})}
 
@@ -142,6 +144,7 @@ class Shim:
         self.netns: str | None = None  # the container's network namespace (None: the host's, not joined)
         self.host_netns: int | None = None  # an fd of the host's, where main() left it for a new one
         self.oom_cgroup: Path | None = None  # the host memory cgroup the shim joined (hostoom.py)
+        self.oom_killed = False  # the guest's OOM killer ended the container's process (state.json says so)
         self.network: Network | None = None
         self.assets: GuestAssets | None = None
         self.templates: Templates | None = None
@@ -225,6 +228,7 @@ class Shim:
             self.store.save(self.cid, self.state)  # runv delete (or create, if this one fails) removes it
 
     async def record_oom(self) -> None:
+        self.oom_killed = True
         if self.oom_cgroup:
             recorded = await asyncio.to_thread(hostoom.record_oom, self.oom_cgroup)
             log.info("the guest's OOM kill recorded in %s: %s", self.oom_cgroup, recorded)
@@ -275,7 +279,7 @@ class Shim:
             self.server.close()
         with contextlib.suppress(FileNotFoundError):
             self.store.sock(self.cid).unlink()
-        self.state.update(status="stopped", exit_code=self.exit_code)
+        self.state.update(status="stopped", exit_code=self.exit_code, oom_killed=self.oom_killed)
         with contextlib.suppress(OSError):
             self.store.save(self.cid, self.state)
 

@@ -45,6 +45,7 @@ struct container {
 	uint64_t init_stream; /* its first process: when that exits, the container may be started anew */
 	struct cap_spec caps; /* what its processes get, EXECs included unless they say otherwise */
 	int apply_caps;
+	struct seccomp_filter seccomp; /* likewise (insns NULL: none); freed with the slot */
 };
 
 extern struct proc procs[MAX_PROCS];

@@ -65,7 +65,26 @@ void cg_boot(void)
 		log_msg("cgroups: %s (retried at the first container)", e.msg);
 }
 
-int cg_create(const char *id, int privileged, struct err *e)
+/*
+ * memory.limit_in_bytes, and memory.memsw.limit_in_bytes where the kernel accounts swap. The kernel keeps
+ * memory <= memory+swap at every write, so memory+swap is lifted first, whatever a restart left there.
+ */
+static int set_memory_limit(const char *id, unsigned long long limit, struct err *e)
+{
+	char mem[256], memsw[256], value[32] = "-1";
+	snprintf(mem, sizeof(mem), "%s/memory/%s/memory.limit_in_bytes", CGROUP_ROOT, id);
+	snprintf(memsw, sizeof(memsw), "%s/memory/%s/memory.memsw.limit_in_bytes", CGROUP_ROOT, id);
+	if (limit)
+		snprintf(value, sizeof(value), "%llu", limit);
+	int swap = access(memsw, F_OK) == 0;
+	if (swap && write_file(memsw, "-1", e) < 0)
+		return -1;
+	if (write_file(mem, value, e) < 0)
+		return -1;
+	return swap && limit ? write_file(memsw, value, e) : 0;
+}
+
+int cg_create(const char *id, int privileged, unsigned long long memory_limit, struct err *e)
 {
 	char path[256];
 	if (mount_hierarchies(e) < 0)
@@ -75,6 +94,8 @@ int cg_create(const char *id, int privileged, struct err *e)
 		if (mkdir(path, 0700) < 0 && errno != EEXIST)
 			return fail_errno(e, "mkdir %s", path);
 	}
+	if (set_memory_limit(id, memory_limit, e) < 0)
+		return -1;
 	snprintf(path, sizeof(path), "%s/devices/%s/devices.deny", CGROUP_ROOT, id);
 	if (write_file(path, "a", e) < 0)
 		return -1;

@@ -1,7 +1,8 @@
 /*
  * One cgroup per container on two cgroup-v1 hierarchies the agent mounts under /run/hc/cgroup (never visible in
  * a container): devices (runc's default allow-list, so a node a container makes cannot be opened) and memory
- * (no limit: the VM's size is the limit; its oom_kill counter tells a guest OOM kill from any other SIGKILL).
+ * (the container's own limit if the host gives one, else only the VM's size; its oom_kill counter tells a guest
+ * OOM kill from any other SIGKILL).
  */
 #ifndef HC_CGROUP_H
 #define HC_CGROUP_H
@@ -12,8 +13,11 @@
 
 /* Mounts the hierarchies at boot, so a VM template holds them mounted; cg_create() retries if this failed. */
 void cg_boot(void);
-/* Mounts the hierarchies (once) and makes the container's cgroups with its device rules. */
-int cg_create(const char *id, int privileged, struct err *e);
+/*
+ * Mounts the hierarchies (once) and makes the container's cgroups with its device rules and its memory limit in
+ * bytes (0: none; memory+swap gets the same where the kernel has it).
+ */
+int cg_create(const char *id, int privileged, unsigned long long memory_limit, struct err *e);
 /* In a child of the agent: moves the calling process into the container's cgroups. */
 int cg_join(const char *id, struct err *e);
 /* OOM kills recorded for the container so far (0 if unknown). */

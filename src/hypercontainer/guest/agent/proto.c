@@ -55,6 +55,11 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_FDS] = {F_FDS, "fds", KIND_U64, 0},
 	[F_NET_IF] = {F_NET_IF, "net_if", KIND_STR, 1},
 	[F_NET_ROUTE] = {F_NET_ROUTE, "net_route", KIND_STR, 1},
+	[F_MEMORY_LIMIT] = {F_MEMORY_LIMIT, "memory_limit", KIND_U64, 0},
+	[F_MASKED_PATHS] = {F_MASKED_PATHS, "masked_paths", KIND_STR, 1},
+	[F_READONLY_PATHS] = {F_READONLY_PATHS, "readonly_paths", KIND_STR, 1},
+	[F_SECCOMP] = {F_SECCOMP, "seccomp", KIND_STR, 0},
+	[F_SECCOMP_FLAGS] = {F_SECCOMP_FLAGS, "seccomp_flags", KIND_U64, 0},
 };
 
 const struct msg_def msg_table[] = {
@@ -71,7 +76,8 @@ const struct flag_def mount_flag_table[] = {
 const char *const phase_names[PHASE_COUNT] = {
 	[PHASE_NONE] = NULL, [PHASE_SPAWN] = "spawn", [PHASE_CGROUP] = "cgroup", [PHASE_NAMESPACE] = "namespace",
 	[PHASE_MOUNT] = "mount", [PHASE_SYSCTL] = "sysctl", [PHASE_RLIMIT] = "rlimit", [PHASE_CHDIR] = "chdir",
-	[PHASE_USER] = "user", [PHASE_CAPABILITIES] = "capabilities", [PHASE_EXEC] = "exec",
+	[PHASE_USER] = "user", [PHASE_CAPABILITIES] = "capabilities", [PHASE_SECCOMP] = "seccomp",
+	[PHASE_EXEC] = "exec",
 };
 
 uint32_t get_u32(const uint8_t *p)

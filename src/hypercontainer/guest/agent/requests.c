@@ -53,6 +53,30 @@ static int read_caps(const struct msg *m, struct cap_spec *c)
 	return given;
 }
 
+/*
+ * masked_paths or readonly_paths into a NULL-terminated list (pointers into the message): the host's list if it
+ * gave one (one empty entry: an empty list), else `dflt`.
+ */
+static int read_paths(const struct msg *m, uint16_t tag, const char *const *dflt, const char **out, struct err *e)
+{
+	size_t n = msg_count(m, tag), k = 0;
+	const char *name = tag == F_MASKED_PATHS ? "masked_paths" : "readonly_paths";
+	if (n == 0) {
+		while (dflt && dflt[k] && k < MAX_PATHS)
+			out[k] = dflt[k], k++;
+	} else if (n > MAX_PATHS) {
+		return fail(e, EINVAL, "%s: more than %d paths", name, MAX_PATHS);
+	} else if (!(n == 1 && !*msg_nth(m, tag, 0)->str)) {
+		for (; k < n; k++) {
+			out[k] = msg_nth(m, tag, k)->str;
+			if (!container_path_ok(out[k]))
+				return fail(e, EINVAL, "%s: \"%s\" is not a clean absolute path", name, out[k]);
+		}
+	}
+	out[k] = NULL;
+	return 0;
+}
+
 static int shared_pidns(struct err *e)
 {
 	if (pod_pidns >= 0 && kill(pause_pid, 0) == 0)
@@ -210,6 +234,8 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 
 	char **argv = calloc(nargs + 1, sizeof(char *)), **envp = calloc(nenv + 1, sizeof(char *));
 	gid_t groups[64];
+	static const char *masked[MAX_PATHS + 1], *ro_paths[MAX_PATHS + 1];
+	struct seccomp_filter filter = {0};
 	if (!argv || !envp) {
 		fail(e, ENOMEM, "out of memory");
 		goto out;
@@ -236,12 +262,27 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 		s.privileged = msg_u64(m, F_PRIVILEGED, 0) != 0;
 		caps_default(&s.caps, s.privileged);
 		s.apply_caps = read_caps(m, &s.caps) || !test_mode || *msg_str(m, F_ROOTFS, "");
+		if (read_paths(m, F_MASKED_PATHS, s.privileged ? NULL : default_masked_paths, masked, e) < 0 ||
+		    read_paths(m, F_READONLY_PATHS, s.privileged ? NULL : default_readonly_paths, ro_paths, e) < 0)
+			goto out;
+		s.masked = masked, s.ro_paths = ro_paths;
 	} else {
 		s.caps = c->caps;
 		s.apply_caps = read_caps(m, &s.caps) || c->apply_caps;
 		s.join_pidns = c->pidns;
 		if (!test_mode)
 			s.cgroup = c->id;
+	}
+	/* The container's filter (an EXEC's own if it gives one, else the container's). */
+	if (msg_get(m, F_SECCOMP)) {
+		if (seccomp_parse(msg_str(m, F_SECCOMP, ""), msg_u64(m, F_SECCOMP_FLAGS, 0), &filter, e) < 0)
+			goto out;
+		s.seccomp = &filter;
+	} else if (msg_get(m, F_SECCOMP_FLAGS)) {
+		fail(e, EINVAL, "seccomp_flags without seccomp");
+		goto out;
+	} else if (!new_container && c->seccomp.insns) {
+		s.seccomp = &c->seccomp;
 	}
 	if (new_container) {
 		const char *rel = msg_str(m, F_ROOTFS, "");
@@ -297,7 +338,7 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	const char *id = msg_str(m, F_ID, "");
 	if (new_container && !test_mode) {
 		cgroup_made = id;
-		if (cg_create(id, s.privileged, e) < 0) {
+		if (cg_create(id, s.privileged, msg_u64(m, F_MEMORY_LIMIT, 0), e) < 0) {
 			in_phase(e, PHASE_CGROUP);
 			goto out;
 		}
@@ -334,6 +375,8 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 		c->pidns = pidns; /* its own, the pod's or its sandbox's: the one the process started in */
 		c->caps = s.caps;
 		c->apply_caps = s.apply_caps;
+		c->seccomp = filter; /* the container's now: its EXECs get it */
+		filter = (struct seccomp_filter){0};
 	}
 	rc = 0;
 	frame_begin(&out, MSG_ACK, m->seq);
@@ -341,6 +384,7 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 out:
 	if (rc < 0 && cgroup_made) /* a failed start leaves no cgroup either (empty: its child is gone) */
 		cg_remove(cgroup_made);
+	seccomp_free(&filter);
 	free(argv);
 	free(envp);
 	return rc;
@@ -383,6 +427,7 @@ static int handle_new_container(const struct msg *m, struct err *e)
 			close(c->mntns);
 		if (c->pidns >= 0)
 			close(c->pidns);
+		seccomp_free(&c->seccomp);
 		c->used = 0;
 		c = NULL;
 	}
@@ -424,6 +469,7 @@ static int handle_remove_container(const struct msg *m, struct err *e)
 		close(c->pidns);
 	if (!test_mode)
 		cg_remove(id); /* fails while a killed process is still in it: retried when the last one is reaped */
+	seccomp_free(&c->seccomp);
 	memset(c, 0, sizeof(*c));
 	c->mntns = c->pidns = -1;
 	return 0;

@@ -1,4 +1,4 @@
-/* Capabilities, no_new_privs and masked paths of a container (runc's defaults); parsers for the agent. */
+/* Capabilities, no_new_privs, seccomp and masked paths of a container (runc's defaults); parsers for the agent. */
 #define _GNU_SOURCE
 #include "security.h"
 
@@ -10,6 +10,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -79,35 +80,124 @@ int caps_apply(const struct cap_spec *c, struct err *e)
 	return 0;
 }
 
-static const char *const masked[] = {"/proc/acpi",	  "/proc/asound",     "/proc/kcore",
-				     "/proc/keys",	  "/proc/latency_stats", "/proc/timer_list",
-				     "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-				     "/sys/firmware"};
-static const char *const readonly[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"};
+const char *const default_masked_paths[] = {"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+					    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+					    "/proc/sched_debug", "/proc/scsi", "/sys/firmware", NULL};
+const char *const default_readonly_paths[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+					      "/proc/sysrq-trigger", NULL};
 
-int mask_paths(struct err *e)
+int container_path_ok(const char *p)
+{
+	size_t n = strlen(p);
+	return p[0] == '/' && n < 4096 && p[n - 1] != '/' && path_is_clean_relative(p + 1);
+}
+
+/* A bind of the path onto itself, read-only, keeping the flags of the mount it is on (runc's readonlyPath). */
+static int make_readonly(const char *p, struct err *e)
+{
+	struct statvfs sv;
+	if (statvfs(p, &sv) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		return fail_errno(e, "make %s read-only", p);
+	}
+	unsigned long keep = (sv.f_flag & ST_NOSUID ? MS_NOSUID : 0) | (sv.f_flag & ST_NODEV ? MS_NODEV : 0) |
+			     (sv.f_flag & ST_NOEXEC ? MS_NOEXEC : 0);
+	if (mount(p, p, NULL, MS_BIND | MS_REC, NULL) < 0 ||
+	    mount(p, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, NULL) < 0)
+		return fail_errno(e, "make %s read-only", p);
+	return 0;
+}
+
+/* /dev/null over a file, an empty read-only tmpfs over a directory (runc's maskPath). */
+static int mask(const char *p, struct err *e)
 {
 	struct stat st;
-	for (size_t i = 0; i < sizeof(masked) / sizeof(masked[0]); i++) {
-		const char *p = masked[i];
-		if (lstat(p, &st) < 0) {
-			if (errno == ENOENT)
-				continue; /* not in this kernel */
-			return fail_errno(e, "mask %s", p);
+	if (stat(p, &st) < 0) {
+		if (errno == ENOENT || errno == ENOTDIR)
+			return 0; /* not in this kernel, or not in this root */
+		return fail_errno(e, "mask %s", p);
+	}
+	if (S_ISDIR(st.st_mode) ? mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+					"size=0,mode=0555") < 0
+				: mount("/dev/null", p, NULL, MS_BIND, NULL) < 0)
+		return fail_errno(e, "mask %s", p);
+	return 0;
+}
+
+int mask_paths(const char *const *masked, const char *const *readonly, struct err *e)
+{
+	for (const char *const *p = readonly; p && *p; p++)
+		if (make_readonly(*p, e) < 0)
+			return -1;
+	for (const char *const *p = masked; p && *p; p++)
+		if (mask(*p, e) < 0)
+			return -1;
+	return 0;
+}
+
+/* Standard base64 with padding; the length of the output, or -1 if malformed or over `cap`. */
+static long base64_decode(const char *in, uint8_t *out, size_t cap)
+{
+	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t n = strlen(in), len = 0;
+	if (n % 4)
+		return -1;
+	for (size_t i = 0; i < n; i += 4) {
+		uint32_t v = 0;
+		int pad = 0;
+		for (int j = 0; j < 4; j++) {
+			const char *c = in[i + j] ? strchr(alphabet, in[i + j]) : NULL;
+			if (in[i + j] == '=' && i + 4 == n && j >= 2 && (j == 3 || in[i + 3] == '='))
+				pad++;
+			else if (!c || pad)
+				return -1;
+			v = v << 6 | (c ? (uint32_t)(c - alphabet) : 0);
 		}
-		if (S_ISDIR(st.st_mode) ? mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-						"size=0,mode=0555") < 0
-					: mount("/dev/null", p, NULL, MS_BIND, NULL) < 0)
-			return fail_errno(e, "mask %s", p);
+		for (int j = 0; j < 3 - pad; j++) {
+			if (len == cap)
+				return -1;
+			out[len++] = (uint8_t)(v >> (16 - 8 * j));
+		}
 	}
-	for (size_t i = 0; i < sizeof(readonly) / sizeof(readonly[0]); i++) {
-		const char *p = readonly[i];
-		if (lstat(p, &st) < 0 && errno == ENOENT)
-			continue;
-		if (mount(p, p, NULL, MS_BIND | MS_REC, NULL) < 0 ||
-		    mount(p, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-			return fail_errno(e, "make %s read-only", p);
+	return (long)len;
+}
+
+int seccomp_parse(const char *b64, uint64_t flags, struct seccomp_filter *f, struct err *e)
+{
+	size_t cap = SECCOMP_MAX_INSNS * 8;
+	*f = (struct seccomp_filter){0};
+	if (flags & ~(uint64_t)(SECCOMP_FLAG_LOG | SECCOMP_FLAG_SPEC_ALLOW))
+		return fail(e, EINVAL, "seccomp_flags %llu: only LOG (2) and SPEC_ALLOW (4)", (unsigned long long)flags);
+	if (strlen(b64) > (cap / 3 + 1) * 4)
+		return fail(e, EINVAL, "seccomp filter over %d instructions", SECCOMP_MAX_INSNS);
+	if (!(f->insns = malloc(cap)))
+		return fail(e, ENOMEM, "out of memory");
+	long n = base64_decode(b64, f->insns, cap);
+	if (n <= 0 || n % 8) {
+		seccomp_free(f);
+		return fail(e, EINVAL, "seccomp filter is not base64 of 1 to %d instructions of 8 bytes",
+			    SECCOMP_MAX_INSNS);
 	}
+	f->len = (size_t)n / 8;
+	f->flags = (unsigned)flags;
+	return 0;
+}
+
+void seccomp_free(struct seccomp_filter *f)
+{
+	free(f->insns);
+	*f = (struct seccomp_filter){0};
+}
+
+int seccomp_install(const struct seccomp_filter *f, struct err *e)
+{
+	struct {
+		unsigned short len;
+		void *filter;
+	} prog = {(unsigned short)f->len, f->insns}; /* struct sock_fprog */
+	if (syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, f->flags, &prog) < 0)
+		return fail_errno(e, "load the seccomp filter (%zu instructions, flags %u)", f->len, f->flags);
 	return 0;
 }
 

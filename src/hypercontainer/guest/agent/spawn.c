@@ -121,12 +121,13 @@ static int mount_volumes(struct err *e, const char *root, const struct mount_spe
 }
 
 /*
- * In the child: a new mount namespace whose root is `root`, with its volumes, a /proc of its PID namespace
- * (the child is in it already), /sys read-only and runc's masked paths unless privileged.
+ * In the child: a new mount namespace whose root is s->rootfs, with its volumes, a /proc of its PID namespace
+ * (the child is in it already), /sys read-only unless privileged, its masked and read-only paths.
  */
-static int enter_new_root(struct err *e, const char *root, int readonly, int privileged, const struct mount_spec *m,
-			  size_t n)
+static int enter_new_root(struct err *e, const struct proc_spec *s)
 {
+	const char *root = s->rootfs;
+	int privileged = s->privileged;
 	if (unshare(CLONE_NEWNS) < 0) {
 		fail_errno(e, "unshare mount namespace");
 		return in_phase(e, PHASE_NAMESPACE);
@@ -135,7 +136,7 @@ static int enter_new_root(struct err *e, const char *root, int readonly, int pri
 		return fail_errno(e, "make / private");
 	if (mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0)
 		return fail_errno(e, "bind %s", root);
-	if (mount_volumes(e, root, m, n) < 0)
+	if (mount_volumes(e, root, s->mounts, s->nmounts) < 0)
 		return -1;
 	if (mount_at(e, "proc", root, "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
 		return -1;
@@ -152,9 +153,9 @@ static int enter_new_root(struct err *e, const char *root, int readonly, int pri
 		return fail_errno(e, "detach old root");
 	if (chdir("/") < 0)
 		return fail_errno(e, "chdir /");
-	if (!privileged && mask_paths(e) < 0)
+	if (mask_paths(s->masked, s->ro_paths, e) < 0)
 		return -1;
-	if (readonly && mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
+	if (s->readonly && mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
 		return fail_errno(e, "remount / read-only");
 	return 0;
 }
@@ -172,7 +173,7 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 		return in_phase(e, PHASE_CGROUP);
 	if (s->rootfs) {
 		char go = 0;
-		if (enter_new_root(e, s->rootfs, s->readonly, s->privileged, s->mounts, s->nmounts) < 0)
+		if (enter_new_root(e, s) < 0)
 			return in_phase(e, PHASE_MOUNT);
 		if (write_full(sync_fd, "N", 1) < 0 || read(sync_fd, &go, 1) != 1 || go != 'G') {
 			fail(e, EPIPE, "agent went away during container setup");
@@ -195,6 +196,15 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 	e->phase = PHASE_CHDIR;
 	if (s->cwd && *s->cwd && chdir(s->cwd) < 0)
 		return fail_errno(e, "chdir to working directory %s", s->cwd);
+	/*
+	 * The seccomp filter in runc's place: without no_new_privs loading one needs CAP_SYS_ADMIN, so it goes in
+	 * before the capabilities are dropped (and the steps after it must be allowed by it); with no_new_privs
+	 * (set by caps_apply) it goes in last, just before exec, so the filter sees as few of our calls as possible.
+	 */
+	int nnp = s->apply_caps && s->caps.no_new_privs;
+	e->phase = PHASE_SECCOMP;
+	if (s->seccomp && !nnp && seccomp_install(s->seccomp, e) < 0)
+		return -1;
 	e->phase = PHASE_CAPABILITIES;
 	if (s->apply_caps && caps_bound(&s->caps, e) < 0)
 		return -1;
@@ -208,10 +218,13 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 	e->phase = PHASE_CAPABILITIES;
 	if (s->apply_caps && caps_apply(&s->caps, e) < 0)
 		return -1;
-	e->phase = PHASE_EXEC;
 	environ = s->envp;
 	if (!getenv("PATH"))
 		setenv("PATH", DEFAULT_PATH, 1);
+	e->phase = PHASE_SECCOMP;
+	if (s->seccomp && nnp && seccomp_install(s->seccomp, e) < 0)
+		return -1;
+	e->phase = PHASE_EXEC;
 	execvp(s->argv[0], s->argv);
 	return fail_errno(e, "exec %s", s->argv[0]);
 }

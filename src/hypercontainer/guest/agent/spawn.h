@@ -32,7 +32,10 @@ struct proc_spec {
 	const char *cgroup; /* the container whose cgroups it joins (cgroup.h); NULL: none */
 	int apply_caps;     /* 1: caps below, else the agent's (tests without a root) */
 	struct cap_spec caps;
-	int privileged;     /* all devices, /sys writable, no masked paths */
+	int privileged;     /* all devices, /sys writable */
+	const char *const *masked;   /* with rootfs: paths to mask, NULL-terminated */
+	const char *const *ro_paths; /* with rootfs: paths to make read-only, NULL-terminated */
+	const struct seccomp_filter *seccomp; /* NULL: none */
 	int readonly;
 	char **argv;
 	char **envp;

@@ -1,6 +1,11 @@
-/* security.c's parsers and tables: signal default actions, status masks, the OOM-kill counter, the device list. */
+/*
+ * security.c's parsers and tables: signal default actions, status masks, the OOM-kill counter, the device list,
+ * the default masked paths, the host's path lists and seccomp filters as the agent reads them.
+ */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cgroup.h"
@@ -15,6 +20,62 @@ static int failures;
 			failures++;                                    \
 		}                                                      \
 	} while (0)
+
+/* "AAAA" repeated, then `tail`: base64 of zero bytes. */
+static char *zeros_b64(size_t groups, const char *tail)
+{
+	char *s = malloc(groups * 4 + strlen(tail) + 1), *p = s;
+	for (size_t i = 0; i < groups; i++, p += 4)
+		memcpy(p, "AAAA", 4);
+	strcpy(p, tail);
+	return s;
+}
+
+static int parses(const char *b64, uint64_t flags, size_t want_len)
+{
+	struct seccomp_filter f;
+	struct err e = {0};
+	int rc = seccomp_parse(b64, flags, &f, &e);
+	int ok = want_len ? rc == 0 && f.len == want_len && f.flags == flags : rc < 0 && e.code == EINVAL && !f.insns;
+	seccomp_free(&f);
+	return ok;
+}
+
+static void test_seccomp_and_paths(void)
+{
+	/* One instruction, BPF_RET|BPF_K SECCOMP_RET_ALLOW, as the host's encoder writes it (x86_64 byte order). */
+	struct seccomp_filter f;
+	struct err e = {0};
+	static const unsigned char allow[8] = {0x06, 0, 0, 0, 0, 0, 0xff, 0x7f};
+	CHECK(seccomp_parse("BgAAAAAA/38=", 0, &f, &e) == 0 && f.len == 1 && memcmp(f.insns, allow, 8) == 0);
+	seccomp_free(&f);
+	CHECK(!f.insns && f.len == 0);
+	CHECK(parses("BgAAAAAA/38=", SECCOMP_FLAG_LOG | SECCOMP_FLAG_SPEC_ALLOW, 1));
+	CHECK(parses("BgAAAAAA/38=BgAAAAAA/38=", 0, 0)); /* padding in the middle */
+	CHECK(parses("BgAAAAAA/38=", 1, 0));		  /* TSYNC: not the agent's to pass on */
+	CHECK(parses("BgAAAAAA/38=", 8, 0));
+	CHECK(parses("", 0, 0));
+	CHECK(parses("BgAAAAAA/38", 0, 0));  /* no padding */
+	CHECK(parses("BgAAAAAA/3=8", 0, 0)); /* padding before a digit */
+	CHECK(parses("BgAA", 0, 0));	      /* 3 bytes: not whole instructions */
+	CHECK(parses("BgAAAAAA/38*", 0, 0));
+	CHECK(parses("BgAAAAAA/38==", 0, 0));
+	char *max = zeros_b64(10922, "AAA="), *over = zeros_b64(10925, "AA==");
+	CHECK(parses(max, 0, SECCOMP_MAX_INSNS));
+	CHECK(parses(over, 0, 0));
+	free(max), free(over);
+
+	CHECK(container_path_ok("/etc/secret") && container_path_ok("/a") && container_path_ok("/proc/sysrq-trigger"));
+	CHECK(!container_path_ok("/") && !container_path_ok("") && !container_path_ok("etc"));
+	CHECK(!container_path_ok("/a/../b") && !container_path_ok("/a//b") && !container_path_ok("/a/") &&
+	      !container_path_ok("/./a"));
+	int kcore = 0, sys = 0, n = 0;
+	for (const char *const *p = default_masked_paths; *p; p++, n++)
+		kcore |= strcmp(*p, "/proc/kcore") == 0;
+	for (const char *const *p = default_readonly_paths; *p; p++, n++)
+		sys |= strcmp(*p, "/proc/sys") == 0;
+	CHECK(kcore && sys && n == 15);
+}
 
 int main(void)
 {
@@ -53,6 +114,8 @@ int main(void)
 	CHECK(c.bounding == CAPS_DEFAULT && c.effective == CAPS_DEFAULT && c.inheritable == 0 && !c.no_new_privs);
 	caps_default(&c, 1);
 	CHECK(c.bounding == CAPS_ALL && c.permitted == CAPS_ALL && c.ambient == 0);
+
+	test_seccomp_and_paths();
 
 	printf("security: %s\n", failures ? "FAILED" : "ok");
 	return failures != 0;
