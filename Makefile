@@ -38,7 +38,23 @@ bench: assets image
 	@echo
 	$(PY) bench/runv.py
 	@echo
+	$(PY) bench/runv_network.py
+	@echo
 	$(PY) bench/images.py
 
 clean:
 	rm -rf build $(AGENT)/build
+
+# Kubernetes' CRI conformance suite (critest) against a private containerd with runc and with runv, side by side:
+# `make critest RUNTIMES=runc`, `make critest CRITEST_FOCUS='HostIpc'`; critest-clean removes what a killed run
+# left (the next `make critest` does too). See docs/critest.md.
+RUNTIMES      ?= runc runv
+CRITEST_FOCUS ?=
+CRITEST_SKIP  ?=
+CRITEST       := $(PY) tools/critest/main.py --assets "$(abspath $(ASSETS))" --runv "$(abspath $(VENV))/bin/runv"
+.PHONY: critest critest-clean
+critest: assets
+	$(CRITEST) --runtimes "$(RUNTIMES)" --focus "$(CRITEST_FOCUS)" --skip "$(CRITEST_SKIP)"
+
+critest-clean:
+	$(CRITEST) --clean

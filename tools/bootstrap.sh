@@ -13,7 +13,9 @@ PACKAGES=(qemu-system-x86 musl-tools busybox-static make gcc zstd ca-certificate
           iproute2 nftables                              # pod networking: links (netlink) and NAT
           flex bison bc lz4 libelf-dev libssl-dev xz-utils binutils  # the guest kernel from linux-source (strip)
           podman containerd docker.io runc               # the clients runv is tested with (and runc to compare)
-          docker-registry skopeo)  # the last two: a real registry and its client for tests and benchmarks
+          docker-registry skopeo  # a real registry and its client for tests, benchmarks and `make critest`
+          containernetworking-plugins iptables  # `make critest`: containerd's CNI (bridge, host-local, portmap)
+          dpkg-dev bzip2)  # `make critest`: dpkg-source unpacks busybox's source package (critest wants ipcs, pgrep)
 # Where virtiofsd is its own package (Debian 13, Ubuntu), take it too.
 OPTIONAL=(virtiofsd)
 
