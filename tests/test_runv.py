@@ -355,6 +355,12 @@ def test_the_shim_joins_the_configs_memory_cgroup_and_a_guest_oom_shows_there(ru
         assert runv("delete", "--force", "o1").returncode == 0
     assert not cg.exists()
     cg.parent.rmdir()
+    # containerd's CRI gives a relative path (its pod names no parent): from the runtime's own cgroup, as runc does
+    cfg["linux"]["cgroupsPath"] = "o2"
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    own = next(line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
+               if "memory" in line.split(":")[1].split(","))
+    assert hostoom.memory_cgroup(oci.load(bundle)) == Path("/sys/fs/cgroup/memory", own.strip("/"), "o2")
 
 
 def processes_of(runv: Runv, cid: str) -> list[Path]:

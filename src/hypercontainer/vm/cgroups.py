@@ -33,7 +33,7 @@ def unified() -> bool:
     return (ROOT / "cgroup.controllers").exists()
 
 
-def _own(controller: str) -> str:
+def own_path(controller: str) -> str:
     """This process's cgroup path in the v1 hierarchy of `controller` ("" for v2's)."""
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, ctrls, path = line.split(":", 2)
@@ -46,7 +46,7 @@ def bases() -> list[Path]:
     """Where this process's VMM cgroups live, one per hierarchy."""
     if unified():
         return [ROOT / GROUP]
-    return [ROOT / c / _own(c).lstrip("/") / GROUP for c in V1_CONTROLLERS if (ROOT / c).is_dir()]
+    return [ROOT / c / own_path(c).lstrip("/") / GROUP for c in V1_CONTROLLERS if (ROOT / c).is_dir()]
 
 
 def _write(path: Path, value: str) -> None:

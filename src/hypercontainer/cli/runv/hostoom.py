@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ...spec import oci
+from ...vm.cgroups import own_path
 
 log = logging.getLogger("runv-shim")
 ROOT = Path("/sys/fs/cgroup")
@@ -30,12 +31,18 @@ HEADROOM = 4 << 20  # bytes above the cgroup's usage the limit is set to while t
 
 
 def memory_cgroup(cfg: oci.Config) -> Path | None:
-    """The memory cgroup directory config.json's cgroupsPath names (None: none, or a systemd slice:prefix:name)."""
+    """The memory cgroup directory config.json's cgroupsPath names (None: none). A relative path is taken from the
+    runtime's own cgroup and a systemd-style `slice:prefix:name` as a plain name, as runc's cgroupfs driver does
+    (containerd's CRI gives `<id>`, or `test.slice:cri-containerd:<id>` under critest). containerd watches the
+    cgroup the container's pid is in, whatever its name."""
     path = cfg.linux.get("cgroupsPath")
-    if not isinstance(path, str) or not path.startswith("/") or ".." in path.split("/"):
+    if not isinstance(path, str) or not path or ".." in path.split("/"):
         return None
-    base = ROOT / "memory" if (ROOT / "memory").is_dir() else ROOT  # v1's controller, else the unified tree
-    return base / path.strip("/")
+    if (ROOT / "memory").is_dir():  # v1: the memory controller's hierarchy
+        base, own = ROOT / "memory", own_path("memory")
+    else:
+        base, own = ROOT, own_path("")
+    return base / (path if path.startswith("/") else f"{own}/{path}").strip("/")
 
 
 def join(cg: Path) -> bool:
