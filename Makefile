@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 AGENT   := src/hypercontainer/guest/agent
 ASSETS  ?= $(or $(HYPERCONTAINER_ASSETS),/var/lib/hypercontainer/assets)
 
-.PHONY: demo test bench assets bootstrap image lint clean
+.PHONY: demo test bench assets bootstrap image lint clean cri-api
 
 bootstrap:
 	@tools/bootstrap.sh
@@ -19,18 +19,24 @@ assets: bootstrap
 	HYPERCONTAINER_ASSETS=$(ASSETS) $(PY) -m hypercontainer.guest.assets >/dev/null
 	@echo ">> guest assets ready in $(ASSETS)"
 
-demo: assets image
+# The CRI API: api.proto of k8s.io/cri-api (the version cri-tools v1.37.0 uses) through the Go module proxy, checked
+# against the sha256 recorded in src/hypercontainer/cri/build_api.py and compiled with grpcio-tools into
+# src/hypercontainer/cri/generated/ (git-ignored; rebuilt only when the version or grpcio-tools changes).
+cri-api: bootstrap
+	$(PY) -m hypercontainer.cri.build_api
+
+demo: assets image cri-api
 	@tools/demo.sh
 
-lint: bootstrap
+lint: bootstrap cri-api
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy  # src/, as configured in pyproject.toml ([tool.mypy]: strict for pod/, protocol/, vm/)
 
-test: assets image lint
+test: assets image cri-api lint
 	$(MAKE) -s -C $(AGENT) OUT=$(CURDIR)/build/agent-test test VECTORS=$(CURDIR)/tests/vectors/frames.txt
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-bench: assets image
+bench: assets image cri-api
 	@$(PY) -m compileall -q src >/dev/null  # the CLI's start-up counts; PYTHONDONTWRITEBYTECODE may be set
 	$(PY) bench/boot.py
 	@echo
@@ -43,7 +49,7 @@ bench: assets image
 	$(PY) bench/images.py
 
 clean:
-	rm -rf build $(AGENT)/build
+	rm -rf build $(AGENT)/build src/hypercontainer/cri/generated
 
 # Kubernetes' CRI conformance suite (critest) against a private containerd with runc and with runv, side by side:
 # `make critest RUNTIMES=runc`, `make critest CRITEST_FOCUS='HostIpc'`; critest-clean removes what a killed run

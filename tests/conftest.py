@@ -51,6 +51,7 @@ class Daemon:
                         HYPERCONTAINER_ROOT=str(root / "state"),
                         HYPERCONTAINER_RUN=str(root / "run"),
                         HYPERCONTAINER_SOCKET=str(root / "run" / "hyperd.sock"),
+                        HYPERCONTAINER_CRI_SOCKET=str(root / "run" / "cri.sock"),  # hyperd --cri-socket
                         HYPERCONTAINER_ASSETS=os.environ.get("HYPERCONTAINER_ASSETS", "/var/lib/hypercontainer/assets"),
                         HYPERCONTAINER_NETWORK="auto" if netns else "none", **env)
         self.proc: subprocess.Popen | None = None
@@ -99,6 +100,10 @@ class Daemon:
                 return
             time.sleep(every)
         raise AssertionError("the pool never filled")
+
+    @property
+    def cri_socket(self) -> Path:
+        return self.root / "run" / "cri.sock"
 
     @property
     def rundir(self) -> Path:

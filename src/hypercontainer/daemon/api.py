@@ -49,6 +49,7 @@ class DaemonInfo:
     agent: str
     root: str
     started: float = field(default_factory=time.time)
+    cri_socket: str | None = None  # the Kubernetes CRI's socket; None: hyperd runs with --no-cri
 
 
 class CreateRequest(BaseModel):
@@ -136,6 +137,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
             "guest": {"kernel": info.kernel, "kernel_release": info.kernel_release, "initrd": info.initrd,
                       "agent": info.agent},
             "root": info.root,
+            "cri": {"socket": info.cri_socket},
             "network": manager.network.info() if manager.network else {"mode": "none", "reason": "disabled"},
             "boot": {"policy": manager.boot, "templates": manager.templates.list() if manager.templates else [],
                      "pool": manager.pool.info() if manager.pool and manager.pool.size else None},

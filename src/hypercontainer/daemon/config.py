@@ -56,6 +56,7 @@ ENVVARS: dict[str, str] = {
     "pull_parallel": "HYPERCONTAINER_PULL_PARALLEL", "debug": "HYPERCONTAINER_DEBUG",
     "crash_at": "HYPERCONTAINER_CRASH_AT",
     "registry_config": "HYPERCONTAINER_REGISTRY_CONFIG",
+    "cri_socket": "HYPERCONTAINER_CRI_SOCKET", "cri": "HYPERCONTAINER_CRI",
 }
 
 
@@ -92,6 +93,15 @@ class HyperdConfig:
     pull_parallel: int = DEFAULT_PULL_PARALLEL  # layers downloaded at once per pull
     debug: bool = False
     crash_at: str | None = None  # tests only: hyperd kills itself at this step of a pod start (faults.py)
+    cri: bool = True  # serve the Kubernetes CRI (gRPC)
+    cri_socket_path: Path | None = None  # --cri-socket; None: <run>/cri.sock
+
+    @property
+    def cri_socket(self) -> Path | None:
+        """The CRI's socket; None without a CRI server (--no-cri)."""
+        if not self.cri:
+            return None
+        return self.cri_socket_path or self.paths.run / "cri.sock"
 
     @property
     def forced_accel(self) -> str | None:
@@ -132,10 +142,18 @@ def _uid_range(value: str) -> uids.UidRange:
         raise ConfigError("vmm_uids", e.message) from None
 
 
-def _socket(value: Path) -> Path:
+def _socket(value: Path, name: str = "socket") -> Path:
     if len(str(value).encode()) > SOCKET_PATH_MAX:
-        raise ConfigError("socket", f"{value} is longer than the {SOCKET_PATH_MAX} bytes a unix socket path may have")
+        raise ConfigError(name, f"{value} is longer than the {SOCKET_PATH_MAX} bytes a unix socket path may have")
     return value
+
+
+def _cri_socket(cri: bool, given: Path | None, run: Path) -> Path | None:
+    """--cri-socket as given (None: the default under --run, which must fit in a socket path too)."""
+    if not cri:
+        return None
+    _socket(Path(given) if given else run / "cri.sock", "cri_socket")
+    return Path(given) if given else None
 
 
 def _registries(values: Iterable[str]) -> frozenset[str]:
@@ -162,7 +180,8 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
           boot: str = "template", pool: int | str = 0, vmm_uids: str = uids.DEFAULT_TEXT,
           storage_size: str = DEFAULT_STORAGE_SIZE, accel: str = "auto", kernel: str = "auto",
           pull_parallel: int | str = DEFAULT_PULL_PARALLEL, debug: bool = False,
-          crash_at: str | None = None, registry_config: Path = mirrors.DEFAULT_DIR) -> HyperdConfig:
+          crash_at: str | None = None, registry_config: Path = mirrors.DEFAULT_DIR, cri_socket: Path | None = None,
+          cri: bool = True) -> HyperdConfig:
     """Checks every setting and makes the config; a bad one raises ConfigError naming its flag."""
     if not _IFNAME.match(bridge):
         raise ConfigError("bridge", f"{bridge!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
@@ -188,6 +207,8 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
         pull_parallel=_count("pull_parallel", pull_parallel, 1, MAX_PULL_PARALLEL),
         debug=debug,
         crash_at=_choice("crash_at", crash_at, faults.POINTS) if crash_at else None,
+        cri=cri,
+        cri_socket_path=_cri_socket(cri, cri_socket, Path(run)),
     )
 
 
@@ -249,6 +270,11 @@ def options(f: Callable[..., Any]) -> Callable[..., Any]:
         _option("--pull-parallel", name="pull_parallel", type=click.IntRange(1, MAX_PULL_PARALLEL), metavar="N",
                 default=DEFAULT_PULL_PARALLEL, show_default=True, help="Layers downloaded at once per pull."),
         _option("--debug", name="debug", is_flag=True, default=False, help="Verbose logs."),
+        _option("--cri-socket", name="cri_socket", type=path, show_default="<run>/cri.sock",
+                help="The Kubernetes CRI (v1, gRPC) socket: a kubelet's --container-runtime-endpoint, crictl's "
+                     "--runtime-endpoint (unix://PATH)."),
+        _option("--cri/--no-cri", name="cri", default=True, show_default=True,
+                help="Serve the Kubernetes CRI on --cri-socket."),
         _option("--crash-at", name="crash_at", metavar="POINT", hidden=True,
                 help="Tests only: die (SIGKILL) at this step of the next pod start."),
     ]

@@ -109,6 +109,11 @@ def assemble(cfg: HyperdConfig, a: guest_assets.Assets, accel: Accel) -> Parts:
 async def serve(cfg: HyperdConfig) -> None:
     """Runs hyperd as `cfg` says until SIGTERM/SIGINT."""
     p = cfg.paths
+    if cfg.cri_socket:  # before anything starts: a build without `make cri-api` says so and stops here
+        # hyperd forks (QEMU, virtiofsd, helpers) with gRPC's threads running: its children exec or touch no gRPC,
+        # so gRPC's fork handlers (and their "skipping fork() handlers" line per fork) are not wanted
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+        from ..cri.server import CriServer
     p.ensure()
     faults.arm(cfg.crash_at)
     uids.use_range(cfg.vmm_uids)  # every VMM uid this process claims comes from the configured range
@@ -131,15 +136,20 @@ async def serve(cfg: HyperdConfig) -> None:
         log.info("released %d uid leases and %d cgroups of VMs that are gone", leases, groups)
     pool.fill()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
-                      str(p.root))
+                      str(p.root), cri_socket=str(cfg.cri_socket) if cfg.cri_socket else None)
     app = create_app(manager, images, parts.puller, info)
     sock = bind_socket(p.socket)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_ping_interval=None)
     server = _Server(config)
+    cri = CriServer(cfg.cri_socket, manager, images, parts.puller) if cfg.cri_socket else None
+    if cri:
+        await cri.start()
     log.info("hyperd %s listening on %s", __version__, p.socket)
     try:
         await server.serve(sockets=[sock])
     finally:
+        if cri:
+            await cri.stop()
         action = "leaving running" if manager.live_restore else "shutting down"
         log.info("stopping: %s %d pods", action, len(manager.pods))
         await manager.shutdown()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -17,6 +18,7 @@ from ..protocol.codec import Fields
 from ..signals import parse_signal
 from ..spec.pod import ContainerSpec
 from ..storage.safefs import Root, make_dirs
+from .crilog import CriLog
 from .users import resolve
 
 LOG_MAX_BYTES = 32 << 20
@@ -64,6 +66,19 @@ def process_fields(spec: ContainerSpec, image: Image, rootfs: Root, hostname: st
     }
 
 
+def with_overrides(fields: Fields, overrides: Fields) -> Fields:
+    """The process fields with protocol fields a caller gives beyond the spec (the CRI: memory_limit, masked and
+    read-only paths, pid_ns_of) set over them; `group` entries are added to the user's groups (the CRI's
+    supplemental groups), not put in their place."""
+    out = {**fields, **{k: v for k, v in overrides.items() if k != "group"}}
+    extra = overrides.get("group")
+    if isinstance(extra, list) and extra:
+        have = fields.get("group")
+        base = [g for g in have if isinstance(g, int)] if isinstance(have, list) else []
+        out["group"] = base + [g for g in extra if isinstance(g, int) and g not in base]
+    return out
+
+
 def security_fields(spec: ContainerSpec) -> Fields:
     """Capabilities (docker's default set with the spec's adds and drops; every one if privileged), no_new_privs,
     privileged and the PID namespace, as NEW_CONTAINER fields. EXEC takes the same capabilities and
@@ -90,9 +105,15 @@ class Container:
     restarts: int = 0
     rootfs: Path | None = None  # a root prepared by someone else (runv: the OCI bundle's), bound in, not layers
     root_dir: str = ""  # its root's directory in the pod share: its name, or name@N once that name was used before
+    overrides: Fields = field(default_factory=dict)  # protocol fields over the spec's (with_overrides), at prepare
+    brought: tuple[str, ...] = ()  # pod volumes added with it to a running pod: they go with it (if unused)
+    cri_log: Path | None = None  # a second log of its output, in the CRI format (the kubelet reads it), if asked for
+    started_at: float | None = None  # its current (last) run: started, finished (time.time())
+    finished_at: float | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     subscribers: list[asyncio.Queue[Event]] = field(default_factory=list)
+    _cri: CriLog | None = field(default=None, init=False, repr=False)  # the CRI log while the relay runs
 
     @property
     def name(self) -> str:
@@ -125,19 +146,30 @@ class Container:
         self.exit_code = self.error = None
         self.oom_killed = False
         self.streams = None
+        self.finished_at = None
 
     def finish(self, exit_code: int, error: str | None = None) -> None:
         if self.done.is_set():
             return
         self.exit_code, self.error = exit_code, error
+        self.finished_at = time.time()
         self.done.set()
         self._publish(("exit", exit_code) if error is None else ("error", error))
+
+    def reopen_log(self) -> None:
+        """The CRI log file was renamed (rotated by the kubelet): output goes on into a new one at its path."""
+        if self._cri:
+            self._cri.reopen()
 
     async def relay(self) -> None:
         """Copies output to the log file and the subscribers until both streams end, then reports the exit."""
         assert self.streams
         s = self.streams
         log = open(self.log_path, "a")  # noqa: SIM115 - reopened on rotation, closed below
+        cri = self._cri = CriLog(self.cri_log) if self.cri_log else None
+        if cri:
+            with contextlib.suppress(OSError):  # the file exists from the start, as containerd's; else _put says why
+                cri.open()
         try:
 
             async def pump(q: asyncio.Queue[bytes | None], name: str) -> None:
@@ -151,11 +183,18 @@ class Container:
                         log.close()
                         self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
                         log = open(self.log_path, "a")  # noqa: SIM115
+                    if cri:
+                        cri.write(name, chunk)
                     self._publish((name, chunk))
+                if cri:
+                    cri.end(name)
 
             await asyncio.gather(pump(s.stdout, "stdout"), pump(s.stderr, "stderr"))
         finally:
             log.close()
+            if cri:
+                cri.close()
+                self._cri = None
         try:
             code = await s.exit
         except Exception as e:  # the VM or the agent went away

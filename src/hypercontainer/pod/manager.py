@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import contextlib
 import logging
@@ -16,9 +17,10 @@ from .. import procs
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..image.store import ImageStore
 from ..network.manager import Network
+from ..protocol.codec import Fields
 from ..spec.errors import invalid_spec
 from ..spec.kube import from_kube, is_kube_pod
-from ..spec.pod import ContainerSpec, PodSpec
+from ..spec.pod import ContainerSpec, PodSpec, Volume
 from ..storage.mount import detach_all_under
 from ..storage.volumes import check_block_file, check_host_dir, remove_tree
 from .container import Container
@@ -85,9 +87,10 @@ class PodManager:
         return sorted(live + list(self._stale.values()), key=lambda i: i["created"], reverse=True)
 
     # ---- create / start ----------------------------------------------------------------------------------
-    def create(self, raw_spec: dict[str, Any]) -> Pod:
+    def create(self, raw_spec: dict[str, Any], meta: dict[str, Any] | None = None, pod_id: str | None = None) -> Pod:
         """Validates the spec (ours, or a Kubernetes v1 Pod) and resolves images; creates nothing on disk until
-        start."""
+        start. `meta`: kept with the pod and its record for the caller (the CRI's ids, labels, annotations);
+        `pod_id`: the id to give it (64 hex digits: the CRI's sandbox id, known before the pod is made)."""
         if is_kube_pod(raw_spec):
             raw_spec, ignored = from_kube(raw_spec)
             if ignored:
@@ -101,7 +104,10 @@ class PodManager:
                 check_host_dir(v.name, v.host_path)
             if v.block:
                 check_block_file(v.name, v.block)
-        pod_id = secrets.token_hex(32)
+        if pod_id is not None and (len(pod_id) != 64 or any(ch not in "0123456789abcdef" for ch in pod_id)
+                                   or pod_id in self.pods or pod_id in self._stale):
+            raise InvalidArgument(f"pod id {pod_id!r} is not 64 hex digits or is in use")
+        pod_id = pod_id or secrets.token_hex(32)
         name = spec.name or pod_id[:12]
         if any(p.name == name for p in self.pods.values()) or any(r["name"] == name for r in self._stale.values()):
             raise Conflict(f"the name {name} is already in use by another pod; remove it or choose another name")
@@ -115,10 +121,11 @@ class PodManager:
         boot = self.boot if spec.boot == "default" else spec.boot
         pod = Pod(pod_id, name, spec, containers, self.poddir / pod_id, self.rundir / pod_id[:16], self.assets,
                   self.network, self.templates, boot, self.pool, self.storage_size)
+        pod.meta = dict(meta or {})
         pod.on_change.append(self._persist)
         pod.on_event.append(self.events.record)
         self.pods[pod_id] = pod
-        self.events.record(pod, "create", {"image": spec.containers[0].image})
+        self.events.record(pod, "create", {"image": spec.containers[0].image if spec.containers else None})
         return pod
 
     def _persist(self, pod: Pod) -> None:
@@ -139,20 +146,52 @@ class PodManager:
         finally:
             self._starts.pop(pod.id, None)
 
-    async def add_container(self, ref: str, raw: dict[str, Any]) -> str:
-        """hyperctl create -c POD: one more container in a running pod."""
+    async def add_container(self, ref: str, raw: dict[str, Any], *, start: bool = True,
+                            volumes: builtins.list[dict[str, Any]] | None = None, cri_log: Path | None = None,
+                            overrides: Fields | None = None) -> str:
+        """hyperctl create -c POD: one more container in a running pod. The CRI's CreateContainer also uses
+        `start=False` (it stays created until start_container()), `volumes` (pod volumes it brings: its host
+        directories), `cri_log` (its output also in the CRI log format there, from its start) and `overrides`
+        (protocol fields over those its spec gives: pod.container.with_overrides)."""
         pod = self.get(ref)
         try:
             cspec = ContainerSpec.model_validate(raw)
-            PodSpec.model_validate({**pod.spec.model_dump(mode="json"),
-                                    "containers": [*pod.spec.model_dump(mode="json")["containers"],
-                                                   cspec.model_dump(mode="json")]})
+            vols = tuple(Volume.model_validate(v) for v in volumes or [])
+            dumped = pod.spec.model_dump(mode="json")
+            added = [v.model_dump(mode="json") for v in vols]
+            PodSpec.model_validate({**dumped, "volumes": [*dumped["volumes"], *added],
+                                    "containers": [*dumped["containers"], cspec.model_dump(mode="json")]})
         except ValidationError as e:
             raise invalid_spec(e) from None
+        for v in vols:
+            if v.host_path:
+                check_host_dir(v.name, v.host_path)
+            if v.block:
+                raise InvalidArgument(f"volume {v.name}: a block volume cannot be added to a running pod")
         image = self.images.get(cspec.image)
-        c = Container(cspec, image, stream=0, log_path=pod.statedir / "logs" / f"{cspec.name}.log")
-        await pod.add_container(c)
+        c = Container(cspec, image, stream=0, log_path=pod.statedir / "logs" / f"{cspec.name}.log",
+                      overrides=dict(overrides or {}), cri_log=cri_log)
+        await pod.add_container(c, start=start, volumes=vols)
         return c.name
+
+    async def start_container(self, ref: str, name: str) -> str:
+        """Starts a container that add_container(start=False) left created."""
+        await self.get(ref).start_created(name)
+        return name
+
+    def update_meta(self, pod_id: str, meta: dict[str, Any]) -> None:
+        """Replaces what the caller keeps with a pod (create's `meta`), also for a pod an earlier hyperd left
+        stopped; persisted at once."""
+        if pod_id in self.pods:
+            pod = self.pods[pod_id]
+            pod.meta = dict(meta)
+            self.records.save(pod.id, pod.name, pod.state.value, pod.info())
+        elif pod_id in self._stale:
+            info = self._stale[pod_id]
+            info["meta"] = dict(meta)
+            self.records.save(pod_id, info["name"], info["state"], info)
+        else:
+            raise NotFound(f"no such pod: {pod_id}")
 
     async def remove_container(self, ref: str, name: str, force: bool = False) -> str:
         """hyperctl rm POD/CONTAINER: one container out of a running pod."""
@@ -262,7 +301,10 @@ class PodManager:
                           log_path=self.poddir / info["id"] / "logs" / f"{cs.name}.log",
                           fields=state["fields"], mounts=state["mounts"], restarts=state["restarts"],
                           pid=state["pid"], oom_killed=state.get("oom_killed", False),
-                          root_dir=state.get("root_dir", cs.name))
+                          root_dir=state.get("root_dir", cs.name),
+                          cri_log=Path(state["cri_log"]) if state.get("cri_log") else None,
+                          brought=tuple(state.get("brought") or ()),
+                          started_at=state.get("started_at"), finished_at=state.get("finished_at"))
             if state["started"]:
                 c.started.set()
             if state["done"]:
@@ -274,6 +316,7 @@ class PodManager:
         if rt.get("share_dir") and Path(rt["share_dir"]) != pod.share_dir:  # a pool VM's
             pod._share_dir = Path(rt["share_dir"])
         pod.hostname, pod.created = info["hostname"], info["created"]
+        pod.meta = dict(info.get("meta") or {})
         pod._stream_seq = rt["stream_seq"]
         pod._generation = rt.get("generation", 0)
         pod.timings.marks = dict(info.get("timings") or {})

@@ -29,11 +29,11 @@ from ..spec.pod import PodSpec, Volume
 from ..storage.disk import mount_pod_disk, unmount_pod_disk
 from ..storage.safefs import make_dirs, write_file
 from ..storage.share import PodShare
-from ..storage.sharetree import ShareTree
+from ..storage.sharetree import VOLUMES, VOLUMES_RO, ShareTree
 from ..storage.volumes import remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Disk, HostForward, Nic, Share, Sockets, VMConfig
-from .container import Container, process_fields
+from .container import Container, process_fields, with_overrides
 from .pool import Pool
 from .records import PodInfo
 from .sources import (
@@ -68,6 +68,15 @@ class GuestAssets:
     accel: str
 
 
+@dataclass(frozen=True)
+class HostUsage:
+    """What the host counts for a pod's VM at `timestamp` (ns since the epoch)."""
+
+    timestamp: int
+    cpu_ns: int  # CPU time used, user + system
+    memory: int  # resident bytes
+
+
 @dataclass
 class Timings:
     """Seconds from the start request: the boot breakdown reported by inspect, info and the benchmark."""
@@ -77,6 +86,16 @@ class Timings:
 
     def mark(self, name: str) -> None:
         self.marks[name] = round(time.monotonic() - self.t0, 4)
+
+
+def _proc_usage(pid: int) -> tuple[int, int] | None:
+    """(CPU ns user + system, resident bytes) of a process, from /proc/PID/stat; None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) * tick_ns, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def block_serial(index: int) -> str:
@@ -136,6 +155,9 @@ class Pod:
         self._lock = asyncio.Lock()
         self.on_change: list[Callable[[Pod], None]] = []  # e.g. persisting the record
         self.on_event: list[Callable[[Pod, str, dict[str, object]], None]] = []  # hyperctl events
+        # What the layer that made the pod keeps with it (the CRI: ids, metadata, labels, annotations), persisted
+        # with the pod's record and read back with it; the pod core never looks inside.
+        self.meta: dict[str, Any] = {}
 
     @property
     def share_dir(self) -> Path:
@@ -341,7 +363,7 @@ class Pod:
             raise Conflict(f"container {c.name}: cannot mount its root in the pod share: {e.strerror}") from None
         try:
             if not c.fields:  # runv gives them from the OCI process
-                c.fields = process_fields(c.spec, c.image, root, self.hostname)
+                c.fields = with_overrides(process_fields(c.spec, c.image, root, self.hostname), c.overrides)
             c.mounts = self._prepare_mounts(c, root)
         finally:
             os.close(root)
@@ -406,6 +428,7 @@ class Pod:
         assert self.machine
         c.streams = streams = await guarded(self.machine, self.agent.new_container(req))
         c.pid = streams.pid
+        c.started_at = time.time()
         c.started.set()
         self._relays.append(asyncio.create_task(c.relay()))
 
@@ -520,6 +543,8 @@ class Pod:
             raise Conflict(f"pod {self.name} already has a container {c.name}")
         spec_before = self.spec
         mounted_before = set(self.tree.ids)
+        layer = self.statedir / "containers" / c.name
+        fresh_layer = not os.path.lexists(layer)
         try:
             self.spec = self.spec.model_copy(update={"volumes": [*self.spec.volumes, *volumes]})
             if self.spec.share_process_namespace:  # it joins the pod's PID namespace like the others
@@ -527,12 +552,15 @@ class Pod:
             await self._ensure_disk([c])
             self._prepare_container(c)
             c.stream = self._next_stream()
+            c.brought = tuple(v.name for v in volumes)
             if start:
                 await self._start_container(c, c.fields)
         except BaseException:
             self.spec = spec_before
             for rel in set(self.tree.ids) - mounted_before:
                 self.tree.undo(rel)
+            if fresh_layer:  # nothing half-made: its writable layer goes too
+                remove_tree(layer)
             raise
         self.containers.append(c)
         self.spec = self.spec.model_copy(update={"containers": [*self.spec.containers, c.spec]})
@@ -591,7 +619,14 @@ class Pod:
         finally:
             self._removing.discard(c.name)
         self.containers.remove(c)
-        self.spec = self.spec.model_copy(update={"containers": [x for x in self.spec.containers if x.name != name]})
+        used = {m.name for x in self.containers for m in x.spec.volumes}
+        dropped = {v for v in c.brought if v not in used}  # the volumes it brought that no one else mounts
+        for v in dropped:
+            for rel in (f"{VOLUMES}/{v}", f"{VOLUMES_RO}/{v}"):
+                self.tree.undo(rel)
+        self.spec = self.spec.model_copy(update={
+            "containers": [x for x in self.spec.containers if x.name != name],
+            "volumes": [v for v in self.spec.volumes if v.name not in dropped]})
         self._wake.set()
         self.changed()
         self.emit("remove", container=c.name)
@@ -784,7 +819,9 @@ class Pod:
             "containers": {c.name: {"stream": c.stream, "fields": c.fields, "mounts": c.mounts,
                                     "started": c.started.is_set(), "done": c.done.is_set(),
                                     "exit_code": c.exit_code, "error": c.error, "restarts": c.restarts, "pid": c.pid,
-                                    "oom_killed": c.oom_killed, "root_dir": c.root_dir}
+                                    "oom_killed": c.oom_killed, "root_dir": c.root_dir,
+                                    "cri_log": str(c.cri_log) if c.cri_log else None, "brought": list(c.brought),
+                                    "started_at": c.started_at, "finished_at": c.finished_at}
                            for c in self.containers},
         }
 
@@ -820,8 +857,43 @@ class Pod:
             "restart_policy": self.spec.restart_policy,
             "containers": [{"name": c.name, "image": c.image.id, "pid": c.pid, "exit_code": c.exit_code,
                             "error": c.error, "restarts": c.restarts, "OOMKilled": c.oom_killed,
+                            "started_at": c.started_at, "finished_at": c.finished_at,
                             "state": "exited" if c.done.is_set() else "running" if c.started.is_set() else "created"}
                            for c in self.containers],
             "spec": self.spec.model_dump(mode="json"),
             "runtime": self.runtime(),
+            "meta": self.meta,
         }
+
+    # ---- usage, as the host sees it ----------------------------------------------------------------------
+    def host_usage(self) -> HostUsage | None:
+        """CPU time and resident memory of the pod's VM (QEMU, which runs the guest's vCPUs, and its file server)
+        as the host counts them; None when it does not run."""
+        if self.state not in (PodState.RUNNING, PodState.PAUSED):
+            return None
+        pids = [p.pid for p in (self.machine.proc if self.machine else None, self.share.proc if self.share else None)
+                if p is not None]
+        usage = [u for u in (_proc_usage(pid) for pid in pids) if u is not None]
+        if not usage:
+            return None
+        return HostUsage(time.time_ns(), sum(u[0] for u in usage), sum(u[1] for u in usage))
+
+    def layer_usage(self, name: str) -> tuple[int, int] | None:
+        """Bytes (allocated) and inodes of a container's writable layer on the host; None if it has none."""
+        upper = self.statedir / "containers" / name / "upper"
+        if not upper.is_dir():
+            return None
+        size = inodes = 0
+        stack = [str(upper)]
+        while stack:
+            try:
+                with os.scandir(stack.pop()) as it:
+                    for e in it:
+                        inodes += 1
+                        with contextlib.suppress(OSError):
+                            size += e.stat(follow_symlinks=False).st_blocks * 512
+                            if e.is_dir(follow_symlinks=False):
+                                stack.append(e.path)
+            except OSError:
+                continue
+        return size, inodes

@@ -33,6 +33,7 @@ def info(as_json: bool) -> None:
         f"Network:          {i['network']['mode']} ({i['network']['reason']})",
         f"Boot policy:      {i['boot']['policy']} ({', '.join(map(template_text, i['boot']['templates'])) or 'none'})",
         f"Root dir:         {i['root']}",
+        f"CRI endpoint:     {'unix://' + cri if (cri := (i.get('cri') or {}).get('socket')) else 'off (--no-cri)'}",
         f"Pods:             {i['pods']['total']} ({i['pods']['running']} running)",
         f"Images:           {i['images']}",
     ]

@@ -55,8 +55,10 @@ def ps(all_: bool, quiet: bool) -> None:
         live = p["state"] in ("running", "paused")
         ports = ", ".join(f"{m['host_ip']}:{m['host_port']}->{m['container_port']}/{m['protocol']}"
                           for m in (p.get("network") or {}).get("ports", []) if live)
-        t.add_row(p["id"][:12], p["name"], p["image"], f'"{cmd[:24]}"' if cmd else "", ago(p["created"]), status(p),
-                  ports)
+        name = p["name"] + (" (CRI)" if "cri" in (p.get("meta") or {}) else "")
+        image = p["image"] or (f"{len(p.get('containers') or [])} containers" if p.get("spec", {}).get("keep_alive")
+                               else "")
+        t.add_row(p["id"][:12], name, image, f'"{cmd[:24]}"' if cmd else "", ago(p["created"]), status(p), ports)
     Console(width=200).print(t)
 
 

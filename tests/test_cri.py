@@ -1,0 +1,597 @@
+"""hyperd as a Kubernetes CRI v1 runtime, driven by crictl v1.37.0 (built from the Go module proxy) on real VMs, and
+by a gRPC client of our own where the exact status code matters. One sandbox (one VM) serves the flow tests, in
+file order; a hyperd of this module's own is restarted to show the CRI state survives it."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+
+from .conftest import BUILD, Daemon, _build_busybox_archive
+from .registry import PASSWORD, USER, Registry
+
+pytestmark = pytest.mark.vm
+
+CRI_TOOLS, CRI_TOOLS_VERSION = "sigs.k8s.io/cri-tools", "v1.37.0"
+LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) (F|P) (.*)$")
+
+try:
+    import grpc
+
+    from hypercontainer.cri.api import pb, rpc
+except Exception as e:  # the generated modules are missing: say what to run
+    pytest.skip(f"the CRI API is not built ({e}): run `make cri-api`", allow_module_level=True)
+
+
+# ---- crictl ---------------------------------------------------------------------------------------------------
+def _go() -> tuple[str | None, str]:
+    """The go binary and why there is none that can build cri-tools (which names its minimum in go.mod)."""
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.access("/usr/local/go/bin/go", os.X_OK) else None)
+    if not go:
+        return None, "no Go toolchain (crictl v1.37.0 is built from the Go module proxy)"
+    have = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout.strip()
+    nums = tuple(int(x) for x in re.findall(r"\d+", have)[:2])
+    if nums < (1, 24):
+        return None, f"Go {have} is older than 1.24"
+    return go, ""
+
+
+def build_crictl() -> Path:
+    """crictl v1.37.0, built once into build/cri-tools/ (or the one `make critest` built)."""
+    out = BUILD / "cri-tools" / "crictl"
+    stamp = out.with_name(".version")
+    if out.exists() and stamp.exists() and stamp.read_text() == CRI_TOOLS_VERSION:
+        return out
+    theirs = BUILD / "critest" / "bin" / "crictl"
+    their_stamp = theirs.with_name(".cri-tools-version")
+    if theirs.exists() and their_stamp.exists() and their_stamp.read_text().strip() == CRI_TOOLS_VERSION:
+        return theirs
+    go, why = _go()
+    if not go:
+        pytest.skip(why)
+    env = dict(os.environ, GOFLAGS="-buildvcs=false", CGO_ENABLED="0")
+    info = json.loads(subprocess.run([go, "mod", "download", "-json", f"{CRI_TOOLS}@{CRI_TOOLS_VERSION}"], env=env,
+                                     cwd=tempfile.gettempdir(), check=True, capture_output=True, text=True).stdout)
+    src = BUILD / "cri-tools" / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(info["Dir"], src)
+    subprocess.run(["chmod", "-R", "u+w", str(src)], check=True)
+    r = subprocess.run([go, "build", "-o", str(out), "./cmd/crictl"], cwd=src, env=env, capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        if "requires go >=" in r.stderr or "go.mod requires go" in r.stderr:
+            pytest.skip(f"cri-tools {CRI_TOOLS_VERSION} needs a newer Go: {r.stderr.strip()[-300:]}")
+        raise RuntimeError(f"building crictl failed:\n{r.stderr[-3000:]}")
+    shutil.rmtree(src, ignore_errors=True)
+    stamp.write_text(CRI_TOOLS_VERSION)
+    return out
+
+
+class Cri:
+    """crictl and a gRPC client against one hyperd's CRI socket."""
+
+    def __init__(self, daemon: Daemon, crictl: Path, workdir: Path) -> None:
+        self.d, self.bin, self.dir = daemon, crictl, workdir
+        self.endpoint = f"unix://{daemon.cri_socket}"
+        self.channel: Any = None
+
+    def crictl(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(self.bin), "--config", "/dev/null", "-r", self.endpoint, "-i", self.endpoint,
+                            "-t", "120s", *args], capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"crictl {' '.join(args)}: {r.returncode}\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.crictl(*args).stdout)
+
+    def write(self, name: str, obj: dict) -> str:
+        path = self.dir / name
+        path.write_text(json.dumps(obj))
+        return str(path)
+
+    @property
+    def runtime(self) -> Any:
+        if self.channel is None:
+            self.channel = grpc.insecure_channel(self.endpoint)
+        return rpc.RuntimeServiceStub(self.channel)
+
+    @property
+    def images(self) -> Any:
+        self.runtime  # noqa: B018 - opens the channel
+        return rpc.ImageServiceStub(self.channel)
+
+    def code(self, call: Any, request: Any) -> Any:
+        """The status code (and message) a call fails with; OK if it does not."""
+        try:
+            call(request, timeout=120)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+        return grpc.StatusCode.OK, ""
+
+    def pod_count(self) -> int:
+        return len(self.d.hyperctl("ps", "-aq", check=True).stdout.split())
+
+
+@pytest.fixture(scope="module")
+def crictl_bin() -> Path:
+    return build_crictl()
+
+
+@pytest.fixture(scope="module")
+def cri(crictl_bin: Path):
+    if os.geteuid() != 0:
+        pytest.skip("VM tests need root (overlay mounts, QEMU)")
+    root = Path(tempfile.mkdtemp(prefix="hc-cri-"))
+    d = Daemon(root)
+    d.start()
+    d.hyperctl("load", "-i", str(_build_busybox_archive()), check=True)
+    (root / "work").mkdir()
+    c = Cri(d, crictl_bin, root / "work")
+    yield c
+    if c.channel is not None:
+        c.channel.close()
+    d.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+STATE: dict[str, Any] = {}  # what the flow tests hand on, in file order: the sandbox and its containers
+
+
+def sandbox_config(cri: Cri, name: str = "web", attempt: int = 0, **extra: Any) -> dict:
+    logs = cri.dir / "logs" / name
+    logs.mkdir(parents=True, exist_ok=True)
+    return {"metadata": {"name": name, "namespace": "test", "uid": f"uid-{name}", "attempt": attempt},
+            "hostname": name, "log_directory": str(logs), "labels": {"app": name, "tier": "front"},
+            "annotations": {"note": "a sandbox"},
+            "dns_config": {"servers": ["192.0.2.53"], "searches": ["example.test"], "options": ["ndots:2"]},
+            "linux": {"security_context": {"namespace_options": {"pid": 1}}}, **extra}
+
+
+def container_config(name: str, command: list[str], attempt: int = 0, **extra: Any) -> dict:
+    return {"metadata": {"name": name, "attempt": attempt}, "image": {"image": "busybox"}, "command": command,
+            "log_path": f"{name}/{attempt}.log", "labels": {"container": name},
+            "annotations": {"why": "test"}, "linux": {"security_context": {"namespace_options": {"pid": 1}}},
+            **extra}
+
+
+def wait_for(pred: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition never held")
+
+
+# ---- hyperd's flags -------------------------------------------------------------------------------------------
+def test_cri_flags(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hypercontainer.daemon.config import build, command
+
+    assert build(run=tmp_path).cri_socket == tmp_path / "cri.sock"  # default: under --run
+    assert build(cri_socket=tmp_path / "k.sock").cri_socket == tmp_path / "k.sock"
+    assert build(cri=False).cri_socket is None
+    got: list[Any] = []
+    r = CliRunner().invoke(command(got.append), ["--no-cri"], env={"HYPERCONTAINER_CRI_SOCKET": str(tmp_path / "x")})
+    assert r.exit_code == 0 and got[0].cri_socket is None
+    r = CliRunner().invoke(command(got.append), [], env={"HYPERCONTAINER_CRI_SOCKET": "/" + "c" * 120})
+    assert r.exit_code == 2 and "--cri-socket" in r.output and "HYPERCONTAINER_CRI_SOCKET" in r.output
+
+
+# ---- config translation (no VM) -------------------------------------------------------------------------------
+def test_sandbox_config_mapping() -> None:
+    from hypercontainer.cri import convert
+    from hypercontainer.errors import InvalidArgument
+
+    cfg = json_format.ParseDict({
+        "metadata": {"name": "web", "namespace": "prod", "uid": "u", "attempt": 2}, "hostname": "web-0",
+        "dns_config": {"servers": ["192.0.2.1"], "searches": ["svc.test"], "options": ["ndots:5"]},
+        "linux": {"sysctls": {"net.core.somaxconn": "1024"}, "cgroup_parent": "/kubepods/x",
+                  "resources": {"memory_limit_in_bytes": str(512 << 20), "cpu_quota": "150000", "cpu_period": "100000"},
+                  "overhead": {"memory_limit_in_bytes": str(64 << 20)}}}, pb.PodSandboxConfig())
+    plan = convert.sandbox(cfg, "a" * 64, set())
+    assert plan.spec["name"] == "web_prod_2" and plan.spec["hostname"] == "web-0" and plan.spec["keep_alive"]
+    assert plan.spec["resources"] == {"memory": 512 + 64 + 64, "vcpu": 2}
+    assert (plan.spec["dns"], plan.spec["dns_search"], plan.spec["dns_options"]) == (
+        ["192.0.2.1"], ["svc.test"], ["ndots:5"])
+    assert plan.sysctls == {"net.core.somaxconn": "1024"} and "cgroup_parent" in plan.unapplied[0]
+    assert convert.sandbox(cfg, "b" * 64, {"web_prod_2"}).spec["name"] == "cri-bbbbbbbbbbbb"  # name taken
+    for kind in ("network", "pid", "ipc"):
+        node = pb.PodSandboxConfig()
+        node.CopyFrom(cfg)
+        setattr(node.linux.security_context.namespace_options, kind, pb.NODE)
+        with pytest.raises(InvalidArgument, match=f"host's {kind} namespace"):
+            convert.sandbox(node, "c" * 64, set())
+
+
+def test_container_config_mapping(tmp_path: Path) -> None:
+    from hypercontainer.cri import convert
+    from hypercontainer.errors import InvalidArgument
+
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n")
+    cfg = json_format.ParseDict({
+        "metadata": {"name": "app", "attempt": 1}, "image": {"image": "busybox"},
+        "command": ["/bin/app"], "args": ["--flag"], "working_dir": "/srv",
+        "envs": [{"key": "A", "value": base64.b64encode(b"1").decode()}], "tty": True, "stop_signal": "SIGNAL_SIGINT",
+        "mounts": [{"container_path": "/data", "host_path": str(tmp_path / "new"), "readonly": True,
+                    "propagation": "PROPAGATION_BIDIRECTIONAL"},
+                   {"container_path": "/etc/hosts", "host_path": str(tmp_path / "hosts")}],
+        "linux": {"resources": {"memory_limit_in_bytes": str(128 << 20), "cpu_shares": "512"},
+                  "security_context": {
+                      "run_as_user": {"value": "1000"}, "run_as_group": {"value": "2000"},
+                      "supplemental_groups": ["3000"], "readonly_rootfs": True, "no_new_privs": True,
+                      "capabilities": {"add_capabilities": ["NET_ADMIN"], "drop_capabilities": ["CAP_MKNOD"]},
+                      "masked_paths": ["/proc/kcore"], "readonly_paths": ["/proc/sys"],
+                      "namespace_options": {"pid": "CONTAINER"}, "seccomp": {"profile_type": "RuntimeDefault"}}}},
+        pb.ContainerConfig())
+    plan = convert.container(cfg, "app.1", "d" * 64, {"kernel.shm_rmid_forced": "1"})
+    sp = plan.spec
+    assert (sp["entrypoint"], sp["command"], sp["workdir"], sp["env"], sp["tty"]) == (
+        ["/bin/app"], ["--flag"], "/srv", ["A=1"], True)
+    assert (sp["user"], sp["readonly"], sp["no_new_privileges"], sp["pid_namespace"], sp["stop_signal"]) == (
+        "1000:2000", True, True, "container", "SIGINT")
+    assert sp["capabilities"] == {"add": ["NET_ADMIN"], "drop": ["MKNOD"]}
+    assert sp["sysctls"] == {"kernel.shm_rmid_forced": "1"}
+    assert (tmp_path / "new").is_dir()  # made, as containerd does
+    assert plan.volumes == [{"name": "vdddddddddddd-0", "host_path": str(tmp_path / "new")}]
+    assert sp["volumes"] == [{"name": "vdddddddddddd-0", "path": "/data", "readonly": True}]
+    assert sp["files"][0]["path"] == "/etc/hosts" and base64.b64decode(sp["files"][0]["base64"]).startswith(b"127")
+    assert plan.overrides == {"memory_limit": 128 << 20, "group": [3000], "masked_paths": ["/proc/kcore"],
+                              "readonly_paths": ["/proc/sys"]}
+    notes = " ".join(plan.unapplied)
+    for word in ("propagation", "copied in", "seccomp RuntimeDefault", "CPU"):
+        assert word in notes, word
+    for bad, why in (({"devices": [{"container_path": "/dev/x", "host_path": "/dev/null"}]}, "devices"),
+                     ({"linux": {"security_context": {"run_as_group": {"value": "1"}}}}, "run_as_group"),
+                     ({"linux": {"security_context": {"seccomp": {"profile_type": "Localhost",
+                                                                  "localhost_ref": "/x.json"}}}}, "Localhost"),
+                     ({"mounts": [{"container_path": "/x", "host_path": "/", "recursive_read_only": True}]},
+                      "recursive"),
+                     ({"linux": {"security_context": {"namespace_options": {"network": "NODE"}}}}, "network")):
+        c = json_format.ParseDict({"metadata": {"name": "x"}, "image": {"image": "busybox"}, **bad},
+                                  pb.ContainerConfig())
+        with pytest.raises(InvalidArgument, match=why):
+            convert.container(c, "x", "e" * 64, {})
+
+
+# ---- the runtime ----------------------------------------------------------------------------------------------
+def test_version_status_runtime_config(cri: Cri) -> None:
+    v = cri.crictl("version").stdout
+    assert "RuntimeName:  hypercontainer" in v and "RuntimeApiVersion:  v1" in v
+    st = cri.runtime.Status(pb.StatusRequest(verbose=True), timeout=60)
+    cond = {c.type: c for c in st.status.conditions}
+    assert cond["RuntimeReady"].status
+    assert not cond["NetworkReady"].status and "--network none" in cond["NetworkReady"].message  # the test hyperd
+    assert {h.name for h in st.runtime_handlers} == {"", "hypercontainer"}
+    cfg = cri.runtime.RuntimeConfig(pb.RuntimeConfigRequest(), timeout=60)
+    assert cfg.linux.cgroup_driver == pb.CGROUPFS
+    assert "unix://" + str(cri.d.cri_socket) in cri.d.hyperctl("info", check=True).stdout.decode()
+
+
+# ---- one sandbox, its containers --------------------------------------------------------------------------------
+def test_runp_inspectp_pods(cri: Cri) -> None:
+    before = cri.pod_count()
+    sid = cri.crictl("runp", cri.write("sandbox.json", sandbox_config(cri))).stdout.strip()
+    STATE["sandbox"] = sid
+    assert re.fullmatch(r"[0-9a-f]{64}", sid)
+    assert cri.pod_count() == before + 1
+    st = cri.json("inspectp", sid)
+    assert st["status"]["state"] == "SANDBOX_READY"
+    assert st["status"]["labels"] == {"app": "web", "tier": "front"}
+    assert st["status"]["annotations"] == {"note": "a sandbox"}
+    assert st["status"]["metadata"] == {"name": "web", "uid": "uid-web", "namespace": "test", "attempt": 0}
+    assert st["status"]["linux"]["namespaces"]["options"]["pid"] == "CONTAINER"
+    assert st["info"]["pod"] == "web_test_0" and st["info"]["vm"]["pid"]  # crictl shows the verbose info parsed
+    for args in (["--label", "app=web"], ["--state", "ready"], ["--id", sid[:8]], ["--name", "web"]):
+        assert cri.crictl("pods", "-q", *args).stdout.split() == [sid], args
+    assert cri.crictl("pods", "-q", "--label", "app=other").stdout.split() == []
+    assert cri.crictl("pods", "-q", "--state", "notready").stdout.split() == []
+    assert "web_test_0 (CRI)" in cri.d.hyperctl("ps", check=True).stdout.decode()
+
+
+def test_create_start_ps_inspect(cri: Cri) -> None:
+    sid = STATE["sandbox"]
+    data = cri.dir / "data"
+    data.mkdir()
+    (data / "file").write_text("from the host\n")
+    cfg = container_config("app", ["sh", "-c", "echo hello; echo oops >&2; printf 'no newline'; "
+                                               "trap 'exit 0' USR1; while true; do sleep 1; done"],
+                           envs=[{"key": "MODE", "value": "prod"}],  # crictl sends the string as the bytes
+                           mounts=[{"container_path": "/data", "host_path": str(data), "readonly": True}],
+                           stop_signal=29)  # SIGNAL_SIGUSR1 (crictl reads its JSON as Go does)
+    sandbox_json = str(cri.dir / "sandbox.json")
+    cid = cri.crictl("create", sid, cri.write("app.json", cfg), sandbox_json).stdout.strip()
+    STATE["app"] = cid
+    assert [c["state"] for c in cri.json("ps", "-a", "-o", "json")["containers"]] == ["CONTAINER_CREATED"]
+    log = cri.dir / "logs" / "web" / "app" / "0.log"
+    assert not log.exists()  # opened at start, as containerd does
+    cri.crictl("start", cid)
+    assert cri.crictl("ps", "-q", "--state", "running").stdout.split() == [cid]
+    assert cri.crictl("ps", "-q", "--label", "container=app", "-p", sid[:10]).stdout.split() == [cid]
+    st = cri.json("inspect", cid)
+    s = st["status"]
+    assert s["state"] == "CONTAINER_RUNNING" and s["labels"] == {"container": "app"}
+    assert s["annotations"] == {"why": "test"} and s["logPath"] == str(log)
+    assert s["mounts"][0]["containerPath"] == "/data" and s["mounts"][0]["readonly"]
+    assert s["imageId"].startswith("sha256:") and s["startedAt"] != "1970-01-01T00:00:00Z"
+    assert s["stopSignal"] == "SIGUSR1" or s["stopSignal"] == "SIGNAL_SIGUSR1"
+
+
+def test_exec_sync(cri: Cri) -> None:
+    cid = STATE["app"]
+    r = cri.crictl("exec", "-s", cid, "sh", "-c", "echo $MODE; cat /data/file; hostname; cat /etc/resolv.conf")
+    assert r.stdout.split("\n")[:6] == ["prod", "from the host", "web", "nameserver 192.0.2.53",
+                                        "search example.test", "options ndots:2"]
+    r = cri.crictl("exec", "-s", cid, "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+    assert r.returncode != 0 and "exited with 3: err" in r.stderr  # crictl prints no stdout then
+    r = cri.crictl("exec", "-s", cid, "sh", "-c", "touch /data/x", check=False)
+    assert r.returncode != 0  # the mount is read-only
+    resp = cri.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "echo a; echo b >&2; exit 7"]),
+                                timeout=120)
+    assert (resp.stdout, resp.stderr, resp.exit_code) == (b"a\n", b"b\n", 7)
+    resp = cri.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["no-such-command"]), timeout=120)
+    assert resp.exit_code == 127 and resp.stderr
+
+
+def test_exec_sync_timeout_kills_the_process(cri: Cri) -> None:
+    cid = STATE["app"]
+    code, msg = cri.code(cri.runtime.ExecSync, pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "47"], timeout=1))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "killed" in msg
+    ps = cri.crictl("exec", "-s", cid, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
+    assert "sleep 47" not in ps and "while true" in ps
+
+
+def test_logs_in_the_cri_format(cri: Cri) -> None:
+    cid = STATE["app"]
+    r = cri.crictl("logs", cid)
+    assert r.stdout == "hello\n" and r.stderr.endswith("oops\n")
+    lines = (cri.dir / "logs" / "web" / "app" / "0.log").read_bytes().splitlines()
+    parsed = [LOG_LINE.match(line) for line in lines]
+    assert all(parsed), lines
+    assert [(m.group(2), m.group(3), m.group(4)) for m in parsed if m] == [
+        (b"stdout", b"F", b"hello"), (b"stderr", b"F", b"oops")]
+    for m in parsed:
+        assert m and re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", m.group(1))
+        assert abs(dt.datetime.fromisoformat(m.group(1)[:26].decode() + "+00:00").timestamp() - time.time()) < 600
+
+
+def test_stats(cri: Cri) -> None:
+    cid, sid = STATE["app"], STATE["sandbox"]
+    cri.crictl("exec", "-s", cid, "dd", "if=/dev/zero", "of=/written", "bs=1024", "count=600")
+    stats = cri.json("stats", "-o", "json", "--id", cid)["stats"]
+    layer = stats[0]["writableLayer"]
+    assert int(layer["usedBytes"]["value"]) >= 600 * 1024 and int(layer["inodesUsed"]["value"]) >= 1
+    pod = cri.json("statsp", "-o", "json", "--id", sid)["stats"][0]
+    assert pod["attributes"]["id"] == sid
+    assert int(pod["linux"]["cpu"]["usageCoreNanoSeconds"]["value"]) > 0
+    assert int(pod["linux"]["memory"]["workingSetBytes"]["value"]) > 16 << 20  # the VM's resident memory
+    assert [c["attributes"]["id"] for c in pod["linux"]["containers"]] == [cid]
+
+
+def test_stop_container_uses_its_stop_signal(cri: Cri) -> None:
+    cid = STATE["app"]
+    t0 = time.monotonic()
+    cri.crictl("stop", "-t", "30", cid)
+    assert time.monotonic() - t0 < 20  # USR1 ended it: no waiting for the timeout
+    s = cri.json("inspect", cid)["status"]
+    assert s["state"] == "CONTAINER_EXITED" and s["exitCode"] == 0 and s["reason"] == "Completed"
+    assert s["finishedAt"] >= s["startedAt"]
+    # the unterminated last line was written when the stream ended
+    assert (cri.dir / "logs" / "web" / "app" / "0.log").read_bytes().splitlines()[-1].endswith(
+        b" stdout F no newline")
+    cri.crictl("stop", cid)  # again: not an error
+
+
+def test_container_exit_code_reason_and_events(cri: Cri) -> None:
+    sid = STATE["sandbox"]
+    events = cri.runtime.GetContainerEvents(pb.GetEventsRequest())
+    seen: list[tuple[str, int]] = []
+
+    def read() -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled below
+            for ev in events:
+                seen.append((ev.container_id, ev.container_event_type))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.5)  # subscribed
+    cid = cri.crictl("create", sid, cri.write("fail.json", container_config("fail", ["sh", "-c", "exit 4"])),
+                     str(cri.dir / "sandbox.json")).stdout.strip()
+    cri.crictl("start", cid)
+    wait_for(lambda: cri.json("inspect", cid)["status"]["state"] == "CONTAINER_EXITED")
+    s = cri.json("inspect", cid)["status"]
+    assert (s["exitCode"], s["reason"]) == (4, "Error")
+    cri.crictl("rm", cid)
+    assert cid not in cri.crictl("ps", "-aq").stdout
+    assert cri.code(cri.runtime.ContainerStatus, pb.ContainerStatusRequest(container_id=cid))[0] == \
+        grpc.StatusCode.NOT_FOUND
+    wait_for(lambda: len([e for e in seen if e[0] == cid]) == 4, timeout=10)
+    events.cancel()
+    assert [t for c, t in seen if c == cid] == [pb.CONTAINER_CREATED_EVENT, pb.CONTAINER_STARTED_EVENT,
+                                                pb.CONTAINER_STOPPED_EVENT, pb.CONTAINER_DELETED_EVENT]
+
+
+def test_errors_leave_nothing(cri: Cri) -> None:
+    sid, rt = STATE["sandbox"], cri.runtime
+    nf = grpc.StatusCode.NOT_FOUND
+    assert cri.code(rt.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id="f" * 64))[0] == nf
+    assert cri.code(rt.ContainerStatus, pb.ContainerStatusRequest(container_id="f" * 64))[0] == nf
+    assert cri.code(rt.StartContainer, pb.StartContainerRequest(container_id="f" * 64))[0] == nf
+    assert cri.code(rt.ExecSync, pb.ExecSyncRequest(container_id="f" * 64, cmd=["true"]))[0] == nf
+    for call, req in ((rt.StopContainer, pb.StopContainerRequest(container_id="f" * 64)),
+                      (rt.RemoveContainer, pb.RemoveContainerRequest(container_id="f" * 64)),
+                      (rt.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id="f" * 64)),
+                      (rt.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id="f" * 64))):
+        assert cri.code(call, req)[0] == grpc.StatusCode.OK  # idempotent, as the CRI says
+    pods, ctrs = cri.pod_count(), cri.crictl("ps", "-aq").stdout.split()
+    logs = sorted(p for p in (cri.dir / "logs").rglob("*"))
+    sandbox = json.loads((cri.dir / "sandbox.json").read_text())
+    cfg = json_format.ParseDict(sandbox, pb.PodSandboxConfig())
+    code, msg = cri.code(rt.RunPodSandbox, pb.RunPodSandboxRequest(config=cfg))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and sid in msg
+    node = pb.PodSandboxConfig()
+    node.CopyFrom(cfg)
+    node.metadata.attempt = 1
+    node.linux.security_context.namespace_options.network = pb.NODE
+    code, msg = cri.code(rt.RunPodSandbox, pb.RunPodSandboxRequest(config=node))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "VM" in msg and "network" in msg
+    ports = pb.PodSandboxConfig()
+    ports.CopyFrom(cfg)
+    ports.metadata.attempt = 2
+    ports.port_mappings.add(container_port=80, host_port=8080)
+    assert cri.code(rt.RunPodSandbox, pb.RunPodSandboxRequest(config=ports))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert cri.code(rt.RunPodSandbox, pb.RunPodSandboxRequest(config=cfg, runtime_handler="kata"))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    host = pb.PodSandboxConfig()
+    host.CopyFrom(cfg)
+    host.metadata.attempt = 3
+    host.hostname = "Not_A_Label"
+    code, msg = cri.code(rt.RunPodSandbox, pb.RunPodSandboxRequest(config=host))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "hostname" in msg
+    assert cri.pod_count() == pods  # none of these left a pod record
+
+    def create(name: str, image: str = "busybox", attempt: int = 0) -> tuple[Any, str]:
+        c = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name, attempt=attempt),
+                               image=pb.ImageSpec(image=image), command=["sleep", "60"], log_path=f"{name}.log")
+        return cri.code(rt.CreateContainer, pb.CreateContainerRequest(pod_sandbox_id=sid, config=c,
+                                                                     sandbox_config=cfg))
+
+    code, msg = create("app")  # app, attempt 0 exists (exited, not removed)
+    assert code == grpc.StatusCode.ALREADY_EXISTS and STATE["app"] in msg
+    code, msg = create("missing", image="registry.invalid/none:1")
+    assert code == grpc.StatusCode.NOT_FOUND and "registry.invalid/none:1" in msg
+    dev = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="dev"), image=pb.ImageSpec(image="busybox"),
+                             devices=[pb.Device(container_path="/dev/x", host_path="/dev/null")])
+    assert cri.code(rt.CreateContainer, pb.CreateContainerRequest(pod_sandbox_id=sid, config=dev))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    # fails once its root is mounted (no such user in the image): its root and writable layer go again
+    layers = cri.d.statedir / "pods" / sid / "containers"
+    had = sorted(p.name for p in layers.iterdir())
+    who = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="who"), image=pb.ImageSpec(image="busybox"),
+                             linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
+                                 run_as_username="nosuchuser")))
+    code, msg = cri.code(rt.CreateContainer, pb.CreateContainerRequest(pod_sandbox_id=sid, config=who))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "nosuchuser" in msg
+    assert sorted(p.name for p in layers.iterdir()) == had
+    assert not [m for m in Path("/proc/self/mountinfo").read_text().splitlines() if "/share/who" in m]
+    assert cri.pod_count() == pods and cri.crictl("ps", "-aq").stdout.split() == ctrs
+    assert sorted(p for p in (cri.dir / "logs").rglob("*")) == logs  # no log file for what never ran
+
+
+def test_state_survives_a_hyperd_restart(cri: Cri) -> None:
+    sid, app = STATE["sandbox"], STATE["app"]
+    keeper = cri.crictl("create", sid, cri.write("keeper.json", container_config("keeper", [
+        "sh", "-c", "echo before; while true; do [ -f /tmp/go ] && echo after && rm /tmp/go; sleep 0.2; done"])),
+        str(cri.dir / "sandbox.json")).stdout.strip()
+    cri.crictl("start", keeper)
+    log = cri.dir / "logs" / "web" / "keeper" / "0.log"
+    wait_for(lambda: log.exists() and b"stdout F before" in log.read_bytes())
+    before = {c["id"]: c for c in cri.json("ps", "-a", "-o", "json")["containers"]}
+    assert cri.d.proc
+    cri.d.proc.terminate()  # live restore: the VM keeps running, the next hyperd takes it over
+    cri.d.proc.wait(60)
+    if cri.channel is not None:
+        cri.channel.close()
+        cri.channel = None
+    cri.d.start()
+    assert cri.crictl("pods", "-q", "--label", "app=web", "--state", "ready").stdout.split() == [sid]
+    after = {c["id"]: c for c in cri.json("ps", "-a", "-o", "json")["containers"]}
+    assert after.keys() == before.keys()
+    for cid, c in after.items():
+        assert (c["state"], c["labels"], c["metadata"], c["createdAt"]) == (
+            before[cid]["state"], before[cid]["labels"], before[cid]["metadata"], before[cid]["createdAt"])
+    assert cri.json("inspect", app)["status"]["exitCode"] == 0
+    assert after[keeper]["state"] == "CONTAINER_RUNNING"
+    assert cri.crictl("exec", "-s", keeper, "touch", "/tmp/go").returncode == 0
+    wait_for(lambda: b"stdout F after" in log.read_bytes())  # its output still reaches the CRI log
+    # the kubelet rotates a log by renaming it and asking for a new one
+    log.rename(log.with_name("0.log.1"))
+    cri.crictl("logs", "-r", keeper)  # ReopenContainerLog
+    assert cri.crictl("exec", "-s", keeper, "touch", "/tmp/go").returncode == 0
+    wait_for(lambda: log.exists() and b"stdout F after" in log.read_bytes())
+    assert log.read_bytes().count(b"\n") == 1
+    # what a VM cannot do per container is accepted and reported; Exec/Attach wait for the streaming server
+    res = pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_quota=50000, cpu_period=100000)
+    cri.runtime.UpdateContainerResources(pb.UpdateContainerResourcesRequest(container_id=keeper, linux=res),
+                                         timeout=60)
+    st = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=keeper), timeout=60).status
+    assert st.resources.linux.memory_limit_in_bytes == 64 << 20
+    code, msg = cri.code(cri.runtime.Exec, pb.ExecRequest(container_id=keeper, cmd=["sh"], stdout=True))
+    assert code == grpc.StatusCode.UNIMPLEMENTED and "streaming" in msg
+
+
+def test_container_in_a_stopped_sandbox_then_remove(cri: Cri) -> None:
+    sid = STATE["sandbox"]
+    running = cri.crictl("ps", "-q", "--state", "running").stdout.split()
+    assert running
+    # a client that gives up at once (crictl's default deadline is 2 s): the stop is carried through all the same
+    with contextlib.suppress(grpc.RpcError):
+        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=0.05)
+    wait_for(lambda: cri.json("inspectp", sid)["status"]["state"] == "SANDBOX_NOTREADY")
+    wait_for(lambda: cri.json("inspect", running[0])["status"]["state"] == "CONTAINER_EXITED")
+    cri.crictl("stopp", sid)  # again: not an error
+    for cid in running:  # the VM went with them
+        assert cri.json("inspect", cid)["status"]["state"] == "CONTAINER_EXITED"
+    c = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="late"), image=pb.ImageSpec(image="busybox"))
+    code, msg = cri.code(cri.runtime.CreateContainer, pb.CreateContainerRequest(pod_sandbox_id=sid, config=c))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "not ready" in msg
+    pods = cri.pod_count()
+    cri.crictl("rmp", sid)
+    assert cri.crictl("pods", "-q").stdout.split() == [] and cri.crictl("ps", "-aq").stdout.split() == []
+    assert cri.pod_count() == pods - 1
+    assert cri.code(cri.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=sid))[0] == \
+        grpc.StatusCode.OK
+
+
+# ---- images ---------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not shutil.which("docker-registry") or not shutil.which("skopeo"),
+                    reason="needs docker-registry and skopeo (make test installs them)")
+def test_images_pull_list_status_remove(cri: Cri) -> None:
+    busybox = _build_busybox_archive()
+    reg, private = Registry(), Registry(token_auth=True)
+    try:
+        reg.push(f"docker-archive:{busybox}", "library/bb:1")
+        private.push(f"docker-archive:{busybox}", "team/bb:2")
+        ref = f"{reg.host}/library/bb:1"
+        out = cri.crictl("pull", ref).stdout
+        assert "sha256:" in out
+        images = cri.json("images", "-o", "json")["images"]
+        mine = [i for i in images if f"{ref}" in i["repoTags"]]
+        assert len(mine) == 1 and mine[0]["repoDigests"] and int(mine[0]["size"]) > 0
+        assert cri.json("inspecti", ref)["status"]["id"] == mine[0]["id"]
+        assert cri.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image="nothing:here")),
+                                      timeout=60).image.id == ""  # not there: no image, no error
+        pref = f"{private.host}/team/bb:2"
+        code, _ = cri.code(cri.images.PullImage, pb.PullImageRequest(image=pb.ImageSpec(image=pref)))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        cri.crictl("pull", "--creds", f"{USER}:{PASSWORD}", pref)
+        cri.crictl("rmi", pref)
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        cri.crictl("pull", "--auth", auth, pref)
+        assert cri.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=pref)), timeout=60).image.id
+        fs = cri.json("imagefsinfo")["status"]
+        assert int(fs["imageFilesystems"][0]["usedBytes"]["value"]) > 0
+        cri.crictl("rmi", ref)
+        cri.crictl("rmi", pref)
+        assert not [i for i in cri.json("images", "-o", "json")["images"] if ref in i["repoTags"]]
+        assert cri.code(cri.images.RemoveImage, pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)))[0] == \
+            grpc.StatusCode.OK  # gone already: not an error
+    finally:
+        reg.stop()
+        private.stop()
