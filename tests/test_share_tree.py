@@ -60,6 +60,16 @@ def test_readonly_volume_is_readonly_on_the_host(share: ShareTree, tmp_path: Pat
         rw = share.volume("v1", vol, readonly=False)
         (share.root / rw / "new").write_text("allowed\n")  # the same volume, mounted rw by another container
         assert (vol / "new").read_text() == "allowed\n"
+        # runc's plain `ro` (the CRI's non-recursive read-only): the volume read-only, the mount in it as it is
+        top = share.root / share.volume("v1", vol, readonly=True, recursive=False)
+        assert top != seen
+        with pytest.raises(OSError) as e:
+            (top / "other").write_text("pwned\n")
+        assert e.value.errno == 30 and not (vol / "other").exists()
+        (top / "sub" / "new").write_text("the tmpfs below is writable\n")
+        assert (sub / "new").exists()
+        assert "nosuid" in next(line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                                if line.split()[4] == str(top / "sub"))  # still nosuid,nodev all the way down
     finally:
         share.release()
         subprocess.run(["umount", str(sub)], check=True)

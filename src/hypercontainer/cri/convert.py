@@ -171,8 +171,8 @@ def _mounts(config: Any, container_id: str, unapplied: list[str]) -> tuple[list[
             raise InvalidArgument(f"{where}: image volumes are not supported")
         if len(m.uidMappings) or len(m.gidMappings):
             raise InvalidArgument(f"{where}: ID-mapped mounts are not supported")
-        if m.recursive_read_only:
-            raise InvalidArgument(f"{where}: recursive read-only mounts are not supported")
+        if m.recursive_read_only and not m.readonly:
+            raise InvalidArgument(f"{where}: recursive_read_only needs readonly")
         if not m.container_path.startswith("/") or not m.host_path.startswith("/"):
             raise InvalidArgument(f"{where}: container_path and host_path must be absolute paths")
         if m.propagation != pb.PROPAGATION_PRIVATE:
@@ -186,7 +186,9 @@ def _mounts(config: Any, container_id: str, unapplied: list[str]) -> tuple[list[
         if os.path.isdir(host):
             vol = f"v{container_id[:12]}-{i}"  # unique in the pod: a container's name may be used again
             volumes.append({"name": vol, "host_path": host})
-            mounts.append({"name": vol, "path": m.container_path, "readonly": m.readonly})
+            # readonly alone is the top mount's only, as with containerd and runc (the mounts below keep theirs)
+            mounts.append({"name": vol, "path": m.container_path, "readonly": m.readonly,
+                           "recursive_readonly": m.recursive_read_only})
         elif os.path.isfile(host):
             st = os.stat(host)
             if st.st_size > MAX_COPIED_FILE:

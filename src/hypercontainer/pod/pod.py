@@ -29,7 +29,7 @@ from ..spec.pod import PodSpec, Volume
 from ..storage.disk import mount_pod_disk, unmount_pod_disk
 from ..storage.safefs import make_dirs, write_file
 from ..storage.share import PodShare
-from ..storage.sharetree import VOLUMES, VOLUMES_RO, ShareTree
+from ..storage.sharetree import VOLUME_DIRS, ShareTree
 from ..storage.volumes import remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Disk, HostForward, Nic, Share, Sockets, VMConfig
@@ -395,13 +395,16 @@ class Pod:
                     src.append(f"{block_serial(blocks.index(vol.name))}:{vol.fstype}")
                     kind = MountFlag.BLOCK
                 elif vol.host_path:
-                    src.append(self.tree.volume(vol.name, Path(vol.host_path), m.readonly))
+                    src.append(self.tree.volume(vol.name, Path(vol.host_path), m.readonly, m.recursive_readonly))
                     kind = MountFlag(0)
                 else:
                     src.append(vol.name)
                     kind = MountFlag.TMPFS
                 dst.append(m.path)
-                flags.append(int((MountFlag.READONLY if m.readonly else MountFlag(0)) | kind))
+                # The guest sees a shared host directory as one file system: a read-only bind there would cover the
+                # mounts below too, so a non-recursive one is enforced on the host alone.
+                guest_ro = m.readonly and (m.recursive_readonly or not vol.host_path)
+                flags.append(int((MountFlag.READONLY if guest_ro else MountFlag(0)) | kind))
             injected = {f.path for f in c.spec.files}
             address = self.net.address if self.net else "127.0.1.1"
             generated = [("/etc/hostname", f"{self.hostname}\n"),
@@ -622,7 +625,7 @@ class Pod:
         used = {m.name for x in self.containers for m in x.spec.volumes}
         dropped = {v for v in c.brought if v not in used}  # the volumes it brought that no one else mounts
         for v in dropped:
-            for rel in (f"{VOLUMES}/{v}", f"{VOLUMES_RO}/{v}"):
+            for rel in (f"{parent}/{v}" for parent in VOLUME_DIRS):
                 self.tree.undo(rel)
         self.spec = self.spec.model_copy(update={
             "containers": [x for x in self.spec.containers if x.name != name],

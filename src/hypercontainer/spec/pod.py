@@ -77,6 +77,9 @@ class VolumeMount(Strict):
     name: Name
     path: AbsPath = Field(validation_alias=AliasChoices("path", "mountPath", "mount_path"))
     readonly: bool = Field(False, validation_alias=AliasChoices("readonly", "readOnly", "read_only"))
+    # With readonly: mounts under the host directory are read-only too (false: they keep their own mode, as runc's
+    # plain `ro` and the CRI's non-recursive read-only mounts do; writes to the volume itself still fail).
+    recursive_readonly: bool = True
 
     @field_validator("path")
     @classmethod

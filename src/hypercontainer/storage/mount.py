@@ -86,10 +86,11 @@ def set_attrs(mfd: int, attrs: int, recursive: bool = True) -> None:
            "mount_setattr")
 
 
-def clone_tree(src: Path, attrs: int = SAFE_ATTRS) -> int:
+def clone_tree(src: Path, attrs: int = SAFE_ATTRS, top_attrs: int = 0) -> int:
     """A detached, recursive copy of the mount tree at `src` (a host directory reached without symlinks), with
-    `attrs` set on all of it: the fd to attach with `attach`. A read-only volume gets MOUNT_ATTR_RDONLY here,
-    so nothing under it is writable from the share."""
+    `attrs` set on all of it and `top_attrs` on its top mount only: the fd to attach with `attach`. A read-only
+    volume gets MOUNT_ATTR_RDONLY here, so nothing under it is writable from the share (in `top_attrs`: runc's
+    non-recursive `ro`, the mounts below keep their own)."""
     sfd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         mfd = _check(_libc.syscall(SYS_OPEN_TREE, sfd, b"", OPEN_TREE_CLONE | AT_RECURSIVE | AT_EMPTY_PATH
@@ -98,6 +99,8 @@ def clone_tree(src: Path, attrs: int = SAFE_ATTRS) -> int:
         os.close(sfd)
     try:
         set_attrs(mfd, attrs)
+        if top_attrs:
+            set_attrs(mfd, top_attrs, recursive=False)
     except BaseException:
         os.close(mfd)
         raise

@@ -29,6 +29,8 @@ from .volumes import make_shared
 
 VOLUMES = ".volumes"  # host volumes (container names cannot start with '.')
 VOLUMES_RO = ".volumes-ro"  # the same, bound read-only: what containers that mount a volume read-only get
+VOLUMES_RO_TOP = ".volumes-ro-top"  # read-only at the top only, the mounts below as they are (runc's plain `ro`)
+VOLUME_DIRS = (VOLUMES, VOLUMES_RO, VOLUMES_RO_TOP)
 
 
 class ShareTree:
@@ -39,14 +41,17 @@ class ShareTree:
     def prepare(self) -> None:
         make_shared(self.root)
 
-    def volume(self, name: str, host_path: Path, readonly: bool) -> str:
-        """Binds a host directory into the share (once per name and mode); returns its path in the share."""
-        parent = VOLUMES_RO if readonly else VOLUMES
+    def volume(self, name: str, host_path: Path, readonly: bool, recursive: bool = True) -> str:
+        """Binds a host directory into the share (once per name and mode); returns its path in the share.
+        `recursive`: a read-only volume is read-only all the way down, else only its top mount is."""
+        parent = VOLUMES if not readonly else VOLUMES_RO if recursive else VOLUMES_RO_TOP
         rel = f"{parent}/{name}"
         pfd = open_dir(self.root, parent, mode=0o700)
         try:
             if not is_mount_root(pfd, name):  # bound already (also by an earlier hyperd)
-                self._attach(pfd, name, rel, clone_tree(host_path, SAFE_ATTRS | (MOUNT_ATTR_RDONLY if readonly else 0)))
+                ro = MOUNT_ATTR_RDONLY if readonly else 0
+                mfd = clone_tree(host_path, SAFE_ATTRS | ro, 0) if recursive else clone_tree(host_path, SAFE_ATTRS, ro)
+                self._attach(pfd, name, rel, mfd)
         finally:
             os.close(pfd)
         return rel

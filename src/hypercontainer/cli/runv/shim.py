@@ -95,7 +95,9 @@ def container_parts(cfg: oci.Config, name: str) -> tuple[dict, list[dict]]:
         src = Path(m.source or "")
         if src.is_dir():
             volumes.append({"name": f"{name}-b{i}", "host_path": str(src)})
-            mounts.append({"name": f"{name}-b{i}", "path": m.destination, "readonly": "ro" in m.options})
+            ro = {"ro", "rro"} & set(m.options)
+            mounts.append({"name": f"{name}-b{i}", "path": m.destination, "readonly": bool(ro),
+                           "recursive_readonly": "rro" in ro})  # runc: a plain `ro` is the top mount's only
         elif oci.copied_in(src):
             files.append({"path": m.destination, "base64": base64.b64encode(src.read_bytes()).decode(),
                           "mode": src.stat().st_mode & 0o7777})
