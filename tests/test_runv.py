@@ -237,11 +237,11 @@ def test_exec_foreground_and_detached(runv: Runv, bundle: Path, tmp_path: Path) 
     assert r.returncode != 0 and b"no-such-command" in r.stderr
 
 
-def test_two_containers_in_one_vm_by_annotation(runv: Runv, bundle: Path, tmp_path: Path,
-                                                rootfs_tar: Path) -> None:
-    """containerd's CRI annotations: the sandbox boots the VM, a container of that sandbox joins it."""
+def sandbox_and_member(runv: Runv, bundle: Path, tmp_path: Path, rootfs_tar: Path) -> tuple[dict, Path]:
+    """A CRI sandbox "sb" running `sleep 300` from `bundle` (its own VM), and a second bundle with its own root
+    whose config (returned, to change and write) joins it (containerd's CRI annotations)."""
+    configure(bundle, ["sleep", "300"], readonly=False)
     cfg = json.loads((bundle / "config.json").read_text())
-    cfg["process"].update(args=["sleep", "300"], terminal=False)
     cfg["annotations"] = {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "sb"}
     (bundle / "config.json").write_text(json.dumps(cfg))
     assert runv.detached("run", "-d", "--bundle", str(bundle), "sb").returncode == 0
@@ -249,8 +249,15 @@ def test_two_containers_in_one_vm_by_annotation(runv: Runv, bundle: Path, tmp_pa
     (member / "rootfs").mkdir(parents=True)
     with tarfile.open(rootfs_tar) as t:
         t.extractall(member / "rootfs", filter="tar")
-    cfg["process"]["args"] = ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; ps; exit 5"]
     cfg["annotations"] = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
+    return cfg, member
+
+
+def test_two_containers_in_one_vm_by_annotation(runv: Runv, bundle: Path, tmp_path: Path,
+                                                rootfs_tar: Path) -> None:
+    """containerd's CRI annotations: the sandbox boots the VM, a container of that sandbox joins it."""
+    cfg, member = sandbox_and_member(runv, bundle, tmp_path, rootfs_tar)
+    cfg["process"]["args"] = ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; ps; exit 5"]
     # CRI's pod-wide PID namespace (shareProcessNamespace): the member names the sandbox's.
     sb_pid = runv.state("sb")["pid"]
     cfg["linux"]["namespaces"] = [*(n for n in cfg["linux"].get("namespaces", []) if n.get("type") != "pid"),

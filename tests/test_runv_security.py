@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import errno
 import json
-import tarfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from hypercontainer.spec import oci
 from hypercontainer.spec.seccomp import compile_filter
 from hypercontainer.storage.mount import mounts_under
 
-from .test_runv import Runv, bundle, configure, rootfs_tar, runv  # noqa: F401  (fixtures)
+from .test_runv import Runv, bundle, configure, rootfs_tar, runv, sandbox_and_member  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -243,17 +242,8 @@ def test_a_member_of_a_sandbox_gets_them_too(runv: Runv, bundle: Path, tmp_path:
                                              rootfs_tar: Path) -> None:  # noqa: F811
     """A container joining a CRI sandbox's VM: its own filter, masked paths and memory limit (its cgroup in the
     sandbox's VM), none of which the sandbox's container has."""
-    configure(bundle, ["sleep", "300"], readonly=False)
-    cfg = json.loads((bundle / "config.json").read_text())
-    cfg["annotations"] = {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "sb"}
-    (bundle / "config.json").write_text(json.dumps(cfg))
-    assert runv.detached("run", "-d", "--bundle", str(bundle), "sb").returncode == 0
-    member = tmp_path / "member"
-    (member / "rootfs").mkdir(parents=True)
-    with tarfile.open(rootfs_tar) as t:
-        t.extractall(member / "rootfs", filter="tar")
+    cfg, member = sandbox_and_member(runv, bundle, tmp_path, rootfs_tar)
     (member / "rootfs" / "etc" / "secret-file").write_text("password\n")
-    cfg["annotations"]["io.kubernetes.cri.container-type"] = "container"
     cfg["process"]["args"] = ["sh", "-c", "cat /etc/secret-file; mkdir /tmp/m || echo refused"]
     cfg["linux"].update(seccomp=NO_MKDIR, maskedPaths=["/etc/secret-file"])
     (member / "config.json").write_text(json.dumps(cfg))
