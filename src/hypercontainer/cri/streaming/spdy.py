@@ -115,11 +115,10 @@ class StreamError(ProtocolError):
 Headers = dict[str, list[str]]  # lower-case names; one name may carry several values (NUL-separated on the wire)
 
 
-@dataclass(frozen=True)
-class DataFrame:
-    stream_id: int
-    data: bytes = b""
-    flags: int = 0
+class _Finishing:
+    """Frames whose FLAG_FIN ends the sender's side of the stream."""
+
+    flags: int
 
     @property
     def fin(self) -> bool:
@@ -127,7 +126,14 @@ class DataFrame:
 
 
 @dataclass(frozen=True)
-class SynStream:
+class DataFrame(_Finishing):
+    stream_id: int
+    data: bytes = b""
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class SynStream(_Finishing):
     stream_id: int
     headers: Headers = field(default_factory=dict)
     associated_to: int = 0
@@ -135,20 +141,12 @@ class SynStream:
     slot: int = 0
     flags: int = 0
 
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
-
 
 @dataclass(frozen=True)
-class SynReply:
+class SynReply(_Finishing):
     stream_id: int
     headers: Headers = field(default_factory=dict)
     flags: int = 0
-
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
 
 
 @dataclass(frozen=True)
@@ -182,14 +180,10 @@ class GoAway:
 
 
 @dataclass(frozen=True)
-class HeadersFrame:
+class HeadersFrame(_Finishing):
     stream_id: int
     headers: Headers = field(default_factory=dict)
     flags: int = 0
-
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
 
 
 @dataclass(frozen=True)
