@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 AGENT   := src/hypercontainer/guest/agent
 ASSETS  ?= $(or $(HYPERCONTAINER_ASSETS),/var/lib/hypercontainer/assets)
 
-.PHONY: demo test bench assets bootstrap image lint clean cri-api
+.PHONY: demo test bench assets bootstrap image lint clean cri-api cni
 
 bootstrap:
 	@tools/bootstrap.sh
@@ -25,14 +25,21 @@ assets: bootstrap
 cri-api: bootstrap
 	$(PY) -m hypercontainer.cri.build_api
 
-demo: assets image cri-api
+# CNI for hyperd's CRI sandboxes: the default network (`hypercontainer`: bridge hc-cni0, 10.66.0.0/16, portmap,
+# firewall, bandwidth, loopback) into /etc/cni/net.d unless a network of that name is there (other networks, podman's
+# or containerd's, are left alone and do not count). The plugins come with the bootstrap (containernetworking-plugins).
+CNI_CONF_DIR ?= /etc/cni/net.d
+cni: bootstrap
+	$(PY) -m hypercontainer.network.cni install --by-name --conf-dir $(CNI_CONF_DIR)
+
+demo: assets image cri-api cni
 	@tools/demo.sh
 
 lint: bootstrap cri-api
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy  # src/, as configured in pyproject.toml ([tool.mypy]: strict for pod/, protocol/, vm/)
 
-test: assets image cri-api lint
+test: assets image cri-api cni lint
 	$(MAKE) -s -C $(AGENT) OUT=$(CURDIR)/build/agent-test test VECTORS=$(CURDIR)/tests/vectors/frames.txt
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 

@@ -1,5 +1,6 @@
 """A real Docker registry (Debian's docker-registry) on 127.0.0.1 for tests, optionally behind token auth
-served by a small token server here (the registry itself checks the signed tokens), and skopeo to push."""
+served by a small token server here (the registry itself checks the signed tokens), and skopeo to push. `netns`:
+all of it on that network namespace's loopback (for a hyperd that runs in one)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def b64url(data: bytes) -> str:
 class TokenServer:
     """Issues ES256 JWTs (x5c chain) the registry trusts through its rootcertbundle."""
 
-    def __init__(self, workdir: Path, service: str, issuer: str) -> None:
+    def __init__(self, workdir: Path, service: str, issuer: str, netns: str | None = None) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -79,7 +80,12 @@ class TokenServer:
                 self.wfile.write(body)
 
         self.port = free_port()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if netns:  # a socket listens in the namespace it was made in
+            from hypercontainer import nsenter
+
+            self.httpd = nsenter.run_in(netns, lambda: ThreadingHTTPServer(("127.0.0.1", self.port), Handler))
+        else:
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     @property
@@ -111,11 +117,13 @@ class TokenServer:
 
 
 class Registry:
-    def __init__(self, token_auth: bool = False) -> None:
+    def __init__(self, token_auth: bool = False, netns: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="hc-registry-"))
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.tokens = TokenServer(self.dir, "hc-test", "hc-test-issuer") if token_auth else None
+        self.netns = netns
+        self.prefix = ["nsenter", f"--net={netns}"] if netns else []
+        self.tokens = TokenServer(self.dir, "hc-test", "hc-test-issuer", netns) if token_auth else None
         config = {"version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
                   "storage": {"filesystem": {"rootdirectory": str(self.dir / "data")}, "delete": {"enabled": True}},
                   "http": {"addr": self.host}}
@@ -125,10 +133,16 @@ class Registry:
         cfg = self.dir / "config.yml"
         cfg.write_text(json.dumps(config))  # JSON is YAML
         self.log = open(self.dir / "registry.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen([*self.prefix, "docker-registry", "serve", str(cfg)], stdout=self.log,
+                                     stderr=self.log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
+                if netns:
+                    from hypercontainer import nsenter
+
+                    nsenter.run_in(netns, lambda: socket.create_connection(("127.0.0.1", self.port), 0.2).close())
+                    return
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
@@ -140,7 +154,7 @@ class Registry:
     def push(self, source: str, name: str, *extra: str) -> None:
         """skopeo copy SOURCE docker://HOST/NAME (source like docker-archive:/x.tar or oci:/dir:tag)."""
         creds = ["--dest-creds", f"{USER}:{PASSWORD}"] if self.tokens else []
-        subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", *creds, *extra, source,
+        subprocess.run([*self.prefix, "skopeo", "copy", "-q", "--dest-tls-verify=false", *creds, *extra, source,
                         f"docker://{self.host}/{name}"], check=True, capture_output=True,
                        env=dict(os.environ, REGISTRY_AUTH_FILE=str(self.dir / "skopeo-auth.json")))
 

@@ -9,7 +9,7 @@ Sandbox (PodSandboxConfig) -> a pod kept alive with no container:
                                                      from the CPU quota; else hyperd's default size
     linux.sysctls                                    every container's sysctls (set in the guest, the pod's own kernel)
     namespace options network/pid/ipc NODE           refused: a VM cannot share the host's namespaces
-    port_mappings with a hostPort                    refused until the CNI step maps them (portmap)
+    port_mappings, dns_config, bandwidth annotations  the network step's (network.py: CNI capability arguments)
 Container (ContainerConfig) -> a container added to that pod, created:
     image, command/args, working_dir, envs, tty, stdin  the container spec (command = ENTRYPOINT, args = CMD)
     mounts: host directories                         pod volumes (virtio-fs), read-only honoured
@@ -105,10 +105,6 @@ def sandbox(config: Any, sandbox_id: str, taken: set[str]) -> SandboxPlan:
         raise InvalidArgument("pod sandbox metadata needs a name and a namespace")
     linux = config.linux
     _refuse_node(linux.security_context.namespace_options, "pod sandbox")
-    hostports = [f"{p.host_port}->{p.container_port}" for p in config.port_mappings if p.host_port]
-    if hostports:
-        raise InvalidArgument(f"hostPort mappings ({', '.join(hostports)}) need the CNI portmap plugin, which this "
-                              "runtime does not use yet; use a Service, or no hostPort")
     spec: dict[str, Any] = {"name": pod_name(md, sandbox_id, taken), "keep_alive": True, "containers": [],
                             "restart_policy": "Never"}
     if config.hostname:
@@ -263,8 +259,6 @@ def container(config: Any, name: str, container_id: str, sandbox_sysctls: dict[s
     if res.memory_limit_in_bytes > 0:
         overrides["memory_limit"] = int(res.memory_limit_in_bytes)
     unapplied += resources_unapplied(res)
-    if config.stdin_once:
-        unapplied.append("stdin_once: stdin stays open (no attach yet)")
     return ContainerPlan(spec, volumes, overrides, unapplied)
 
 

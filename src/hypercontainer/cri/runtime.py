@@ -33,6 +33,7 @@ RUNTIME_NAME = "hypercontainer"
 KUBELET_API_VERSION = "0.1.0"  # what VersionResponse.version has always said
 HANDLERS = ("", RUNTIME_NAME)  # the runtime handlers (RuntimeClass) this runtime serves
 EXEC_OUTPUT_MAX = 16 << 20  # bytes of stdout, and of stderr, an ExecSync returns (the rest is dropped)
+DIAL_TIMEOUT = 10.0  # seconds a port-forward's connection to the pod may take
 
 StreamKind = Literal["exec", "attach", "portforward"]
 
@@ -55,7 +56,7 @@ class RuntimeService(rpc.RuntimeServiceServicer):
         self.streaming = streaming
         self.index = Index(manager)
         self.events = Events()
-        self.pod_cidr = ""  # UpdateRuntimeConfig's; the CNI step will want it
+        self.pod_cidr = ""  # UpdateRuntimeConfig's (reported; the CNI configuration names its own ranges)
         self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._creating: set[tuple[str, str, str, int]] = set()
         self._cpu: dict[str, tuple[int, int]] = {}  # sandbox id -> (timestamp ns, CPU ns): for usage_nano_cores
@@ -74,11 +75,46 @@ class RuntimeService(rpc.RuntimeServiceServicer):
             raise failed_precondition(f"pod sandbox {sandbox_id} is not ready")
         return v.pod
 
+    def stdin_once(self, container_id: str) -> bool:
+        """Whether the container's config said StdinOnce (attach closes its stdin when the client's ends)."""
+        return bool((self.index.container(container_id).meta.get("config") or {}).get("stdin_once"))
+
+    async def dial(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Port-forward: a TCP connection from hyperd to the sandbox's pod IP (its CNI address). The pod's own
+        loopback is not reached this way: a port the pod binds to 127.0.0.1 only cannot be forwarded."""
+        v = self.index.sandbox(sandbox_id)
+        if not v.ready:
+            raise failed_precondition(f"pod sandbox {v.id} is not ready")
+        ips = status.sandbox_ips(v)
+        if not ips:
+            raise failed_precondition(f"pod sandbox {v.id} has no network (no pod IP): port-forward connects to the "
+                                      "pod's IP, and this sandbox has loopback only")
+        ip = ips[0]
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(ip, port), DIAL_TIMEOUT)
+        except ConnectionRefusedError:
+            raise ConnectionRefusedError(f"nothing listens on port {port} of pod sandbox {v.id[:12]} at {ip} "
+                                         "(port-forward reaches the pod's IP, not its loopback)") from None
+        except (TimeoutError, OSError) as e:
+            raise ConnectionError(f"cannot connect to port {port} of pod sandbox {v.id[:12]} at {ip}: "
+                                  f"{e or 'timed out'}") from None
+
     async def streaming_url(self, kind: StreamKind, request: Any) -> str:
         """Where Exec, Attach and PortForward get their URL: the one place the streaming server plugs in."""
         if self.streaming is None:
             raise unimplemented(f"{kind}: this runtime has no streaming server yet (ExecSync works)")
         return await self.streaming.url(kind, request)
+
+    async def reconcile_network(self) -> None:
+        """hyperd started (before the CRI serves): sandboxes that run keep their network; those that stopped while
+        hyperd was away, and attachments no sandbox holds, are released."""
+        live, stopped = set(), {}
+        for v in self.index.sandboxes():
+            if v.pod is not None and v.info["state"] in ("starting", "running", "paused"):
+                live.add(v.id)
+            else:
+                stopped[v.id] = (v.meta.get("network") or {}).get("state") or {}
+        await self.network.reconcile(live, stopped)
 
     def arm(self) -> None:
         """hyperd started: containers that run (taken over from an earlier hyperd) get their exit watched."""
@@ -97,7 +133,7 @@ class RuntimeService(rpc.RuntimeServiceServicer):
 
     @unary
     async def Status(self, request: Any, context: Any) -> Any:
-        net = self.network.readiness()
+        net = await self.network.readiness()
         conditions = [pb.RuntimeCondition(type="RuntimeReady", status=True),
                       pb.RuntimeCondition(type="NetworkReady", status=net.ready, reason=net.reason,
                                           message=net.message)]
@@ -158,13 +194,16 @@ class RuntimeService(rpc.RuntimeServiceServicer):
         return pb.RunPodSandboxResponse(pod_sandbox_id=sid)
 
     async def _forget(self, sid: str) -> None:
-        """A sandbox that failed to start: its pod record goes too."""
-        try:
-            await self.manager.remove(sid, force=True)
-        except NotFound:
-            pass
-        except HCError as e:
-            log.warning("CRI sandbox %s: removing what a failed start left: %s", sid[:12], e.message)
+        """A sandbox that failed to start: its pod record goes too (under its lock: a Stop or Remove of the id
+        that arrives meanwhile waits, then finds it gone)."""
+        async with self._locks[sid]:
+            try:
+                await self.manager.remove(sid, force=True)
+            except NotFound:
+                pass
+            except HCError as e:
+                log.warning("CRI sandbox %s: removing what a failed start left: %s", sid[:12], e.message)
+        self._locks.pop(sid, None)
 
     async def _teardown_network(self, sid: str, state: dict[str, Any]) -> None:
         try:
@@ -180,6 +219,10 @@ class RuntimeService(rpc.RuntimeServiceServicer):
         except NotFound:  # the CRI: stopping a sandbox that is gone is not an error
             return pb.StopPodSandboxResponse()
         async with self._locks[v.id]:
+            try:
+                v = self.index.sandbox(v.id)  # as it is now, under the lock
+            except NotFound:
+                return pb.StopPodSandboxResponse()
             if v.pod is not None and v.info["state"] in ("starting", "running", "paused"):
                 await self.manager.stop(v.id, timeout=0)  # the kubelet stopped its containers before
                 self._publish(pb.CONTAINER_STOPPED_EVENT, v.id, v.id)
@@ -194,6 +237,10 @@ class RuntimeService(rpc.RuntimeServiceServicer):
         except NotFound:
             return pb.RemovePodSandboxResponse()
         async with self._locks[v.id]:
+            try:
+                v = self.index.sandbox(v.id)
+            except NotFound:
+                return pb.RemovePodSandboxResponse()
             containers = self.index.containers([v])
             listening = self.events.listening  # the events say how things were just before they went
             gone = [(c.id, self._event(pb.CONTAINER_DELETED_EVENT, c.id, v.id) if listening else None)
@@ -465,7 +512,11 @@ class RuntimeService(rpc.RuntimeServiceServicer):
 
     @unary
     async def PortForward(self, request: Any, context: Any) -> Any:
-        self.sandbox_pod(request.pod_sandbox_id)
+        v = self.index.sandbox(request.pod_sandbox_id)
+        self.sandbox_pod(v.id)
+        if not status.sandbox_ips(v):
+            raise failed_precondition(f"pod sandbox {v.id} has no network (no pod IP): port-forward connects to the "
+                                      "pod's IP, and this sandbox has loopback only")
         return pb.PortForwardResponse(url=await self.streaming_url("portforward", request))
 
     # ---- stats -------------------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ def sandbox_state(v: SandboxView) -> Any:
 
 
 def sandbox_ips(v: SandboxView) -> list[str]:
+    """The pod's addresses (its CNI result's, the primary first) while it is ready: a stopped sandbox's network is
+    released, its addresses may be another's."""
+    if not v.ready:
+        return []
     ips = list((v.meta.get("network") or {}).get("ips") or [])
     if not ips and (ip := (v.info.get("network") or {}).get("ip")):
         ips = [ip]
@@ -57,7 +61,8 @@ def sandbox_status(v: SandboxView, verbose: bool) -> tuple[Any, dict[str, str]]:
             "pod": v.info["name"], "state": v.info["state"], "hostname": v.info.get("hostname"),
             "vm": {"pid": vm.get("pid"), "vcpu": vm.get("vcpu"), "memory_mib": vm.get("memory_mib"),
                    "accel": vm.get("accel"), "booted_from": vm.get("booted_from")},
-            "network": v.info.get("network"), "error": v.info.get("error"),
+            "network": v.info.get("network"), "cni": (v.meta.get("network") or {}).get("state") or None,
+            "error": v.info.get("error"),
             "unapplied": v.meta.get("unapplied") or [], "config": v.meta.get("config") or {}})
     return status, info
 

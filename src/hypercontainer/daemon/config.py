@@ -44,6 +44,12 @@ SOCKET_PATH_MAX = 107  # sun_path, less its terminating NUL
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1 bytes, nothing ip(8) would misread
 _DEFAULT_SUBNET = ipaddress.IPv4Network(DEFAULT_SUBNET)
 _DEFAULT_STORAGE_SIZE = parse_size(DEFAULT_STORAGE_SIZE)
+_NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")  # libcni's rule for network names
+DEFAULT_STREAMING_HOST = "127.0.0.1"
+DEFAULT_CNI_CONF_DIR = Path("/etc/cni/net.d")
+DEFAULT_CNI_BIN_DIRS = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))
+DEFAULT_CNI_NETNS_DIR = Path("/run/netns")
+DEFAULT_CNI_NETWORK = "hypercontainer"  # the default conflist's name (network/cni/10-hypercontainer.conflist)
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 # Each flag's environment variable (its default when set and not empty).
@@ -57,6 +63,10 @@ ENVVARS: dict[str, str] = {
     "crash_at": "HYPERCONTAINER_CRASH_AT",
     "registry_config": "HYPERCONTAINER_REGISTRY_CONFIG",
     "cri_socket": "HYPERCONTAINER_CRI_SOCKET", "cri": "HYPERCONTAINER_CRI",
+    "cri_streaming_address": "HYPERCONTAINER_CRI_STREAMING_ADDRESS",
+    "cni_conf_dir": "HYPERCONTAINER_CNI_CONF_DIR", "cni_bin_dir": "HYPERCONTAINER_CNI_BIN_DIR",
+    "cni_cache_dir": "HYPERCONTAINER_CNI_CACHE_DIR", "cni_netns_dir": "HYPERCONTAINER_CNI_NETNS_DIR",
+    "cni_network": "HYPERCONTAINER_CNI_NETWORK",
 }
 
 
@@ -95,6 +105,12 @@ class HyperdConfig:
     crash_at: str | None = None  # tests only: hyperd kills itself at this step of a pod start (faults.py)
     cri: bool = True  # serve the Kubernetes CRI (gRPC)
     cri_socket_path: Path | None = None  # --cri-socket; None: <run>/cri.sock
+    cri_streaming: tuple[str, int] = (DEFAULT_STREAMING_HOST, 0)  # the streaming server's address; port 0: any
+    cni_conf_dir: Path = DEFAULT_CNI_CONF_DIR
+    cni_bin_dirs: tuple[Path, ...] = DEFAULT_CNI_BIN_DIRS
+    cni_cache_dir_path: Path | None = None  # --cni-cache-dir; None: <root>/cni
+    cni_netns_dir: Path = DEFAULT_CNI_NETNS_DIR
+    cni_network: str | None = DEFAULT_CNI_NETWORK  # None: the first valid configuration of the conf dir
 
     @property
     def cri_socket(self) -> Path | None:
@@ -102,6 +118,11 @@ class HyperdConfig:
         if not self.cri:
             return None
         return self.cri_socket_path or self.paths.run / "cri.sock"
+
+    @property
+    def cni_cache_dir(self) -> Path:
+        """The CNI result cache (what a DEL after a restart reads)."""
+        return self.cni_cache_dir_path or self.paths.root / "cni"
 
     @property
     def forced_accel(self) -> str | None:
@@ -156,6 +177,51 @@ def _cri_socket(cri: bool, given: Path | None, run: Path) -> Path | None:
     return Path(given) if given else None
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    """--cri-streaming-address: HOST, HOST:PORT, [IPv6] or [IPv6]:PORT (a bare IPv6 address has no port)."""
+    text = value.strip()
+    host, port, bracketed = text, "0", text.startswith("[")
+    if bracketed:
+        end = text.find("]")
+        if end < 0 or (text[end + 1:] and not text[end + 1:].startswith(":")):
+            raise ConfigError("cri_streaming_address", f"{value!r} is not [IPv6] or [IPv6]:PORT")
+        host, port = text[1:end], text[end + 2:] or "0"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host:
+        raise ConfigError("cri_streaming_address", f"{value!r} has no host (HOST[:PORT]; 0.0.0.0 for every address)")
+    if ":" in host or bracketed:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError("cri_streaming_address", f"{host!r} is not an IPv6 address") from None
+    elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise ConfigError("cri_streaming_address", f"{host!r} is not a host name or address")
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError("cri_streaming_address", f"port {port!r} is not a number within 0..65535 (0: any free one)")
+    return host, int(port)
+
+
+def _dirs(value: str | Iterable[Path | str], name: str) -> tuple[Path, ...]:
+    """A colon-separated list of directories (the CNI_PATH convention)."""
+    parts = value.split(":") if isinstance(value, str) else [str(v) for v in value]
+    out = tuple(Path(p) for p in parts if p)
+    if not out:
+        raise ConfigError(name, "no directory given")
+    for p in out:
+        if not p.is_absolute():
+            raise ConfigError(name, f"{p} is not an absolute path")
+    return out
+
+
+def _cni_network(value: str | None) -> str | None:
+    if not value:
+        return None
+    if not _NETWORK_NAME.match(value):
+        raise ConfigError("cni_network", f"{value!r} is not a CNI network name (letters, digits, '_', '.', '-')")
+    return value
+
+
 def _registries(values: Iterable[str]) -> frozenset[str]:
     out = set()
     for v in (v.strip() for v in values):
@@ -181,7 +247,10 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
           storage_size: str = DEFAULT_STORAGE_SIZE, accel: str = "auto", kernel: str = "auto",
           pull_parallel: int | str = DEFAULT_PULL_PARALLEL, debug: bool = False,
           crash_at: str | None = None, registry_config: Path = mirrors.DEFAULT_DIR, cri_socket: Path | None = None,
-          cri: bool = True) -> HyperdConfig:
+          cri: bool = True, cri_streaming_address: str = DEFAULT_STREAMING_HOST,
+          cni_conf_dir: Path = DEFAULT_CNI_CONF_DIR, cni_bin_dir: str | Iterable[Path | str] = DEFAULT_CNI_BIN_DIRS,
+          cni_cache_dir: Path | None = None, cni_netns_dir: Path = DEFAULT_CNI_NETNS_DIR,
+          cni_network: str | None = DEFAULT_CNI_NETWORK) -> HyperdConfig:
     """Checks every setting and makes the config; a bad one raises ConfigError naming its flag."""
     if not _IFNAME.match(bridge):
         raise ConfigError("bridge", f"{bridge!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
@@ -209,6 +278,12 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
         crash_at=_choice("crash_at", crash_at, faults.POINTS) if crash_at else None,
         cri=cri,
         cri_socket_path=_cri_socket(cri, cri_socket, Path(run)),
+        cri_streaming=_host_port(cri_streaming_address),
+        cni_conf_dir=Path(cni_conf_dir),
+        cni_bin_dirs=_dirs(cni_bin_dir, "cni_bin_dir"),
+        cni_cache_dir_path=Path(cni_cache_dir) if cni_cache_dir else None,
+        cni_netns_dir=Path(cni_netns_dir),
+        cni_network=_cni_network(cni_network),
     )
 
 
@@ -275,6 +350,23 @@ def options(f: Callable[..., Any]) -> Callable[..., Any]:
                      "--runtime-endpoint (unix://PATH)."),
         _option("--cri/--no-cri", name="cri", default=True, show_default=True,
                 help="Serve the Kubernetes CRI on --cri-socket."),
+        _option("--cri-streaming-address", name="cri_streaming_address", metavar="HOST[:PORT]",
+                default=DEFAULT_STREAMING_HOST, show_default=True,
+                help="Where the CRI streaming server (exec, attach, port-forward) listens; port 0 or none: any free "
+                     "one. The kubelet (or crictl) connects to it: keep it on loopback unless they run elsewhere."),
+        _option("--cni-conf-dir", name="cni_conf_dir", type=path, metavar="DIR", default=DEFAULT_CNI_CONF_DIR,
+                show_default=True, help="CNI network configurations for CRI pod sandboxes (make cni installs the "
+                                        "default `hypercontainer` network there)."),
+        _option("--cni-bin-dir", name="cni_bin_dir", metavar="DIR[:DIR...]",
+                default=":".join(str(d) for d in DEFAULT_CNI_BIN_DIRS), show_default=True,
+                help="Where the CNI plugins are, searched in order."),
+        _option("--cni-cache-dir", name="cni_cache_dir", type=path, metavar="DIR", show_default="<root>/cni",
+                help="CNI results of the sandboxes' attachments (what a DEL after a restart runs with)."),
+        _option("--cni-netns-dir", name="cni_netns_dir", type=path, metavar="DIR", default=DEFAULT_CNI_NETNS_DIR,
+                show_default=True, help="Where sandboxes' network namespaces are mounted (hc-cri-<id>)."),
+        _option("--cni-network", name="cni_network", metavar="NAME", default=DEFAULT_CNI_NETWORK, show_default=True,
+                help="The CNI network (a configuration's `name`) sandboxes join; '': the first valid configuration "
+                     "of --cni-conf-dir in lexical order (libcni's rule)."),
         _option("--crash-at", name="crash_at", metavar="POINT", hidden=True,
                 help="Tests only: die (SIGKILL) at this step of the next pod start."),
     ]

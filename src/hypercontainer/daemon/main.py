@@ -113,6 +113,7 @@ async def serve(cfg: HyperdConfig) -> None:
         # hyperd forks (QEMU, virtiofsd, helpers) with gRPC's threads running: its children exec or touch no gRPC,
         # so gRPC's fork handlers (and their "skipping fork() handlers" line per fork) are not wanted
         os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+        from ..cri.network import CniNetwork
         from ..cri.server import CriServer
     p.ensure()
     faults.arm(cfg.crash_at)
@@ -141,7 +142,11 @@ async def serve(cfg: HyperdConfig) -> None:
     sock = bind_socket(p.socket)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_ping_interval=None)
     server = _Server(config)
-    cri = CriServer(cfg.cri_socket, manager, images, parts.puller) if cfg.cri_socket else None
+    cri = None
+    if cfg.cri_socket:
+        cni_step = CniNetwork(cfg.cni_conf_dir, cfg.cni_bin_dirs, cfg.cni_cache_dir, cfg.cni_netns_dir, cfg.cni_network)
+        log.info("CRI sandboxes' network: %s", cni_step.describe())
+        cri = CriServer(cfg.cri_socket, manager, images, parts.puller, cni_step, streaming_address=cfg.cri_streaming)
     if cri:
         await cri.start()
     log.info("hyperd %s listening on %s", __version__, p.socket)

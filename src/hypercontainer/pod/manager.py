@@ -141,10 +141,13 @@ class PodManager:
         (pod.statedir / "logs").mkdir(exist_ok=True)
         task = asyncio.ensure_future(pod.start())
         self._starts[pod.id] = task
-        try:
-            await asyncio.shield(task)
-        finally:
-            self._starts.pop(pod.id, None)
+
+        def done(_: asyncio.Future[None]) -> None:
+            if self._starts.get(pod.id) is task:
+                self._starts.pop(pod.id, None)
+
+        task.add_done_callback(done)  # when it ends, not when a caller stops waiting: stop() and remove() cancel it
+        await asyncio.shield(task)
 
     async def add_container(self, ref: str, raw: dict[str, Any], *, start: bool = True,
                             volumes: builtins.list[dict[str, Any]] | None = None, cri_log: Path | None = None,

@@ -235,11 +235,11 @@ class Machine:
                 with contextlib.suppress(Exception):
                     await self._qmp_quit()
             await procs.stop(self.proc, grace=1.0)
-        if self._console:
+        console, self._console = self._console, None  # taken at once: a second stop() meanwhile finds none
+        if console:
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(self._console), 1.0)
-            self._console.cancel()
-            self._console = None
+                await asyncio.wait_for(asyncio.shield(console), 1.0)
+            console.cancel()
         # Removing a cgroup waits for the kernel (retries up to a second): off the event loop.
         if self.confinement:
             vmm, self.confinement = self.confinement, None

@@ -34,6 +34,7 @@ from .config import (
     config_files,
     default,
     default_text,
+    has_network,
     install_default,
     load,
     load_file,
@@ -68,8 +69,8 @@ __all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_CONF_DIR", "DEFAULT_NETNS_DIR", "DEFAUL
            "DNS", "SUPPORTED_VERSIONS", "Bandwidth", "CNIError", "Cached", "ConfigError", "IPConfig", "Interface",
            "Netns", "NetworkConfig", "PluginVersion", "PodRef", "PortMapping", "Result", "ResultError", "Route",
            "Sandbox", "add", "attachments", "cached", "capability_args", "check", "cni_args", "config_files",
-           "default", "default_text", "delete", "find_plugin", "gc", "install_default", "is_netns", "load",
-           "load_file", "parse", "ready", "setup_sandbox", "status", "teardown_sandbox", "version"]
+           "default", "default_text", "delete", "find_plugin", "gc", "has_network", "install_default", "is_netns",
+           "load", "load_file", "parse", "ready", "setup_sandbox", "status", "teardown_sandbox", "version"]
 
 
 @dataclass(frozen=True)

@@ -196,13 +196,33 @@ def default() -> NetworkConfig:
     return parse(default_text(), DEFAULT_NAME)
 
 
-def install_default(conf_dir: str | Path = DEFAULT_CONF_DIR, force: bool = False) -> Path | None:
+def has_network(conf_dir: str | Path, name: str) -> bool:
+    """Whether `conf_dir` holds a valid configuration of the network `name`."""
+    try:
+        load(conf_dir, name)
+    except ConfigError:
+        return False
+    return True
+
+
+def install_default(conf_dir: str | Path = DEFAULT_CONF_DIR, force: bool = False,
+                    by_name: bool = False) -> Path | None:
     """Writes the default conflist into `conf_dir` if that holds no configuration (or with `force`, over the file
-    of that name only); the path written, or None when the directory already had one (left as it was)."""
+    of that name only); the path written, or None when the directory already had one (left as it was).
+    `by_name`: other networks do not count, only one named as the default (`hypercontainer`): it is written unless
+    such a network is there (a runtime that picks its network by name, hyperd's CRI, then finds it beside podman's
+    or containerd's); a file of the default's file name that is not that network is an error, never overwritten."""
     d = Path(conf_dir)
     target = d / DEFAULT_NAME
     existing = config_files(d)
-    if existing and not force:
+    if by_name and not force:
+        name = default().name
+        if has_network(d, name):
+            log.info("CNI network %s already configured in %s: left as it is", name, d)
+            return None
+        if target.exists():
+            raise ConfigError(f"{target} exists but holds no valid {name!r} network: fix or remove it")
+    elif existing and not force:
         log.info("CNI configuration already present in %s (%s): left as it is", d, existing[0].name)
         return None
     d.mkdir(parents=True, exist_ok=True, mode=0o755)
