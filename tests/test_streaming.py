@@ -15,12 +15,9 @@ import json
 import os
 import pty
 import re
-import shutil
 import signal
 import socket
 import struct
-import subprocess
-import tempfile
 import termios
 import zlib
 from collections.abc import AsyncIterator
@@ -41,9 +38,8 @@ from hypercontainer.cri.streaming.remotecommand import Resizes
 from hypercontainer.cri.streaming.session import SpdySession, SpdyStream
 from hypercontainer.errors import InvalidArgument
 
-REPO = Path(__file__).resolve().parent.parent
-BUILD = REPO / "build"
-CRI_TOOLS, CRI_TOOLS_VERSION = "sigs.k8s.io/cri-tools", "v1.37.0"
+from .crictl import build_crictl
+
 GOMODCACHE = Path(os.environ.get("GOMODCACHE", Path.home() / "go/pkg/mod"))
 DICTIONARY_SHA256 = "51d27341373f923f3cd88e1eb7162aeaa3723d7585ff2399201dc06498407f02"  # 1423 bytes, SPDY/3
 TRANSPORTS = ["spdy", "websocket"]
@@ -532,38 +528,6 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 # ==== crictl and its endpoint ========================================================================================
-def _go() -> str | None:
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.access("/usr/local/go/bin/go", os.X_OK) else None)
-    if not go:
-        return None
-    have = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout
-    return go if tuple(int(x) for x in re.findall(r"\d+", have)[:2]) >= (1, 24) else None
-
-
-def build_crictl() -> Path:
-    """crictl v1.37.0: the one test_cri.py or `make critest` built, else built here into build/cri-tools/."""
-    ours = BUILD / "cri-tools" / "crictl"
-    for binary, stamp in ((ours, ours.with_name(".version")),
-                          (BUILD / "critest/bin/crictl", BUILD / "critest/bin/.cri-tools-version")):
-        if binary.exists() and stamp.exists() and stamp.read_text().strip() == CRI_TOOLS_VERSION:
-            return binary
-    go = _go()
-    if not go:
-        pytest.skip("no Go >= 1.24 to build crictl v1.37.0 (from the Go module proxy)")
-    env = dict(os.environ, GOFLAGS="-buildvcs=false", CGO_ENABLED="0")
-    info = json.loads(subprocess.run([go, "mod", "download", "-json", f"{CRI_TOOLS}@{CRI_TOOLS_VERSION}"], env=env,
-                                     cwd=tempfile.gettempdir(), check=True, capture_output=True, text=True).stdout)
-    src = BUILD / "cri-tools" / "src"
-    shutil.rmtree(src, ignore_errors=True)
-    shutil.copytree(info["Dir"], src)
-    subprocess.run(["chmod", "-R", "u+w", str(src)], check=True)
-    r = subprocess.run([go, "build", "-o", str(ours), "./cmd/crictl"], cwd=src, env=env, capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"building crictl failed:\n{r.stderr[-3000:]}")
-    shutil.rmtree(src, ignore_errors=True)
-    ours.with_name(".version").write_text(CRI_TOOLS_VERSION)
-    return ours
 
 
 @pytest.fixture(scope="module")
