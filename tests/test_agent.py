@@ -21,12 +21,17 @@ from hypercontainer.protocol.codec import CTL_HDR, MountFlag, Msg, Phase
 
 
 class Agent:
-    def __init__(self, binary: Path, root: Path | None = None) -> None:
+    """The agent binary over socketpairs; `root` stands in for the pod share, `cgroups` for its cgroup hierarchies
+    (CONTAINER_STATS reads them; a test writes the counters it wants there)."""
+
+    def __init__(self, binary: Path, root: Path | None = None, cgroups: Path | None = None) -> None:
         self.ctl, ctl_child = socket.socketpair()
         self.io, io_child = socket.socketpair()
         args = [str(binary), "--test", str(ctl_child.fileno()), str(io_child.fileno())]
-        if root:
-            args.append(str(root))
+        if root or cgroups:
+            args.append(str(root or "/nonexistent"))
+        if cgroups:
+            args.append(str(cgroups))
         self.proc = subprocess.Popen(args, pass_fds=(ctl_child.fileno(), io_child.fileno()))
         ctl_child.close()
         io_child.close()

@@ -22,7 +22,17 @@ from typing import Any
 from .. import faults, procs
 from ..errors import CommandNotRunnable, Conflict, HCError, InvalidArgument, NotFound, VMError
 from ..network.manager import Attachment, Network
-from ..protocol.agent import Agent, AgentRequestError, ContainerRequest, ExecRequest, PodRequest, net_if, net_route
+from ..protocol.agent import (
+    Agent,
+    AgentRequestError,
+    ContainerRequest,
+    ContainerStats,
+    ExecRequest,
+    PodRequest,
+    PortStream,
+    net_if,
+    net_route,
+)
 from ..protocol.client import ProcessStreams
 from ..protocol.codec import Fields, MountFlag
 from ..spec.pod import PodSpec, Volume
@@ -578,6 +588,38 @@ class Pod:
             raise Conflict(f"pod {self.name} is {self.state.value}, not running")
         st = await self.agent.stats()
         return {"containers": st.containers, "processes": st.processes, "fds": st.fds}
+
+    async def container_stats(self, name: str) -> ContainerStats:
+        """A running container's CPU time, memory and process count, from its cgroups in the guest (the kubelet's
+        ContainerStats), stamped with the host's clock. NotFound for a container the pod does not have, Conflict
+        for one that is not running (created, exited, or its pod not running)."""
+        c = next((x for x in self.containers if x.name == name), None)
+        if c is None:
+            raise NotFound(f"pod {self.name} has no container {name}")
+        not_running = Conflict(f"container {name} of pod {self.name} is not running: no stats")
+        if self.state != PodState.RUNNING or not self.agent or not c.started.is_set() or c.done.is_set():
+            raise not_running
+        try:
+            return await self.agent.container_stats(c.name)
+        except AgentRequestError as e:
+            if e.errno in (errno.ENOENT, errno.ESRCH):  # it exited while we asked
+                raise not_running from None
+            raise
+
+    async def open_port(self, port: int) -> PortStream:
+        """A TCP connection to the pod's own localhost:`port` (127.0.0.1, else ::1, in its VM: its containers share
+        the VM's network), relayed by the agent: Kubernetes' port-forward. AgentRequestError with errno ECONNREFUSED
+        when nothing listens there. The caller must close() it (the connection is ended if it has not)."""
+        if not 0 < port < 65536:
+            raise InvalidArgument(f"port {port} is not 1-65535")
+        if self.state != PodState.RUNNING or not self.agent:
+            raise Conflict(f"pod {self.name} is {self.state.value}, not running")
+        stream = self._next_stream()
+        self.changed()
+        try:
+            return await self.agent.open_port(port, stream)
+        except AgentRequestError as e:
+            raise AgentRequestError(f"pod {self.name}: {e.message}", e.errno, e.phase) from None
 
     async def stop_container(self, name: str, timeout: float = 10.0) -> Container:
         """docker stop for one container: its stop signal, `timeout` seconds, then SIGKILL; it is not restarted.

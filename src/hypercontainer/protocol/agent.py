@@ -8,11 +8,16 @@ which keeps the connection, the process streams and the exit events.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import dataclasses
+import errno as errno_mod
 import ipaddress
 import re
+import signal
+import time
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,8 +29,9 @@ from .client import AgentClient, AgentRequestError, ProcessStreams, command_exit
 from .codec import BY_NAME, Fields, MountFlag, Msg
 
 __all__ = [
-    "Agent", "AgentRequestError", "AgentStats", "ContainerRequest", "ExecRequest", "Mount", "NetIf", "NetRoute",
-    "PodRequest", "ProcessRequest", "check_net", "check_paths", "check_seccomp", "net_if", "net_route",
+    "Agent", "AgentRequestError", "AgentStats", "ContainerRequest", "ContainerStats", "ExecRequest", "Mount", "NetIf",
+    "NetRoute", "PodRequest", "PortStream", "PortWriter", "ProcessRequest", "check_net", "check_paths",
+    "check_seccomp", "net_if", "net_route",
 ]
 
 _ALL_MOUNT_FLAGS = MountFlag.READONLY | MountFlag.TMPFS | MountFlag.BLOCK
@@ -417,6 +423,169 @@ class AgentStats:
     fds: int
 
 
+@dataclass(frozen=True)
+class ContainerStats:
+    """CONTAINER_STATS: a running container's counters from its cgroups in the guest (v1, read as cAdvisor reads
+    them), and when the host got them."""
+
+    cpu_ns: int  # CPU time its processes used, ns (cpuacct.usage)
+    mem_usage: int  # bytes charged to its memory cgroup, page cache included (memory.usage_in_bytes)
+    mem_working_set: int  # mem_usage less the inactive file cache: the kubelet's working set
+    mem_rss: int  # anonymous and swap cache memory (memory.stat total_rss)
+    pids: int  # its processes
+    memory_limit: int | None = None  # its own limit in bytes; None: none (the VM's size is the limit)
+    timestamp: int = 0  # the host's wall clock (ns since the epoch) when the reply arrived; not a protocol field
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, object], timestamp: int = 0) -> ContainerStats:
+        """From the agent's ACK; VMError if a counter is missing (the guest is untrusted: the codec has checked
+        kinds, not presence)."""
+        counts = {k: fields.get(k) for k in ("cpu_ns", "mem_usage", "mem_working_set", "mem_rss", "pids")}
+        limit = fields.get("memory_limit")
+        if not all(isinstance(v, int) for v in counts.values()) or not isinstance(limit, int | None):
+            raise VMError(f"the agent's CONTAINER_STATS reply lacks a counter: {dict(fields)}")
+        return cls(**counts, memory_limit=limit or None, timestamp=timestamp)  # type: ignore[arg-type]
+
+
+class PortStream:
+    """OPEN_PORT: a TCP connection the agent opened inside the guest to the pod's localhost:PORT, its bytes relayed
+    on one stream of the agent's stream channel (as a process's stdio: bounded queues, the agent's flow control).
+
+    read(n) -> the next bytes (at most n when n > 0), b"" once the pod's side has closed its end;
+    write(data); close_write() (the pod's side reads EOF; reading goes on); close() ends the connection if it has
+    not ended and forgets the stream: always call it. `ended` is the relay's end: 0 when both directions closed in
+    order, else the errno that ended it (ECONNRESET, ECONNABORTED after close()). read() is asyncio.StreamReader's;
+    writer() gives a StreamWriter-like view of the rest.
+    """
+
+    def __init__(self, client: AgentClient, streams: ProcessStreams, port: int) -> None:
+        self.port = port
+        self.stream = streams.stream
+        self._client, self._streams = client, streams
+        self._pending = b""
+        self._eof = False
+        self.closed = False
+
+    @property
+    def ended(self) -> asyncio.Future[int]:
+        return self._streams.exit
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self._pending and not self._eof:
+            chunk = await self._next()
+            if chunk is None:
+                self._eof = True
+                if self.ended.done() and not self.ended.cancelled() and self.ended.exception():
+                    raise VMError(f"port {self.port}: {self.ended.exception()}")
+            else:
+                self._pending = chunk
+        data = self._pending if n < 0 else self._pending[:n]
+        self._pending = self._pending[len(data):]
+        return data
+
+    async def _next(self) -> bytes | None:
+        """The next chunk, None at EOF; VMError if the agent is lost (its queue may have been too full for EOF)."""
+        q, lost = self._streams.stdout, self._client.lost
+        if q.empty() and not lost.done():
+            get = asyncio.ensure_future(q.get())
+            either: set[asyncio.Future[Any]] = {get, lost}
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not get.done():
+                    get.cancel()
+            if get.done() and not get.cancelled():
+                return get.result()
+        if not q.empty():
+            return q.get_nowait()
+        raise VMError(f"port {self.port}: lost the guest agent: {lost.result()}")
+
+    async def write(self, data: bytes) -> None:
+        """BrokenPipeError after close_write() or close(), or once the relay has ended."""
+        if self._streams.stdin_closed or self.closed or self.ended.done():
+            raise BrokenPipeError(errno_mod.EPIPE, f"port {self.port}: the connection is closed for writing")
+        if self._client.lost.done():
+            raise VMError(f"port {self.port}: lost the guest agent: {self._client.lost.result()}")
+        await self._streams.write_stdin(data)
+
+    async def close_write(self) -> None:
+        await self._streams.close_stdin()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Ends the connection: one whose two directions have closed is given `timeout` to end in order, any other
+        is ended at once (SIGNAL); waits up to `timeout` for the relay's end, reading on meanwhile so that the
+        agent's stream channel never waits on this stream, then forgets the stream. Never raises."""
+        if self.closed:
+            return
+        self.closed = True
+        q = self._streams.stdout
+        drain = asyncio.ensure_future(self._drain(q))
+        try:
+            if self._eof and self._streams.stdin_closed and await self._ended_within(timeout):
+                return
+            if not self.ended.done() and not self._client.lost.done():
+                with contextlib.suppress(AgentRequestError, VMError):
+                    await self._client.request(Msg.SIGNAL, {"stream": self.stream, "signal": int(signal.SIGKILL)})
+            await self._ended_within(timeout)
+        finally:
+            drain.cancel()
+            self._client.unregister(self.stream)
+            while not q.empty():
+                q.get_nowait()
+            self._pending = b""
+
+    async def _ended_within(self, timeout: float) -> bool:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self.ended), timeout)
+        return self.ended.done()
+
+    @staticmethod
+    async def _drain(q: asyncio.Queue[bytes | None]) -> None:
+        while True:
+            await q.get()
+
+    def writer(self) -> PortWriter:
+        return PortWriter(self)
+
+
+class PortWriter:
+    """asyncio.StreamWriter's subset on a PortStream (write and drain, write_eof, close and wait_closed), for code
+    written for asyncio streams, such as the CRI streaming server's port-forward."""
+
+    def __init__(self, port: PortStream) -> None:
+        self.port = port
+        self._buf = bytearray()
+        self._tasks: list[asyncio.Future[None]] = []
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+
+    async def drain(self) -> None:
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            await self.port.write(data)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self._eof()))
+
+    async def _eof(self) -> None:
+        await self.drain()
+        await self.port.close_write()
+
+    def is_closing(self) -> bool:
+        return self.port.closed
+
+    def close(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self.port.close()))
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 class Agent:
     """One guest agent, typed. Failures are AgentRequestError (errno, message, phase), VMError when the
     connection is lost, CommandNotRunnable (docker's 126/127) when a process's command could not be run."""
@@ -522,6 +691,27 @@ class Agent:
         if not (isinstance(containers, int) and isinstance(processes, int) and isinstance(fds, int)):
             raise VMError(f"the agent's STATS reply lacks a count: {reply}")
         return AgentStats(containers, processes, fds)
+
+    async def container_stats(self, id: str) -> ContainerStats:
+        """A running container's counters (its cgroups); ERROR ENOENT for an unknown id, ESRCH when its first
+        process has exited."""
+        reply = await self.client.request(Msg.CONTAINER_STATS, {"id": id})
+        return ContainerStats.from_fields(reply, time.time_ns())
+
+    async def open_port(self, port: int, stream: int) -> PortStream:
+        """A TCP connection from inside the guest to its localhost:`port` (127.0.0.1, else ::1), relayed on
+        `stream` (even, non-zero, unused: allocated as for exec). ERROR ECONNREFUSED when nothing listens there,
+        ETIMEDOUT when it does not answer within a second."""
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is not 1-65535")
+        streams = self.client.register(stream, terminal=True)  # one output stream: stream + 1 is never used
+        self.client.max_stream = max(self.client.max_stream, stream)  # its EXITED may come after close() gave up
+        try:
+            await self.client.request(Msg.OPEN_PORT, {"port": port, "stream": stream})
+        except BaseException:
+            self.client.unregister(stream)
+            raise
+        return PortStream(self.client, streams, port)
 
     async def shutdown(self) -> None:
         """ACK, then the agent kills everything, syncs and powers the VM off."""

@@ -36,6 +36,8 @@ class Msg(enum.IntEnum):
     SHUTDOWN = 8
     REMOVE_CONTAINER = 9
     STATS = 10
+    CONTAINER_STATS = 11
+    OPEN_PORT = 12
     ACK = 256
     ERROR = 257
     EXITED = 512
@@ -107,6 +109,12 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(54, "readonly_paths", "str", list=True),
     FieldDef(55, "seccomp", "str"),
     FieldDef(56, "seccomp_flags", "u64"),
+    FieldDef(57, "cpu_ns", "u64"),
+    FieldDef(58, "mem_usage", "u64"),
+    FieldDef(59, "mem_working_set", "u64"),
+    FieldDef(60, "mem_rss", "u64"),
+    FieldDef(61, "pids", "u64"),
+    FieldDef(62, "port", "u64"),
 )
 RETIRED_TAGS = frozenset({31, 32, 33})
 BY_TAG = {f.tag: f for f in FIELDS}

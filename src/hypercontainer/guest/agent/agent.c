@@ -3,7 +3,9 @@
  * of every process and a signalfd for SIGCHLD. Protocol: docs/protocol.md.
  *
  *   hc-agent                       as PID 1 in the guest
- *   hc-agent --test CTL IO [ROOT]  over two inherited fds, for host tests; ROOT stands in for the pod share
+ *   hc-agent --test CTL IO [ROOT [CGROUPS]]
+ *                                  over two inherited fds, for host tests; ROOT stands in for the pod share,
+ *                                  CGROUPS for /run/hc/cgroup (read by CONTAINER_STATS only: tests make none)
  *   hc-agent --tables              prints the message, field, mount flag and phase tables (checked against
  *                                  the host's)
  */
@@ -129,9 +131,11 @@ static int loop(void)
 		pfd[n++] = (struct pollfd){.fd = sig_fd, .events = POLLIN};
 		for (int i = 0; i < MAX_PROCS; i++) {
 			struct proc *p = &procs[i];
+			if (p->used && p->aborted) /* a relay the host ended: closed after SIGNAL's reply went out */
+				relay_abort(p);
 			if (!p->used || p->exited)
 				continue;
-			short pending = p->terminal && p->inoff < p->inbuf.len ? POLLOUT : 0;
+			short pending = p->in >= 0 && p->in == p->out && p->inoff < p->inbuf.len ? POLLOUT : 0;
 			if (p->out >= 0)
 				owner[n] = p, which[n] = 1,
 				pfd[n++] = (struct pollfd){.fd = p->out, .events = POLLIN | pending};
@@ -202,8 +206,11 @@ int main(int argc, char **argv)
 		io_fd = atoi(argv[3]);
 		if (argc >= 5)
 			share_root = argv[4];
+		if (argc >= 6)
+			cg_root = argv[5];
 	} else if (getpid() != 1) {
-		fprintf(stderr, "usage: hc-agent runs as PID 1 in the guest, or: hc-agent --test CTLFD IOFD [ROOT]\n");
+		fprintf(stderr, "usage: hc-agent runs as PID 1 in the guest, or: "
+				"hc-agent --test CTLFD IOFD [ROOT [CGROUPS]]\n");
 		return 2;
 	} else {
 		if (boot_mounts(&e) < 0)

@@ -18,11 +18,18 @@
 #define VOLS_ROOT "/run/hc/vols"
 #define BLK_ROOT "/run/hc/blk"
 
+/*
+ * A process slot: a process the agent started, or a port relay (OPEN_PORT): a TCP connection inside the guest
+ * relayed on a stream like a process's stdio, with no process (pid 0). A relay's socket is both `in` and `out`
+ * until one direction ends; it is closed when both have, and the relay then "exits" (EXITED).
+ */
 struct proc {
 	int used;
 	pid_t pid;
 	uint64_t stream;
-	int in, out, err; /* agent ends, -1 when closed; terminal: in == out */
+	int in, out, err; /* agent ends, -1 when closed; terminal and relay: in == out */
+	int relay;	  /* a port relay: no process; status is 0, or the errno that ended the connection */
+	int aborted;	  /* a relay the host ended (SIGNAL): closed by the loop after the reply */
 	int terminal;
 	struct buf inbuf;
 	size_t inoff;
@@ -66,6 +73,8 @@ void reap(void);
 int stdin_backlog(void);
 void flush_stdin(struct proc *p);
 void on_io(void);
+/* A port relay the host ended: both directions closed now, EXITED sent. */
+void relay_abort(struct proc *p);
 
 /* agent.c */
 extern int io_down;

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <net/route.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -226,6 +227,45 @@ int net_loopback(struct err *e)
 	int rc = set_flags_up(fd, "lo", e);
 	close(fd);
 	return rc;
+}
+
+/* A non-blocking connect, waited for up to timeout_ms: the socket, or -1 with errno. */
+static int dial(const struct sockaddr *sa, socklen_t len, int timeout_ms)
+{
+	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), soerr = 0;
+	socklen_t soerr_len = sizeof(soerr);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, sa, len) == 0)
+		return fd;
+	if (errno == EINPROGRESS) { /* on loopback, at once: an answer waits only on a full accept queue */
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		int n = poll(&pfd, 1, timeout_ms);
+		if (n == 0)
+			errno = ETIMEDOUT;
+		else if (n > 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &soerr_len) == 0 && !soerr)
+			return fd;
+		else if (n > 0)
+			errno = soerr ? soerr : errno;
+	}
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return -1;
+}
+
+int net_dial_local(unsigned port, int timeout_ms, struct err *e)
+{
+	struct sockaddr_in v4 = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	struct sockaddr_in6 v6 = {.sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+	int fd = dial((struct sockaddr *)&v4, sizeof(v4), timeout_ms);
+	if (fd < 0 && errno == ECONNREFUSED) { /* a server on ::1 only; its failure reports 127.0.0.1's */
+		if ((fd = dial((struct sockaddr *)&v6, sizeof(v6), timeout_ms)) < 0)
+			errno = ECONNREFUSED;
+	}
+	if (fd < 0)
+		return fail_errno(e, "connect to port %u on the pod's localhost", port);
+	return fd;
 }
 
 /* Calls fn(name, arg) for each interface in /sys/class/net until it returns non-zero; returns that value. */

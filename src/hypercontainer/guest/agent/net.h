@@ -57,6 +57,9 @@ struct msg;
 int net_read(struct net_config *c, const struct msg *m, struct err *e);
 /* Brings up the loopback interface (the kernel gives it 127.0.0.1). */
 int net_loopback(struct err *e);
+/* A TCP connection to the guest's own localhost:port (OPEN_PORT): 127.0.0.1, else ::1 when that refuses. The
+ * socket (non-blocking), or -1 with *e: ECONNREFUSED (nothing listens), ETIMEDOUT (no answer within timeout_ms). */
+int net_dial_local(unsigned port, int timeout_ms, struct err *e);
 /* Configures the interfaces (each found by MAC, waiting up to timeout_ms for it to appear), then adds the routes in
  * order. Any failure is an error naming the interface, address or route. */
 int net_apply(struct net_config *c, int timeout_ms, struct err *e);

@@ -60,13 +60,20 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_READONLY_PATHS] = {F_READONLY_PATHS, "readonly_paths", KIND_STR, 1},
 	[F_SECCOMP] = {F_SECCOMP, "seccomp", KIND_STR, 0},
 	[F_SECCOMP_FLAGS] = {F_SECCOMP_FLAGS, "seccomp_flags", KIND_U64, 0},
+	[F_CPU_NS] = {F_CPU_NS, "cpu_ns", KIND_U64, 0},
+	[F_MEM_USAGE] = {F_MEM_USAGE, "mem_usage", KIND_U64, 0},
+	[F_MEM_WORKING_SET] = {F_MEM_WORKING_SET, "mem_working_set", KIND_U64, 0},
+	[F_MEM_RSS] = {F_MEM_RSS, "mem_rss", KIND_U64, 0},
+	[F_PIDS] = {F_PIDS, "pids", KIND_U64, 0},
+	[F_PORT] = {F_PORT, "port", KIND_U64, 0},
 };
 
 const struct msg_def msg_table[] = {
 	{MSG_VERSION, "VERSION"}, {MSG_PING, "PING"}, {MSG_START_POD, "START_POD"},
 	{MSG_NEW_CONTAINER, "NEW_CONTAINER"}, {MSG_EXEC, "EXEC"}, {MSG_SIGNAL, "SIGNAL"},
 	{MSG_WINSIZE, "WINSIZE"}, {MSG_SHUTDOWN, "SHUTDOWN"}, {MSG_REMOVE_CONTAINER, "REMOVE_CONTAINER"},
-	{MSG_STATS, "STATS"}, {MSG_ACK, "ACK"}, {MSG_ERROR, "ERROR"}, {MSG_EXITED, "EXITED"}, {0, NULL},
+	{MSG_STATS, "STATS"}, {MSG_CONTAINER_STATS, "CONTAINER_STATS"}, {MSG_OPEN_PORT, "OPEN_PORT"},
+	{MSG_ACK, "ACK"}, {MSG_ERROR, "ERROR"}, {MSG_EXITED, "EXITED"}, {0, NULL},
 };
 
 const struct flag_def mount_flag_table[] = {

@@ -1,5 +1,5 @@
 /* The control requests: VERSION, START_POD, NEW_CONTAINER, EXEC, SIGNAL, WINSIZE, REMOVE_CONTAINER, STATS,
- * SHUTDOWN. */
+ * CONTAINER_STATS, OPEN_PORT, SHUTDOWN. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -209,6 +209,19 @@ static int apply_sysctls(const struct msg *m, struct err *e)
 	return 0;
 }
 
+/* A free process slot for a new stream (even, non-zero, not in use); NULL with *e. */
+static struct proc *new_slot(uint64_t stream, struct err *e)
+{
+	if (stream == 0 || stream % 2 || stream == UINT64_MAX)
+		return fail(e, EINVAL, "stream id must be even and non-zero"), NULL;
+	if (proc_by_stream(stream))
+		return fail(e, EEXIST, "stream %llu is in use", (unsigned long long)stream), NULL;
+	for (int i = 0; i < MAX_PROCS; i++)
+		if (!procs[i].used)
+			return &procs[i];
+	return fail(e, EAGAIN, "too many processes"), NULL;
+}
+
 static int start_process(const struct msg *m, struct container *c, int new_container, struct err *e)
 {
 	size_t nargs = msg_count(m, F_ARG), nenv = msg_count(m, F_ENV), ngroups = msg_count(m, F_GROUP);
@@ -220,17 +233,10 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 
 	if (nargs == 0)
 		return fail(e, EINVAL, "no command given");
-	if (stream == 0 || stream % 2 || stream == UINT64_MAX)
-		return fail(e, EINVAL, "stream id must be even and non-zero");
-	if (proc_by_stream(stream))
-		return fail(e, EEXIST, "stream %llu is in use", (unsigned long long)stream);
 	if (ngroups > 64)
 		return fail(e, EINVAL, "too many supplementary groups");
-	for (int i = 0; i < MAX_PROCS && !slot; i++)
-		if (!procs[i].used)
-			slot = &procs[i];
-	if (!slot)
-		return fail(e, EAGAIN, "too many processes");
+	if (!(slot = new_slot(stream, e)))
+		return -1;
 
 	char **argv = calloc(nargs + 1, sizeof(char *)), **envp = calloc(nenv + 1, sizeof(char *));
 	gid_t groups[64];
@@ -500,6 +506,52 @@ static void handle_stats(void)
 	frame_add_u64(&out, F_FDS, count_fds());
 }
 
+/* A running container's counters: its cgroups' CPU time, memory and processes (cgroup.c). */
+static int handle_container_stats(const struct msg *m, struct err *e)
+{
+	const char *id = msg_str(m, F_ID, "");
+	struct container *c = container_by_id(id);
+	struct proc *init = c ? proc_by_stream(c->init_stream) : NULL;
+	struct cg_stats s;
+	if (!c)
+		return fail(e, ENOENT, "no container %s", id);
+	if (!init || init->exited)
+		return fail(e, ESRCH, "container %s is not running", id);
+	if (cg_stats(id, &s, e) < 0)
+		return -1;
+	frame_add_u64(&out, F_CPU_NS, s.cpu_ns);
+	frame_add_u64(&out, F_MEM_USAGE, s.mem_usage);
+	frame_add_u64(&out, F_MEM_WORKING_SET, s.mem_working_set);
+	frame_add_u64(&out, F_MEM_RSS, s.mem_rss);
+	frame_add_u64(&out, F_PIDS, s.pids);
+	if (s.mem_limit)
+		frame_add_u64(&out, F_MEMORY_LIMIT, s.mem_limit);
+	return 0;
+}
+
+/*
+ * A TCP connection from the guest (the pod's network: its containers share the VM's) to its localhost:port,
+ * relayed on `stream` like a process's stdio: a process slot with the socket as stdin and stdout.
+ */
+static int handle_open_port(const struct msg *m, struct err *e)
+{
+	uint64_t port = msg_u64(m, F_PORT, 0);
+	struct proc *slot;
+	if (port == 0 || port > 65535)
+		return fail(e, EINVAL, "invalid port %llu", (unsigned long long)port);
+	if (!(slot = new_slot(msg_u64(m, F_STREAM, 0), e)))
+		return -1;
+	int fd = net_dial_local((unsigned)port, 1000, e);
+	if (fd < 0)
+		return -1;
+	memset(slot, 0, sizeof(*slot));
+	slot->used = slot->relay = 1;
+	slot->stream = msg_u64(m, F_STREAM, 0);
+	slot->in = slot->out = fd;
+	slot->err = -1;
+	return 0;
+}
+
 static int handle_exec(const struct msg *m, struct err *e)
 {
 	struct container *c = container_by_id(msg_str(m, F_ID, ""));
@@ -548,6 +600,10 @@ static int handle_signal(const struct msg *m, struct err *e)
 		return fail(e, EINVAL, "invalid signal %llu", (unsigned long long)sig);
 	if (!p || p->exited)
 		return fail(e, ESRCH, "no such process");
+	if (p->relay) { /* any signal ends a relay: closed once the reply is out (its EXITED must follow it) */
+		p->aborted = 1;
+		return 0;
+	}
 	if (p->ns_init)
 		sig = init_signal(p, (int)sig);
 	if (kill(p->pid, (int)sig) < 0)
@@ -627,6 +683,12 @@ void dispatch(const struct msg *m)
 			break;
 		case MSG_STATS:
 			handle_stats();
+			break;
+		case MSG_CONTAINER_STATS:
+			rc = handle_container_stats(m, &e);
+			break;
+		case MSG_OPEN_PORT:
+			rc = handle_open_port(m, &e);
 			break;
 		case MSG_SHUTDOWN:
 			shutdown = 1;

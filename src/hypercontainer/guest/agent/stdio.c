@@ -1,4 +1,4 @@
-/* Process I/O: output to stream frames, stream frames to stdin, exits to EXITED events. */
+/* Process I/O: output to stream frames, stream frames to stdin, exits to EXITED events; port relays alike. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -62,8 +63,21 @@ struct container *container_by_id(const char *id)
 	return NULL;
 }
 
+static void proc_finish_if_done(struct proc *p);
+
+/* A relay whose two directions have ended is over: EXITED, and its slot is free. */
+static void relay_end_if_closed(struct proc *p)
+{
+	if (p->relay && !p->exited && p->in < 0 && p->out < 0) {
+		p->exited = 1;
+		proc_finish_if_done(p);
+	}
+}
+
 static void close_in(struct proc *p)
 {
+	if (p->relay && p->in >= 0)
+		shutdown(p->in, SHUT_WR); /* the host's EOF, passed on; the socket may still be read */
 	if (p->in >= 0 && p->in != p->out)
 		close(p->in);
 	p->in = -1;
@@ -73,11 +87,14 @@ static void close_in(struct proc *p)
 
 static void force_eof(struct proc *p, int *fdp, uint64_t stream)
 {
-	if (*fdp == p->in)
-		p->in = -1;
-	close(*fdp);
+	int fd = *fdp;
 	*fdp = -1;
+	if (fd == p->in && !p->relay) /* a terminal: its input goes with it */
+		p->in = -1;
+	if (fd != p->in) /* a relay's socket stays open while the host may still write */
+		close(fd);
 	send_io(stream, NULL, 0);
+	relay_end_if_closed(p);
 }
 
 /* Reads one chunk of output. Returns 1 if data was sent, 0 at EOF (fd closed, EOF sent), -1 if none now. */
@@ -91,9 +108,22 @@ int pump_output(struct proc *p, int *fdp, uint64_t stream)
 	}
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return -1;
+	if (n < 0 && p->relay && !p->status)
+		p->status = errno; /* ECONNRESET */
 	/* EOF, or EIO from a pty master whose slave side is gone. */
 	force_eof(p, fdp, stream);
 	return 0;
+}
+
+void relay_abort(struct proc *p)
+{
+	if (!p->status)
+		p->status = ECONNABORTED;
+	close_in(p); /* the socket stays open if the reading side still holds it ... */
+	if (p->out >= 0)
+		force_eof(p, &p->out, p->stream); /* ... which closes it and ends the relay */
+	else
+		relay_end_if_closed(p);
 }
 
 static void proc_finish_if_done(struct proc *p)
@@ -174,7 +204,10 @@ void flush_stdin(struct proc *p)
 		if (w < 0) {
 			if (errno == EAGAIN || errno == EINTR)
 				return;
+			if (p->relay && !p->status)
+				p->status = errno;
 			close_in(p); /* EPIPE: the process closed its stdin */
+			relay_end_if_closed(p);
 			return;
 		}
 		p->inoff += (size_t)w;
@@ -188,6 +221,7 @@ void flush_stdin(struct proc *p)
 				p->in_eof = 0;
 			} else {
 				close_in(p);
+				relay_end_if_closed(p);
 			}
 		}
 	}

@@ -2,12 +2,15 @@
  * The parsing of START_POD's network entries: addresses, net_if and net_route entries accepted and refused, then the
  * shared vectors (tests/vectors/frames.txt): every "start-pod-net*" frame decoded and its entries read as the agent
  * does (net_read), accepted unless its name says "-bad-" (the host's tests run the same frames through PodRequest). Configuring
- * interfaces needs a guest: tests/test_guest_nics.py.
+ * interfaces needs a guest: tests/test_guest_nics.py. net_dial_local (OPEN_PORT) against a listener of its own.
  */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "net.h"
 #include "proto.h"
@@ -113,8 +116,38 @@ static int run_vectors(const char *path)
 	return seen;
 }
 
+/* A listener on 127.0.0.1 is reached; once it is closed, its port is refused with ECONNREFUSED, named. */
+static void check_dial(void)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	struct err e = {0};
+	int l = socket(AF_INET, SOCK_STREAM, 0);
+	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 1) < 0 ||
+	    getsockname(l, (struct sockaddr *)&a, &len) < 0) {
+		printf("FAIL dial: no listener\n");
+		failures++;
+		return;
+	}
+	unsigned port = ntohs(a.sin_port);
+	int fd = net_dial_local(port, 1000, &e), peer = accept(l, NULL, NULL);
+	if (fd < 0 || peer < 0 || write(fd, "x", 1) != 1) {
+		printf("FAIL dial %u: %s\n", port, e.msg);
+		failures++;
+	}
+	close(fd), close(peer), close(l);
+	char want[64];
+	snprintf(want, sizeof(want), "port %u", port);
+	if (net_dial_local(port, 1000, &e) >= 0 || e.code != ECONNREFUSED || !strstr(e.msg, want) ||
+	    !strstr(e.msg, "refused")) {
+		printf("FAIL dial of a closed port: %d %s\n", e.code, e.msg);
+		failures++;
+	}
+}
+
 int main(int argc, char **argv)
 {
+	check_dial();
 	check_cidr("10.77.0.2/16", 0, 1, AF_INET, "10.77.0.2", 16);
 	check_cidr("192.0.2.1/32", 0, 1, AF_INET, "192.0.2.1", 32);
 	check_cidr("1.2.3.4/1", 0, 1, AF_INET, "1.2.3.4", 1);

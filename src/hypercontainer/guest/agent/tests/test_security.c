@@ -1,12 +1,16 @@
 /*
  * security.c's parsers and tables: signal default actions, status masks, the OOM-kill counter, the device list,
- * the default masked paths, the host's path lists and seccomp filters as the agent reads them.
+ * the default masked paths, the host's path lists and seccomp filters as the agent reads them. cgroup.c's
+ * counters (CONTAINER_STATS) from a cgroup tree of the test's own.
  */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cgroup.h"
 #include "security.h"
@@ -77,6 +81,58 @@ static void test_seccomp_and_paths(void)
 	CHECK(kcore && sys && n == 15);
 }
 
+static void put(const char *dir, const char *file, const char *text)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	FILE *f = fopen(path, "w");
+	if (f)
+		fputs(text, f), fclose(f);
+}
+
+static void test_cgroup_stats(void)
+{
+	char root[] = "/tmp/hc-cgroup-XXXXXX", mem[128], cpu[128], procs[64], usage[192];
+	struct cg_stats s;
+	struct err e = {0};
+	CHECK(cg_stat_value("cache 5\ninactive_file 7\ntotal_inactive_file 9\n", "inactive_file") == 7);
+	CHECK(cg_stat_value("total_rss 10\n", "rss") == 0 && cg_stat_value("", "rss") == 0);
+	if (!mkdtemp(root)) {
+		CHECK(!"mkdtemp");
+		return;
+	}
+	cg_root = root;
+	CHECK(cg_stats("c1", &s, &e) < 0 && e.code == ENOENT && strstr(e.msg, "no memory cgroup for container c1"));
+	snprintf(mem, sizeof(mem), "%s/memory/c1", root);
+	snprintf(cpu, sizeof(cpu), "%s/cpuacct/c1", root);
+	mkdir_p(mem, 0700), mkdir_p(cpu, 0700);
+	put(mem, "memory.usage_in_bytes", "41943040\n");
+	put(mem, "memory.stat", "cache 100\nrss 3\ninactive_file 1\ntotal_rss 2097152\ntotal_inactive_file 4194304\n");
+	put(mem, "memory.limit_in_bytes", "67108864\n");
+	snprintf(procs, sizeof(procs), "%d\n1\n", (int)getpid());
+	put(mem, "cgroup.procs", procs);
+	put(cpu, "cpuacct.usage", "123456789\n");
+	CHECK(cg_stats("c1", &s, &e) == 0 && s.cpu_ns == 123456789 && s.mem_usage == 41943040 &&
+	      s.mem_working_set == 41943040 - 4194304 && s.mem_rss == 2097152 && s.mem_limit == 67108864 && s.pids == 2);
+	/* No limit of its own, more inactive cache than usage, no cpuacct: CPU time from the processes' stat. */
+	put(mem, "memory.limit_in_bytes", "9223372036854771712\n");
+	put(mem, "memory.usage_in_bytes", "4096\n");
+	snprintf(procs, sizeof(procs), "%d\n", (int)getpid());
+	put(mem, "cgroup.procs", procs);
+	snprintf(usage, sizeof(usage), "%s/cpuacct.usage", cpu);
+	unlink(usage);
+	clock_t until = clock() + CLOCKS_PER_SEC / 20; /* 50 ms of CPU: at least a few ticks */
+	while (clock() < until)
+		;
+	CHECK(cg_stats("c1", &s, &e) == 0 && s.mem_limit == 0 && s.mem_working_set == 0 && s.pids == 1);
+	CHECK(s.cpu_ns >= 20000000 && s.cpu_ns <= proc_cpu_ns(getpid()));
+	CHECK(proc_cpu_ns(-1) == 0);
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
+	CHECK(system(cmd) == 0);
+	cg_root = CGROUP_ROOT;
+}
+
 int main(void)
 {
 	const char *status = "Name:\tsleep\nSigQ:\t0/3838\nSigPnd:\t0000000000000000\nSigIgn:\t0000000000000004\n"
@@ -116,6 +172,7 @@ int main(void)
 	CHECK(c.bounding == CAPS_ALL && c.permitted == CAPS_ALL && c.ambient == 0);
 
 	test_seccomp_and_paths();
+	test_cgroup_stats();
 
 	printf("security: %s\n", failures ? "FAILED" : "ok");
 	return failures != 0;
