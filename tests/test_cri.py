@@ -422,13 +422,14 @@ def test_make_cni_installs_the_default_network_by_name(tmp_path: Path) -> None:
     assert re.search(r"^demo:.* cni\b", make, re.M) and re.search(r"^test:.* cni\b", make, re.M)
 
 
-def test_port_forward_needs_the_pods_network() -> None:
-    """Port-forward dials the pod's IP: a sandbox without one is refused with the reason. No VM."""
+def test_port_forward_needs_a_ready_sandbox() -> None:
+    """Port-forward goes through the sandbox's guest agent: a sandbox that is not ready is refused with the
+    reason. No VM."""
     from hypercontainer.cri.network import NoNetwork, Readiness
     from hypercontainer.cri.runtime import RuntimeService
 
     sid = "c" * 64
-    info = {"id": sid, "name": "p", "state": "running",
+    info = {"id": sid, "name": "p", "state": "stopped",
             "meta": {"cri": {"config": {"metadata": {"name": "p"}}, "network": {"ips": [], "state": {}},
                              "containers": {}}}}
 
@@ -442,30 +443,10 @@ def test_port_forward_needs_the_pods_network() -> None:
     rt = RuntimeService(Manager(), None, NoNetwork(lambda: Readiness(True)))  # type: ignore[arg-type]
 
     async def run() -> None:
-        with pytest.raises(Exception, match=r"has no network .no pod IP.: port-forward connects to the pod's IP"):
-            await rt.dial(sid, 80)
-        info["meta"]["cri"]["network"]["ips"] = ["127.0.0.1"]
-        with socket_on_loopback() as port:
-            _, writer = await rt.dial(sid, port)
-            writer.close()
-        with pytest.raises(ConnectionRefusedError, match="nothing listens on port 1 of pod sandbox c{12} at "
-                                                         r"127.0.0.1 \(port-forward reaches the pod's IP"):
-            await rt.dial(sid, 1)
-        info["state"] = "stopped"
         with pytest.raises(Exception, match="not ready"):
             await rt.dial(sid, 80)
 
     asyncio.run(run())
-
-
-@contextlib.contextmanager
-def socket_on_loopback():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(1)
-        yield s.getsockname()[1]
 
 
 # ---- the runtime ----------------------------------------------------------------------------------------------
@@ -582,6 +563,9 @@ def test_stats(cri: Cri) -> None:
     stats = cri.json("stats", "-o", "json", "--id", cid)["stats"]
     layer = stats[0]["writableLayer"]
     assert int(layer["usedBytes"]["value"]) >= 600 * 1024 and int(layer["inodesUsed"]["value"]) >= 1
+    # the container's own cgroups in the guest
+    assert int(stats[0]["cpu"]["usageCoreNanoSeconds"]["value"]) > 0
+    assert int(stats[0]["memory"]["workingSetBytes"]["value"]) > 0
     pod = cri.json("statsp", "-o", "json", "--id", sid)["stats"][0]
     assert pod["attributes"]["id"] == sid
     assert int(pod["linux"]["cpu"]["usageCoreNanoSeconds"]["value"]) > 0
@@ -741,7 +725,8 @@ def test_attach(cri: Cri, transport: str) -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_port_forward(cri: Cri, transport: str) -> None:
-    """crictl port-forward to the pod's httpd: hyperd connects to the pod's IP (its CNI address)."""
+    """crictl port-forward to the pod's httpd, and to a server bound to the pod's own loopback (the guest's agent
+    relays the connection inside the VM, as the kubelet reaches a pod's localhost)."""
     sid = STATE["sandbox"]
     local = 28080 + TRANSPORTS.index(transport)
 
@@ -760,6 +745,14 @@ def test_port_forward(cri: Cri, transport: str) -> None:
         assert cri.fetch(f"http://127.0.0.1:{local}/index.html") == HELLO  # the same forward serves more
     finally:
         p.send_signal(2)  # SIGINT: crictl stops forwarding
+        p.wait(20)
+    loopback = 8080 + TRANSPORTS.index(transport)
+    cri.crictl("exec", "-s", STATE["www"], "httpd", "-p", f"127.0.0.1:{loopback}", "-h", "/www")  # daemonizes
+    p = forward(loopback)
+    try:
+        assert cri.fetch(f"http://127.0.0.1:{local}/") == HELLO
+    finally:
+        p.send_signal(2)
         p.wait(20)
     p = forward(9)  # nothing listens there: the error stream says so, crictl gives up
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import json
 import logging
 import secrets
@@ -21,6 +22,9 @@ from ..errors import CommandNotRunnable, Conflict, HCError, InvalidArgument, Not
 from ..image.store import ImageStore
 from ..pod.manager import PodManager
 from ..pod.pod import Pod
+from ..protocol.agent import ContainerStats as GuestStats
+from ..protocol.agent import PortStream, PortWriter
+from ..protocol.client import AgentRequestError
 from . import convert, status
 from .api import pb, rpc
 from .errors import CriError, already_exists, failed_precondition, finishing, stream, unary, unimplemented
@@ -79,25 +83,21 @@ class RuntimeService(rpc.RuntimeServiceServicer):
         """Whether the container's config said StdinOnce (attach closes its stdin when the client's ends)."""
         return bool((self.index.container(container_id).meta.get("config") or {}).get("stdin_once"))
 
-    async def dial(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Port-forward: a TCP connection from hyperd to the sandbox's pod IP (its CNI address). The pod's own
-        loopback is not reached this way: a port the pod binds to 127.0.0.1 only cannot be forwarded."""
+    async def dial(self, sandbox_id: str, port: int) -> tuple[PortStream, PortWriter]:
+        """Port-forward: a TCP connection to the pod's own localhost:`port` (inside its VM), relayed by the guest's
+        agent, as the kubelet's port-forward reaches a pod's loopback."""
         v = self.index.sandbox(sandbox_id)
         if not v.ready:
             raise failed_precondition(f"pod sandbox {v.id} is not ready")
-        ips = status.sandbox_ips(v)
-        if not ips:
-            raise failed_precondition(f"pod sandbox {v.id} has no network (no pod IP): port-forward connects to the "
-                                      "pod's IP, and this sandbox has loopback only")
-        ip = ips[0]
         try:
-            return await asyncio.wait_for(asyncio.open_connection(ip, port), DIAL_TIMEOUT)
-        except ConnectionRefusedError:
-            raise ConnectionRefusedError(f"nothing listens on port {port} of pod sandbox {v.id[:12]} at {ip} "
-                                         "(port-forward reaches the pod's IP, not its loopback)") from None
-        except (TimeoutError, OSError) as e:
-            raise ConnectionError(f"cannot connect to port {port} of pod sandbox {v.id[:12]} at {ip}: "
-                                  f"{e or 'timed out'}") from None
+            conn = await asyncio.wait_for(self.sandbox_pod(v.id).open_port(port), DIAL_TIMEOUT)
+        except AgentRequestError as e:
+            if e.errno == errno.ECONNREFUSED:
+                raise ConnectionRefusedError(f"nothing listens on port {port} of pod sandbox {v.id[:12]}") from None
+            raise ConnectionError(f"cannot connect to port {port} of pod sandbox {v.id[:12]}: {e.message}") from None
+        except TimeoutError:
+            raise ConnectionError(f"cannot connect to port {port} of pod sandbox {v.id[:12]}: timed out") from None
+        return conn, conn.writer()
 
     async def streaming_url(self, kind: StreamKind, request: Any) -> str:
         """Where Exec, Attach and PortForward get their URL: the one place the streaming server plugs in."""
@@ -514,16 +514,28 @@ class RuntimeService(rpc.RuntimeServiceServicer):
     async def PortForward(self, request: Any, context: Any) -> Any:
         v = self.index.sandbox(request.pod_sandbox_id)
         self.sandbox_pod(v.id)
-        if not status.sandbox_ips(v):
-            raise failed_precondition(f"pod sandbox {v.id} has no network (no pod IP): port-forward connects to the "
-                                      "pod's IP, and this sandbox has loopback only")
         return pb.PortForwardResponse(url=await self.streaming_url("portforward", request))
 
     # ---- stats -------------------------------------------------------------------------------------------
+    async def _container_stats(self, containers: list[ContainerView]) -> list[Any]:
+        """Each container's writable layer (the host's) and, while it runs, its CPU and memory from its cgroups in
+        the guest (the agent's CONTAINER_STATS)."""
+        async def live(c: ContainerView) -> GuestStats | None:
+            pod = c.sandbox.pod
+            if pod is None or not c.sandbox.ready:
+                return None
+            with contextlib.suppress(HCError):
+                return await pod.container_stats(c.name)
+            return None
+
+        guest = await asyncio.gather(*(live(c) for c in containers))
+        return await asyncio.to_thread(lambda: [status.container_stats(c, g) for c, g in zip(containers, guest,
+                                                                                            strict=True)])
+
     @unary
     async def ContainerStats(self, request: Any, context: Any) -> Any:
         c = self.index.container(request.container_id)
-        return pb.ContainerStatsResponse(stats=await asyncio.to_thread(status.container_stats, c))
+        return pb.ContainerStatsResponse(stats=(await self._container_stats([c]))[0])
 
     def _stats_containers(self, f: Any) -> list[ContainerView]:
         out = self.index.containers()
@@ -536,22 +548,19 @@ class RuntimeService(rpc.RuntimeServiceServicer):
     @unary
     async def ListContainerStats(self, request: Any, context: Any) -> Any:
         found = self._stats_containers(request.filter)
-        return pb.ListContainerStatsResponse(stats=await asyncio.to_thread(lambda: [status.container_stats(c)
-                                                                                     for c in found]))
+        return pb.ListContainerStatsResponse(stats=await self._container_stats(found))
 
     @stream
     async def StreamContainerStats(self, request: Any, context: Any) -> AsyncIterator[Any]:
         found = self._stats_containers(request.filter)
-        yield pb.StreamContainerStatsResponse(container_stats=await asyncio.to_thread(
-            lambda: [status.container_stats(c) for c in found]))
+        yield pb.StreamContainerStatsResponse(container_stats=await self._container_stats(found))
 
     async def _sandbox_stats(self, v: SandboxView) -> Any:
         """The VM's CPU and memory as the host counts them (QEMU runs the guest: its resident memory is the VM's
         cost on the host), its containers' stats. No process count: the agent knows only the processes it
         started, not their children."""
         containers = self.index.containers([v])
-        linux = pb.LinuxPodSandboxStats(containers=await asyncio.to_thread(
-            lambda: [status.container_stats(c) for c in containers]))
+        linux = pb.LinuxPodSandboxStats(containers=await self._container_stats(containers))
         pod = v.pod
         usage = pod.host_usage() if pod is not None and v.ready else None
         if usage is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from ..protocol.agent import ContainerStats as GuestStats
 from .api import pb
 from .index import ContainerView, SandboxView
 
@@ -134,15 +135,25 @@ def container_attributes(c: ContainerView) -> Any:
                                   labels=cfg.get("labels") or {}, annotations=cfg.get("annotations") or {})
 
 
-def container_stats(c: ContainerView) -> Any:
-    """What is real per container: its writable layer on the host. CPU and memory are counted per VM (the
-    sandbox's stats); the agent does not report its per-container cgroups yet, so they are left out, not zero."""
+def container_stats(c: ContainerView, guest: GuestStats | None = None) -> Any:
+    """A container's writable layer on the host and, from `guest` (its cgroups in the guest, while it runs), its
+    CPU time and memory (working set as cAdvisor counts it)."""
     stats = pb.ContainerStats(attributes=container_attributes(c))
     pod = c.sandbox.pod
     if pod is not None and (usage := pod.layer_usage(c.name)) is not None:
         stats.writable_layer.CopyFrom(pb.FilesystemUsage(
             timestamp=time.time_ns(), fs_id=pb.FilesystemIdentifier(mountpoint=str(pod.statedir / "containers")),
             used_bytes=pb.UInt64Value(value=usage[0]), inodes_used=pb.UInt64Value(value=usage[1])))
+    if guest is not None:
+        stats.cpu.CopyFrom(pb.CpuUsage(timestamp=guest.timestamp,
+                                       usage_core_nano_seconds=pb.UInt64Value(value=guest.cpu_ns)))
+        memory = pb.MemoryUsage(timestamp=guest.timestamp,
+                                working_set_bytes=pb.UInt64Value(value=guest.mem_working_set),
+                                usage_bytes=pb.UInt64Value(value=guest.mem_usage),
+                                rss_bytes=pb.UInt64Value(value=guest.mem_rss))
+        if guest.memory_limit is not None:
+            memory.available_bytes.CopyFrom(pb.UInt64Value(value=max(0, guest.memory_limit - guest.mem_working_set)))
+        stats.memory.CopyFrom(memory)
     return stats
 
 
