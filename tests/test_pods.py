@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import select
 import signal
 import subprocess
 import time
@@ -388,21 +389,24 @@ def test_exec_tty_and_resize(hyperd: Daemon, sleeper: str) -> None:
     out = b""
 
     def read_until(marker: bytes) -> None:
+        """What the terminal shows until `marker` (never blocking past 60 s: a failure says what was seen)."""
         nonlocal out
         deadline = time.monotonic() + 60
-        while marker not in out and time.monotonic() < deadline:
+        while marker not in out and (left := deadline - time.monotonic()) > 0:
+            if not select.select([master], [], [], left)[0]:
+                break
             try:
                 out += os.read(master, 4096)
             except OSError:
                 break
 
     read_until(b"30 100")
-    assert b"/dev/pts/" in out and b"30 100" in out
+    assert b"/dev/pts/" in out and b"30 100" in out, out
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
     time.sleep(0.5)
     os.write(master, b"go\r")
     read_until(b"50 132")
-    assert b"50 132" in out
+    assert b"50 132" in out, out
     assert p.wait(30) == 0
     os.close(master)
 
