@@ -71,3 +71,19 @@ critest: assets
 
 critest-clean:
 	$(CRITEST) --clean
+
+# critest against hyperd's own CRI (a private hyperd: state, sockets, registry mirrors, a CNI network of its own),
+# twice: streaming over SPDY, then with -websocket-exec/-attach/-portforward; with containerd+runc through the same
+# critest beside it (CRI_REFERENCE=cached: its last result if the setup is unchanged, rerun: run it again, no: none).
+# Prints `critest: N passed, M failed, K skipped` per pass and the specs that pass with containerd+runc only.
+# `make cri-conformance CRI_PASSES=spdy CRITEST_FOCUS='Streaming'`; cri-conformance-clean removes what a killed run
+# left (the next run does too). See docs/critest.md.
+CRI_PASSES    ?= spdy ws
+CRI_REFERENCE ?= cached
+CRI_CONFORMANCE := $(PY) tools/critest/conformance.py --assets "$(abspath $(ASSETS))" --hyperd "$(abspath $(VENV))/bin/hyperd"
+.PHONY: cri-conformance cri-conformance-clean
+cri-conformance: assets cri-api
+	$(CRI_CONFORMANCE) --passes "$(CRI_PASSES)" --reference "$(CRI_REFERENCE)" --focus "$(CRITEST_FOCUS)" --skip "$(CRITEST_SKIP)"
+
+cri-conformance-clean:
+	$(CRI_CONFORMANCE) --clean

@@ -1,6 +1,7 @@
 """The services a critest run needs, and their cleanup: a local registry that stands in for registry.k8s.io,
-k8s.gcr.io, gcr.io and docker.io; a private containerd (CRI plugin, CNI bridge, the runc shim with runc or runv);
-and the removal of all they leave behind, also after a run that was killed."""
+k8s.gcr.io, gcr.io and docker.io; a private containerd (CRI plugin, CNI bridge, the runc shim with runc or runv)
+or a private hyperd (its own CRI, CNI network and registry mirrors); and the removal of all they leave behind,
+also after a run that was killed."""
 
 from __future__ import annotations
 
@@ -134,8 +135,9 @@ class Network:
     """The CNI network of our containerd: a bridge and a subnet of its own (not podman's 10.88/16, nor hyperd's
     10.77/16), host-local IPAM with its data under our run directory, and portmap for host ports."""
 
-    def __init__(self, name: str, bridge: str, subnet: str) -> None:
+    def __init__(self, name: str, bridge: str, subnet: str, loopback: bool = False) -> None:
         self.name, self.bridge, self.subnet = name, bridge, ipaddress.ip_network(subnet)
+        self.loopback = loopback  # containerd brings up loopback itself; other runtimes want the plugin
 
     def conflist(self, ipam_dir: Path) -> str:
         return json.dumps({
@@ -145,6 +147,7 @@ class Network:
                  "ipam": {"type": "host-local", "ranges": [[{"subnet": str(self.subnet)}]],
                           "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(ipam_dir)}},
                 {"type": "portmap", "capabilities": {"portMappings": True}},
+                *([{"type": "loopback"}] if self.loopback else []),
             ]}, indent=1)
 
 
@@ -222,7 +225,128 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             return False
 
 
+def crictl_run(crictl: Path, endpoint: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(crictl), "--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--timeout",
+                           "60s", *args], capture_output=True, text=True, timeout=timeout)
+
+
+# The host directories critest's specs make with os.MkdirTemp("") (pod log dirs, volumes, seccomp profiles).
+CRITEST_TMP = re.compile(r"^(podLogTest\d+|test[0-9a-f]{64}\d+|seccomp-tests\d+)$")
+
+
+def sweep_tmp(tmp: Path = Path("/tmp")) -> int:
+    """What critest runs made in /tmp before their TMPDIR was under the run directory (or critest run by hand):
+    directories named as critest names them, with nothing mounted below; `--clean` only."""
+    n = 0
+    for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+        if CRITEST_TMP.match(p.name) and p.is_dir() and not p.is_symlink():
+            unmount_all(p)
+            if not mounts_under(p):
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+    return n
+
+
+def critest_tmp(d: Path) -> Path:
+    """critest's TMPDIR: the host directories its specs make (volumes, pod log directories: os.MkdirTemp("")) and
+    do not always remove go here, under the run directory, not into /tmp; mode 1777 like /tmp."""
+    t = d / "tmp"
+    t.mkdir(parents=True, exist_ok=True)
+    t.chmod(0o1777)
+    return t
+
+
+# ---- hyperd ----------------------------------------------------------------------------------------------------
+class Hyperd:
+    """A hyperd of our own, everything under `d`: state (--root), run directory, API and CRI sockets, registry
+    mirrors (certs.d, the same files containerd reads), a CNI network of its own (conflist, IPAM data, result
+    cache, network namespaces), with --no-live-restore (its pods stop with it) and --network none for its own
+    non-CRI pods (critest makes none)."""
+
+    def __init__(self, d: Path, hyperd: Path, assets: Path, net: Network, crictl: Path, debug: bool = False) -> None:
+        self.dir, self.hyperd, self.assets, self.net, self.crictl_bin = d, hyperd, assets, net, crictl
+        self.hyperctl_bin = hyperd.parent / "hyperctl"
+        self.debug = debug
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = hyperd_env(d, assets)
+
+    @property
+    def sock(self) -> Path:
+        return self.dir / "run/cri.sock"
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.sock}"
+
+    def write_config(self, registry_port: int) -> None:
+        d = self.dir
+        for sub in ("net.d", "certs.d", "state", "run", "cni", "netns"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "net.d/10-critest.conflist").write_text(self.net.conflist(d / "ipam"))
+        write_mirrors(d / "certs.d", registry_port)
+
+    def command(self) -> list[str]:
+        d = self.dir
+        return [str(self.hyperd), "--root", str(d / "state"), "--run", str(d / "run"),
+                "--socket", str(d / "run/hyperd.sock"), "--assets", str(self.assets),
+                "--registry-config", str(d / "certs.d"), "--network", "none", "--no-live-restore",
+                "--cri-socket", str(self.sock), "--cri-streaming-address", "127.0.0.1",
+                "--cni-conf-dir", str(d / "net.d"), "--cni-bin-dir", CNI_BIN, "--cni-cache-dir", str(d / "cni"),
+                "--cni-netns-dir", str(d / "netns"), "--cni-network", self.net.name,
+                *(["--debug"] if self.debug else [])]
+
+    def start(self, logfile: Path) -> None:
+        (self.dir / "started").write_text(str(time.time()))
+        with open(logfile, "ab") as out:
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                         env=self.env, start_new_session=True)
+        # the first start may probe the accelerator and build the guest assets: minutes under TCG
+        wait_for(lambda: self.proc.poll() is not None or self.crictl_ok("version"), 900, "hyperd's CRI")
+        if self.proc.poll() is not None:
+            raise SystemExit(f"hyperd exited ({self.proc.returncode}); see {logfile}")
+
+    def crictl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return crictl_run(self.crictl_bin, self.endpoint, *args, timeout=timeout)
+
+    def crictl_ok(self, *args: str) -> bool:
+        try:
+            return self.crictl(*args, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def describe(self) -> str:
+        """hyperd's version, accelerator and the CRI's conditions, in a line."""
+        parts = []
+        with contextlib.suppress(Exception):
+            info = json.loads(subprocess.run([str(self.hyperctl_bin), "info", "--json"], env=self.env,
+                                             capture_output=True, text=True, timeout=30).stdout)
+            parts.append(f"accelerator {info['accelerator']['name']}")
+        with contextlib.suppress(Exception):
+            status = json.loads(self.crictl("info", "-o", "json").stdout)["status"]
+            parts += [f"{c['type']}={c['status']}" + (f" ({c.get('message')})" if c.get("message") else "")
+                      for c in status.get("conditions", [])]
+        with contextlib.suppress(Exception):
+            v = self.crictl("version").stdout
+            m = re.search(r"RuntimeVersion:\s*(\S+)", v)
+            parts.insert(0, f"hyperd {m.group(1) if m else '?'}")
+        return ", ".join(parts)
+
+
+def hyperd_env(d: Path, assets: Path) -> dict[str, str]:
+    """hyperd's and hyperctl's environment: none of the caller's HYPERCONTAINER_* settings, ours instead."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HYPERCONTAINER_")}
+    return dict(environ, HYPERCONTAINER_ROOT=str(d / "state"), HYPERCONTAINER_RUN=str(d / "run"),
+                HYPERCONTAINER_SOCKET=str(d / "run/hyperd.sock"), HYPERCONTAINER_ASSETS=str(assets))
+
+
 # ---- cleanup ---------------------------------------------------------------------------------------------------
+def stop_critest(d: Path) -> None:
+    """A critest still running against the runtime in `d` (its run was killed): stopped before the cleanup."""
+    for pid in procs_mentioning(d):
+        if Path(cmdline(pid).split(" ")[0]).name == "critest":
+            stop_pid(pid, 10)
+
+
 def mounts_under(d: Path) -> list[str]:
     prefix = str(d.resolve()) + "/"
     out = []
@@ -305,6 +429,7 @@ def cleanup(d: Path, binary: str, net: Network, crictl: Path | None, environ: di
     if not d.exists() and not Path(f"/sys/class/net/{net.bridge}").exists():
         return
     started = float((d / "started").read_text()) if (d / "started").exists() else time.time()
+    stop_critest(d)
     sock = d / "containerd.sock"
     if crictl and sock.exists():
         ep = f"unix://{sock}"
@@ -337,3 +462,90 @@ def cleanup(d: Path, binary: str, net: Network, crictl: Path | None, environ: di
         log(f"warning: still mounted, so {d} is kept: {left[:3]}")
     else:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def hyperd_leftovers(d: Path, net: Network) -> list[str]:
+    """What a hyperd that has removed its sandboxes and stopped should not have left: VMM (or other) processes
+    naming its directories, network namespaces in its netns directory, CNI result cache entries, IPAM
+    allocations, links on our bridge, portmap rules naming our network, mounts under its state and run dirs."""
+    found = []
+    procs = [pid for pid in procs_mentioning(d) if Path(cmdline(pid).split(" ")[0]).name != "critest"]
+    if procs:
+        found.append(f"{len(procs)} process(es): " + "; ".join(cmdline(p)[:80] for p in procs[:3]))
+    netns = [m for m in mounts_under(d / "netns") if Path(m).parent == d / "netns"]
+    if netns:
+        found.append(f"{len(netns)} network namespace(s): {', '.join(Path(m).name for m in netns[:3])}")
+    cache = sorted((d / "cni/results").glob("*")) if (d / "cni/results").is_dir() else []
+    if cache:
+        found.append(f"{len(cache)} CNI result cache entr{'y' if len(cache) == 1 else 'ies'}: "
+                     f"{', '.join(c.name for c in cache[:3])}")
+    ips = []
+    for f in (d / "ipam").glob("*/*"):
+        with contextlib.suppress(ValueError):
+            ips.append(str(ipaddress.ip_address(f.name)))
+    if ips:
+        found.append(f"{len(ips)} IPAM allocation(s): {', '.join(sorted(ips)[:5])}")
+    brif = Path(f"/sys/class/net/{net.bridge}/brif")
+    links = sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
+    if links:
+        found.append(f"{len(links)} link(s) on {net.bridge}: {', '.join(links[:5])}")
+    r = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True)
+    rules = [x for x in r.stdout.splitlines() if x.startswith("-A ") and f'name: \\"{net.name}\\"' in x]
+    if rules:
+        found.append(f"{len(rules)} portmap NAT rule(s) naming {net.name}")
+    mounts = [m for sub in ("state", "run") for m in mounts_under(d / sub)]
+    if mounts:
+        found.append(f"{len(mounts)} mount(s) under {d}/{{state,run}}: {', '.join(mounts[:2])}")
+    return found
+
+
+def hyperd_cleanup(d: Path, net: Network, crictl: Path | None, hyperd: Path, assets: Path,
+                   shm_before: set[int] | None = None) -> list[str]:
+    """Removes all that a hyperd run in `d` made, whether it ended well or was killed: its sandboxes (through the
+    CRI while hyperd answers: hyperd's own CNI DEL and namespace removal), any pod left (hyperctl rm -f), hyperd
+    itself (SIGTERM: with --no-live-restore it stops its VMs), then whatever is still there: processes naming `d`,
+    mounts (overlays, network namespaces), our bridge and NAT rules, uid leases and cgroups of VMMs that are gone,
+    critest's SysV segments, then `d`. Returns what hyperd left behind after its own cleanup (a finding)."""
+    if not d.exists() and not Path(f"/sys/class/net/{net.bridge}").exists():
+        return []
+    started = float((d / "started").read_text()) if (d / "started").exists() else time.time()
+    environ = hyperd_env(d, assets)
+    stop_critest(d)
+    api = str(d / "run/hyperd.sock")
+    ours = [pid for pid in procs_mentioning(d) if f"--socket {api} " in cmdline(pid)]
+    checked = False
+    if ours:
+        sock = d / "run/cri.sock"
+        if crictl and sock.exists():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                crictl_run(crictl, f"unix://{sock}", "rmp", "--all", "--force", timeout=900)
+        hyperctl = str(hyperd.parent / "hyperctl")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            ids = subprocess.run([hyperctl, "ps", "-aq"], env=environ, capture_output=True, text=True,
+                                 timeout=60).stdout.split()
+            if ids:
+                subprocess.run([hyperctl, "rm", "-f", *ids], env=environ, capture_output=True, timeout=600)
+        for pid in ours:
+            stop_pid(pid, 180)  # --no-live-restore: hyperd stops what is left of its pods and their VMs
+        checked = True
+    left = hyperd_leftovers(d, net) if checked else []
+    for pid in procs_mentioning(d):  # VMMs, file servers, a critest of a killed run
+        stop_pid(pid, 10)
+    unmount_all(d)  # overlays, pods' shares, network namespaces (bind mounts in d/netns)
+    for ns in netns_in_subnet(net):
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+    if Path(f"/sys/class/net/{net.bridge}").exists():
+        subprocess.run(["ip", "link", "delete", net.bridge], capture_output=True)
+    drop_portmap_rules(net)
+    with contextlib.suppress(subprocess.TimeoutExpired):  # leases and cgroups of the VMMs stopped above
+        subprocess.run([str(hyperd.parent / "python"), "-c", "from hypercontainer.vm import confine; confine.sweep()"],
+                       capture_output=True, timeout=60)
+    n = drop_test_shm(started, shm_before)
+    if n:
+        log(f"removed {n} SysV shared memory segment(s) critest left")
+    still = mounts_under(d)
+    if still:
+        log(f"warning: still mounted, so {d} is kept: {still[:3]}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
+    return left

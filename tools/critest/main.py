@@ -9,7 +9,9 @@ start of the next run after a run that was killed."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -62,9 +64,25 @@ def follow(proc: subprocess.Popen[str], logfile: Path, t0: float) -> None:
                     print(f"   ... {done} specs done, {failed} failed, {time.monotonic() - t0:.0f} s", flush=True)
 
 
-def run_critest(cmd: list[str], logfile: Path, t0: float) -> int:
+def critest_cmd(critest: Path, endpoint: str, results: Path, timeout: str, focus: str, skip: str,
+                flags: list[str]) -> list[str]:
+    """critest against `endpoint`: verbose, its JSON report into `results`, the suite's timeout, focus and skip
+    regexes, and extra flags (the -websocket-* ones)."""
+    cmd = [str(critest), f"-runtime-endpoint={endpoint}", f"-image-endpoint={endpoint}",
+           f"-ginkgo.json-report={results / 'report.json'}", "-ginkgo.no-color", "-ginkgo.v",
+           f"-ginkgo.timeout={timeout}", "-ginkgo.poll-progress-after=300s", "-ginkgo.poll-progress-interval=60s",
+           *flags]
+    if focus:
+        cmd.append(f"-ginkgo.focus={focus}")
+    if skip:
+        cmd.append(f"-ginkgo.skip={skip}")
+    return cmd
+
+
+def run_critest(cmd: list[str], logfile: Path, t0: float, tmpdir: Path) -> int:
+    """Runs critest, its output into logfile; TMPDIR is where its specs make their host directories."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, env=dict(os.environ, TMPDIR=str(tmpdir)))
     reader = threading.Thread(target=follow, args=(proc, logfile, t0), daemon=True)
     reader.start()
     try:
@@ -81,12 +99,15 @@ def run_critest(cmd: list[str], logfile: Path, t0: float) -> int:
 
 
 def run_one(rt: str, args: argparse.Namespace, out: Path, critest: Path, crictl: Path, registry: env.Registry,
-            net: env.Network) -> None:
+            net: env.Network, flags: list[str] | None = None, name: str = "", timeout: str = "") -> dict:
+    """critest against a containerd of ours running `rt`; results under results/<name or rt>/. Returns the
+    result (result.json)."""
+    flags = flags or []
     binary, d, environ = runtime(rt, args, out)
     if not Path(binary).exists():
         raise SystemExit(f"no {rt} binary ({binary})")
     env.cleanup(d, binary, net, crictl, environ)  # what a killed run left
-    results = out / "results" / rt
+    results = out / "results" / (name or rt)
     shutil.rmtree(results, ignore_errors=True)
     results.mkdir(parents=True)
     d.mkdir(parents=True)
@@ -94,29 +115,37 @@ def run_one(rt: str, args: argparse.Namespace, out: Path, critest: Path, crictl:
     ctd.write_config(registry.port)
     shm_before = set(env.shm_segments())
     code, t0 = -1, 0.0
+    label = f"{name or rt}"
     try:
         ctd.start(results / "containerd.log")
-        timeout = args.runc_timeout if rt == "runc" else args.runv_timeout
-        cmd = [str(critest), f"-runtime-endpoint={ctd.endpoint}", f"-image-endpoint={ctd.endpoint}",
-               f"-ginkgo.json-report={results / 'report.json'}", "-ginkgo.no-color", "-ginkgo.v",
-               f"-ginkgo.timeout={timeout}", "-ginkgo.poll-progress-after=300s", "-ginkgo.poll-progress-interval=60s"]
-        if args.focus:
-            cmd.append(f"-ginkgo.focus={args.focus}")
-        if args.skip:
-            cmd.append(f"-ginkgo.skip={args.skip}")
-        log(f"critest ({rt}): containerd {containerd_version()} + {binary} (log: {results / 'critest.log'})")
+        timeout = timeout or (args.runc_timeout if rt == "runc" else args.runv_timeout)
+        cmd = critest_cmd(critest, ctd.endpoint, results, timeout, args.focus, args.skip, flags)
+        log(f"critest ({label}): containerd {containerd_version()} + {' '.join([binary, *flags])} "
+            f"(log: {results / 'critest.log'})")
         t0 = time.monotonic()
-        code = run_critest(cmd, results / "critest.log", t0)
+        code = run_critest(cmd, results / "critest.log", t0, env.critest_tmp(d))
     finally:
         handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         seconds = time.monotonic() - t0 if t0 else 0.0
-        res = report.result(rt, results / "report.json", seconds, results / "critest.log", args.focus, args.skip,
-                            code)
+        res = report.result(label, results / "report.json", seconds, results / "critest.log", args.focus,
+                            args.skip, code)
+        res["setup"] = setup_key(rt, binary, flags, registry.pushed())
         (results / "result.json").write_text(json.dumps(res, indent=1))
-        log(f"cleaning up after critest ({rt})")
+        log(f"cleaning up after critest ({label})")
         env.cleanup(d, binary, net, crictl, environ, shm_before)
         for s, h in handlers.items():
             signal.signal(s, h)
+    return res
+
+
+def setup_key(rt: str, binary: str, flags: list[str], refs: dict[str, str] | None) -> dict:
+    """What a result depends on besides the specs run: critest's version and flags, containerd's and the runtime's
+    versions, the test images. A cached result with the same key (and focus/skip) stands for a new run."""
+    r = subprocess.run([binary, "--version"], capture_output=True, text=True)
+    images = hashlib.sha256(json.dumps(refs or {}, sort_keys=True).encode()).hexdigest()[:16]
+    return {"cri_tools": build.CRI_TOOLS_VERSION, "containerd": containerd_version(), "runtime": rt,
+            "runtime_version": r.stdout.splitlines()[0] if r.returncode == 0 and r.stdout else "?",
+            "flags": flags, "images": images}
 
 
 def runtime(rt: str, args: argparse.Namespace, out: Path) -> tuple[str, Path, dict[str, str]]:
@@ -133,8 +162,15 @@ def clean(args: argparse.Namespace, out: Path) -> int:
     for rt in ("runc", "runv"):
         binary, d, environ = runtime(rt, args, out)
         env.cleanup(d, binary, net, crictl if crictl.exists() else None, environ)
+    hnet = env.Network("critest-hyperd", os.environ.get("CRITEST_HYPERD_BRIDGE", "critest1"),
+                       os.environ.get("CRITEST_HYPERD_SUBNET", "10.98.0.0/24"))
+    env.hyperd_cleanup(out / "run/hyperd", hnet, crictl if crictl.exists() else None, REPO / ".venv/bin/hyperd",
+                       args.assets)
     for pid in env.procs_mentioning(out / "registry/config.yml"):
         env.stop_pid(pid)
+    n = env.sweep_tmp()
+    if n:
+        log(f"removed {n} director{'y' if n == 1 else 'ies'} critest had left in /tmp")
     log("critest: cleaned up")
     return 0
 
@@ -167,12 +203,22 @@ def main() -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     args.assets = args.assets.resolve()
+    with locked(out):
+        return clean(args, out) if args.clean else run_all(args, runtimes, out)
+
+
+@contextlib.contextmanager
+def locked(out: Path, wait: bool = False):
+    """build/critest/.lock: one critest run at a time (`make critest`, `make cri-conformance`, their cleanups)."""
     with open(out / ".lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SystemExit(f"another critest run holds {out / '.lock'}") from None
-        return clean(args, out) if args.clean else run_all(args, runtimes, out)
+            if not wait:
+                raise SystemExit(f"another critest run holds {out / '.lock'}") from None
+            log(f"waiting for another critest run to finish (it holds {out / '.lock'})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def run_all(args: argparse.Namespace, runtimes: list[str], out: Path) -> int:
