@@ -37,6 +37,7 @@ from typing import Any
 from ..errors import InvalidArgument
 from ..spec.pod import MIN_MEMORY_MIB, cap_name
 from .api import pb
+from .errors import unimplemented
 
 MIB = 1 << 20
 VM_HEADROOM_MIB = 64  # the guest kernel and agent, on top of the pod's limits
@@ -163,8 +164,8 @@ def _mounts(config: Any, container_id: str, unapplied: list[str]) -> tuple[list[
     files: list[dict[str, Any]] = []
     for i, m in enumerate(config.mounts):
         where = f"mount {m.container_path or '?'}"
-        if m.HasField("image") and m.image.image:
-            raise InvalidArgument(f"{where}: image volumes are not supported")
+        if m.HasField("image") and m.image.image:  # Unimplemented: what a runtime without them answers
+            raise unimplemented(f"{where}: image volumes are not supported")
         if len(m.uidMappings) or len(m.gidMappings):
             raise InvalidArgument(f"{where}: ID-mapped mounts are not supported")
         if m.recursive_read_only and not m.readonly:

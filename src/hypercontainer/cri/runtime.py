@@ -599,11 +599,11 @@ class RuntimeService(rpc.RuntimeServiceServicer):
 
     @unary
     async def ListMetricDescriptors(self, request: Any, context: Any) -> Any:
-        return pb.ListMetricDescriptorsResponse()
+        raise unimplemented("CRI metrics are not provided (ContainerStats and PodSandboxStats are)")
 
     @unary
     async def ListPodSandboxMetrics(self, request: Any, context: Any) -> Any:
-        return pb.ListPodSandboxMetricsResponse()
+        raise unimplemented("CRI metrics are not provided (ContainerStats and PodSandboxStats are)")
 
     @stream
     async def StreamPodSandboxMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:

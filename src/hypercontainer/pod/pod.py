@@ -503,7 +503,7 @@ class Pod:
         """Lets go of a running pod (hyperd is stopping; the next one takes it over): nothing is stopped."""
         if self._watcher:
             self._watcher.cancel()
-        for t in self._relays:
+        for t in [*self._relays, *self._supervisors]:  # the next hyperd watches the containers
             t.cancel()
         if self.agent:
             await self.agent.close()
