@@ -17,7 +17,6 @@ import errno
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,9 +24,6 @@ from types import SimpleNamespace
 import pytest
 
 from hypercontainer.errors import InvalidArgument
-from hypercontainer.guest import assets as guest_assets
-from hypercontainer.image.store import Image
-from hypercontainer.image.unpack import unpack_layer
 from hypercontainer.network.attachment import Attachment, Interface, Route
 from hypercontainer.pod.container import Container
 from hypercontainer.pod.pod import GuestAssets, Pod
@@ -35,8 +31,8 @@ from hypercontainer.pod.states import PodState
 from hypercontainer.pod.templates import Template, Templates
 from hypercontainer.protocol.agent import AgentRequestError, PodRequest
 from hypercontainer.spec.pod import PodSpec
-from hypercontainer.vm.accel import detect
 
+from .guest import guest_parts
 from .netns import Netns, sh
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, taps and QEMU need root"),
@@ -63,20 +59,7 @@ def lan():
 
 @pytest.fixture(scope="module")
 def guest(busybox_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """The guest assets (rebuilt if the agent's sources changed, as hyperd does at start), the accelerator, and a
-    busybox image unpacked as one layer."""
-    cache = Path(os.environ.get("HYPERCONTAINER_ASSETS", "/var/lib/hypercontainer/assets"))
-    a = guest_assets.ensure(cache)
-    accel = asyncio.run(detect(a.kernel, a.initrd, a.digest, cache / "accel.json",
-                               os.environ.get("HYPERCONTAINER_ACCEL") or None))
-    layer = tmp_path_factory.mktemp("busybox") / "layer"
-    with tarfile.open(busybox_tar) as outer:
-        inner = outer.extractfile("layer/layer.tar")
-        assert inner
-        unpack_layer(inner, layer)  # type: ignore[arg-type]
-    image = Image("sha256:" + "1" * 64, ("busybox:latest",), (), {"config": {"Cmd": ["sh"]}}, ("d",), ("b",),
-                  (layer,), 0, "")
-    return SimpleNamespace(assets=a, accel=accel.name, image=image)
+    return guest_parts(busybox_tar, tmp_path_factory, "sha256:" + "1" * 64)
 
 
 class GivenNetwork:

@@ -15,7 +15,6 @@ import errno
 import os
 import shutil
 import socket
-import tarfile
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,9 +24,6 @@ from types import SimpleNamespace
 import pytest
 
 from hypercontainer.errors import Conflict, InvalidArgument, NotFound
-from hypercontainer.guest import assets as guest_assets
-from hypercontainer.image.store import Image
-from hypercontainer.image.unpack import unpack_layer
 from hypercontainer.pod.container import Container
 from hypercontainer.pod.pod import GuestAssets, Pod
 from hypercontainer.protocol.agent import (
@@ -40,8 +36,8 @@ from hypercontainer.protocol.agent import (
 )
 from hypercontainer.protocol.codec import BY_NAME, FrameReader, Msg
 from hypercontainer.spec.pod import PodSpec
-from hypercontainer.vm.accel import detect
 
+from .guest import guest_parts
 from .test_agent import Agent as AgentBinary
 from .test_protocol import vectors
 
@@ -328,20 +324,7 @@ APP = ("head -c 33554432 /dev/zero > /dev/shm/fill; echo hello-from-the-pod > /t
 
 @pytest.fixture(scope="module")
 def guest(busybox_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """The guest assets (rebuilt if the agent's sources changed, as hyperd does at start), the accelerator, and a
-    busybox image unpacked as one layer."""
-    cache = Path(os.environ.get("HYPERCONTAINER_ASSETS", "/var/lib/hypercontainer/assets"))
-    a = guest_assets.ensure(cache)
-    accel = asyncio.run(detect(a.kernel, a.initrd, a.digest, cache / "accel.json",
-                               os.environ.get("HYPERCONTAINER_ACCEL") or None))
-    layer = tmp_path_factory.mktemp("busybox") / "layer"
-    with tarfile.open(busybox_tar) as outer:
-        inner = outer.extractfile("layer/layer.tar")
-        assert inner
-        unpack_layer(inner, layer)  # type: ignore[arg-type]
-    image = Image("sha256:" + "2" * 64, ("busybox:latest",), (), {"config": {"Cmd": ["sh"]}}, ("d",), ("b",),
-                  (layer,), 0, "")
-    return SimpleNamespace(assets=a, accel=accel.name, image=image)
+    return guest_parts(busybox_tar, tmp_path_factory, "sha256:" + "2" * 64)
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 120) -> None:
