@@ -40,7 +40,9 @@ def main() -> None:
     (tmp / "containers.conf").write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
                                          '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
     env = dict(os.environ, CONTAINERS_CONF=str(tmp / "containers.conf"))
-    podman = ["podman", "--root", str(tmp / "root"), "--runroot", str(tmp / "runroot"), "--storage-driver", "vfs"]
+    (tmp / "net").mkdir()  # its own network configs: `system reset` removes every one it sees (/etc/cni/net.d's)
+    podman = ["podman", "--root", str(tmp / "root"), "--runroot", str(tmp / "runroot"), "--storage-driver", "vfs",
+              "--network-config-dir", str(tmp / "net")]
     subprocess.run([*podman, "load", "-i", str(tar)], env=env, check=True, capture_output=True)
     (tmp / "hyperd").mkdir()
     d = Daemon(tmp / "hyperd")

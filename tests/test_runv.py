@@ -399,8 +399,9 @@ def podman(busybox_tar: Path):
     (d / "containers.conf").write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
                                        '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
     env = dict(os.environ, CONTAINERS_CONF=str(d / "containers.conf"), HYPERCONTAINER_ASSETS=ASSETS)
+    (d / "net").mkdir()  # its own network configs: `system reset` below removes every one it sees
     base = ["podman", "--root", str(d / "root"), "--runroot", str(d / "runroot"), "--storage-driver", "vfs",
-            "--runtime", RUNV]
+            "--runtime", RUNV, "--network-config-dir", str(d / "net")]
 
     def pm(*args: str, timeout: float = 180, **kw) -> subprocess.CompletedProcess:
         return subprocess.run([*base, *args], env=env, capture_output=True, timeout=timeout, **kw)
