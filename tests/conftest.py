@@ -101,6 +101,28 @@ class Daemon:
             time.sleep(every)
         raise AssertionError("the pool never filled")
 
+    def mountinfo(self) -> str:
+        """The mount table of hyperd's own mount namespace (storage/mountns.py), where its pods' mounts live: its
+        process's while it runs; while it is down, the namespace its pin holds for the VMs that may run on; with
+        neither, the host's (nothing of hyperd's may be left there)."""
+        if self.proc and self.proc.poll() is None:
+            return Path(f"/proc/{self.proc.pid}/mountinfo").read_text()
+        pin = self.rundir / "ns" / "mnt"
+        if os.path.ismount(pin):
+            return subprocess.run(["nsenter", f"--mount={pin}", "cat", "/proc/self/mountinfo"], capture_output=True,
+                                  text=True, check=True).stdout
+        return Path("/proc/self/mountinfo").read_text()
+
+    def mounts_under(self, path: Path) -> list[Path]:
+        """Mount points at or below `path` in hyperd's mount namespace (see mountinfo)."""
+        points = [line.split()[4] for line in self.mountinfo().splitlines()]
+        return [Path(p) for p in points if p == str(path) or p.startswith(f"{path}/")]
+
+    def view(self, path: Path) -> Path:
+        """`path` as hyperd (and so its VMs' share daemons) sees it: through its root in its mount namespace."""
+        assert self.proc and self.proc.poll() is None, "hyperd is not running"
+        return Path(f"/proc/{self.proc.pid}/root") / path.relative_to("/")
+
     @property
     def cri_socket(self) -> Path:
         return self.root / "run" / "cri.sock"

@@ -32,8 +32,8 @@ def wait_for(pred, tries: int = 600, every: float = 0.05) -> None:
     raise AssertionError("condition never held")
 
 
-def share_mounts(share: str) -> int:
-    return sum(1 for line in Path("/proc/self/mountinfo").read_text().splitlines() if share in line.split()[4])
+def share_mounts(d: Daemon, share: str) -> int:
+    return sum(1 for line in d.mountinfo().splitlines() if share in line.split()[4])
 
 
 def test_kept_alive_pod_outlives_its_containers(hyperd: Daemon) -> None:
@@ -79,7 +79,7 @@ def test_three_hundred_containers_come_and_go(hyperd: Daemon) -> None:
     try:
         share = json.loads(hyperd.hyperctl("inspect", "churn", check=True).stdout)["runtime"]["share_dir"]
         before = rest.request("GET", "/v1/pods/churn/agent")
-        mounts = share_mounts(share)
+        mounts = share_mounts(hyperd, share)
         for i in range(300):
             name = f"c{i % 3}"
             rest.request("POST", "/v1/pods/churn/containers", json={"container": {
@@ -95,7 +95,7 @@ def test_three_hundred_containers_come_and_go(hyperd: Daemon) -> None:
                 raise AssertionError(f"container {name} never exited")
         after = rest.request("GET", "/v1/pods/churn/agent")
         assert after == before, (before, after)
-        assert share_mounts(share) == mounts
+        assert share_mounts(hyperd, share) == mounts
         info = json.loads(hyperd.hyperctl("inspect", "churn", check=True).stdout)
         assert [c["name"] for c in info["containers"]] == ["churn"] and info["state"] == "running"
     finally:

@@ -83,7 +83,7 @@ def leftovers(d: Daemon, keeper: dict, netns: Netns | None) -> list[str]:
     out = [f"{len(spares)} spare pool VMs"] if len(spares) > int(d.env.get("HYPERCONTAINER_POOL", "0")) else []
     out += [f"process {p}: {cmdline(p)[:200]!r}" for p in vmms_under(d.root) - allowed]
     ours = [d.statedir / "pods" / keeper["id"], Path(rt["rundir"]), Path(rt["share_dir"]), *spares]
-    out += [f"mount {m}" for m in mounts_under(d.root) if not any(m == o or o in m.parents for o in ours)]
+    out += [f"mount {m}" for m in d.mounts_under(d.root) if not any(m == o or o in m.parents for o in ours)]
     with sqlite3.connect(d.statedir / "hyperd.db") as db:
         leases = db.execute("SELECT ip, pod_id FROM leases").fetchall()
     out += [f"lease {ip} of {pod[:12]}" for ip, pod in leases if pod != keeper["id"]]
@@ -100,7 +100,7 @@ def check_path(d: Daemon, kind: str, point: str, keeper: dict) -> None:
     """Between the crash and the next start: what the dead start left shows it took its kind's path (a pool VM's
     share holds the container's root; a template clone's QEMU maps the template, a cold one does not)."""
     if kind == "pool" and point != "network":
-        assert [m for m in mounts_under(d.rundir / "pool") if len(m.relative_to(d.rundir / "pool").parts) > 2]
+        assert [m for m in d.mounts_under(d.rundir / "pool") if len(m.relative_to(d.rundir / "pool").parts) > 2]
     if point in ("qemu", "restored", "agent", "start-pod", "container") and kind != "pool":
         pids = vmms_under(d.rundir / "pods") - {keeper["runtime"]["vm_pid"], keeper["runtime"]["share_pid"]}
         clones = [b"/templates/" in cmdline(p) for p in pids if b"qemu-system" in cmdline(p)]
@@ -162,7 +162,7 @@ def crash_at_each(d: Daemon, busybox_tar: Path, kinds: dict[str, tuple[str, ...]
         if d.proc and d.proc.poll() is not None:
             d.start()
         d.stop()
-        left, mounts = vmms_under(d.root), mounts_under(d.root)
+        left, mounts = vmms_under(d.root), mounts_under(d.root)  # the host's: hyperd's namespace is unpinned
         for pid in left:  # what a failed recovery leaked: gone all the same, the failure reported
             os.kill(pid, signal.SIGKILL)
         for m in mounts:

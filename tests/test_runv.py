@@ -144,6 +144,9 @@ def test_create_start_state_kill_delete(runv: Runv, bundle: Path, tmp_path: Path
     assert runv("create", "--bundle", str(bundle), "c1").returncode == 1  # the id is taken
     assert runv("start", "c1").returncode == 0
     assert runv.state("c1")["status"] == "running"
+    # the share's mounts live in the shim's mount namespace alone: no host directory becomes a mount point
+    assert f" {runv.root / 'c1'}/" in Path(f"/proc/{st['pid']}/mountinfo").read_text()
+    assert not mounts_under(runv.root)
     assert runv("start", "c1").returncode == 1
     r = runv("delete", "c1")
     assert r.returncode == 1 and b"not stopped" in r.stderr

@@ -18,27 +18,32 @@ import pytest
 from hypercontainer.cli.rest import Rest
 from hypercontainer.errors import HCError
 
-from .conftest import Daemon
+from .conftest import BUILD, Daemon
 
 pytestmark = pytest.mark.vm
 
 
-def host_mounts(exclude: str) -> list[str]:
-    """The host's mounts (mount point and options) that no test or daemon running meanwhile makes or removes:
-    everything outside /tmp, /run and /var/lib (where other pods' and engines' mounts come and go), without
-    what lies under `exclude`. The decoys are checked on their own."""
-    busy = ("/tmp/", "/run/", "/var/lib/")
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4:6] for line in f]
-    return sorted(" ".join(p) for p in points if exclude not in p[0] and not p[0].startswith(busy))
+def host_mounts(d: Daemon, exclude: str) -> list[str]:
+    """The mounts (mount point and options) that no test or daemon running meanwhile makes or removes, in the
+    host's namespace and in hyperd's (storage/mountns.py: where a mount hyperd was tricked into would land):
+    everything outside /tmp, /run, /var/lib and build/ (where other pods', daemons' and engines' mounts come
+    and go), without what lies under `exclude`. The decoys are checked on their own."""
+    busy = ("/tmp/", "/run/", "/var/lib/", f"{BUILD}/")
+    out = []
+    for where, table in (("host", Path("/proc/self/mountinfo").read_text()), ("hyperd", d.mountinfo())):
+        points = [line.split()[4:6] for line in table.splitlines()]
+        out += [f"{where} {' '.join(p)}" for p in points if exclude not in p[0] and not p[0].startswith(busy)]
+    return sorted(out)
 
 
 def share_of(d: Daemon, pod: str) -> Path:
     return Path(json.loads(d.hyperctl("inspect", pod, check=True).stdout)["runtime"]["share_dir"])
 
 
-def as_nobody(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+def as_nobody(*argv: str, d: Daemon | None = None) -> subprocess.CompletedProcess:
+    """argv as user nobody; in hyperd's mount namespace if `d` is given (the share's mounts are there)."""
+    ns = ["nsenter", f"--mount=/proc/{d.proc.pid}/ns/mnt"] if d and d.proc else []
+    return subprocess.run([*ns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
                           capture_output=True, text=True)
 
 
@@ -54,21 +59,29 @@ def decoy(tmp_path: Path):
 
 
 class MountWatch:
-    """Reads the host's mount table in a loop while an attack runs: any mount appearing at or below `decoy`, or
-    the decoy's own tmpfs going away even for a moment, is recorded (hyperd could undo either before the end)."""
+    """Reads the host's mount table and hyperd's (its own namespace, where a mount it was tricked into would
+    land) in a loop while an attack runs: any mount appearing at or below `decoy`, or one there going away even
+    for a moment, is recorded (hyperd could undo either before the end)."""
 
-    def __init__(self, decoy: Path) -> None:
+    def __init__(self, decoy: Path, d: Daemon) -> None:
         self.decoy, self.seen = str(decoy), set[str]()
+        assert d.proc
+        self.tables = [Path("/proc/self/mountinfo"), Path(f"/proc/{d.proc.pid}/mountinfo")]
+        self.expected = [self._under(t) for t in self.tables]  # the host's: the decoy's tmpfs
+        assert self.expected[0] == {self.decoy + "/mnt"}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run)
 
+    def _under(self, table: Path) -> set[str]:
+        points = [line.split()[4] for line in table.read_text().splitlines()]
+        return {p for p in points if p == self.decoy or p.startswith(self.decoy + "/")}
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            with open("/proc/self/mountinfo") as f:
-                points = [line.split()[4] for line in f]
-            under = {p for p in points if p == self.decoy or p.startswith(self.decoy + "/")}
-            if under != {self.decoy + "/mnt"}:
-                self.seen.add(repr(sorted(under)))
+            for table, expected in zip(self.tables, self.expected, strict=True):
+                under = self._under(table)
+                if under != expected:
+                    self.seen.add(f"{table}: {sorted(under)}")
 
     def __enter__(self) -> MountWatch:
         self._thread.start()
@@ -91,16 +104,17 @@ def test_planted_container_root_symlink(hyperd: Daemon, decoy: Path) -> None:
     vol.mkdir()
     hyperd.hyperctl("run", "-d", "--name", "plant", "-v", f"{vol}:/v", "busybox", "sleep", "600", check=True)
     share = share_of(hyperd, "plant")
-    before = host_mounts(str(share))
+    before = host_mounts(hyperd, str(share))
     try:
-        (share / "evil").symlink_to(decoy / "mnt")  # what a guest writing its share does
-        with MountWatch(decoy) as watch:  # its root goes to a directory of its own (evil@1), never through it
+        guest = hyperd.view(share)  # the share as its guest sees it: through hyperd's mount namespace
+        (guest / "evil").symlink_to(decoy / "mnt")  # what a guest writing its share does
+        with MountWatch(decoy, hyperd) as watch:  # its root goes to a directory of its own (evil@1), never through it
             hyperd.hyperctl("create", "-c", "plant", "--name", "evil", "busybox", "true")
         assert not watch.seen, watch.seen
-        assert (share / "evil").is_symlink() and untouched(decoy)
-        assert untouched(decoy) and host_mounts(str(share)) == before
-        (share / ".volumes-ro").symlink_to(decoy)  # and where the pod's volume would be bound read-only
-        with MountWatch(decoy) as watch, pytest.raises(HCError) as e:  # a container that mounts it read-only
+        assert (guest / "evil").is_symlink() and untouched(decoy)
+        assert untouched(decoy) and host_mounts(hyperd, str(share)) == before
+        (guest / ".volumes-ro").symlink_to(decoy)  # and where the pod's volume would be bound read-only
+        with MountWatch(decoy, hyperd) as watch, pytest.raises(HCError) as e:  # a container that mounts it read-only
             Rest(hyperd.rundir / "hyperd.sock", 60).request("POST", "/v1/pods/plant/containers", json={"container": {
                 "name": "rovol", "image": "busybox", "command": ["true"],
                 "volumes": [{"name": "v0", "path": "/v", "readonly": True}]}})
@@ -110,8 +124,8 @@ def test_planted_container_root_symlink(hyperd: Daemon, decoy: Path) -> None:
         assert ok.returncode == 0, ok.stderr  # the pod itself goes on
     finally:
         hyperd.hyperctl("rm", "-f", "plant", check=True)
-    assert untouched(decoy) and host_mounts(str(share)) == before
-    assert not any(str(share) in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    assert untouched(decoy) and host_mounts(hyperd, str(share)) == before
+    assert not any(str(share) in line for line in hyperd.mountinfo().splitlines())
 
 
 def test_flipping_symlinks_while_containers_come_and_go(hyperd: Daemon, decoy: Path) -> None:
@@ -121,7 +135,8 @@ def test_flipping_symlinks_while_containers_come_and_go(hyperd: Daemon, decoy: P
     vol.mkdir()
     hyperd.hyperctl("run", "-d", "--name", "flip", "-v", f"{vol}:/v", "busybox", "sleep", "600", check=True)
     share = share_of(hyperd, "flip")
-    before = host_mounts(str(share))
+    guest = hyperd.view(share)  # the share as its guest sees it: through hyperd's mount namespace
+    before = host_mounts(hyperd, str(share))
     stop = threading.Event()
 
     def flip() -> None:
@@ -131,12 +146,12 @@ def test_flipping_symlinks_while_containers_come_and_go(hyperd: Daemon, decoy: P
         while not stop.is_set():
             step += 1
             for n in names:
-                p = share / n
+                p = guest / n
                 try:
                     if p.is_symlink():
                         p.unlink()
                     elif p.is_dir():
-                        os.rename(p, share / f".gone-{n}-{time.monotonic_ns()}")
+                        os.rename(p, guest / f".gone-{n}-{time.monotonic_ns()}")
                     elif step % 2:
                         p.mkdir()
                     else:
@@ -147,7 +162,7 @@ def test_flipping_symlinks_while_containers_come_and_go(hyperd: Daemon, decoy: P
     t = threading.Thread(target=flip)
     t.start()
     try:
-        with MountWatch(decoy) as watch:
+        with MountWatch(decoy, hyperd) as watch:
             for i in range(8):
                 hyperd.hyperctl("create", "-c", "flip", "--name", f"c{i}", "-v", f"{vol}:/w{':ro' if i % 2 else ''}",
                                 "busybox", "true")
@@ -156,11 +171,11 @@ def test_flipping_symlinks_while_containers_come_and_go(hyperd: Daemon, decoy: P
         t.join()
     try:
         assert not watch.seen, watch.seen
-        assert untouched(decoy) and host_mounts(str(share)) == before
+        assert untouched(decoy) and host_mounts(hyperd, str(share)) == before
     finally:
         hyperd.hyperctl("rm", "-f", "flip", check=True)
-    assert untouched(decoy) and host_mounts(str(share)) == before
-    assert not any(str(share) in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    assert untouched(decoy) and host_mounts(hyperd, str(share)) == before
+    assert not any(str(share) in line for line in hyperd.mountinfo().splitlines())
 
 
 def test_read_only_volume_is_read_only_on_the_host(hyperd: Daemon, tmp_path: Path) -> None:
@@ -179,14 +194,14 @@ def test_read_only_volume_is_read_only_on_the_host(hyperd: Daemon, tmp_path: Pat
                             "cp /bin/busybox /data/sh 2>/dev/null; true")
         assert r.returncode == 0
         # as the guest that writes its share: the host bind itself refuses
-        binds = list(share.glob(".volumes*/*/file"))
+        binds = list(hyperd.view(share).glob(".volumes*/*/file"))
         assert [b.parent.parent.name for b in binds] == [".volumes-ro"], binds  # no writable bind of it at all
         for b in binds:
             with pytest.raises(OSError) as e:
                 b.write_text("pwned\n")
             assert e.value.errno == 30  # EROFS
-        opts = [line.split()[5] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                if line.split()[4] == str(binds[0].parent)]
+        real = share / binds[0].parent.relative_to(hyperd.view(share))
+        opts = [line.split()[5] for line in hyperd.mountinfo().splitlines() if line.split()[4] == str(real)]
         assert opts and all(o.split(",")[0] == "ro" and "nosuid" in o and "nodev" in o for o in opts), opts
         assert (vol / "file").read_text() == "original\n" and sorted(os.listdir(vol)) == ["file"]
     finally:
@@ -204,16 +219,20 @@ def test_setuid_and_device_files_out_of_host_users_reach(hyperd: Daemon) -> None
         share = Path(info["runtime"]["share_dir"])
         statedir = hyperd.statedir / "pods" / info["id"]
         for _ in range(100):
-            if (share / "c0" / "suidsh").exists() or any(share.glob("*/suidsh")):
+            if any(hyperd.view(share).glob("*/suidsh")):
                 break
             time.sleep(0.1)
         for d in (hyperd.statedir, hyperd.statedir / "pods", statedir, hyperd.rundir):
             assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
-        upper = [p for p in statedir.rglob("suidsh")]
-        for target in [*upper, *share.glob("*/suidsh"), *share.glob("*/kmsg")]:
-            r = as_nobody("stat", str(target))
+        root = hyperd.view(Path("/"))  # the writable layers' disk and the share are mounted in hyperd's namespace
+        upper = [Path("/") / p.relative_to(root) for p in hyperd.view(statedir).rglob("suidsh")]
+        in_share = [Path("/") / p.relative_to(root) for p in hyperd.view(share).glob("*/suidsh")]
+        assert upper and in_share, (upper, in_share)
+        in_share += [Path("/") / p.relative_to(root) for p in hyperd.view(share).glob("*/kmsg")]
+        for target in [*upper, *in_share]:
+            r = as_nobody("stat", str(target), d=hyperd)
             assert r.returncode != 0 and "Permission denied" in r.stderr, (target, r)
-        r = as_nobody("sh", "-c", f"echo pwned > {statedir}/containers/*/upper/kmsg")
+        r = as_nobody("sh", "-c", f"echo pwned > {statedir}/containers/*/upper/kmsg", d=hyperd)
         assert r.returncode != 0
     finally:
         hyperd.hyperctl("rm", "-f", "suid", check=True)

@@ -26,6 +26,7 @@ from ..pod.manager import PodManager
 from ..pod.pod import GuestAssets
 from ..pod.pool import Pool
 from ..pod.templates import Templates
+from ..storage import mountns
 from ..vm import confine, uids
 from ..vm.accel import Accel, detect
 from .api import DaemonInfo, create_app
@@ -160,6 +161,8 @@ async def serve(cfg: HyperdConfig) -> None:
         await manager.shutdown()
         await network.close(remove_rules=not manager.live_restore)
         db.close()
+        if not manager.live_restore or not manager.pods:  # no VM runs on in its mount namespace: it ends here
+            mountns.release_daemon(p.run / "ns")
         with contextlib.suppress(FileNotFoundError):
             p.socket.unlink()
 
@@ -171,6 +174,14 @@ def run(cfg: HyperdConfig) -> None:
     if os.geteuid() != 0:
         click.echo("hyperd: must run as root (it mounts overlays and starts VMs)", err=True)
         sys.exit(1)
+    try:
+        # a mount namespace of its own: the pods' shares are no mount points on the host (storage/mountns.py)
+        joined = mountns.enter_daemon(cfg.paths.run / "ns")
+    except OSError as e:
+        click.echo(f"hyperd: a mount namespace of its own: {e.strerror}", err=True)
+        sys.exit(1)
+    if joined:
+        log.info("joined the mount namespace of the previous hyperd (pinned at %s)", cfg.paths.run / "ns")
     try:
         asyncio.run(serve(cfg))
     except HCError as e:

@@ -17,12 +17,12 @@ from .mount import (
     MOUNT_ATTR_RDONLY,
     SAFE_ATTRS,
     attach,
-    clone_tree,
     detach_all_under,
     is_mount_root,
     mount_id,
     umount_beneath,
 )
+from .mountns import clone_tree
 from .rootfs import overlay_rootfs
 from .safefs import open_dir
 from .volumes import make_shared

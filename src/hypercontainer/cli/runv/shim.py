@@ -41,6 +41,7 @@ from ...pod.templates import Templates
 from ...protocol.client import ProcessStreams
 from ...spec import oci
 from ...spec.pod import MIN_MEMORY_MIB, ContainerSpec, PodSpec, Volume
+from ...storage import mountns
 from ...storage.volumes import check_host_dir
 from ...vm import uids
 from ...vm.accel import detect
@@ -712,6 +713,11 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(filename=args.log, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        mountns.leave_host()  # the share's mounts are no mount points on the host (storage/mountns.py)
+    except OSError as e:
+        os.write(args.status_fd, f"error a mount namespace for the shim: {e.strerror}\n".encode())
+        sys.exit(1)
     try:
         host_netns = new_network_namespace(Path(args.bundle))
     except OSError as e:

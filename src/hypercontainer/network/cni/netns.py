@@ -5,6 +5,10 @@ thread is gone. The base directory is made a shared mount point first (bound ont
 point), as iproute2 does for /run/netns: a namespace mounted there shows in mount namespaces made later (a
 container's, a VMM's sandbox), and its unmount reaches them too, so nothing there keeps it alive.
 
+A process in a mount namespace of its own (hyperd: storage/mountns.py) mounts the namespace in the host's too,
+first (`ip netns exec` there, containerd's and iproute2's tools see it), then in its own unless that mount
+propagated in already.
+
 remove() unmounts (MNT_DETACH) and unlinks; a namespace already gone (not mounted, or no file) is fine."""
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from ... import nsenter
 from ...errors import Conflict, InvalidArgument
-from ...storage import mount
+from ...storage import mount, mountns
 
 DEFAULT_NETNS_DIR = Path("/run/netns")  # iproute2's: `ip netns list` shows them
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
@@ -91,25 +95,32 @@ class Netns:
             raise InvalidArgument(f"invalid network namespace name {name!r}")
         base = Path(base)
         base.mkdir(parents=True, exist_ok=True, mode=0o755)
+        in_host = mountns.host_namespace() is not None
         if shared:
             _make_shared(base)
+            if in_host:
+                mountns.in_host(lambda: _make_shared(base))
         path = base / name
         try:
             os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
         except FileExistsError:
             raise Conflict(f"network namespace {path} exists") from None
 
+        def bind() -> None:
+            mount.mount("/proc/thread-self/ns/net", path, "none", mount.MS_BIND)
+
         def body() -> None:
             _lo_up()
-            mount.mount("/proc/thread-self/ns/net", path, "none", mount.MS_BIND)
+            if in_host:  # the helper is forked from this thread: it is in the new namespace too
+                mountns.in_host(lambda: bind())
+            if not is_netns(path):
+                bind()
 
         try:
             nsenter.in_new_ns(body)
         except BaseException:
             with contextlib.suppress(OSError):
-                mount.umount(path)
-            with contextlib.suppress(OSError):
-                path.unlink()
+                remove(path)
             raise
         return cls(path)
 
@@ -127,5 +138,7 @@ def remove(path: str | Path) -> None:
     """Unmounts a namespace's bind mount (MNT_DETACH) and removes the file; fine if either is already gone."""
     p = Path(path)
     mount.umount(p)  # EINVAL (not mounted) and ENOENT are fine
+    if mountns.host_namespace() is not None:
+        mountns.in_host(lambda: mount.umount(p))
     with contextlib.suppress(FileNotFoundError):
         p.unlink()
