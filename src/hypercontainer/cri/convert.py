@@ -20,13 +20,20 @@ Container (ContainerConfig) -> a container added to that pod, created:
       capabilities add/drop, no_new_privs            docker's default set with the adds and drops, as containerd
       namespace_options.pid POD/CONTAINER/TARGET     the pod's shared PID namespace / its own / another container's
       masked_paths, readonly_paths                   the agent's lists instead of its defaults (runc's)
-      seccomp Localhost                              refused (not yet); RuntimeDefault runs without a filter (noted)
+      seccomp (SecurityProfile, else the deprecated  a BPF filter compiled on the host, loaded by the agent for the
+        seccomp_profile_path)                        container and its execs. RuntimeDefault (an empty SecurityProfile
+                                                     too; runtime/default, docker/default): the default profile for
+                                                     its capabilities (spec/seccomp_default.py); Localhost
+                                                     (localhost/<path>): the JSON file on the host, OCI or Docker
+                                                     format; Unconfined or nothing given: no filter; privileged: no
+                                                     filter whatever the profile (containerd)
     stop_signal                                      the container's stop signal
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -35,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgument
-from ..spec.pod import MIN_MEMORY_MIB, cap_name
+from ..spec import seccomp, seccomp_default
+from ..spec.pod import CAPABILITIES, MIN_MEMORY_MIB, Capabilities, cap_name
 from .api import pb
 from .errors import unimplemented
 
@@ -43,6 +51,7 @@ MIB = 1 << 20
 VM_HEADROOM_MIB = 64  # the guest kernel and agent, on top of the pod's limits
 DEFAULT_VM_MIB = 256
 MAX_COPIED_FILE = 1 << 20  # a host file mounted into a container is copied in, up to this size
+MAX_SECCOMP_PROFILE = 1 << 20  # a Localhost seccomp profile's JSON, at most
 _NAME_CHARS = re.compile(r"[^a-zA-Z0-9_.-]+")
 _POD_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 NODE_REFUSED = ("hypercontainer runs each pod sandbox in its own VM, with its own kernel: a VM cannot share the "
@@ -146,14 +155,79 @@ def _stop_signal(sig: int) -> str | None:
     return aliases.get(name, name)
 
 
-def _seccomp(sc: Any, unapplied: list[str]) -> None:
-    profile = sc.seccomp if sc.HasField("seccomp") else None
+def _capabilities(spec: dict[str, Any]) -> set[str]:
+    """The container's capabilities: docker's default set with the adds and drops (ALL as spec/pod.py has it)."""
+    mask = Capabilities(**spec["capabilities"]).mask(spec["privileged"])
+    return {name for i, name in enumerate(CAPABILITIES) if mask >> i & 1}
+
+
+def _seccomp_choice(sc: Any) -> tuple[str, str]:
+    """("default" | "unconfined" | "localhost", the profile's path) from the SecurityProfile (the zero value of its
+    type is RuntimeDefault: an empty one is that) or else the deprecated seccomp_profile_path; neither: unconfined."""
+    if sc.HasField("seccomp"):
+        p = sc.seccomp
+        if p.profile_type == pb.SecurityProfile.RuntimeDefault:
+            return "default", ""
+        if p.profile_type == pb.SecurityProfile.Unconfined:
+            return "unconfined", ""
+        if p.profile_type == pb.SecurityProfile.Localhost:
+            return "localhost", p.localhost_ref
+        raise InvalidArgument(f"seccomp: unknown profile type {p.profile_type}")
     path = sc.seccomp_profile_path
-    if (profile and profile.profile_type == pb.SecurityProfile.Localhost) or path.startswith("localhost/"):
-        raise InvalidArgument("seccomp Localhost profiles are not supported yet by this runtime")
-    if (profile and profile.profile_type == pb.SecurityProfile.RuntimeDefault) or path in ("runtime/default",
-                                                                                          "docker/default"):
-        unapplied.append("seccomp RuntimeDefault: the container runs without a seccomp filter (inside its VM)")
+    if path in ("runtime/default", "docker/default"):
+        return "default", ""
+    if path in ("", "unconfined"):
+        return "unconfined", ""
+    if path.startswith("localhost/"):
+        return "localhost", path.removeprefix("localhost/")  # the kubelet's "localhost/" + an absolute path
+    raise InvalidArgument(f"seccomp_profile_path {path!r}: want runtime/default, docker/default, unconfined or "
+                          "localhost/<absolute path>")
+
+
+def _localhost_profile(path: str) -> dict[str, Any]:
+    where = f"seccomp Localhost profile {path!r}"
+    if not path.startswith("/"):
+        raise InvalidArgument(f"{where}: localhost_ref must be an absolute path on the host")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SECCOMP_PROFILE + 1)
+    except OSError as e:
+        raise InvalidArgument(f"{where} cannot be read: {e.strerror}") from None
+    if len(raw) > MAX_SECCOMP_PROFILE:
+        raise InvalidArgument(f"{where} is larger than {MAX_SECCOMP_PROFILE} bytes")
+    try:
+        profile = json.loads(raw)
+    except ValueError as e:  # UnicodeDecodeError too
+        raise InvalidArgument(f"{where} is not JSON: {e}") from None
+    if not isinstance(profile, dict):
+        raise InvalidArgument(f"{where} is not a JSON object")
+    return profile
+
+
+def _seccomp(sc: Any, spec: dict[str, Any], overrides: dict[str, Any], unapplied: list[str]) -> None:
+    """The container's seccomp filter, compiled, in `overrides` (`seccomp`, `seccomp_flags`), as runv's
+    container_security gives it. A privileged container runs without one, whatever the profile (containerd)."""
+    kind, path = _seccomp_choice(sc)
+    if kind == "unconfined":
+        return
+    if spec["privileged"]:
+        unapplied.append(f"seccomp {'RuntimeDefault' if kind == 'default' else 'Localhost ' + path}: a privileged "
+                         "container runs without a seccomp filter")
+        return
+    caps = _capabilities(spec)
+    if kind == "default":
+        profile = seccomp_default.default_profile(caps)
+    else:
+        profile = seccomp_default.resolve_docker_format(_localhost_profile(path), caps)
+    try:
+        program, flags = seccomp.compile_filter(profile)
+    except InvalidArgument as e:
+        if kind == "default":
+            raise
+        raise InvalidArgument(f"seccomp Localhost profile {path!r}: {e.message}") from None
+    overrides["seccomp"] = program
+    if flags:
+        overrides["seccomp_flags"] = flags
 
 
 def _mounts(config: Any, container_id: str, unapplied: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
@@ -250,7 +324,7 @@ def container(config: Any, name: str, container_id: str, sandbox_sysctls: dict[s
         overrides["masked_paths"] = list(sc.masked_paths)
     if len(sc.readonly_paths):
         overrides["readonly_paths"] = list(sc.readonly_paths)
-    _seccomp(sc, unapplied)
+    _seccomp(sc, spec, overrides, unapplied)
     if (sc.HasField("apparmor") and sc.apparmor.profile_type != pb.SecurityProfile.Unconfined) \
             or sc.apparmor_profile not in ("", "unconfined"):
         unapplied.append("AppArmor profile: not applied (no AppArmor in the guest)")

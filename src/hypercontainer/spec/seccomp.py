@@ -95,7 +95,10 @@ def _flags(names: object) -> int:
 def _build(cfg: dict[str, Any]) -> bytes:
     default = _action(cfg.get("defaultAction"), cfg.get("defaultErrnoRet"), "linux.seccomp.defaultAction")
     with libseccomp.Filter(default) as f:
-        for arch in cfg.get("architectures") or []:
+        arches = cfg.get("architectures") or []
+        if not isinstance(arches, list):
+            raise InvalidArgument("linux.seccomp.architectures is not a list")
+        for arch in arches:
             f.add_arch(_arch(arch))
         calls = cfg.get("syscalls") or []
         if not isinstance(calls, list):
@@ -105,7 +108,10 @@ def _build(cfg: dict[str, Any]) -> bytes:
             if not isinstance(call, dict) or not isinstance(call.get("names"), list):
                 raise InvalidArgument(f"{where}: want an object with names")
             action = _action(call.get("action"), call.get("errnoRet"), where)
-            conds = [_condition(a, where) for a in call.get("args") or []]
+            args = call.get("args") or []
+            if not isinstance(args, list):
+                raise InvalidArgument(f"{where}: args is not a list")
+            conds = [_condition(a, where) for a in args]
             # libseccomp ANDs conditions only on distinct arguments: otherwise one rule per condition (runc)
             indexes = [c.arg for c in conds]
             rules = [[c] for c in conds] if len(set(indexes)) != len(indexes) else [conds]
