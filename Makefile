@@ -54,6 +54,8 @@ bench: assets image cri-api
 	$(PY) bench/runv_network.py
 	@echo
 	$(PY) bench/images.py
+	@echo
+	$(PY) bench/cri_start.py
 
 clean:
 	rm -rf build $(AGENT)/build src/hypercontainer/cri/generated
