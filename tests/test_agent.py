@@ -170,6 +170,8 @@ async def test_terminal(agent: Agent) -> None:
         out, err, code = await run(c, ["sh", "-c", "tty; stty size"], terminal=1)
         assert code == 0 and err == b""
         assert b"/dev/pts/" in out
+        out, err, code = await run(c, ["stty", "size"], stream=4, terminal=1, rows=33, cols=101)
+        assert (out.strip(), code) == (b"33 101", 0)  # sized before the process starts: no WINSIZE race
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="container setup needs root")

@@ -271,7 +271,8 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
             pod = manager.get(ref)
             proc = await pod.exec(req.get("container"), [str(a) for a in req["command"]],
                                   tty=bool(req.get("tty")), stdin=bool(req.get("stdin")), user=req.get("user"),
-                                  env=[str(e) for e in req.get("env") or []], workdir=req.get("workdir"))
+                                  env=[str(e) for e in req.get("env") or []], workdir=req.get("workdir"),
+                                  size=(int(req.get("rows") or 0), int(req.get("cols") or 0)))
         except HCError as e:
             await send_error(ws, e)
             return

@@ -718,9 +718,10 @@ class Pod:
         return self._stream_seq
 
     async def exec(self, container: str | None, command: list[str], *, tty: bool = False, stdin: bool = False,
-                   user: str | None = None, env: list[str] | None = None,
-                   workdir: str | None = None) -> ProcessStreams:
-        """A new process in a running container: its namespaces, its env and user unless given."""
+                   user: str | None = None, env: list[str] | None = None, workdir: str | None = None,
+                   size: tuple[int, int] | None = None) -> ProcessStreams:
+        """A new process in a running container: its namespaces, its env and user unless given. `size`: (rows,
+        cols) of its terminal from the start (with `tty`)."""
         c = self.container(container)
         if self.state != PodState.RUNNING or not self.agent or not c.started.is_set() or c.done.is_set():
             raise Conflict(f"container {c.name} of pod {self.name} is not running")
@@ -740,6 +741,8 @@ class Pod:
             fields["env"] = [*(base if isinstance(base, list) else []), *env]
         if workdir:
             fields["cwd"] = workdir
+        if tty and size and size[0] > 0 and size[1] > 0:
+            fields.update(rows=size[0], cols=size[1])
         return await self.exec_fields(c.name, fields, tty=tty)
 
     async def exec_fields(self, container: str, fields: Fields, *, tty: bool = False) -> ProcessStreams:

@@ -125,6 +125,8 @@ class ProcessRequest:
     no_new_privs: bool | None = None
     seccomp: str | None = None  # base64 of a classic BPF program (struct sock_filter[]); EXEC: the container's
     seccomp_flags: int | None = None  # SECCOMP_FLAG_LOG, SECCOMP_FLAG_SPEC_ALLOW; with seccomp only
+    rows: int | None = None  # with terminal: the pty's size from its start (no WINSIZE race with the process)
+    cols: int | None = None
 
     def __post_init__(self) -> None:
         if not self.arg:

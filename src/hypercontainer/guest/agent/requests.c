@@ -259,6 +259,7 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 		.uid = (uid_t)msg_u64(m, F_UID, 0), .gid = (gid_t)msg_u64(m, F_GID, 0),
 		.groups = groups, .ngroups = ngroups,
 		.terminal = msg_u64(m, F_TERMINAL, 0) != 0, .want_stdin = msg_u64(m, F_STDIN, 0) != 0,
+		.rows = (unsigned short)msg_u64(m, F_ROWS, 0), .cols = (unsigned short)msg_u64(m, F_COLS, 0),
 	};
 	if (s.cwd[0] != '/') {
 		fail(e, EINVAL, "working directory %s is not absolute", s.cwd);

@@ -404,7 +404,8 @@ int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, in
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, errp) < 0)
 		return fail_errno(e, "socketpair");
 	if (s->terminal) {
-		if (openpty(&master, &slave, NULL, NULL, NULL) < 0) {
+		struct winsize ws = {.ws_row = s->rows, .ws_col = s->cols};
+		if (openpty(&master, &slave, NULL, NULL, s->rows && s->cols ? &ws : NULL) < 0) {
 			close_pair(errp);
 			return fail_errno(e, "openpty");
 		}

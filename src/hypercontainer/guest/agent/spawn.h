@@ -45,6 +45,7 @@ struct proc_spec {
 	gid_t *groups;
 	size_t ngroups;
 	int terminal;
+	unsigned short rows, cols; /* with terminal: the pty's size before the process starts (0: none given) */
 	int want_stdin;
 	const struct mount_spec *mounts;
 	size_t nmounts;
