@@ -52,6 +52,7 @@ class Daemon:
                         HYPERCONTAINER_RUN=str(root / "run"),
                         HYPERCONTAINER_SOCKET=str(root / "run" / "hyperd.sock"),
                         HYPERCONTAINER_CRI_SOCKET=str(root / "run" / "cri.sock"),  # hyperd --cri-socket
+                        HYPERCONTAINER_AUDIT_LOG=str(root / "audit.log"),  # not the host's /var/log
                         HYPERCONTAINER_ASSETS=os.environ.get("HYPERCONTAINER_ASSETS", "/var/lib/hypercontainer/assets"),
                         HYPERCONTAINER_NETWORK="auto" if netns else "none", **env)
         self.proc: subprocess.Popen | None = None

@@ -416,7 +416,8 @@ def test_hyperctl_net_option() -> None:
     assert [parse_network(v) for v in ("default", "bridge", "user", "none")] == ["default", "bridge", "user", "none"]
     assert parse_network("ns:/run/netns/x") == {"namespace": "/run/netns/x"}
     assert parse_network("ns:x") == {"namespace": os.path.abspath("x")}
-    for bad in ("bogus", "ns:", "namespace"):
+    assert parse_network("lab") == {"name": "lab"}  # one of the caller's networks (hyperd says if it is not)
+    for bad in ("Bogus", "ns:", "-x", "a/b"):
         with pytest.raises(click.BadParameter, match="ns:PATH"):
             parse_network(bad)
     assert spec("/run/netns/x").network_mode == "namespace"

@@ -399,7 +399,7 @@ def test_rules_load_and_reload_atomically() -> None:
         ports = [firewall.Port("hc0123456789ab", "02:68:63:00:00:02", "10.77.0.2"),
                  firewall.Port("hcpool1234abcd", "02:68:63:00:00:03", "10.77.0.3")]
         forwards = [firewall.Forward("0.0.0.0", 8080, "tcp", "10.77.0.2", 80)]
-        script = firewall.ip_table("hyper0", "10.77.0.0/16", forwards, ["10.77.0.1"]) + firewall.bridge_table(ports)
+        script = firewall.ip_table([("hyper0", "10.77.0.0/16")], forwards, ["10.77.0.1"]) + firewall.bridge_table(ports)
         for _ in range(2):  # rendered whole: loading twice replaces, never adds
             r = ns.run("nft", "-f", "-", input=script.encode())
             assert r.returncode == 0, r.stderr
@@ -409,7 +409,7 @@ def test_rules_load_and_reload_atomically() -> None:
         assert "arp saddr ether 02:68:63:00:00:02 arp saddr ip 10.77.0.2 accept" in listed
         assert "ip saddr 10.77.0.2 accept" in listed and 'iifname "hc*" drop' in listed
         assert 'iifname "hyper0" jump from_pods' in listed and "ct state established,related accept" in listed
-        r = ns.run("nft", "-f", "-", input=(firewall.ip_table("hyper0", "10.77.0.0/16", []) +
+        r = ns.run("nft", "-f", "-", input=(firewall.ip_table([("hyper0", "10.77.0.0/16")], []) +
                                             firewall.bridge_table([])).encode())
         assert r.returncode == 0, r.stderr
         listed = ns.run("nft", "list", "ruleset").stdout.decode()

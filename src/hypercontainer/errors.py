@@ -3,8 +3,11 @@
     HCError
     ├── InvalidArgument   400  bad input: spec, flags, archive contents
     │   └── ImageError    400  an image that cannot be loaded or unpacked
+    ├── Unauthenticated   401  a remote request without a valid token
+    ├── Forbidden         403  a tenant asked for what is the administrator's, or past its quota
     ├── NotFound          404  no such pod, container or image
     ├── Conflict          409  name in use, wrong state for the request
+    ├── RateLimited       429  a token's requests came faster than its rate
     ├── VMError           500  QEMU or the guest failed
     │   └── AgentError    500  the agent refused a request (carries its errno)
     └── Unavailable       503  hyperd is not running or not reachable
@@ -33,6 +36,22 @@ class InvalidArgument(HCError):
 
 class ImageError(InvalidArgument):
     code = "image"
+
+
+class Unauthenticated(HCError):
+    status, code = 401, "unauthenticated"
+
+
+class Forbidden(HCError):
+    status, code = 403, "forbidden"
+
+
+class RateLimited(HCError):
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotFound(HCError):
@@ -74,5 +93,6 @@ class CommandNotRunnable(InvalidArgument):
 
 BY_CODE: dict[str, type[HCError]] = {
     c.code: c
-    for c in (HCError, InvalidArgument, ImageError, NotFound, Conflict, VMError, AgentError, Unavailable)
+    for c in (HCError, InvalidArgument, ImageError, Unauthenticated, Forbidden, RateLimited, NotFound, Conflict,
+              VMError, AgentError, Unavailable)
 }

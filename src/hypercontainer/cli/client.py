@@ -1,5 +1,6 @@
-"""hyperctl's connection to hyperd: REST over the unix socket (cli/rest.py, imported on first use: `hyperctl run`
-needs only the websocket, and start-up time counts), attach streams over a websocket."""
+"""hyperctl's connection to hyperd, at the endpoint cli/context.py chose (its unix socket, or TLS to a remote one):
+REST (cli/rest.py, imported on first use: `hyperctl run` needs only the websocket, and start-up time counts), and
+attach streams over a websocket. Both carry the endpoint's token."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
+
     from .rest import Rest
 
-from ..config import paths
 from ..errors import BY_CODE, CommandNotRunnable, HCError, Unavailable
+from .context import Endpoint, endpoint
 
-
-def socket_path() -> Path:
-    return paths().socket
+CONNECT_TIMEOUT = 30.0  # for a connection and its TLS handshake, also where the request itself has no limit
 
 
 def unavailable(sock: Path, why: object) -> Unavailable:
@@ -26,7 +27,7 @@ def unavailable(sock: Path, why: object) -> Unavailable:
 
 def error_from(body: Any, status: int) -> HCError:
     if not isinstance(body, dict):
-        return HCError(f"hyperd answered {status}: {body}")
+        return HCError(f"hyperd answered {status}: {body}" if body else f"hyperd answered {status}")
     if "exit_code" in body:
         return CommandNotRunnable(str(body.get("message")), int(body["exit_code"]))
     cls = BY_CODE.get(str(body.get("code")), HCError)
@@ -36,8 +37,8 @@ def error_from(body: Any, status: int) -> HCError:
 class Client:
     """hyperd's API: REST calls (cli/rest.py, loaded on the first one) and attach websockets."""
 
-    def __init__(self, sock: Path | None = None, timeout: float | None = 120.0) -> None:
-        self.sock = sock or socket_path()
+    def __init__(self, ep: Endpoint | None = None, timeout: float | None = 120.0) -> None:
+        self.ep = ep or endpoint()
         self.timeout = timeout
         self._rest: Rest | None = None
 
@@ -46,7 +47,7 @@ class Client:
         if self._rest is None:
             from .rest import Rest
 
-            self._rest = Rest(self.sock, self.timeout)
+            self._rest = Rest(self.ep, self.timeout)
         return self._rest
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
@@ -66,13 +67,35 @@ class Client:
 
         return self.request("POST", path, content=chunks(), headers={"content-type": "application/x-tar"})
 
-    def websocket(self, path: str):
-        from websockets.sync.client import unix_connect
+    def websocket(self, path: str) -> ClientConnection:
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
+        from websockets.sync.client import connect, unix_connect
 
+        ep, headers = self.ep, self.ep.headers()
         try:
-            return unix_connect(str(self.sock), f"ws://hyperd{path}", max_size=None, compression=None)
-        except (FileNotFoundError, ConnectionRefusedError) as e:
-            raise unavailable(self.sock, e) from None
+            if ep.socket is not None:
+                try:
+                    return unix_connect(str(ep.socket), f"ws://hyperd{path}", max_size=None, compression=None,
+                                        additional_headers=headers)
+                except (FileNotFoundError, ConnectionRefusedError) as e:
+                    raise unavailable(ep.socket, e) from None
+            from .tls import client_context, failure
+
+            ctx = client_context(ep)
+            try:
+                return connect(f"wss://{ep.url.removeprefix('tcp://')}{path}", ssl=ctx, max_size=None,
+                               compression=None, additional_headers=headers, proxy=None,
+                               open_timeout=CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as e:
+                raise failure(ep, e) from None
+        except InvalidStatus as e:
+            try:
+                body = json.loads(e.response.body or b"null")
+            except ValueError:
+                body = (e.response.body or b"").decode(errors="replace") or e.response.reason_phrase
+            raise error_from(body, e.response.status_code) from None
+        except InvalidHandshake as e:
+            raise HCError(f"hyperd refused the stream: {e}") from None
 
 
 def dumps(obj: Any) -> str:

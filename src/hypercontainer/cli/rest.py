@@ -1,4 +1,5 @@
-"""HTTP/1.1 to hyperd's unix socket with the standard library's http.client (hyperctl's REST calls).
+"""HTTP/1.1 to hyperd with the standard library's http.client (hyperctl's REST calls): over its unix socket, or
+over TLS to its --listen address (cli/tls.py, imported only then).
 
 http.client rather than httpx: importing httpx takes ~0.15 s here (it pulls in its own command line, rich and
 click included), which every `hyperctl ps` paid; http.client takes ~25 ms. The registry client keeps httpx."""
@@ -14,7 +15,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ..errors import HCError
-from .client import error_from, unavailable
+from .client import CONNECT_TIMEOUT, error_from, unavailable
+from .context import Endpoint
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -47,20 +49,50 @@ def body_of(r: http.client.HTTPResponse, data: bytes) -> Any:
     return data.decode(errors="replace")
 
 
-class Rest:
-    """One request per connection (hyperd is local; keep-alive would save little)."""
+def connection(ep: Endpoint, timeout: float | None) -> http.client.HTTPConnection:
+    """A connection to `ep`, not yet connected."""
+    if ep.socket is not None:
+        return UnixConnection(ep.socket, timeout)
+    from .tls import client_context
 
-    def __init__(self, sock: Path, timeout: float | None) -> None:
-        self.sock = sock
+    return http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=client_context(ep))
+
+
+class Rest:
+    """One request per connection (a CLI makes few; keep-alive would save little)."""
+
+    def __init__(self, target: Path | Endpoint, timeout: float | None) -> None:
+        self.ep = target if isinstance(target, Endpoint) else Endpoint(socket=target)
         self.timeout = timeout
+
+    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
+        """A connected connection (TLS handshake done); `timeout` then applies to each read and write."""
+        conn = connection(self.ep, CONNECT_TIMEOUT if timeout is None else min(timeout, CONNECT_TIMEOUT))
+        try:
+            conn.connect()
+        except OSError as e:
+            conn.close()
+            raise self._unreachable(e) from None
+        assert conn.sock is not None
+        conn.sock.settimeout(timeout)
+        return conn
+
+    def _unreachable(self, e: OSError) -> HCError:
+        if self.ep.socket is None:
+            from .tls import failure
+
+            return failure(self.ep, e)
+        if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
+            return unavailable(self.ep.socket, e)
+        return HCError(f"lost the connection to hyperd: {e or type(e).__name__}")
 
     def _send(self, method: str, path: str, params: dict | None = None, json_body: Any = None,
               content: Any = None, headers: dict | None = None,
-              stream: bool = False) -> tuple[UnixConnection, http.client.HTTPResponse]:
+              stream: bool = False) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Sends one request on a new connection; the response's status and headers are read, its body not yet
         (a streamed body has no time limit: `logs -f`, events, pulls)."""
-        conn = UnixConnection(self.sock, None if stream else self.timeout)
-        hdrs = dict(headers or {})
+        conn = self._connect(None if stream else self.timeout)
+        hdrs = {**self.ep.headers(), **(headers or {})}
         body = content
         if json_body is not None:
             body = json.dumps(json_body).encode()
@@ -68,9 +100,6 @@ class Rest:
         try:
             conn.request(method, url(path, params), body=body, headers=hdrs)
             return conn, conn.getresponse()
-        except (FileNotFoundError, ConnectionRefusedError) as e:
-            conn.close()
-            raise unavailable(self.sock, e) from None
         except (OSError, http.client.HTTPException) as e:
             conn.close()
             raise HCError(f"lost the connection to hyperd: {e or type(e).__name__}") from None
@@ -89,7 +118,7 @@ class Rest:
         return body
 
     def _open_stream(self, method: str, path: str, params: dict | None,
-                     json_body: Any = None) -> tuple[UnixConnection, http.client.HTTPResponse]:
+                     json_body: Any = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         conn, r = self._send(method, path, params, json_body, stream=True)
         if r.status >= 400:
             body = body_of(r, r.read())

@@ -31,6 +31,8 @@ from ..image import mirrors
 from ..network.manager import DEFAULT_BRIDGE, DEFAULT_SUBNET
 from ..storage.disk import DEFAULT_STORAGE_SIZE, parse_size
 from ..vm import uids
+from . import tls
+from .audit import AUDIT_LOG as DEFAULT_AUDIT_LOG
 
 NetworkMode = Literal["auto", "bridge", "user", "none"]
 BootPolicy = Literal["cold", "template", "pool"]
@@ -67,6 +69,7 @@ ENVVARS: dict[str, str] = {
     "cni_conf_dir": "HYPERCONTAINER_CNI_CONF_DIR", "cni_bin_dir": "HYPERCONTAINER_CNI_BIN_DIR",
     "cni_cache_dir": "HYPERCONTAINER_CNI_CACHE_DIR", "cni_netns_dir": "HYPERCONTAINER_CNI_NETNS_DIR",
     "cni_network": "HYPERCONTAINER_CNI_NETWORK",
+    "listen": "HYPERCONTAINER_LISTEN", "tls_dir": "HYPERCONTAINER_TLS_DIR", "audit_log": "HYPERCONTAINER_AUDIT_LOG",
 }
 
 
@@ -111,6 +114,9 @@ class HyperdConfig:
     cni_cache_dir_path: Path | None = None  # --cni-cache-dir; None: <root>/cni
     cni_netns_dir: Path = DEFAULT_CNI_NETNS_DIR
     cni_network: str | None = DEFAULT_CNI_NETWORK  # None: the first valid configuration of the conf dir
+    listen: tuple[tuple[str, int], ...] = ()  # TCP addresses the API is served on too (TLS only)
+    tls_dir_path: Path | None = None  # --tls-dir; None: <root>/tls
+    audit_log: Path | None = DEFAULT_AUDIT_LOG  # None: no audit log (--audit-log '')
 
     @property
     def cri_socket(self) -> Path | None:
@@ -123,6 +129,11 @@ class HyperdConfig:
     def cni_cache_dir(self) -> Path:
         """The CNI result cache (what a DEL after a restart reads)."""
         return self.cni_cache_dir_path or self.paths.root / "cni"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The TCP listener's TLS set (daemon/tls.py)."""
+        return self.tls_dir_path or self.paths.root / "tls"
 
     @property
     def forced_accel(self) -> str | None:
@@ -222,6 +233,41 @@ def _cni_network(value: str | None) -> str | None:
     return value
 
 
+def _listen(values: Iterable[str]) -> tuple[tuple[str, int], ...]:
+    """--listen: tcp://HOST:PORT or tcp://[IPv6]:PORT, each once."""
+    out: list[tuple[str, int]] = []
+    for v in (v.strip() for v in values):
+        if not v:
+            continue
+        scheme, sep, rest = v.partition("://")
+        host, colon, port = rest.rpartition(":")
+        if scheme != "tcp" or not sep or not colon or not host:
+            raise ConfigError("listen", f"{v!r} is not tcp://HOST:PORT ([IPv6] in brackets; 0.0.0.0 for every "
+                                        "IPv4 address)")
+        if host.startswith("[") and host.endswith("]"):
+            try:
+                host = str(ipaddress.IPv6Address(host[1:-1]))
+            except ValueError:
+                raise ConfigError("listen", f"{host!r} is not an IPv6 address") from None
+        elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ConfigError("listen", f"{host!r} is not a host name or address")
+        if not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError("listen", f"port {port!r} is not a number within 1..65535")
+        if (host, int(port)) not in out:
+            out.append((host, int(port)))
+    return tuple(out)
+
+
+def _tls_dir(listen: tuple[tuple[str, int], ...], given: Path | None, root: Path) -> Path | None:
+    """--tls-dir as given; with --listen, its set must be usable (the listener serves nothing without it)."""
+    if listen:
+        try:
+            tls.server_context(Path(given) if given else root / "tls")
+        except tls.TLSError as e:
+            raise ConfigError("tls_dir", e.message) from None
+    return Path(given) if given else None
+
+
 def _registries(values: Iterable[str]) -> frozenset[str]:
     out = set()
     for v in (v.strip() for v in values):
@@ -250,7 +296,8 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
           cri: bool = True, cri_streaming_address: str = DEFAULT_STREAMING_HOST,
           cni_conf_dir: Path = DEFAULT_CNI_CONF_DIR, cni_bin_dir: str | Iterable[Path | str] = DEFAULT_CNI_BIN_DIRS,
           cni_cache_dir: Path | None = None, cni_netns_dir: Path = DEFAULT_CNI_NETNS_DIR,
-          cni_network: str | None = DEFAULT_CNI_NETWORK) -> HyperdConfig:
+          cni_network: str | None = DEFAULT_CNI_NETWORK, listen: Iterable[str] = (),
+          tls_dir: Path | None = None, audit_log: Path | str | None = DEFAULT_AUDIT_LOG) -> HyperdConfig:
     """Checks every setting and makes the config; a bad one raises ConfigError naming its flag."""
     if not _IFNAME.match(bridge):
         raise ConfigError("bridge", f"{bridge!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
@@ -284,14 +331,19 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
         cni_cache_dir_path=Path(cni_cache_dir) if cni_cache_dir else None,
         cni_netns_dir=Path(cni_netns_dir),
         cni_network=_cni_network(cni_network),
+        listen=(addresses := _listen(listen)),
+        tls_dir_path=_tls_dir(addresses, tls_dir, Path(root)),
+        audit_log=Path(audit_log) if audit_log and str(audit_log) else None,
     )
 
 
-class _Registries(click.ParamType[str]):
-    """--insecure-registry: repeated on the command line, comma-separated in its environment variable."""
+class _Repeated(click.ParamType[str]):
+    """A repeatable flag: repeated on the command line, comma-separated in its environment variable."""
 
-    name = "HOST:PORT"
     envvar_list_splitter = ","
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         return str(value).strip()
@@ -312,7 +364,7 @@ def options(f: Callable[..., Any]) -> Callable[..., Any]:
         _option("--socket", name="socket", type=path, show_default="<run>/hyperd.sock", help="The API socket."),
         _option("--assets", name="assets", type=path, metavar="DIR", show_default="<root>/assets",
                 help="Guest assets: kernel, initramfs, agent builds, VM templates."),
-        _option("--insecure-registry", name="insecure_registry", type=_Registries(), multiple=True,
+        _option("--insecure-registry", name="insecure_registry", type=_Repeated("HOST:PORT"), multiple=True,
                 help="Registry reached over plain HTTP (loopback ones always are); repeatable, comma-separated in "
                      "the variable."),
         _option("--registry-config", name="registry_config", type=path, metavar="DIR", default=mirrors.DEFAULT_DIR,
@@ -367,6 +419,15 @@ def options(f: Callable[..., Any]) -> Callable[..., Any]:
         _option("--cni-network", name="cni_network", metavar="NAME", default=DEFAULT_CNI_NETWORK, show_default=True,
                 help="The CNI network (a configuration's `name`) sandboxes join; '': the first valid configuration "
                      "of --cni-conf-dir in lexical order (libcni's rule)."),
+        _option("--listen", name="listen", type=_Repeated("tcp://HOST:PORT"), multiple=True,
+                help="Serve the API on this TCP address too, over TLS only (--tls-dir); repeatable, comma-separated "
+                     "in the variable. Requests that come this way are marked remote."),
+        _option("--tls-dir", name="tls_dir", type=path, metavar="DIR", show_default="<root>/tls",
+                help="The --listen TLS set: server.pem and server-key.pem (and ca.pem for clients), as `hyperd tls "
+                     "init DIR` makes them."),
+        _option("--audit-log", name="audit_log", type=path, metavar="FILE", default=DEFAULT_AUDIT_LOG,
+                show_default=True, help="Where every mutating call and every refused remote call is recorded (a "
+                                        "JSON line each, rotated); '': none."),
         _option("--crash-at", name="crash_at", metavar="POINT", hidden=True,
                 help="Tests only: die (SIGKILL) at this step of the next pod start."),
     ]
@@ -387,16 +448,19 @@ def from_flags(ctx: click.Context, flags: dict[str, Any]) -> HyperdConfig:
         raise click.BadParameter(e.reason, ctx=ctx, param_hint=hint) from None
 
 
-def command(run: Callable[[HyperdConfig], None]) -> click.Command:
-    """The hyperd command: parses and checks the flags into a HyperdConfig, then calls run(cfg)."""
+def command(run: Callable[[HyperdConfig], None]) -> click.Group:
+    """The hyperd command: parses and checks the flags into a HyperdConfig, then calls run(cfg); or, given one,
+    a subcommand (`hyperd tls init DIR`), which takes none of the flags."""
 
-    @click.command(name="hyperd", context_settings={"help_option_names": ["-h", "--help"],
-                                                    "max_content_width": 120})
+    @click.group(name="hyperd", invoke_without_command=True, subcommand_metavar="[tls init DIR]",
+                 context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
     @options
     @click.version_option(__version__, prog_name="hyperd")
     @click.pass_context
     def hyperd(ctx: click.Context, /, **flags: Any) -> None:
         """hyperd: the hypercontainer daemon. Every pod runs in its own VM."""
-        run(from_flags(ctx, flags))
+        if ctx.invoked_subcommand is None:
+            run(from_flags(ctx, flags))
 
+    hyperd.add_command(tls.tls_command)
     return hyperd

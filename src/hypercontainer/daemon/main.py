@@ -1,4 +1,11 @@
-"""hyperd: prepares guest assets, finds the accelerator, recovers state, serves the API on a unix socket."""
+"""hyperd: prepares guest assets, finds the accelerator, recovers state, serves the API on a unix socket and,
+with --listen, on TCP over TLS.
+
+Both listeners serve the same app, in one event loop. The contract with the API's auth layer: a request (HTTP or
+websocket) that came over TCP has `scope["hc.remote"] = True`, set by the TCP server's wrapper
+(daemon/listen.py) before the app sees it; one that came over the unix socket never has the key. The TCP
+listener speaks TLS only (daemon/tls.py: `hyperd tls init DIR` makes its certificates) and is hardened against
+slow and oversized requests (daemon/listen.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +34,10 @@ from ..pod.pod import GuestAssets
 from ..pod.pool import Pool
 from ..pod.templates import Templates
 from ..storage import mountns
+from ..storage.named_volumes import NamedVolumes
 from ..vm import confine, uids
 from ..vm.accel import Accel, detect
+from . import listen, tls
 from .api import DaemonInfo, create_app
 from .config import HyperdConfig, command
 from .state import StateDB
@@ -62,21 +71,35 @@ def bind_socket(path: Path) -> socket.socket:
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM/SIGINT once it has stopped serving, which would end hyperd before it hands its
-    pods over; here a signal only asks the server to stop, and serve() returns normally."""
+    pods over, and one server's handlers would replace another's: here serve_all() takes the signals for all."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+        yield
 
-    def _stop(self) -> None:
-        self.should_exit = True
+
+async def serve_all(servers: list[tuple[uvicorn.Server, list[socket.socket]]]) -> None:
+    """Runs each server on its sockets until SIGTERM/SIGINT, or until one of them stops: then all stop."""
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server, _ in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    tasks = [asyncio.ensure_future(server.serve(sockets=socks)) for server, socks in servers]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 @dataclass
@@ -103,6 +126,7 @@ def assemble(cfg: HyperdConfig, a: guest_assets.Assets, accel: Accel) -> Parts:
     manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name), network,
                          templates, cfg.boot, pool, cfg.storage_size)
     manager.live_restore = cfg.live_restore
+    manager.volumes = NamedVolumes(p.root / "volumes", p.db)
     return Parts(images, db, network, templates, pool, manager,
                  Puller(images, set(cfg.insecure_registries), cfg.pull_parallel, cfg.registry_hosts))
 
@@ -110,6 +134,8 @@ def assemble(cfg: HyperdConfig, a: guest_assets.Assets, accel: Accel) -> Parts:
 async def serve(cfg: HyperdConfig) -> None:
     """Runs hyperd as `cfg` says until SIGTERM/SIGINT."""
     p = cfg.paths
+    tls_ctx = tls.server_context(cfg.tls_dir) if cfg.listen else None  # checked by the config; read here
+    tcp = [s for host, port in cfg.listen for s in listen.bind(host, port)]  # a port in use stops hyperd here
     if cfg.cri_socket:  # before anything starts: a build without `make cri-api` says so and stops here
         # hyperd forks (QEMU, virtiofsd, helpers) with gRPC's threads running: its children exec or touch no gRPC,
         # so gRPC's fork handlers (and their "skipping fork() handlers" line per fork) are not wanted
@@ -139,10 +165,12 @@ async def serve(cfg: HyperdConfig) -> None:
     pool.fill()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
                       str(p.root), cri_socket=str(cfg.cri_socket) if cfg.cri_socket else None)
-    app = create_app(manager, images, parts.puller, info)
+    app = create_app(manager, images, parts.puller, info, audit_log=cfg.audit_log)
     sock = bind_socket(p.socket)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_ping_interval=None)
-    server = _Server(config)
+    servers: list[tuple[uvicorn.Server, list[socket.socket]]] = [
+        (_Server(uvicorn.Config(app, log_level="warning", lifespan="off", ws_ping_interval=None)), [sock])]
+    if tls_ctx:
+        servers.append((_Server(listen.config(app, tls_ctx)), tcp))
     cri = None
     if cfg.cri_socket:
         cni_step = CniNetwork(cfg.cni_conf_dir, cfg.cni_bin_dirs, cfg.cni_cache_dir, cfg.cni_netns_dir, cfg.cni_network)
@@ -151,8 +179,10 @@ async def serve(cfg: HyperdConfig) -> None:
     if cri:
         await cri.start()
     log.info("hyperd %s listening on %s", __version__, p.socket)
+    for host, port in cfg.listen:
+        log.info("and on tcp://%s:%d (TLS, %s)", f"[{host}]" if ":" in host else host, port, cfg.tls_dir)
     try:
-        await server.serve(sockets=[sock])
+        await serve_all(servers)
     finally:
         if cri:
             await cri.stop()

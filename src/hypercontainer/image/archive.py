@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ImageError
@@ -18,6 +19,7 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+Names = Callable[[list[str]], list[str]]  # the names an archive gives an image -> those it is recorded under
 
 
 def _member(tf: tarfile.TarFile, name: str, limit: int | None = None) -> tarfile.TarInfo:
@@ -56,7 +58,7 @@ def _json(tf: tarfile.TarFile, name: str) -> object:
         raise ImageError(f"archive entry {name} is not valid JSON") from None
 
 
-def _load_docker(tf: tarfile.TarFile, store: ImageStore) -> list[Image]:
+def _load_docker(tf: tarfile.TarFile, store: ImageStore, names: Names) -> list[Image]:
     manifest = _json(tf, "manifest.json")
     if not isinstance(manifest, list) or not manifest:
         raise ImageError("manifest.json must be a non-empty list")
@@ -65,9 +67,9 @@ def _load_docker(tf: tarfile.TarFile, store: ImageStore) -> list[Image]:
         if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) \
                 or not isinstance(entry.get("Layers"), list):
             raise ImageError("manifest.json entry lacks Config or Layers")
+        tags = names([t for t in entry.get("RepoTags") or [] if isinstance(t, str)])
         config = store.put_blob(_read(tf, entry["Config"]))
         layers = [_ingest(tf, store, str(name)) for name in entry["Layers"]]
-        tags = [t for t in entry.get("RepoTags") or [] if isinstance(t, str)]
         images.append(store.add_image(config, layers, tags))
     return images
 
@@ -105,7 +107,7 @@ def _pick_manifest(tf: tarfile.TarFile, index: dict, platform: tuple[str, str]) 
     raise ImageError(f"OCI index has no {platform[0]}/{platform[1]} manifest")
 
 
-def _load_oci(tf: tarfile.TarFile, store: ImageStore, name_hint: str | None) -> list[Image]:
+def _load_oci(tf: tarfile.TarFile, store: ImageStore, name_hint: str | None, names: Names) -> list[Image]:
     index = _json(tf, "index.json")
     if not isinstance(index, dict):
         raise ImageError("index.json is not an object")
@@ -115,11 +117,12 @@ def _load_oci(tf: tarfile.TarFile, store: ImageStore, name_hint: str | None) -> 
     tags = []
     if ref_name:
         tags.append(ref_name if (":" in ref_name or "/" in ref_name or not name_hint) else f"{name_hint}:{ref_name}")
-    return [store.add_image(config, layers, tags)]
+    return [store.add_image(config, layers, names(tags))]
 
 
-def load(path: Path, store: ImageStore, name_hint: str | None = None) -> list[Image]:
-    """Loads every image in the archive; returns them. Raises ImageError for anything malformed."""
+def load(path: Path, store: ImageStore, name_hint: str | None = None, names: Names | None = None) -> list[Image]:
+    """Loads every image in the archive; returns them. Raises ImageError for anything malformed. `names`: what
+    each image is recorded as, from the names the archive gives it (a tenant's namespace; it may refuse)."""
     try:
         tf = tarfile.open(path, mode="r:*")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
@@ -128,11 +131,11 @@ def load(path: Path, store: ImageStore, name_hint: str | None = None) -> list[Im
         raise ImageError(f"{path} is not a tar archive ({e})") from None
     with tf:
         try:
-            names = {n.removeprefix("./") for n in tf.getnames()}
-            if "manifest.json" in names:
-                return _load_docker(tf, store)
-            if "index.json" in names and "oci-layout" in names:
-                return _load_oci(tf, store, name_hint)
+            members = {n.removeprefix("./") for n in tf.getnames()}
+            if "manifest.json" in members:
+                return _load_docker(tf, store, names or list)
+            if "index.json" in members and "oci-layout" in members:
+                return _load_oci(tf, store, name_hint, names or list)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise ImageError(f"{path}: damaged archive ({e})") from None
     raise ImageError(f"{path} is neither a docker-archive (manifest.json) nor an OCI layout (index.json)")

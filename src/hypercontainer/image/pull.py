@@ -93,7 +93,8 @@ class Puller:
         self._unpacks: dict[str, asyncio.Future[Path]] = {}
 
     async def pull(self, ref_text: str, creds: Credentials | None = None, platform: str | None = None,
-                   progress: Progress | None = None) -> Image:
+                   progress: Progress | None = None, name: str | None = None) -> Image:
+        """Pulls `ref_text` and records it under that reference, or under `name` (a tenant's own namespace)."""
         ref = reference.parse(ref_text)
         plat = Platform.parse(platform)
         emit = progress or (lambda ev: None)
@@ -148,7 +149,7 @@ class Puller:
                 emit({"id": short, "status": "Pull complete", "total": size})
 
             await asyncio.gather(*(one(b, d) for b, d in zip(layers, diff_ids, strict=True)))
-            tags = [str(ref)] if ref.tag else []
+            tags = [name] if name else [str(ref)] if ref.tag else []
             repo_digest = f"{ref.registry}/{ref.repository}@{digest}"
             image = await asyncio.to_thread(self.store.add_image, config_digest, [b for b, _ in layers], tags,
                                             repo_digest)

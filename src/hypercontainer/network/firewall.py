@@ -1,12 +1,15 @@
 """hyperd's nftables: two tables of its own, rendered whole from the live pods and swapped in atomically (one
 `nft -f` transaction), so every change, and the sweep after a crash, is one idempotent step.
 
-`table ip hypercontainer` (NAT and the host's input):
-  Egress: the subnet is masqueraded behind the host. Published ports: DNAT to the pod for packets addressed to
+`table ip hypercontainer` (NAT, the host's input, forwarding between networks):
+  hyperd's bridge and every named network's (networks.py: a tenant's) are rendered alike. Egress: each subnet is
+  masqueraded behind the host. Published ports: DNAT to the pod for packets addressed to
   a local address (from outside in prerouting, from this host in output; from 127.0.0.1 the bridge needs
   route_localnet and the source is masqueraded). Input: what arrives from the bridge for the host itself is
   dropped except replies (ct state established,related) and DNS to the resolvers hyperd gave the pods, where one
-  of them is a host address; published ports are DNATed before input and never reach it.
+  of them is a host address; published ports are DNATed before input and never reach it. Forward: nothing from
+  one of the bridges goes into another (another tenant's pods, the administrator's) unless it came through a
+  published port (ct status dnat; masqueraded then, so the pod sees the bridge's gateway, not the other pod).
 
 `table bridge hypercontainer` (anti-spoofing, on each tap's ingress into the bridge):
   a pod's frames must come from its own MAC; it may send ARP for its own MAC and address and IPv4 from its own
@@ -20,7 +23,7 @@ import asyncio
 import ipaddress
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import HCError
@@ -58,7 +61,8 @@ class Port:
             raise HCError(f"invalid tap {self.tap!r} or MAC {self.mac!r}")
 
 
-def ip_table(bridge: str, subnet: str, forwards: Iterable[Forward], dns: Iterable[str] = ()) -> str:
+def ip_table(bridges: Sequence[tuple[str, str]], forwards: Iterable[Forward], dns: Iterable[str] = ()) -> str:
+    """`bridges`: (name, subnet) of hyperd's bridge and of each named network's."""
     publish = []
     for f in forwards:
         match = "" if f.host_ip == "0.0.0.0" else f"ip daddr {f.host_ip} "
@@ -66,6 +70,14 @@ def ip_table(bridge: str, subnet: str, forwards: Iterable[Forward], dns: Iterabl
     resolvers = sorted(set(dns))
     serve = [f"    ip daddr {{ {', '.join(resolvers)} }} meta l4proto {{ tcp, udp }} th dport 53 accept"] \
         if resolvers else []
+    names = ", ".join(f'"{b}"' for b, _ in bridges)
+    subnets = ", ".join(s for _, s in bridges)
+    nat, isolate = [], []
+    for bridge, subnet in bridges:
+        nat += [f"    ip saddr {subnet} ip daddr != {subnet} masquerade",
+                f'    oifname "{bridge}" ip saddr 127.0.0.0/8 masquerade',
+                f'    oifname "{bridge}" ip saddr {{ {subnets} }} ct status dnat masquerade']
+        isolate.append(f'    iifname "{bridge}" oifname != "{bridge}" oifname {{ {names} }} drop')
     return "\n".join([
         f"table ip {TABLE}",
         f"delete table ip {TABLE}",
@@ -81,18 +93,21 @@ def ip_table(bridge: str, subnet: str, forwards: Iterable[Forward], dns: Iterabl
         "  }",
         "  chain postrouting {",
         "    type nat hook postrouting priority 100; policy accept;",
-        f"    ip saddr {subnet} ip daddr != {subnet} masquerade",
-        f'    oifname "{bridge}" ip saddr 127.0.0.0/8 masquerade',
-        f'    oifname "{bridge}" ip saddr {subnet} ct status dnat masquerade',
+        *nat,
         "  }",
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",
-        f'    iifname "{bridge}" jump from_pods',
+        f"    iifname {{ {names} }} jump from_pods",
         "  }",
         "  chain from_pods {",
         "    ct state established,related accept",
         *serve,
         "    drop",
+        "  }",
+        "  chain forward {",
+        "    type filter hook forward priority filter; policy accept;",
+        "    ct status dnat accept",
+        *isolate,
         "  }",
         "}",
         "",
@@ -147,10 +162,10 @@ async def _nft(script: str) -> None:
         raise HCError(f"nft failed: {msg}")
 
 
-async def apply(bridge: str, subnet: str, forwards: Iterable[Forward], ports: Iterable[Port],
+async def apply(bridges: Sequence[tuple[str, str]], forwards: Iterable[Forward], ports: Iterable[Port],
                 dns: Iterable[str] = ()) -> None:
     """Both tables in one transaction: nothing changes if any of it fails."""
-    await _nft(ip_table(bridge, subnet, forwards, dns) + bridge_table(ports))
+    await _nft(ip_table(bridges, forwards, dns) + bridge_table(ports))
 
 
 async def present() -> bool:

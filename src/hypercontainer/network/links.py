@@ -61,6 +61,18 @@ class Bridge:
         _sysctl("ipv4/ip_forward", "1")
         _sysctl(f"ipv4/conf/{self.name}/route_localnet", "1")
 
+    def delete(self) -> None:
+        """Removes the bridge (a named network's, once no pod is on it); not there is fine."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        with IPRoute() as ip:
+            try:
+                ip.link("del", ifname=self.name)
+            except NetlinkError as e:
+                if e.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+                    raise LinkError(f"cannot remove bridge {self.name}: {e}", e.code) from None
+
     def add_tap(self, name: str) -> None:
         """A persistent tap on the bridge, up; QEMU opens it by name."""
         from pyroute2 import IPRoute

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import HCError, InvalidArgument
+from ..errors import Forbidden, HCError, InvalidArgument
 from ..spec.pod import PodSpec
 from .attachment import FALLBACK_DNS, Attachment, Mode, Published, Route, host_nameservers, mac_for
 from .bridge_mode import BridgeProvider, subnet_of
@@ -105,11 +105,20 @@ class Network:
     def provider_for(self, spec: PodSpec) -> Provider:
         return self.provider(self.mode_for(spec))
 
-    async def attach(self, pod_id: str, spec: PodSpec, tap: str | None = None) -> Attachment | None:
+    async def attach(self, pod_id: str, spec: PodSpec, tap: str | None = None,
+                     owner: str | None = None) -> Attachment | None:
         """The pod's network, set up before its VM starts; on failure nothing is left. `tap`: one the provider made
-        in advance (a pool VM's), taken over instead of a new one."""
+        in advance (a pool VM's), taken over instead of a new one. `owner`: the pod's tenant (None: the
+        administrator): a tenant's pod joins a network of its own (bridge_mode.py), or none; QEMU's user mode
+        (which reaches the host's loopback) and host network namespaces are not for tenants."""
         provider = self.provider_for(spec)
-        att = await provider.attach(pod_id, spec, tap)
+        if owner is not None and provider.mode in ("user", "namespace"):
+            raise Forbidden(f"{provider.mode} networking is not for tenants' pods: they need hyperd's bridge "
+                            "networking (their own network) or none")
+        if provider is self.bridged:
+            att = await self.bridged.attach(pod_id, spec, tap, owner)
+        else:
+            att = await provider.attach(pod_id, spec, tap)
         self._owner[pod_id] = provider
         return att
 

@@ -9,19 +9,21 @@ import contextlib
 import logging
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from .. import procs
 from ..errors import Conflict, InvalidArgument, NotFound
-from ..image.store import ImageStore
+from ..image.store import Image, ImageStore
 from ..network.manager import Network
 from ..protocol.codec import Fields
 from ..spec.errors import invalid_spec
 from ..spec.kube import from_kube, is_kube_pod
 from ..spec.pod import ContainerSpec, PodSpec, Volume
 from ..storage.mount import detach_all_under
+from ..storage.named_volumes import ADMIN as ADMIN_OWNER
+from ..storage.named_volumes import NamedVolumes
 from ..storage.volumes import check_block_file, check_host_dir, remove_tree
 from .container import Container
 from .events import EventLog
@@ -33,6 +35,22 @@ from .templates import Templates
 
 log = logging.getLogger(__name__)
 LIVE = (PodState.RUNNING.value, PodState.PAUSED.value)  # the states a restarted hyperd takes pods over in
+
+
+def owner(info: PodInfo | Pod) -> str | None:
+    """The tenant a pod belongs to (its meta's "tenant"); None: the administrator's."""
+    meta = info.meta if isinstance(info, Pod) else info.get("meta")
+    tenant = (meta or {}).get("tenant")
+    return str(tenant) if tenant is not None else None
+
+
+class Admission(Protocol):
+    """How a pod made for a tenant is checked and given its images (daemon/admission.py): each method raises to
+    refuse, before anything of the pod exists."""
+
+    def admit(self, spec: PodSpec) -> None: ...
+    def admit_container(self, spec: ContainerSpec) -> None: ...
+    def image(self, ref: str) -> Image: ...
 
 
 class PodManager:
@@ -54,6 +72,7 @@ class PodManager:
         # Without it, hyperd stops its pods when it stops, and after a crash releases what the old pods left.
         self.live_restore = False
         self.events = EventLog()
+        self.volumes: NamedVolumes | None = None  # named volumes (storage/named_volumes.py), where hyperd keeps them
 
     # ---- lookup ------------------------------------------------------------------------------------------
     def get(self, ref: str) -> Pod:
@@ -63,6 +82,30 @@ class PodManager:
         if by_name:
             return by_name[0]
         matches = [p for p in self.pods.values() if p.id.startswith(ref)] if len(ref) >= 3 else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"pod id prefix {ref} is ambiguous")
+        raise NotFound(f"no such pod: {ref}")
+
+    def resolve(self, ref: str, tenant: str | None = None) -> str:
+        """The id of the pod (live, or left by an earlier hyperd) `ref` names: its id, its name, or a prefix of 3 or
+        more of its id, among the pods `tenant` owns. None: the administrator, who sees every pod; a name is looked
+        up among the administrator's own pods first, then everyone's. Another tenant's pod is not found, with the
+        same error as a pod that does not exist."""
+        seen = [(p.id, p.name, owner(p)) for p in self.pods.values()]
+        seen += [(i, r["name"], owner(r)) for i, r in self._stale.items()]
+        if tenant is not None:
+            seen = [s for s in seen if s[2] == tenant]
+        if any(i == ref for i, _, _ in seen):
+            return ref
+        named = [s for s in seen if s[1] == ref]
+        own = [s for s in named if s[2] is None] if tenant is None else named
+        if len(own or named) == 1:
+            return (own or named)[0][0]
+        if len(named) > 1:
+            raise InvalidArgument(f"the name {ref} is used by pods of several tenants; give the pod's id")
+        matches = [i for i, _, _ in seen if i.startswith(ref)] if len(ref) >= 3 else []
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -82,15 +125,19 @@ class PodManager:
         c = pod.container(container)
         return c.log_path, c.done
 
-    def list(self) -> list[PodInfo]:
+    def list(self, tenant: str | None = None) -> list[PodInfo]:
+        """Every pod, newest first; with `tenant`, only that tenant's."""
         live = [p.info() for p in self.pods.values()]
-        return sorted(live + list(self._stale.values()), key=lambda i: i["created"], reverse=True)
+        every = [i for i in live + list(self._stale.values()) if tenant is None or owner(i) == tenant]
+        return sorted(every, key=lambda i: i["created"], reverse=True)
 
     # ---- create / start ----------------------------------------------------------------------------------
-    def create(self, raw_spec: dict[str, Any], meta: dict[str, Any] | None = None, pod_id: str | None = None) -> Pod:
+    def create(self, raw_spec: dict[str, Any], meta: dict[str, Any] | None = None, pod_id: str | None = None,
+               admission: Admission | None = None) -> Pod:
         """Validates the spec (ours, or a Kubernetes v1 Pod) and resolves images; creates nothing on disk until
-        start. `meta`: kept with the pod and its record for the caller (the CRI's ids, labels, annotations);
-        `pod_id`: the id to give it (64 hex digits: the CRI's sandbox id, known before the pod is made)."""
+        start. `meta`: kept with the pod and its record for the caller (the CRI's ids, labels, annotations; a
+        tenant's name as "tenant": names are unique per tenant); `pod_id`: the id to give it (64 hex digits: the
+        CRI's sandbox id, known before the pod is made); `admission`: a tenant's checks and images."""
         if is_kube_pod(raw_spec):
             raw_spec, ignored = from_kube(raw_spec)
             if ignored:
@@ -99,6 +146,9 @@ class PodManager:
             spec = PodSpec.model_validate(raw_spec)
         except ValidationError as e:
             raise invalid_spec(e) from None
+        if admission:
+            admission.admit(spec)
+        spec = self._named_volumes(spec, owner({"meta": meta}))
         for v in spec.volumes:
             if v.host_path:
                 check_host_dir(v.name, v.host_path)
@@ -109,11 +159,12 @@ class PodManager:
             raise InvalidArgument(f"pod id {pod_id!r} is not 64 hex digits or is in use")
         pod_id = pod_id or secrets.token_hex(32)
         name = spec.name or pod_id[:12]
-        if any(p.name == name for p in self.pods.values()) or any(r["name"] == name for r in self._stale.values()):
+        tenant = owner({"meta": meta})
+        if any(i["name"] == name for i in self.list(tenant) if owner(i) == tenant):
             raise Conflict(f"the name {name} is already in use by another pod; remove it or choose another name")
         containers = []
         for i, cspec in enumerate(spec.containers):
-            image = self.images.get(cspec.image)
+            image = admission.image(cspec.image) if admission else self.images.get(cspec.image)
             containers.append(Container(cspec, image, stream=2 * (i + 1),
                                         log_path=self.poddir / pod_id / "logs" / f"{cspec.name}.log"))
         if self.network:
@@ -123,10 +174,35 @@ class PodManager:
                   self.network, self.templates, boot, self.pool, self.storage_size)
         pod.meta = dict(meta or {})
         pod.on_change.append(self._persist)
-        pod.on_event.append(self.events.record)
+        pod.on_event.append(self._event)
         self.pods[pod_id] = pod
-        self.events.record(pod, "create", {"image": spec.containers[0].image if spec.containers else None})
+        self._event(pod, "create", {"image": spec.containers[0].image if spec.containers else None})
         return pod
+
+    def _named_volumes(self, spec: PodSpec, tenant: str | None) -> PodSpec:
+        """The spec with each named volume's image as its `block` (the owner's volume of that name; a `block` the
+        request gave with it is never trusted)."""
+        if not any(v.named for v in spec.volumes):
+            return spec
+        if self.volumes is None:
+            raise InvalidArgument("named volumes are not available in this hyperd")
+        store = self.volumes
+        vols = [v.model_copy(update={"block": str(store.get(tenant or ADMIN_OWNER, v.named).path)}) if v.named else v
+                for v in spec.volumes]
+        return spec.model_copy(update={"volumes": vols})
+
+    def volumes_in_use(self) -> set[Path]:
+        """The images of named (and other block) volumes that pods, running or not, attach."""
+        used = {Path(v.block) for p in self.pods.values() for v in p.spec.volumes if v.block}
+        for r in self._stale.values():
+            for v in (r.get("spec") or {}).get("volumes") or []:
+                if isinstance(v, dict) and v.get("block"):
+                    used.add(Path(v["block"]))
+        return used
+
+    def _event(self, pod: Pod, action: str, attrs: dict[str, object]) -> None:
+        """An event of `pod`, with its tenant (if it has one): `hyperctl events` of a tenant shows only its own."""
+        self.events.record(pod, action, {**attrs, "tenant": owner(pod)})
 
     def _persist(self, pod: Pod) -> None:
         if pod.state in FINAL and "started" in pod.timings.marks:
@@ -151,11 +227,11 @@ class PodManager:
 
     async def add_container(self, ref: str, raw: dict[str, Any], *, start: bool = True,
                             volumes: builtins.list[dict[str, Any]] | None = None, cri_log: Path | None = None,
-                            overrides: Fields | None = None) -> str:
+                            overrides: Fields | None = None, admission: Admission | None = None) -> str:
         """hyperctl create -c POD: one more container in a running pod. The CRI's CreateContainer also uses
         `start=False` (it stays created until start_container()), `volumes` (pod volumes it brings: its host
         directories), `cri_log` (its output also in the CRI log format there, from its start) and `overrides`
-        (protocol fields over those its spec gives: pod.container.with_overrides)."""
+        (protocol fields over those its spec gives: pod.container.with_overrides); `admission`: a tenant's."""
         pod = self.get(ref)
         try:
             cspec = ContainerSpec.model_validate(raw)
@@ -166,12 +242,14 @@ class PodManager:
                                     "containers": [*dumped["containers"], cspec.model_dump(mode="json")]})
         except ValidationError as e:
             raise invalid_spec(e) from None
+        if admission:
+            admission.admit_container(cspec)
         for v in vols:
             if v.host_path:
                 check_host_dir(v.name, v.host_path)
             if v.block:
                 raise InvalidArgument(f"volume {v.name}: a block volume cannot be added to a running pod")
-        image = self.images.get(cspec.image)
+        image = admission.image(cspec.image) if admission else self.images.get(cspec.image)
         c = Container(cspec, image, stream=0, log_path=pod.statedir / "logs" / f"{cspec.name}.log",
                       overrides=dict(overrides or {}), cri_log=cri_log)
         await pod.add_container(c, start=start, volumes=vols)
@@ -233,7 +311,7 @@ class PodManager:
         await pod.teardown()
         remove_tree(pod.statedir)
         self.pods.pop(pod.id, None)
-        self.events.record(pod, "destroy", {})
+        self._event(pod, "destroy", {})
         self.records.delete(pod.id)
         return pod.id
 
@@ -324,7 +402,7 @@ class PodManager:
         pod._generation = rt.get("generation", 0)
         pod.timings.marks = dict(info.get("timings") or {})
         pod.on_change.append(self._persist)
-        pod.on_event.append(self.events.record)
+        pod.on_event.append(self._event)
         return pod
 
     def _rundir_of(self, info: PodInfo) -> Path:

@@ -170,6 +170,12 @@ class Pod:
         self.meta: dict[str, Any] = {}
 
     @property
+    def tenant(self) -> str | None:
+        """The tenant that owns the pod (daemon/tenants.py); None: the administrator's."""
+        t = self.meta.get("tenant")
+        return str(t) if t else None
+
+    @property
     def share_dir(self) -> Path:
         return self._share_dir or self.statedir / "share"
 
@@ -244,7 +250,7 @@ class Pod:
             self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
             if self.network:
                 stack.push_async_callback(self.network.detach, self.id)
-                self.net = await self.network.attach(self.id, self.spec, tap=place.tap)
+                self.net = await self.network.attach(self.id, self.spec, tap=place.tap, owner=self.tenant)
                 self.timings.mark("network")
                 faults.point("network")
                 source = self._one_nic_or_cold(source)
@@ -278,7 +284,7 @@ class Pod:
         """A pool VM if the policy says so and one of this pod's shape is ready, else a template if the policy
         allows one and it is built (it is then built in the background), else a cold boot. Pods with block
         volumes always boot cold (disks are not in templates)."""
-        if self.boot == "pool" and self.pool and (slot := self.pool.take(self.spec)):
+        if self.boot == "pool" and self.pool and self.tenant is None and (slot := self.pool.take(self.spec)):
             return PoolSource(slot)
         if self.boot in ("template", "pool") and self.templates and not self._block_volumes():
             nic = self.network.provider_for(self.spec).nic if self.network else False

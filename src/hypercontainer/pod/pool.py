@@ -84,8 +84,8 @@ class Pool:
         started at once would compete with that pod's start for the CPUs."""
         if spec is not None:
             mode = self.network.mode_for(spec) if self.network else "none"
-            if any(v.block for v in spec.volumes) or not self.matches(spec.resources.vcpu, spec.resources.memory,
-                                                                      mode):
+            if any(v.block for v in spec.volumes) or spec.network_name \
+                    or not self.matches(spec.resources.vcpu, spec.resources.memory, mode):
                 return None
         return self.ready.pop(0) if self.ready else None
 

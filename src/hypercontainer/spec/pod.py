@@ -65,11 +65,15 @@ class Volume(Strict):
     empty_dir: bool = False
     block: AbsPath | None = None
     fstype: Literal["ext4", "ext3", "ext2"] = "ext4"
+    # A named volume of the pod's owner (storage/named_volumes.py); hyperd fills `block` with its image.
+    named: Name | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Volume:
-        if sum((self.host_path is not None, self.empty_dir, self.block is not None)) != 1:
-            raise ValueError(f"volume {self.name}: give exactly one of hostPath, emptyDir or block")
+        kinds = (self.host_path is not None, self.empty_dir, self.block is not None and self.named is None,
+                 self.named is not None)
+        if sum(kinds) != 1:
+            raise ValueError(f"volume {self.name}: give exactly one of hostPath, emptyDir, block or named")
         return self
 
 
@@ -288,6 +292,12 @@ class NamespaceNetwork(Strict):
     namespace: AbsPath  # /proc/PID/ns/net, /run/netns/NAME, ...
 
 
+class NamedNetwork(Strict):
+    """A named network of the pod's owner (network/networks.py: a bridge and subnet of its own)."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+
+
 class PodSpec(Strict):
     name: Name | None = None
     hostname: str | None = None
@@ -299,7 +309,7 @@ class PodSpec(Strict):
     dns_options: Annotated[list[DnsOption], Field(max_length=16)] = []
     restart_policy: Literal["Never", "OnFailure", "Always"] = "Never"
     auto_remove: bool = False
-    network: Literal["default", "bridge", "user", "none"] | NamespaceNetwork = "default"
+    network: Literal["default", "bridge", "user", "none"] | NamespaceNetwork | NamedNetwork = "default"
     boot: Literal["default", "cold", "template", "pool"] = "default"
     ports: Annotated[list[PortMapping], Field(max_length=256)] = []
     share_process_namespace: bool = False  # the containers share one PID namespace (never the agent's)
@@ -307,8 +317,15 @@ class PodSpec(Strict):
 
     @property
     def network_mode(self) -> str:
-        """`network` as a mode name: default, bridge, user, none or namespace."""
+        """`network` as a mode name: default, bridge, user, none or namespace (a named network is bridge)."""
+        if isinstance(self.network, NamedNetwork):
+            return "bridge"
         return "namespace" if isinstance(self.network, NamespaceNetwork) else self.network
+
+    @property
+    def network_name(self) -> str | None:
+        """The named network the pod joins, if its spec names one."""
+        return self.network.name if isinstance(self.network, NamedNetwork) else None
 
     @property
     def network_namespace(self) -> str | None:

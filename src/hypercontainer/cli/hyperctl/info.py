@@ -22,6 +22,18 @@ def info(as_json: bool) -> None:
     if as_json:
         click.echo(dumps(i))
         return
+    if t := i.get("tenant"):  # a tenant's view: its quotas and what it uses, nothing of the host's
+        u = t["usage"]
+        click.echo("\n".join([
+            f"Server version:   {i['version']} (API {i['api']}, protocol {i['protocol']})",
+            f"Accelerator:      {i['accelerator']['name']}",
+            f"Tenant:           {t['name']}",
+            f"Pods:             {i['pods']['total']} ({i['pods']['running']} running) of {t['max_pods']}",
+            f"vCPUs:            {u['vcpus']} of {t['max_vcpus']}",
+            f"Memory:           {u['memory']} of {t['max_memory']} MiB",
+            f"Volumes:          up to {t['max_volume_gib']} GiB",
+            f"Images:           {i['images']}"]))
+        return
     lines = [
         f"Server version:   {i['version']} (API {i['api']}, protocol {i['protocol']})",
         f"Accelerator:      {i['accelerator']['name']} ({i['accelerator']['reason']})",

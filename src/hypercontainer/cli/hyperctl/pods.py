@@ -10,7 +10,7 @@ import click
 
 from ...errors import HCError, NotFound
 from ...signals import parse_signal
-from ..client import Client, dumps, for_each
+from ..client import Client, dumps, error_from, for_each
 
 
 def ago(ts: float | None) -> str:
@@ -112,6 +112,8 @@ def logs(follow: bool, timestamps: bool, tail: int | None, since: str | None, co
         if not line.strip():
             continue
         rec = json.loads(line)
+        if "error" in rec:  # hyperd ended the stream (a remote token revoked while it ran)
+            raise error_from(rec["error"], 500)
         data = rec["log"].encode("utf-8", "surrogateescape")
         if timestamps:
             data = rec["time"].encode() + b" " + data
@@ -202,6 +204,8 @@ def events(since: str | None, until: str | None) -> None:
         if not line.strip():
             continue
         ev = json.loads(line)
+        if "error" in ev:  # hyperd ended the stream (a remote token revoked while it ran)
+            raise error_from(ev["error"], 500)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ev["time"]))
         extra = ", ".join(f"{k}={' '.join(f'{n}:{t}s' for n, t in v.items()) if isinstance(v, dict) else v}"
                           for k, v in ev.items() if k not in ("time", "type", "action", "id"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -25,13 +26,16 @@ PROXIED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
 
 
 def parse_volumes(specs: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
-    """-v HOST:CONTAINER[:ro|rw] -> (pod volumes, container mounts)."""
+    """-v HOST:CONTAINER[:ro|rw] or NAME:CONTAINER[:ro|rw] (a named volume: hyperctl volume create) -> (pod volumes,
+    container mounts). As docker: a source that is not an absolute path names a volume."""
     volumes, mounts = [], []
     for i, text in enumerate(specs):
         parts = text.split(":")
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-            raise click.BadParameter(f"{text!r}: expected HOST:CONTAINER[:ro|rw]", param_hint="-v")
-        volumes.append({"name": f"v{i}", "host_path": parts[0]})
+            raise click.BadParameter(f"{text!r}: expected HOST:CONTAINER[:ro|rw] or VOLUME:CONTAINER[:ro|rw]",
+                                     param_hint="-v")
+        source = "host_path" if parts[0].startswith("/") else "named"
+        volumes.append({"name": f"v{i}", source: parts[0]})
         mounts.append({"name": f"v{i}", "path": parts[1], "readonly": len(parts) == 3 and parts[2] == "ro"})
     return volumes, mounts
 
@@ -73,12 +77,15 @@ NETWORK_MODES = ("default", "bridge", "user", "none")
 
 
 def parse_network(value: str) -> str | dict:
-    """--net: a mode, or ns:PATH (a network namespace: /run/netns/NAME, /proc/PID/ns/net; relative to here)."""
+    """--net: a mode, ns:PATH (a network namespace: /run/netns/NAME, /proc/PID/ns/net; relative to here), or the
+    name of one of your networks (`hyperctl network create`)."""
     if value in NETWORK_MODES:
         return value
     if value.startswith("ns:") and value[3:]:
         return {"namespace": os.path.abspath(value[3:])}
-    raise click.BadParameter(f"{value!r}: expected one of {', '.join(NETWORK_MODES)} or ns:PATH",
+    if re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", value):
+        return {"name": value}
+    raise click.BadParameter(f"{value!r}: expected one of {', '.join(NETWORK_MODES)}, ns:PATH or a network's name",
                              param_hint="--net")
 
 
@@ -178,7 +185,8 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
 @click.option("--memory", type=int, help="VM memory in MiB [256].")
 @click.option("--cpus", type=int, help="VM vCPUs [1].")
 @click.option("--entrypoint", help="Override the image's entrypoint.")
-@click.option("-v", "--volume", "volumes", multiple=True, help="Share a host directory: HOST:CONTAINER[:ro].")
+@click.option("-v", "--volume", "volumes", multiple=True,
+              help="Share a host directory (HOST:CONTAINER[:ro]) or mount a named volume (VOLUME:CONTAINER[:ro]).")
 @click.option("--read-only", "readonly", is_flag=True, help="Mount the container's root read-only.")
 @click.option("--restart", type=click.Choice(["no", "on-failure", "always"]), default="no", show_default=True,
               help="Restart policy (with backoff).")
@@ -186,8 +194,9 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
               help="Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]; no host port: any free one.")
 @click.option("--net", "--network", "network", default="default", show_default=True, metavar="MODE",
               callback=lambda _ctx, _param, value: parse_network(value),
-              help="Pod network: default (hyperd's mode), bridge, user, none, or ns:PATH (join the existing network "
-                   "namespace at PATH: the VM takes over its interfaces, addresses and routes).")
+              help="Pod network: default (hyperd's mode; a tenant's own network), bridge, user, none, ns:PATH (join "
+                   "the existing network namespace at PATH: the VM takes over its interfaces, addresses and routes), "
+                   "or NAME, one of your networks (hyperctl network create).")
 @click.option("--boot", type=click.Choice(["default", "cold", "template", "pool"]), default="default",
               show_default=True, help="Boot the VM cold, start it from a VM template, or take a pre-started one from "
                                       "hyperd's pool (default: hyperd's policy).")
