@@ -56,6 +56,8 @@ bench: assets image cri-api
 	$(PY) bench/images.py
 	@echo
 	$(PY) bench/cri_start.py
+	@echo
+	$(PY) bench/api_remote.py
 
 clean:
 	rm -rf build $(AGENT)/build src/hypercontainer/cri/generated

@@ -72,7 +72,8 @@ class GivenNetwork:
     def provider_for(self, spec: PodSpec) -> SimpleNamespace:
         return SimpleNamespace(nic=True)
 
-    async def attach(self, pod_id: str, spec: PodSpec, tap: str | None = None) -> Attachment:
+    async def attach(self, pod_id: str, spec: PodSpec, tap: str | None = None,
+                     owner: str | None = None) -> Attachment:
         return self.att
 
     async def detach(self, pod_id: str) -> None:

@@ -555,3 +555,50 @@ def test_pods_over_tls(remote: Remote, busybox_tar: Path) -> None:
     finally:
         rm = remote.hyperctl("rm", "-f", "ticker")
         assert rm.returncode == 0, err(rm)
+
+
+def test_run_it_over_tls(remote: Remote, busybox_tar: Path) -> None:
+    """run -it through the TLS listener, in a real terminal: a pty in the container at our size from its start,
+    what we type reaching it, its exit code ours."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    assert remote.hyperctl("load", "-i", str(busybox_tar)).returncode == 0
+    master, slave = pty.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+
+    def ctty() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    p = subprocess.Popen([str(BIN / "hyperctl"), "--host", remote.host, "--tls-ca", str(remote.ca), "run", "-it",
+                          "--rm", "busybox", "sh", "-c", "tty; stty size; read x; echo got-$x; exit 7"],
+                         stdin=slave, stdout=slave, stderr=slave, env=remote.env(), preexec_fn=ctty)
+    os.close(slave)
+    seen = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 120
+        while marker not in seen and (left := deadline - time.monotonic()) > 0:
+            if not select.select([master], [], [], left)[0]:
+                break
+            try:
+                seen += os.read(master, 4096)
+            except OSError:
+                break
+
+    try:
+        read_until(b"33 101")
+        assert b"/dev/pts/" in seen and b"33 101" in seen, seen
+        os.write(master, b"hello\r")
+        read_until(b"got-hello")
+        assert b"got-hello" in seen, seen
+        assert p.wait(60) == 7
+    finally:
+        if p.poll() is None:
+            p.kill()
+        os.close(master)
