@@ -181,6 +181,13 @@ TABLE: dict[tuple[str, str], tuple[str, str, dict]] = {
     ("GET", "/v1/pods/{ref}/logs"): (POD_REF, "/v1/pods/{ref}/logs", {}),
     ("POST", "/v1/pods/{ref}/pause"): (POD_REF, "/v1/pods/{ref}/pause", {}),
     ("POST", "/v1/pods/{ref}/unpause"): (POD_REF, "/v1/pods/{ref}/unpause", {}),
+    ("POST", "/v1/pods/{ref}/wait"): (POD_REF, "/v1/pods/{ref}/wait", {}),
+    ("GET", "/v1/pods/{ref}/stats"): (POD_REF, "/v1/pods/{ref}/stats", {}),
+    ("GET", "/v1/stats"): (OPEN, "/v1/stats", {}),  # scoped: test_stats.py
+    ("POST", "/v1/pods/{ref}/start"): (POD_REF, "/v1/pods/{ref}/start", {}),
+    ("POST", "/v1/pods/{ref}/restart"): (POD_REF, "/v1/pods/{ref}/restart", {"params": {"timeout": 0}}),
+    ("POST", "/v1/pods/{ref}/rename"): (POD_REF, "/v1/pods/{ref}/rename", {"json": {"name": "renamed"}}),
+    ("POST", "/v1/pods/{ref}/execs"): (POD_REF, "/v1/pods/{ref}/execs", {"json": {"command": ["true"]}}),
     ("GET", "/v1/events"): (OPEN, "/v1/events", {"params": {"since": 0, "until": 1}}),  # scoped: test_events_...
     ("WEBSOCKET", "/v1/pods/{ref}/attach"): (POD_REF, "/v1/pods/{ref}/attach", {"first": {}}),
     ("WEBSOCKET", "/v1/pods/run"): (IMAGE_REF, "/v1/pods/run", {"first": {"spec": {**POD, "name": "other"}}}),
@@ -199,6 +206,9 @@ TABLE: dict[tuple[str, str], tuple[str, str, dict]] = {
     ("GET", "/v1/images/save"): (IMAGE_REF, "/v1/images/save", {"params": {"ref": "busybox"}}),
     ("POST", "/v1/images/tag"): (IMAGE_REF, "/v1/images/tag", {"json": {"source": "busybox", "target": "x:1"}}),
     ("POST", "/v1/images/prune"): (ADMIN, "/v1/images/prune", {}),
+    ("POST", "/v1/images/push"): (IMAGE_REF, "/v1/images/push", {"json": {"ref": "busybox"}}),
+    ("GET", "/v1/system/df"): (OPEN, "/v1/system/df", {}),  # scoped: test_system_tenants.py
+    ("POST", "/v1/system/prune"): (ADMIN, "/v1/system/prune", {"json": {}}),
     ("GET", "/v1/images/check"): (ADMIN, "/v1/images/check", {}),
     ("POST", "/v1/auth"): (OPEN, "/v1/auth", {"json": {"registry": "127.0.0.1:9", "username": "u",
                                                         "password": "p"}}),

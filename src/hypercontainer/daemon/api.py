@@ -45,6 +45,8 @@ from ..storage.disk import parse_size
 from ..storage.named_volumes import ADMIN as VOLUME_ADMIN
 from ..storage.named_volumes import NamedVolumes
 from .admission import TenantAdmission, usage
+from .api_stats import add_stats_routes
+from .api_system import add_system_routes
 from .audit import AUDIT_LOG, AuditLog
 from .auth import Guard, RateLimiter, Streams, admin_only, note, refused, tenant_of
 from .state import StateDB
@@ -87,6 +89,18 @@ class PullRequest(BaseModel):
 
 class AddContainerRequest(BaseModel):
     container: dict
+
+
+class ExecDetachedRequest(BaseModel):
+    command: list[str]
+    container: str | None = None
+    user: str | None = None
+    env: list[str] = []
+    workdir: str | None = None
+
+
+class RenameRequest(BaseModel):
+    name: str
 
 
 class TagRequest(BaseModel):
@@ -325,6 +339,36 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
     @app.post("/v1/pods/{ref}/stop")
     async def stop_pod(request: Request, ref: str, timeout: float = 10.0) -> dict:
         return {"id": await manager.stop(live(request, ref), timeout)}
+
+    @app.post("/v1/pods/{ref}/wait")
+    async def wait_pod(request: Request, ref: str) -> dict:
+        """docker wait: answers once the pod's first container has exited (or the pod stopped)."""
+        return {"exit_code": await manager.wait(manager.resolve(ref, tenant_of(request)))}
+
+    @app.post("/v1/pods/{ref}/start")
+    async def start_pod(request: Request, ref: str) -> dict:
+        """docker start: a created pod boots; a stopped one boots again from its spec (same id, name, volumes)."""
+        pod = await manager.start_again(manager.resolve(ref, tenant_of(request)), admission(tenant(request)))
+        return {"id": pod.id, "name": pod.name}
+
+    @app.post("/v1/pods/{ref}/restart")
+    async def restart_pod(request: Request, ref: str, timeout: float = 10.0) -> dict:
+        pod_id = manager.resolve(ref, tenant_of(request))
+        if pod_id in manager.pods:
+            await manager.stop(pod_id, timeout)
+        pod = await manager.start_again(pod_id, admission(tenant(request)))
+        return {"id": pod.id, "name": pod.name}
+
+    @app.post("/v1/pods/{ref}/rename")
+    async def rename_pod(request: Request, ref: str, req: RenameRequest) -> dict:
+        pod_id = manager.resolve(ref, tenant_of(request))
+        return {"id": pod_id, "name": req.name, "old_name": manager.rename(pod_id, req.name)}
+
+    @app.post("/v1/pods/{ref}/execs", status_code=201)
+    async def exec_detached(request: Request, ref: str, req: ExecDetachedRequest) -> dict:
+        """docker exec -d: the process runs on by itself; inspect shows its exit code under "execs"."""
+        return await pod_of(request, ref).exec_detached(req.container, req.command, user=req.user, env=req.env,
+                                                        workdir=req.workdir)
 
     @app.post("/v1/pods/{ref}/kill")
     async def kill_pod(request: Request, ref: str, req: KillRequest) -> dict:
@@ -586,6 +630,8 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
         drop = own.remove if own else images.remove
         return {"removed": await asyncio.to_thread(drop, ref, in_use())}
 
+    add_system_routes(app, manager, images, puller)  # push, system df and prune: api_system.py
+    add_stats_routes(app, manager, pod_of)  # pod stats (hyperctl stats): api_stats.py
     return app
 
 

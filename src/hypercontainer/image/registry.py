@@ -105,7 +105,8 @@ class Registry:
             return self.creds.basic()
         if ch.scheme != "bearer" or "realm" not in ch.params:
             raise AuthError(f"{self.host}: unsupported authentication scheme {ch.scheme}")
-        params = {"service": ch.params.get("service", ""), "scope": ch.params.get("scope", scope)}
+        # a challenge may name several scopes (a cross-repository mount): each goes as a parameter of its own
+        params = {"service": ch.params.get("service", ""), "scope": ch.params.get("scope", scope).split()}
         headers = {"Authorization": self.creds.basic()} if self.creds else {}
         r = await self.client.get(ch.params["realm"], params=params, headers=headers)
         if r.status_code in (401, 403):
@@ -123,17 +124,23 @@ class Registry:
         return f"Bearer {token}"
 
     async def _send(self, method: str, path: str, scope: str, headers: dict | None = None,
-                    stream: bool = False) -> httpx.Response:
-        """A request with auth and retries; the caller closes a streamed response."""
+                    stream: bool = False, *, url: str | None = None, content: bytes | None = None,
+                    params: dict[str, str] | None = None) -> httpx.Response:
+        """A request with auth and retries; the caller closes a streamed response. `url`: an absolute address
+        (an upload's Location) rather than `path`; `content`: the body (pushes); `params`: the query."""
         refreshed, attempt = False, 0
         while True:
             h = dict(headers or {})
             if scope in self._tokens:
                 h["Authorization"] = self._tokens[scope]
             try:
-                r = await self.client.send(self.client.build_request(method, self.url(path), headers=h,
-                                                                     params=self.params if path else None),
-                                           stream=stream)
+                if url is not None:  # its own query (an upload's state) stays: `params` are added to it
+                    target, query = httpx.URL(url).copy_merge_params(params or {}), None
+                else:
+                    target, query = httpx.URL(self.url(path)), params if params is not None else \
+                        self.params if path else None
+                r = await self.client.send(self.client.build_request(method, target, headers=h, params=query,
+                                                                     content=content), stream=stream)
             except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as e:
                 attempt += 1
                 if attempt >= self.retries:

@@ -67,6 +67,7 @@ class PodManager:
         self.pods: dict[str, Pod] = {}
         self._starts: dict[str, asyncio.Task[None]] = {}
         self._stale: dict[str, PodInfo] = {}  # records of pods from an earlier run of the daemon
+        self._starting_again: set[str] = set()  # pods start_again() is booting anew
         self.recent_boots: collections.deque[dict[str, float]] = collections.deque(maxlen=10)  # newest last
         # Live restore: pods outlive hyperd and the next one takes them over (hyperd sets it; on by default).
         # Without it, hyperd stops its pods when it stops, and after a crash releases what the old pods left.
@@ -224,6 +225,109 @@ class PodManager:
 
         task.add_done_callback(done)  # when it ends, not when a caller stops waiting: stop() and remove() cancel it
         await asyncio.shield(task)
+
+    async def start_again(self, pod_id: str, admission: Admission | None = None) -> Pod:
+        """docker start: a pod that was created and never started boots now; one that exited or failed (or that
+        an earlier hyperd left stopped) boots again from its recorded spec, under the same id and name, with its
+        containers' writable layers, logs and volumes as they were. A running or paused pod is left as it is.
+        `admission`: a tenant's (its quotas and images, as at create)."""
+        pod = self.pods.get(pod_id)
+        if pod is not None and pod.state == PodState.CREATED and pod_id not in self._starts:
+            await self.start(pod)
+            return pod
+        if pod is not None and pod.state not in FINAL:
+            if pod.state in (PodState.RUNNING, PodState.PAUSED):
+                return pod
+            raise Conflict(f"pod {pod.name} is {pod.state.value}: wait until it has started or stopped")
+        info = pod.info() if pod is not None else self._stale.get(pod_id)
+        if info is None:
+            raise NotFound(f"no such pod: {pod_id}")
+        if pod_id in self._starting_again:
+            raise Conflict(f"pod {info['name']} is being started already")
+        self._starting_again.add(pod_id)
+        try:
+            return await self._start_again(pod_id, pod, info, admission)
+        finally:
+            self._starting_again.discard(pod_id)
+
+    async def _start_again(self, pod_id: str, pod: Pod | None, info: PodInfo, admission: Admission | None) -> Pod:
+        spec, meta = dict(info["spec"]), dict(info.get("meta") or {})
+        if "cri" in meta:
+            raise Conflict(f"pod {info['name']} is the Kubernetes CRI's: the kubelet starts its pods")
+        if spec.get("auto_remove"):
+            raise Conflict(f"pod {info['name']} was run with --rm: it is removed, not started again")
+        spec["name"] = info["name"]
+        if pod is not None:
+            await pod.teardown()  # idempotent: nothing of its last run is left
+            self.pods.pop(pod_id, None)
+        else:
+            self._stale.pop(pod_id, None)
+        try:
+            new = self.create(spec, meta, pod_id=pod_id, admission=admission)
+        except BaseException:  # as it was: the old pod stays, stopped
+            if pod is not None:
+                self.pods[pod_id] = pod
+            else:
+                self._stale[pod_id] = info
+            raise
+        new.created = info["created"]
+        if pod is not None:
+            pod.on_change.clear()  # the old object is done with: nothing of it is recorded any more
+            pod.on_event.clear()
+            for old_c, new_c in zip(pod.containers, new.containers, strict=False):
+                new_c.restarts = old_c.restarts
+        await self.start(new)
+        return new
+
+    def rename(self, pod_id: str, name: str) -> str:
+        """docker rename: the pod's new name, unique among its owner's pods (as create makes them)."""
+        try:
+            PodSpec.model_validate({"name": name, "containers": [], "keep_alive": True})
+        except ValidationError as e:
+            raise invalid_spec(e) from None
+        pod = self.pods.get(pod_id)
+        info = pod.info() if pod is not None else self._stale.get(pod_id)
+        if info is None:
+            raise NotFound(f"no such pod: {pod_id}")
+        if "cri" in (info.get("meta") or {}):
+            raise Conflict(f"pod {info['name']} is the Kubernetes CRI's: its name is the kubelet's")
+        tenant = owner(info)
+        if any(i["name"] == name and i["id"] != pod_id for i in self.list(tenant) if owner(i) == tenant):
+            raise Conflict(f"the name {name} is already in use by another pod; remove it or choose another name")
+        old = info["name"]
+        if pod is not None:
+            pod.name = name
+            pod.spec = pod.spec.model_copy(update={"name": name})
+            self.records.save(pod.id, pod.name, pod.state.value, pod.info())
+            self._event(pod, "rename", {"old_name": old})
+        else:
+            info["name"] = name
+            info["spec"] = {**info["spec"], "name": name}
+            self.records.save(pod_id, name, info["state"], info)
+        return str(old)
+
+    async def wait(self, pod_id: str) -> int:
+        """docker wait: blocks until the pod's first container has exited (or the pod has stopped); its exit
+        code."""
+        pod = self.pods.get(pod_id)
+        if pod is None:
+            info = self._stale.get(pod_id)
+            if info is None:
+                raise NotFound(f"no such pod: {pod_id}")
+            first = (info.get("containers") or [{}])[0]
+            code = first.get("exit_code", info.get("exit_code"))
+            return int(code if code is not None else 255)
+        while True:
+            c = pod.containers[0] if pod.containers else None
+            if c is not None and c.done.is_set():
+                return c.exit_code if c.exit_code is not None else 255
+            if pod.state in FINAL:
+                return pod.exit_code if pod.exit_code is not None else 255
+            if c is None:
+                await asyncio.sleep(0.2)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(c.done.wait(), 0.5)
 
     async def add_container(self, ref: str, raw: dict[str, Any], *, start: bool = True,
                             volumes: builtins.list[dict[str, Any]] | None = None, cri_log: Path | None = None,

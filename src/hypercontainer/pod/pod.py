@@ -165,6 +165,8 @@ class Pod:
         self._lock = asyncio.Lock()
         self.on_change: list[Callable[[Pod], None]] = []  # e.g. persisting the record
         self.on_event: list[Callable[[Pod, str, dict[str, object]], None]] = []  # hyperctl events
+        self.execs: list[dict[str, Any]] = []  # detached execs (exec -d): id, command, exit_code, running
+        self._exec_tasks: set[asyncio.Task[None]] = set()
         # What the layer that made the pod keeps with it (the CRI: ids, metadata, labels, annotations), persisted
         # with the pod's record and read back with it; the pod core never looks inside.
         self.meta: dict[str, Any] = {}
@@ -424,7 +426,8 @@ class Pod:
             injected = {f.path for f in c.spec.files}
             address = self.net.address if self.net else "127.0.1.1"
             generated = [("/etc/hostname", f"{self.hostname}\n"),
-                         ("/etc/hosts", HOSTS.format(address=address, hostname=self.hostname))]
+                         ("/etc/hosts", HOSTS.format(address=address, hostname=self.hostname)
+                          + "".join(f"{h.ip}\t{h.hostname}\n" for h in self.spec.hosts))]
             resolv = resolv_conf(self.spec, self.net)
             if resolv is not None:
                 generated.append(("/etc/resolv.conf", resolv))
@@ -751,6 +754,38 @@ class Pod:
             fields.update(rows=size[0], cols=size[1])
         return await self.exec_fields(c.name, fields, tty=tty)
 
+    async def exec_detached(self, container: str | None, command: list[str], *, user: str | None = None,
+                            env: list[str] | None = None, workdir: str | None = None) -> dict[str, Any]:
+        """docker exec -d: the process runs on by itself (its output dropped); its exit code is kept in `execs`
+        (inspect shows them)."""
+        proc = await self.exec(container, command, user=user, env=env, workdir=workdir)
+        rec: dict[str, Any] = {"id": os.urandom(8).hex(), "container": self.container(container).name,
+                               "command": list(command), "exit_code": None, "running": True}
+        self.execs.append(rec)
+        del self.execs[:-64]  # the latest 64 are kept
+
+        async def reap() -> None:
+            async def drain(q: asyncio.Queue[bytes | None]) -> None:
+                while await q.get() is not None:
+                    pass
+
+            try:
+                await asyncio.gather(drain(proc.stdout), drain(proc.stderr))
+                rec["exit_code"] = await proc.exit
+            except HCError as e:
+                rec["error"] = e.message
+            finally:
+                rec["running"] = False
+                proc.client.unregister(proc.stream)
+                if self.state not in (PodState.EXITED, PodState.FAILED):  # a final record is written once
+                    self.changed()
+
+        task = asyncio.create_task(reap())
+        self._exec_tasks.add(task)
+        task.add_done_callback(self._exec_tasks.discard)
+        self.changed()
+        return rec
+
     async def exec_fields(self, container: str, fields: Fields, *, tty: bool = False) -> ProcessStreams:
         """EXEC with the process fields given whole (runv: from an OCI process)."""
         c = self.container(container)
@@ -914,6 +949,9 @@ class Pod:
                             "started_at": c.started_at, "finished_at": c.finished_at,
                             "state": "exited" if c.done.is_set() else "running" if c.started.is_set() else "created"}
                            for c in self.containers],
+            "labels": dict(self.spec.labels),
+            "execs": [dict(e, running=e["running"] and self.state in (PodState.RUNNING, PodState.PAUSED))
+                      for e in self.execs],
             "spec": self.spec.model_dump(mode="json"),
             "runtime": self.runtime(),
             "meta": self.meta,

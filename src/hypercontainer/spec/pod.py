@@ -298,6 +298,25 @@ class NamedNetwork(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 
 
+class HostEntry(Strict):
+    """One more line of the containers' /etc/hosts (docker's --add-host NAME:IP)."""
+
+    hostname: DnsName
+    ip: IPvAnyAddress
+
+
+_LABEL_KEY = re.compile(r"^[^=\s\0]{1,255}$")
+
+
+def _check_labels(v: dict[str, str]) -> dict[str, str]:
+    for k, val in v.items():
+        if not _LABEL_KEY.match(k):
+            raise ValueError(f"label key {k!r}: 1-255 characters, no '=', blank or NUL")
+        if len(val) > 4096 or "\0" in val:
+            raise ValueError(f"label {k}: the value is over 4096 characters or has a NUL")
+    return v
+
+
 class PodSpec(Strict):
     name: Name | None = None
     hostname: str | None = None
@@ -314,6 +333,8 @@ class PodSpec(Strict):
     ports: Annotated[list[PortMapping], Field(max_length=256)] = []
     share_process_namespace: bool = False  # the containers share one PID namespace (never the agent's)
     keep_alive: bool = False  # the VM stays up with no container running, until the pod is stopped (a sandbox)
+    labels: Annotated[dict[str, str], Field(max_length=256), AfterValidator(_check_labels)] = {}  # docker's --label
+    hosts: Annotated[list[HostEntry], Field(max_length=256)] = []  # more /etc/hosts lines (docker's --add-host)
 
     @property
     def network_mode(self) -> str:

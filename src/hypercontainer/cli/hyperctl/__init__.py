@@ -16,11 +16,15 @@ VERBS = {
     "run": ("run", "run_cmd"), "exec": ("run", "exec_cmd"), "attach": ("run", "attach_cmd"),
     "create": ("run", "create_cmd"),
     **{v: ("pods", v) for v in ("ps", "rm", "logs", "inspect", "port", "stop", "kill", "pause", "unpause",
-                                "events")},
+                                "events", "wait", "start", "restart", "rename")},
     **{v: ("images", v) for v in ("images", "pull", "load", "save", "tag", "rmi", "login", "logout", "image")},
     "info": ("info", "info"), "version": ("info", "version"), "context": ("contexts", "context"),
     "tenant": ("tenants", "tenant"), "token": ("tenants", "token"), "network": ("networks", "network"),
     "volume": ("volumes", "volume"),
+    "push": ("images", "push"),
+    "system": ("system", "system"),
+    "completion": ("system", "completion"),
+    "stats": ("stats", "stats"),
 }
 
 

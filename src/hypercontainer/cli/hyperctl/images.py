@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -31,15 +32,113 @@ def _registry_of(ref: str) -> str:
     return parse(ref).registry
 
 
+FIELDS = ("Repository", "Tag", "Digest", "ID", "CreatedAt", "Size")
+_FIELD = re.compile(r"{{\s*\.(\w+)\s*}}")
+HEADERS = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", "ID": "IMAGE ID", "CreatedAt": "CREATED AT",
+           "Size": "SIZE"}
+FILTERS = ("reference", "dangling", "before", "since")
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """docker's reference pattern: `*` and `?` stop at `/`; [...] as in the shell."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in pattern[i + 1:]:
+            j = pattern.index("]", i + 1)
+            body = pattern[i + 1 : j]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _rows(imgs: list[dict]) -> list[dict]:
+    """One row per name (an unnamed image: one <none> row), with the fields --format knows."""
+    rows = []
+    for img in imgs:
+        for ref in img["refs"] or ["<none>:<none>"]:
+            repo, _, tag = ref.rpartition(":")
+            digest = next((d.split("@")[1] for d in img["digests"] if d.split("@")[0] == repo), "<none>")
+            rows.append({"Repository": repo, "Tag": tag, "Digest": digest, "ID": img["id"][7:19],
+                         "CreatedAt": img["created"][:19].replace("T", " "), "Size": human(img["size"]),
+                         "_image": img})
+    return rows
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"hyperctl: {message}", err=True)
+    sys.exit(125)
+
+
+def _filtered(rows: list[dict], filters: tuple[str, ...], client: Client) -> list[dict]:
+    by: dict[str, list[str]] = {}
+    for f in filters:
+        key, eq, value = f.partition("=")
+        if not eq or key not in FILTERS:
+            _fail(f"invalid filter {f!r}: one of {', '.join(k + '=' for k in FILTERS)}")
+        by.setdefault(key, []).append(value)
+    for value in by.get("dangling", []):
+        if value.lower() not in ("true", "false", "1", "0"):
+            _fail(f"invalid filter 'dangling={value}': true or false")
+        want = value.lower() in ("true", "1")
+        rows = [r for r in rows if (not r["_image"]["refs"]) == want]
+    if "reference" in by:
+        pats = [_glob(p) for p in by["reference"]]
+        rows = [r for r in rows if r["_image"]["refs"] and any(
+            p.match(r["Repository"]) or p.match(f"{r['Repository']}:{r['Tag']}") for p in pats)]
+    for key in ("before", "since"):
+        for value in by.get(key, []):
+            try:
+                created = client.request("GET", f"/v1/images/{value}")["created"]
+            except HCError as e:
+                _fail(f"filter {key}={value}: {e.message}")
+            rows = [r for r in rows if (r["_image"]["created"] < created if key == "before"
+                                        else r["_image"]["created"] > created)]
+    return rows
+
+
+def _render(fmt: str, row: dict) -> str:
+    def field(m: re.Match[str]) -> str:
+        if m.group(1) not in FIELDS:
+            _fail(f"--format: unknown field .{m.group(1)} (known: {', '.join('.' + f for f in FIELDS)})")
+        return str(row[m.group(1)])
+
+    return _FIELD.sub(field, fmt.replace("\\t", "\t").replace("\\n", "\n"))
+
+
 @click.command("images")
 @click.option("-q", "--quiet", is_flag=True, help="Only print image ids.")
 @click.option("--digests", is_flag=True, help="Show repository digests.")
-def images(quiet: bool, digests: bool) -> None:
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="reference=PATTERN (a glob), dangling=true|false, before=IMAGE, since=IMAGE; repeatable.")
+@click.option("--format", "fmt", metavar="FORMAT",
+              help="json (a JSON object per line), or a template such as '{{.Repository}}:{{.Tag}}\\t{{.ID}}' "
+                   "(fields: " + ", ".join(FIELDS) + "; a leading 'table ' adds a header).")
+def images(quiet: bool, digests: bool, filters: tuple[str, ...], fmt: str | None) -> None:
     """List images."""
-    rows = Client().request("GET", "/v1/images")
+    client = Client()
+    rows = _filtered(_rows(client.request("GET", "/v1/images")), filters, client)
     if quiet:
-        for img in rows:
-            click.echo(img["id"][7:19])
+        for img_id in dict.fromkeys(r["_image"]["id"] for r in rows):
+            click.echo(img_id[7:19])
+        return
+    if fmt == "json":
+        for r in rows:
+            click.echo(json.dumps({k: r[k] for k in FIELDS}))
+        return
+    if fmt:
+        if fmt.startswith("table "):
+            fmt = fmt[6:]
+            click.echo(_render(fmt, HEADERS))
+        for r in rows:
+            click.echo(_render(fmt, r))
         return
     from rich.console import Console
     from rich.table import Table
@@ -48,12 +147,8 @@ def images(quiet: bool, digests: bool) -> None:
     cols = ["REPOSITORY", "TAG", *(["DIGEST"] if digests else []), "IMAGE ID", "CREATED", "SIZE"]
     for col in cols:
         t.add_column(col, no_wrap=True)
-    for img in rows:
-        for ref in img["refs"] or ["<none>:<none>"]:
-            repo, _, tag = ref.rpartition(":")
-            digest = next((d.split("@")[1] for d in img["digests"] if d.split("@")[0] == repo), "<none>")
-            t.add_row(repo, tag, *([digest] if digests else []), img["id"][7:19],
-                      img["created"][:19].replace("T", " "), human(img["size"]))
+    for r in rows:
+        t.add_row(r["Repository"], r["Tag"], *([r["Digest"]] if digests else []), r["ID"], r["CreatedAt"], r["Size"])
     Console(width=250).print(t)
 
 
@@ -123,6 +218,46 @@ def pull(platform: str | None, quiet: bool, ref: str) -> None:
         for d in final["digests"]:
             click.echo(f"Digest: {d.split('@')[1]}", err=True)
     click.echo(ref)
+
+
+def _progress(path: str, body: dict, quiet: bool) -> dict:
+    """Runs a streamed image operation (NDJSON progress, then {"status": "done", ...}), showing its progress."""
+    bars = None if quiet else _Bars()
+    final = None
+    try:
+        for line in Client(timeout=None).stream_lines(path, method="POST", json=body):
+            if not line.strip():
+                continue
+            ev = json.loads(line)
+            if "error" in ev:
+                raise error_from(ev["error"], 500)
+            if ev.get("status") == "done":
+                final = ev
+            elif bars:
+                bars.event(ev)
+    finally:
+        if bars:
+            bars.close()
+    if final is None:
+        raise HCError(f"hyperd ended {path} without a result")
+    return final
+
+
+@click.command("push")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.argument("ref", metavar="NAME[:TAG]")
+def push(quiet: bool, ref: str) -> None:
+    """Push an image to a registry (credentials from 'hyperctl login').
+
+    Exits 125 when the image cannot be pushed."""
+    try:
+        creds = auth.load_all().get(_registry_of(ref))
+        body = {"ref": ref, "auth": {"username": creds.username, "password": creds.password} if creds else None}
+        done = _progress("/v1/images/push", body, quiet)["push"]
+    except HCError as e:
+        click.echo(f"hyperctl: {e.message}", err=True)
+        sys.exit(125)
+    click.echo(f"{done['ref']}: digest: {done['digest']} size: {done['size']}")
 
 
 @click.command("load")
@@ -221,9 +356,10 @@ def image_inspect(ref: str) -> None:
 
 image.add_command(images, "ls")
 image.add_command(pull)
+image.add_command(push)
 image.add_command(load)
 image.add_command(save)
 image.add_command(tag)
 image.add_command(rmi, "rm")
 
-COMMANDS = [images, pull, load, save, tag, rmi, login, logout, image]
+COMMANDS = [images, pull, push, load, save, tag, rmi, login, logout, image]

@@ -1,10 +1,13 @@
-"""hyperctl ps, rm, logs, inspect, port, stop, kill, pause, unpause, events."""
+"""hyperctl ps, rm, logs, inspect, port, stop, kill, pause, unpause, events, wait, start, restart, rename."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import time
+from typing import NoReturn
 
 import click
 
@@ -34,15 +37,145 @@ def status(p: dict) -> str:
     return p["state"].capitalize()
 
 
+FILTER_KEYS = ("name", "label", "status", "id", "ancestor")
+STATUSES = ("created", "running", "paused", "exited")
+# docker's state of each of ours (a starting or stopping pod is still running; one that failed exited)
+DOCKER_STATE = {"created": "created", "starting": "running", "running": "running", "paused": "paused",
+                "stopping": "running", "exited": "exited", "failed": "exited"}
+# ps --format's fields ({{.Field}}) and their table headers
+FIELDS = {"ID": "POD ID", "Names": "NAMES", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
+          "RunningFor": "CREATED", "Status": "STATUS", "State": "STATE", "Ports": "PORTS", "Labels": "LABELS"}
+PLACEHOLDER = re.compile(r"{{\s*\.([A-Za-z0-9_]*)\s*}}")
+POD_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")  # spec/pod.py's Name
+
+
+def bad_usage(message: str) -> NoReturn:
+    """docker's way with bad input to its newer verbs: one line, exit 125."""
+    click.echo(f"hyperctl: {message}", err=True)
+    sys.exit(125)
+
+
+def parse_filters(filters: tuple[str, ...]) -> dict[str, list[str]]:
+    """--filter KEY=VALUE, repeatable: the values of each key (docker: the same key ORs, except label, whose
+    filters AND; different keys AND)."""
+    out: dict[str, list[str]] = {}
+    for f in filters:
+        key, eq, value = f.partition("=")
+        if not eq or key not in FILTER_KEYS or not value:
+            bad_usage(f"invalid filter {f!r}: expected KEY=VALUE with KEY one of {', '.join(FILTER_KEYS)}")
+        if key == "status" and value not in STATUSES:
+            bad_usage(f"invalid filter {f!r}: the status is one of {', '.join(STATUSES)}")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def _labels(p: dict) -> dict:
+    return p.get("labels") or (p.get("spec") or {}).get("labels") or {}
+
+
+def matches(p: dict, filters: dict[str, list[str]]) -> bool:
+    def one(key: str, value: str) -> bool:
+        if key == "name":
+            return value in p["name"]  # docker: a substring of the name
+        if key == "id":
+            return p["id"].startswith(value)
+        if key == "status":
+            return DOCKER_STATE.get(p["state"], p["state"]) == value
+        if key == "ancestor":
+            image = p.get("image") or ""
+            images = {image, image.split("@")[0], (p.get("containers") or [{}])[0].get("image", "")}
+            if ":" not in value.rsplit("/", 1)[-1]:
+                images.add(image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image)
+            return value in images
+        k, eq, v = value.partition("=")
+        labels = _labels(p)
+        return k in labels and (not eq or labels[k] == v)
+
+    # docker: label filters all have to match; the values of any other key are alternatives
+    return all((all if key == "label" else any)(one(key, v) for v in values) for key, values in filters.items())
+
+
+def ports_of(p: dict) -> str:
+    if p["state"] not in ("running", "paused"):
+        return ""
+    return ", ".join(f"{m['host_ip']}:{m['host_port']}->{m['container_port']}/{m['protocol']}"
+                     for m in (p.get("network") or {}).get("ports", []))
+
+
+def fields_of(p: dict) -> dict[str, str]:
+    import datetime as dt
+
+    cmd = " ".join(p.get("command") or [])
+    image = p["image"] or (f"{len(p.get('containers') or [])} containers" if (p.get("spec") or {}).get("keep_alive")
+                           else "")
+    created = dt.datetime.fromtimestamp(p["created"], dt.UTC).astimezone()
+    return {"ID": p["id"][:12], "Names": p["name"], "Image": image, "Command": f'"{cmd}"' if cmd else "",
+            "CreatedAt": created.strftime("%Y-%m-%d %H:%M:%S %z %Z"), "RunningFor": ago(p["created"]),
+            "Status": status(p), "State": DOCKER_STATE.get(p["state"], p["state"]), "Ports": ports_of(p),
+            "Labels": ",".join(f"{k}={v}" for k, v in sorted(_labels(p).items()))}
+
+
+def check_template(template: str) -> None:
+    for m in PLACEHOLDER.finditer(template):
+        if m.group(1) not in FIELDS:
+            bad_usage(f"--format: no field .{m.group(1)} (the fields: {', '.join(FIELDS)})")
+    rest = PLACEHOLDER.sub("", template)
+    if "{{" in rest or "}}" in rest:
+        bad_usage("--format: only {{.Field}} placeholders are understood (the fields: "
+                               f"{', '.join(FIELDS)})")
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def print_table(template: str, rows: list[dict[str, str]]) -> None:
+    """A template's lines, their tab-separated columns aligned (docker's tabwriter), under a header."""
+    lines = [render(template, FIELDS)] + [render(template, r) for r in rows]
+    cells = [ln.split("\t") for ln in lines]
+    widths: dict[int, int] = {}
+    for row in cells:
+        for i, c in enumerate(row[:-1]):
+            widths[i] = max(widths.get(i, 0), len(c))
+    for row in cells:
+        click.echo("   ".join([c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + row[-1:]).rstrip())
+
+
 @click.command("ps")
 @click.option("-a", "--all", "all_", is_flag=True, help="Show all pods (default: running ones).")
 @click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
-def ps(all_: bool, quiet: bool) -> None:
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only pods that match: name=, label=KEY[=VALUE], status=(created|running|paused|exited), id= "
+                   "(a prefix), ancestor=IMAGE. Repeatable: the same key ORs (label ANDs, as docker), different keys "
+                   "AND.")
+@click.option("--format", "fmt", metavar="FORMAT",
+              help="table (default), json (one object a line), or a template of {{.Field}}s (\\t: a tab; "
+                   "'table TEMPLATE': aligned, with headers): ID, Names, Image, Command, CreatedAt, RunningFor, "
+                   "Status, State, Ports, Labels.")
+def ps(all_: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
     """List pods."""
-    pods = [p for p in Client().request("GET", "/v1/pods") if all_ or p["state"] in ("running", "starting", "paused")]
+    wanted = parse_filters(filters)
+    template = (fmt or "").replace("\\t", "\t").replace("\\n", "\n")
+    if template not in ("", "table", "json"):
+        check_template(template.removeprefix("table "))
+    # docker: a status filter looks at every pod, not only the running ones
+    shown = all_ or "status" in wanted
+    pods = [p for p in Client().request("GET", "/v1/pods")
+            if (shown or p["state"] in ("running", "starting", "paused")) and matches(p, wanted)]
     if quiet:
         for p in pods:
             click.echo(p["id"][:12])
+        return
+    if template == "json":
+        for p in pods:
+            click.echo(json.dumps(fields_of(p)))
+        return
+    if template.startswith("table "):
+        print_table(template.removeprefix("table "), [fields_of(p) for p in pods])
+        return
+    if template and template != "table":
+        for p in pods:
+            click.echo(render(template, fields_of(p)))
         return
     from rich.console import Console
     from rich.table import Table
@@ -52,14 +185,57 @@ def ps(all_: bool, quiet: bool) -> None:
         t.add_column(col, no_wrap=True)
     for p in pods:
         cmd = " ".join(p.get("command") or [])
-        live = p["state"] in ("running", "paused")
-        ports = ", ".join(f"{m['host_ip']}:{m['host_port']}->{m['container_port']}/{m['protocol']}"
-                          for m in (p.get("network") or {}).get("ports", []) if live)
         name = p["name"] + (" (CRI)" if "cri" in (p.get("meta") or {}) else "")
-        image = p["image"] or (f"{len(p.get('containers') or [])} containers" if p.get("spec", {}).get("keep_alive")
-                               else "")
-        t.add_row(p["id"][:12], name, image, f'"{cmd[:24]}"' if cmd else "", ago(p["created"]), status(p), ports)
+        image = fields_of(p)["Image"]
+        t.add_row(p["id"][:12], name, image, f'"{cmd[:24]}"' if cmd else "", ago(p["created"]), status(p), ports_of(p))
     Console(width=200).print(t)
+
+
+@click.command("wait")
+@click.argument("pods", nargs=-1, required=True)
+def wait(pods: tuple[str, ...]) -> None:
+    """Block until each pod's (first) container exits; print each exit code, exit with the first one's."""
+    client = Client(timeout=None)
+    codes: list[int] = []
+    failed = False
+    for ref in pods:
+        try:
+            codes.append(int(client.request("POST", f"/v1/pods/{ref}/wait")["exit_code"]))
+            click.echo(codes[-1])
+        except HCError as e:
+            click.echo(f"hyperctl: {e.message}", err=True)
+            failed = True
+    sys.exit(codes[0] if codes and not failed else 1 if failed else 0)
+
+
+@click.command("start")
+@click.argument("pods", nargs=-1, required=True)
+def start(pods: tuple[str, ...]) -> None:
+    """Start pods that were stopped (or created): each boots again with its spec (same name, volumes, ports)."""
+    client = Client(timeout=600)
+    for_each(pods, lambda ref: [ref] if client.request("POST", f"/v1/pods/{ref}/start") is not None else [])
+
+
+@click.command("restart")
+@click.option("-t", "--time", "timeout", default=10.0, show_default=True, help="Seconds before SIGKILL.")
+@click.argument("pods", nargs=-1, required=True)
+def restart(timeout: float, pods: tuple[str, ...]) -> None:
+    """Restart pods: stop (the stop signal, SIGKILL after the grace period), then start again."""
+    if timeout < 0:
+        bad_usage(f"restart -t {timeout:g}: the grace period is 0 seconds or more")
+    client = Client(timeout=timeout + 600)
+    for_each(pods, lambda ref: [ref] if client.request("POST", f"/v1/pods/{ref}/restart",
+                                                       params={"timeout": timeout}) is not None else [])
+
+
+@click.command("rename")
+@click.argument("pod")
+@click.argument("new_name")
+def rename(pod: str, new_name: str) -> None:
+    """Rename a pod."""
+    if not POD_NAME.match(new_name):
+        bad_usage(f"invalid name {new_name!r}: 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    Client().request("POST", f"/v1/pods/{pod}/rename", json={"name": new_name})
 
 
 @click.command("rm")
@@ -212,4 +388,4 @@ def events(since: str | None, until: str | None) -> None:
         click.echo(f"{stamp} pod {ev['action']} {ev['id'][:12]} ({extra})")
 
 
-COMMANDS = [ps, rm, logs, inspect, port, stop, kill, pause, unpause, events]
+COMMANDS = [ps, rm, logs, inspect, port, stop, kill, pause, unpause, events, wait, start, restart, rename]

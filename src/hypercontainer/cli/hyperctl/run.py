@@ -20,6 +20,7 @@ import click
 from ...errors import CommandNotRunnable, HCError
 from ...spec.publish import parse_publish
 from ..client import Client, error_from
+from .pods import bad_usage
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 PROXIED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -38,6 +39,70 @@ def parse_volumes(specs: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
         volumes.append({"name": f"v{i}", source: parts[0]})
         mounts.append({"name": f"v{i}", "path": parts[1], "readonly": len(parts) == 3 and parts[2] == "ro"})
     return volumes, mounts
+
+
+ENV_KEY = re.compile(r"^[^=\s\0]+$")
+
+
+def env_file_lines(path: str) -> list[str]:
+    """docker's --env-file: KEY=VALUE lines (the value as written: no quotes removed), '#' comments and blank
+    lines skipped, a KEY alone takes our environment's value (or is left out where we have none)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        bad_usage(f"--env-file {path}: cannot read it ({getattr(e, 'strerror', None) or e})")
+    out = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        key, eq, value = line.partition("=")
+        if not ENV_KEY.match(key):
+            bad_usage(f"--env-file {path}, line {n}: {key!r} is not a variable name")
+        if eq:
+            out.append(f"{key}={value}")
+        elif key in os.environ:
+            out.append(f"{key}={os.environ[key]}")
+    return out
+
+
+def env_of(env: tuple[str, ...], env_files: tuple[str, ...]) -> tuple[str, ...]:
+    """The env files' variables, then -e's: a later one of the same name wins (docker: -e over the files)."""
+    if not env_files:
+        return env
+    merged: dict[str, str] = {}
+    for e in (*(e for f in env_files for e in env_file_lines(f)), *env):
+        merged[e.partition("=")[0]] = e
+    return tuple(merged.values())
+
+
+def parse_labels(labels: tuple[str, ...]) -> dict[str, str]:
+    """--label KEY=VALUE (KEY alone: an empty value), as docker."""
+    out: dict[str, str] = {}
+    for text in labels:
+        key, _, value = text.partition("=")
+        if not key or any(ch.isspace() for ch in key):
+            bad_usage(f"--label {text!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def parse_hosts(hosts: tuple[str, ...]) -> list[dict]:
+    """--add-host NAME:IP (or NAME=IP) -> the spec's hosts entries."""
+    import ipaddress
+
+    out = []
+    for text in hosts:
+        sep = "=" if "=" in text else ":"
+        name, _, ip = text.partition(sep)
+        try:
+            addr = ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            bad_usage(f"--add-host {text!r}: expected NAME:IP (an IPv4 or IPv6 address)")
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", name):
+            bad_usage(f"--add-host {text!r}: {name!r} is not a host name")
+        out.append({"hostname": name, "ip": str(addr)})
+    return out
 
 
 def container_spec(name: str, image: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
@@ -178,6 +243,11 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
 @click.option("-t", "--tty", "tty_", is_flag=True, help="Allocate a pseudo-terminal.")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the pod id.")
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (KEY=VALUE).")
+@click.option("--env-file", "env_files", multiple=True, metavar="FILE",
+              help="Read environment variables from a file (KEY=VALUE lines, # comments; KEY alone: ours).")
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Set a label on the pod.")
+@click.option("--add-host", "add_hosts", multiple=True, metavar="NAME:IP",
+              help="Add a line to the containers' /etc/hosts.")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("-u", "--user", help="User: name|uid[:group|gid].")
 @click.option("--name", help="Pod name.")
@@ -210,7 +280,8 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
               "containers can be added (create -c) and removed (rm POD/CONTAINER) meanwhile.")
 @click.argument("image", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[str, ...], workdir: str | None,
+def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[str, ...], env_files: tuple[str, ...],
+            labels: tuple[str, ...], add_hosts: tuple[str, ...], workdir: str | None,
             user: str | None, name: str | None, hostname: str | None, memory: int | None, cpus: int | None,
             entrypoint: str | None, volumes: tuple[str, ...], readonly: bool, restart: str, publish: tuple[str, ...],
             network: str | dict, boot: str, podfile: Path | None, cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
@@ -227,6 +298,7 @@ def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[st
     if not image:
         raise click.UsageError("missing IMAGE (or -f FILE)")
     policy = {"no": "Never", "on-failure": "OnFailure", "always": "Always"}[restart]
+    env = env_of(env, env_files)
     spec = build_spec(image, command, name=name, hostname=hostname, env=env, workdir=workdir, user=user,
                       tty_=tty_, interactive=interactive, rm=rm, memory=memory, cpus=cpus, entrypoint=entrypoint,
                       volumes=volumes, restart=policy, readonly=readonly)
@@ -235,6 +307,8 @@ def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[st
     spec["boot"] = boot
     spec["keep_alive"] = keep_alive
     spec["ports"] = [parse_publish(p) for p in publish]
+    spec["labels"] = parse_labels(labels)
+    spec["hosts"] = parse_hosts(add_hosts)
     if detach:
         created = client.request("POST", "/v1/pods", json={"spec": spec})
         click.echo(created["id"])
@@ -268,16 +342,26 @@ def attach_or_exit(client: Client, path: str, first: dict, interactive: bool, tt
 @click.option("-t", "--tty", "tty_", is_flag=True, help="Allocate a pseudo-terminal.")
 @click.option("-u", "--user", help="User: name|uid[:group|gid] [the container's].")
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (KEY=VALUE).")
+@click.option("--env-file", "env_files", multiple=True, metavar="FILE",
+              help="Read environment variables from a file (KEY=VALUE lines, # comments; KEY alone: ours).")
 @click.option("-w", "--workdir", help="Working directory [the container's].")
+@click.option("-d", "--detach", is_flag=True, help="Run it in the background (inspect shows its exit code).")
 @click.argument("target", metavar="POD[/CONTAINER]")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_cmd(interactive: bool, tty_: bool, user: str | None, env: tuple[str, ...], workdir: str | None,
-             target: str, command: tuple[str, ...]) -> None:
+def exec_cmd(interactive: bool, tty_: bool, user: str | None, env: tuple[str, ...], env_files: tuple[str, ...],
+             workdir: str | None, detach: bool, target: str, command: tuple[str, ...]) -> None:
     """Run a command in a running container; exits with its exit code."""
     pod, _, container = target.partition("/")
+    env = env_of(env, env_files)
     first = {"command": list(command), "container": container or None, "tty": tty_, "stdin": interactive,
              "user": user, "env": [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env],
              "workdir": workdir}
+    if detach:
+        if interactive or tty_:
+            bad_usage("exec -d runs without a terminal or stdin: leave out -i and -t")
+        body = {k: first[k] for k in ("command", "container", "user", "env", "workdir")}
+        click.echo(Client().request("POST", f"/v1/pods/{pod}/execs", json=body)["id"])
+        return
     sys.exit(attach_or_exit(Client(), f"/v1/pods/{pod}/exec", first, interactive, tty_))
 
 
@@ -285,14 +369,17 @@ def exec_cmd(interactive: bool, tty_: bool, user: str | None, env: tuple[str, ..
 @click.option("-c", "--pod", "pod", required=True, help="The running pod to add the container to.")
 @click.option("--name", help="Container name [the image's name].")
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (KEY=VALUE).")
+@click.option("--env-file", "env_files", multiple=True, metavar="FILE",
+              help="Read environment variables from a file (KEY=VALUE lines, # comments; KEY alone: ours).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("-u", "--user", help="User: name|uid[:group|gid].")
 @click.option("--entrypoint", help="Override the image's entrypoint.")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def create_cmd(pod: str, name: str | None, env: tuple[str, ...], workdir: str | None, user: str | None,
-               entrypoint: str | None, image: str, command: tuple[str, ...]) -> None:
+def create_cmd(pod: str, name: str | None, env: tuple[str, ...], env_files: tuple[str, ...], workdir: str | None,
+               user: str | None, entrypoint: str | None, image: str, command: tuple[str, ...]) -> None:
     """Add a container to a running pod (same VM, no reboot) and start it."""
+    env = env_of(env, env_files)
     default_name = image.split("/")[-1].split(":")[0].split("@")[0]
     container = container_spec(name or default_name, image, command, env, workdir, user, entrypoint)
     click.echo(Client().request("POST", f"/v1/pods/{pod}/containers", json={"container": container})["name"])
