@@ -196,24 +196,7 @@ def pull(platform: str | None, quiet: bool, ref: str) -> None:
     creds = auth.load_all().get(_registry_of(ref))
     body = {"ref": ref, "platform": platform,
             "auth": {"username": creds.username, "password": creds.password} if creds else None}
-    bars = None if quiet else _Bars()
-    final = None
-    try:
-        for line in Client(timeout=None).stream_lines("/v1/images/pull", method="POST", json=body):
-            if not line.strip():
-                continue
-            ev = json.loads(line)
-            if "error" in ev:
-                raise error_from(ev["error"], 500)
-            if ev.get("status") == "done":
-                final = ev["image"]
-            elif bars:
-                bars.event(ev)
-    finally:
-        if bars:
-            bars.close()
-    if final is None:
-        raise HCError("hyperd ended the pull without a result")
+    final = _progress("/v1/images/pull", body, quiet)["image"]
     if not quiet:
         for d in final["digests"]:
             click.echo(f"Digest: {d.split('@')[1]}", err=True)

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import click
 
 from ..client import Client
+from .images import human
 
 # stats --format's fields ({{.Field}}) and their table headers (docker's, with the pod's name)
 FIELDS = {"ID": "POD ID", "Pod": "POD", "Container": "CONTAINER", "Name": "NAME", "CPUPerc": "CPU %",
@@ -53,13 +54,7 @@ def binary(n: float) -> str:
     return f"{n:.4g}TiB"
 
 
-def decimal(n: float) -> str:
-    """docker's I/O sizes: 1000-based."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n:.3g}TB"
+decimal = human  # docker's I/O sizes: 1000-based, as image sizes
 
 
 def fields_of(pod: dict[str, Any], c: dict[str, Any], before: dict[str, Any] | None) -> dict[str, str]:
