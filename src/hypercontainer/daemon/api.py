@@ -74,6 +74,7 @@ class DaemonInfo:
 
 class CreateRequest(BaseModel):
     spec: dict
+    start: bool = True  # false: docker create (the pod stays created until POST /v1/pods/{ref}/start)
 
 
 class Auth(BaseModel):
@@ -312,12 +313,16 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
         t = tenant(request)
         pod = manager.create(req.spec, meta(t), admission=admission(t))
         note(request, pod.id)
-        await manager.start(pod)
+        if req.start:
+            await manager.start(pod)
+        else:
+            manager.keep_created(pod)
         return {"id": pod.id, "name": pod.name}
 
     @app.get("/v1/pods/{ref}")
     async def inspect_pod(request: Request, ref: str) -> dict:
-        return view(request, pod_of(request, ref).info())
+        """A running pod's info, or the record of one that is not (created, stopped, left by an earlier hyperd)."""
+        return view(request, manager.info_of(manager.resolve(ref, tenant_of(request))))
 
     @app.delete("/v1/pods/{ref}")
     async def remove_pod(request: Request, ref: str, force: bool = False) -> dict:

@@ -126,6 +126,14 @@ class PodManager:
         c = pod.container(container)
         return c.log_path, c.done
 
+    def info_of(self, pod_id: str) -> PodInfo:
+        """The pod's info: live, or as an earlier hyperd recorded it."""
+        if pod_id in self.pods:
+            return self.pods[pod_id].info()
+        if pod_id in self._stale:
+            return self._stale[pod_id]
+        raise NotFound(f"no such pod: {pod_id}")
+
     def list(self, tenant: str | None = None) -> list[PodInfo]:
         """Every pod, newest first; with `tenant`, only that tenant's."""
         live = [p.info() for p in self.pods.values()]
@@ -213,6 +221,11 @@ class PodManager:
         if pod.id in self.pods:
             self.records.save(pod.id, pod.name, pod.state.value, pod.info())
 
+    def keep_created(self, pod: Pod) -> None:
+        """docker create: the pod stays created (no VM, nothing on disk) until start_again(); recorded now, so that
+        a later hyperd lists it, still created."""
+        self._persist(pod)
+
     async def start(self, pod: Pod) -> None:
         pod.statedir.mkdir(mode=0o700, exist_ok=True)  # what its guest writes is for hyperd alone
         (pod.statedir / "logs").mkdir(exist_ok=True)
@@ -254,7 +267,7 @@ class PodManager:
         spec, meta = dict(info["spec"]), dict(info.get("meta") or {})
         if "cri" in meta:
             raise Conflict(f"pod {info['name']} is the Kubernetes CRI's: the kubelet starts its pods")
-        if spec.get("auto_remove"):
+        if spec.get("auto_remove") and info["state"] != PodState.CREATED.value:  # create --rm's first start is fine
             raise Conflict(f"pod {info['name']} was run with --rm: it is removed, not started again")
         spec["name"] = info["name"]
         if pod is not None:
@@ -440,6 +453,9 @@ class PodManager:
         taken_ids = {i["id"] for i, ok in zip(live, taken, strict=True) if ok}
         for info in infos:
             if info["id"] in taken_ids:
+                continue
+            if info["state"] == PodState.CREATED.value:  # docker create's, never started: nothing of it runs
+                self._stale[info["id"]] = info
                 continue
             if info["state"] not in (s.value for s in FINAL):
                 self._release(info)

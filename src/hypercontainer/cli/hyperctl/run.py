@@ -237,66 +237,64 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
             signal.signal(sig, handler)
 
 
-@click.command(context_settings={"allow_interspersed_args": False})
-@click.option("--rm", is_flag=True, help="Remove the pod when it exits.")
-@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
-@click.option("-t", "--tty", "tty_", is_flag=True, help="Allocate a pseudo-terminal.")
-@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the pod id.")
-@click.option("-e", "--env", multiple=True, help="Set an environment variable (KEY=VALUE).")
-@click.option("--env-file", "env_files", multiple=True, metavar="FILE",
-              help="Read environment variables from a file (KEY=VALUE lines, # comments; KEY alone: ours).")
-@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Set a label on the pod.")
-@click.option("--add-host", "add_hosts", multiple=True, metavar="NAME:IP",
-              help="Add a line to the containers' /etc/hosts.")
-@click.option("-w", "--workdir", help="Working directory inside the container.")
-@click.option("-u", "--user", help="User: name|uid[:group|gid].")
-@click.option("--name", help="Pod name.")
-@click.option("--hostname", help="Hostname inside the VM.")
-@click.option("--memory", type=int, help="VM memory in MiB [256].")
-@click.option("--cpus", type=int, help="VM vCPUs [1].")
-@click.option("--entrypoint", help="Override the image's entrypoint.")
-@click.option("-v", "--volume", "volumes", multiple=True,
-              help="Share a host directory (HOST:CONTAINER[:ro]) or mount a named volume (VOLUME:CONTAINER[:ro]).")
-@click.option("--read-only", "readonly", is_flag=True, help="Mount the container's root read-only.")
-@click.option("--restart", type=click.Choice(["no", "on-failure", "always"]), default="no", show_default=True,
-              help="Restart policy (with backoff).")
-@click.option("-p", "--publish", "publish", multiple=True,
-              help="Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]; no host port: any free one.")
-@click.option("--net", "--network", "network", default="default", show_default=True, metavar="MODE",
-              callback=lambda _ctx, _param, value: parse_network(value),
-              help="Pod network: default (hyperd's mode; a tenant's own network), bridge, user, none, ns:PATH (join "
-                   "the existing network namespace at PATH: the VM takes over its interfaces, addresses and routes), "
-                   "or NAME, one of your networks (hyperctl network create).")
-@click.option("--boot", type=click.Choice(["default", "cold", "template", "pool"]), default="default",
-              show_default=True, help="Boot the VM cold, start it from a VM template, or take a pre-started one from "
-                                      "hyperd's pool (default: hyperd's policy).")
-@click.option("-f", "--file", "podfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A pod spec (JSON or YAML), or a Kubernetes v1 Pod manifest; starts it detached.")
-@click.option("--cap-add", multiple=True, help="Add a Linux capability (NAME, CAP_NAME or ALL).")
-@click.option("--cap-drop", multiple=True, help="Drop a Linux capability (NAME, CAP_NAME or ALL).")
-@click.option("--privileged", is_flag=True, help="Every capability and device, /sys writable, no masked paths.")
-@click.option("--security-opt", "security_opts", multiple=True, help="no-new-privileges[:true|false].")
-@click.option("--keep-alive", is_flag=True, help="Keep the pod's VM up when no container runs (until stop or rm): "
-              "containers can be added (create -c) and removed (rm POD/CONTAINER) meanwhile.")
-@click.argument("image", required=False)
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[str, ...], env_files: tuple[str, ...],
-            labels: tuple[str, ...], add_hosts: tuple[str, ...], workdir: str | None,
-            user: str | None, name: str | None, hostname: str | None, memory: int | None, cpus: int | None,
-            entrypoint: str | None, volumes: tuple[str, ...], readonly: bool, restart: str, publish: tuple[str, ...],
-            network: str | dict, boot: str, podfile: Path | None, cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
-            privileged: bool, security_opts: tuple[str, ...], keep_alive: bool, image: str | None,
-            command: tuple[str, ...]) -> None:
-    """Run a command in a new pod (its own VM)."""
-    client = Client()
-    if podfile:
-        if image:
-            raise click.UsageError("give either -f FILE or IMAGE [COMMAND...], not both")
-        created = client.request("POST", "/v1/pods", json={"spec": load_podfile(podfile)})
-        click.echo(created["id"])
-        return
-    if not image:
-        raise click.UsageError("missing IMAGE (or -f FILE)")
+def _options(*decorators: Any) -> Any:
+    """The options `run` and `create` share, as one decorator."""
+    def apply(f: Any) -> Any:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+POD_OPTIONS = _options(
+    click.option("--rm", is_flag=True, help="Remove the pod when it exits."),
+    click.option("-i", "--interactive", is_flag=True, help="Keep stdin open."),
+    click.option("-t", "--tty", "tty_", is_flag=True, help="Allocate a pseudo-terminal."),
+    click.option("-e", "--env", multiple=True, help="Set an environment variable (KEY=VALUE)."),
+    click.option("--env-file", "env_files", multiple=True, metavar="FILE",
+                 help="Read environment variables from a file (KEY=VALUE lines, # comments; KEY alone: ours)."),
+    click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Set a label on the pod."),
+    click.option("--add-host", "add_hosts", multiple=True, metavar="NAME:IP",
+                 help="Add a line to the containers' /etc/hosts."),
+    click.option("-w", "--workdir", help="Working directory inside the container."),
+    click.option("-u", "--user", help="User: name|uid[:group|gid]."),
+    click.option("--name", help="Pod name."),
+    click.option("--hostname", help="Hostname inside the VM."),
+    click.option("--memory", type=int, help="VM memory in MiB [256]."),
+    click.option("--cpus", type=int, help="VM vCPUs [1]."),
+    click.option("--entrypoint", help="Override the image's entrypoint."),
+    click.option("-v", "--volume", "volumes", multiple=True,
+                 help="Share a host directory (HOST:CONTAINER[:ro]) or mount a named volume (VOLUME:CONTAINER[:ro])."),
+    click.option("--read-only", "readonly", is_flag=True, help="Mount the container's root read-only."),
+    click.option("--restart", type=click.Choice(["no", "on-failure", "always"]), default="no", show_default=True,
+                 help="Restart policy (with backoff)."),
+    click.option("-p", "--publish", "publish", multiple=True,
+                 help="Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]; no host port: any free "
+                      "one."),
+    click.option("--net", "--network", "network", default="default", show_default=True, metavar="MODE",
+                 callback=lambda _ctx, _param, value: parse_network(value),
+                 help="Pod network: default (hyperd's mode; a tenant's own network), bridge, user, none, ns:PATH "
+                      "(join the existing network namespace at PATH: the VM takes over its interfaces, addresses and "
+                      "routes), or NAME, one of your networks (hyperctl network create)."),
+    click.option("--boot", type=click.Choice(["default", "cold", "template", "pool"]), default="default",
+                 show_default=True, help="Boot the VM cold, start it from a VM template, or take a pre-started one "
+                                         "from hyperd's pool (default: hyperd's policy)."),
+    click.option("--cap-add", multiple=True, help="Add a Linux capability (NAME, CAP_NAME or ALL)."),
+    click.option("--cap-drop", multiple=True, help="Drop a Linux capability (NAME, CAP_NAME or ALL)."),
+    click.option("--privileged", is_flag=True, help="Every capability and device, /sys writable, no masked paths."),
+    click.option("--security-opt", "security_opts", multiple=True, help="no-new-privileges[:true|false]."),
+    click.option("--keep-alive", is_flag=True, help="Keep the pod's VM up when no container runs (until stop or "
+                 "rm): containers can be added (create -c) and removed (rm POD/CONTAINER) meanwhile."),
+)
+
+
+def pod_spec(image: str, command: tuple[str, ...], *, rm: bool, interactive: bool, tty_: bool,
+             env: tuple[str, ...], env_files: tuple[str, ...], labels: tuple[str, ...], add_hosts: tuple[str, ...],
+             workdir: str | None, user: str | None, name: str | None, hostname: str | None, memory: int | None,
+             cpus: int | None, entrypoint: str | None, volumes: tuple[str, ...], readonly: bool, restart: str,
+             publish: tuple[str, ...], network: str | dict, boot: str, cap_add: tuple[str, ...],
+             cap_drop: tuple[str, ...], privileged: bool, security_opts: tuple[str, ...], keep_alive: bool) -> dict:
+    """The pod spec of run's (and create's) flags."""
     policy = {"no": "Never", "on-failure": "OnFailure", "always": "Always"}[restart]
     env = env_of(env, env_files)
     spec = build_spec(image, command, name=name, hostname=hostname, env=env, workdir=workdir, user=user,
@@ -309,11 +307,33 @@ def run_cmd(rm: bool, interactive: bool, tty_: bool, detach: bool, env: tuple[st
     spec["ports"] = [parse_publish(p) for p in publish]
     spec["labels"] = parse_labels(labels)
     spec["hosts"] = parse_hosts(add_hosts)
+    return spec
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the pod id.")
+@click.option("-f", "--file", "podfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A pod spec (JSON or YAML), or a Kubernetes v1 Pod manifest; starts it detached.")
+@POD_OPTIONS
+@click.argument("image", required=False)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run_cmd(detach: bool, podfile: Path | None, image: str | None, command: tuple[str, ...], **opts: Any) -> None:
+    """Run a command in a new pod (its own VM)."""
+    client = Client()
+    if podfile:
+        if image:
+            raise click.UsageError("give either -f FILE or IMAGE [COMMAND...], not both")
+        created = client.request("POST", "/v1/pods", json={"spec": load_podfile(podfile)})
+        click.echo(created["id"])
+        return
+    if not image:
+        raise click.UsageError("missing IMAGE (or -f FILE)")
+    spec = pod_spec(image, command, **opts)
     if detach:
         created = client.request("POST", "/v1/pods", json={"spec": spec})
         click.echo(created["id"])
         return
-    sys.exit(attach_or_exit(client, "/v1/pods/run", {"spec": spec}, interactive, tty_))
+    sys.exit(attach_or_exit(client, "/v1/pods/run", {"spec": spec}, opts["interactive"], opts["tty_"]))
 
 
 def load_podfile(path: Path) -> dict:
@@ -365,20 +385,39 @@ def exec_cmd(interactive: bool, tty_: bool, user: str | None, env: tuple[str, ..
     sys.exit(attach_or_exit(Client(), f"/v1/pods/{pod}/exec", first, interactive, tty_))
 
 
+ADD_CONTAINER_OPTIONS = ("name", "env", "env_files", "workdir", "user", "entrypoint")  # create -c's
+
+
 @click.command("create", context_settings={"allow_interspersed_args": False})
-@click.option("-c", "--pod", "pod", required=True, help="The running pod to add the container to.")
-@click.option("--name", help="Container name [the image's name].")
-@click.option("-e", "--env", multiple=True, help="Set an environment variable (KEY=VALUE).")
-@click.option("--env-file", "env_files", multiple=True, metavar="FILE",
-              help="Read environment variables from a file (KEY=VALUE lines, # comments; KEY alone: ours).")
-@click.option("-w", "--workdir", help="Working directory inside the container.")
-@click.option("-u", "--user", help="User: name|uid[:group|gid].")
-@click.option("--entrypoint", help="Override the image's entrypoint.")
+@click.option("-c", "--pod", "pod", help="Add the container to this running pod instead (same VM, no reboot); "
+              "with it, --name names the container [the image's name].")
+@POD_OPTIONS
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def create_cmd(pod: str, name: str | None, env: tuple[str, ...], env_files: tuple[str, ...], workdir: str | None,
-               user: str | None, entrypoint: str | None, image: str, command: tuple[str, ...]) -> None:
-    """Add a container to a running pod (same VM, no reboot) and start it."""
+@click.pass_context
+def create_cmd(ctx: click.Context, pod: str | None, image: str, command: tuple[str, ...], **opts: Any) -> None:
+    """Create a new pod from run's flags without starting it (hyperctl start boots it); prints its id.
+    With -c POD: add a container to a running pod and start it."""
+    if pod is not None:
+        given = [p.opts[-1] for p in ctx.command.params if p.name in opts and p.name not in ADD_CONTAINER_OPTIONS
+                 and ctx.get_parameter_source(p.name) != click.core.ParameterSource.DEFAULT]
+        if given:
+            bad_usage(f"create -c adds a container to a running pod: {', '.join(given)} cannot be given "
+                      "with it")
+        add_container(pod, image, command, **{k: opts[k] for k in ADD_CONTAINER_OPTIONS})
+        return
+    spec = pod_spec(image, command, **opts)
+    try:
+        created = Client().request("POST", "/v1/pods", json={"spec": spec, "start": False})
+    except HCError as e:  # docker create: 125 when it cannot make the container
+        click.echo(f"hyperctl: {e.message}", err=True)
+        sys.exit(125)
+    click.echo(created["id"])
+
+
+def add_container(pod: str, image: str, command: tuple[str, ...], name: str | None, env: tuple[str, ...],
+                  env_files: tuple[str, ...], workdir: str | None, user: str | None, entrypoint: str | None) -> None:
+    """create -c POD: a container added to a running pod (same VM, no reboot) and started; prints its name."""
     env = env_of(env, env_files)
     default_name = image.split("/")[-1].split(":")[0].split("@")[0]
     container = container_spec(name or default_name, image, command, env, workdir, user, entrypoint)
