@@ -44,7 +44,7 @@ def test_ps_filters_match_as_docker() -> None:
 def test_ps_templates() -> None:
     values = {k: k.lower() for k in pods.FIELDS}
     assert pods.render("{{.ID}}\t{{ .Names }}|{{.Labels}}", values) == "id\tnames|labels"
-    pods.check_template("{{.ID}} {{.Status}}")  # fine: returns
+    pods.check_template("{{.ID}} {{.Status}}", pods.FIELDS)  # fine: returns
 
 
 def test_env_file_and_add_host(tmp_path, monkeypatch) -> None:

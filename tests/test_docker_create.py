@@ -4,37 +4,16 @@ test_pods.py and test_container_lifecycle.py). Real VMs, one boot per test that 
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import Daemon
+from .test_docker_habits import inspect, ok, until
 
 pytestmark = pytest.mark.vm
-
-
-def inspect(d: Daemon, ref: str) -> dict:
-    r = d.hyperctl("inspect", ref)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def ok(r) -> str:
-    assert r.returncode == 0, r.stderr
-    return r.stdout.decode()
-
-
-def until(check, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := check():
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def row(d: Daemon, name: str) -> str:

@@ -35,15 +35,12 @@ from ..image.pull import Puller
 from ..image.reference import parse as parse_ref
 from ..image.registry import Registry
 from ..image.store import Image, ImageStore
-from ..network.bridge_mode import BridgeProvider
 from ..pod.events import EventLog
 from ..pod.manager import PodManager
 from ..pod.pod import Pod
 from ..pod.records import PodInfo
 from ..protocol.codec import VERSION as PROTOCOL_VERSION
 from ..storage.disk import parse_size
-from ..storage.named_volumes import ADMIN as VOLUME_ADMIN
-from ..storage.named_volumes import NamedVolumes
 from .admission import TenantAdmission, usage
 from .api_stats import add_stats_routes
 from .api_system import add_system_routes
@@ -281,11 +278,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
         for p in pods:
             await manager.remove(p["id"], force=True)
         await asyncio.to_thread(TenantImages(images, name).remove_all, in_use())
-        if manager.volumes is not None:
-            for vol in manager.volumes.all(name):
-                manager.volumes.remove(name, vol.name, set())  # its pods are gone
-        if manager.network is not None:
-            await manager.network.bridged.remove_owner(name)
+        await manager.release_owner(name)  # its volumes and networks
         store.delete(name)
         return {"name": name, "pods": [p["id"] for p in pods]}
 
@@ -492,33 +485,23 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
         await session(ws, events, ProcessTarget(pod, proc), bool(req.get("stdin")), resize, detach)
 
     # ---- networks and volumes: each caller's own ----------------------------------------------------------
-    def bridged() -> BridgeProvider:
-        if manager.network is None or manager.network.mode != "bridge":
-            raise InvalidArgument("named networks need hyperd's bridge networking (hyperd --network bridge)")
-        return manager.network.bridged
-
-    def named_volumes() -> NamedVolumes:
-        if manager.volumes is None:
-            raise InvalidArgument("named volumes are not available in this hyperd")
-        return manager.volumes
-
     @app.get("/v1/networks")
     async def list_networks(request: Request) -> list[dict]:
-        return bridged().list_networks(tenant_of(request))
+        return manager.networks(tenant_of(request))
 
     @app.post("/v1/networks", status_code=201)
     async def create_network(request: Request, req: NetworkRequest) -> dict:
         note(request, req.name)
-        return await bridged().create_network(tenant_of(request), req.name)
+        return await manager.create_network(tenant_of(request), req.name)
 
     @app.delete("/v1/networks/{name}")
     async def remove_network(request: Request, name: str) -> dict:
-        await bridged().remove_network(tenant_of(request), name)
+        await manager.remove_network(tenant_of(request), name)
         return {"name": name}
 
     @app.get("/v1/volumes")
     async def list_volumes(request: Request) -> list[dict]:
-        return [v.info() for v in named_volumes().all(tenant_of(request) or VOLUME_ADMIN)]
+        return [v.info() for v in manager.named_volumes(tenant_of(request))]
 
     @app.post("/v1/volumes", status_code=201)
     async def create_volume(request: Request, req: VolumeRequest) -> dict:
@@ -527,22 +510,22 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
             size = parse_size(req.size)
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
-        store, t = named_volumes(), tenant(request)
+        t = tenant(request)
         if t is not None:
-            used, limit = store.used(t.name), t.quotas.max_volume_gib << 30
+            used, limit = manager.volume_bytes(t.name), t.quotas.max_volume_gib << 30
             if used + size > limit:
                 raise Forbidden(f"tenant {t.name}: the volume quota would be exceeded: {used >> 20} MiB in use + "
                                 f"{size >> 20} MiB asked > {limit >> 20} MiB allowed")
-        return (await store.create(t.name if t else VOLUME_ADMIN, req.name, size)).info()
+        return (await manager.create_volume(t.name if t else None, req.name, size)).info()
 
     @app.get("/v1/volumes/{name}")
     async def inspect_volume(request: Request, name: str) -> dict:
-        vol = named_volumes().get(tenant_of(request) or VOLUME_ADMIN, name)
+        vol = manager.named_volume(tenant_of(request), name)
         return {**vol.info(), "in_use": vol.path in manager.volumes_in_use()}
 
     @app.delete("/v1/volumes/{name}")
     async def remove_volume(request: Request, name: str) -> dict:
-        named_volumes().remove(tenant_of(request) or VOLUME_ADMIN, name, manager.volumes_in_use())
+        manager.remove_volume(tenant_of(request), name)
         return {"name": name}
 
     # ---- images ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from .. import procs
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..image.store import Image, ImageStore
+from ..network.bridge_mode import BridgeProvider
 from ..network.manager import Network
 from ..protocol.codec import Fields
 from ..spec.errors import invalid_spec
@@ -23,7 +24,7 @@ from ..spec.kube import from_kube, is_kube_pod
 from ..spec.pod import ContainerSpec, PodSpec, Volume
 from ..storage.mount import detach_all_under
 from ..storage.named_volumes import ADMIN as ADMIN_OWNER
-from ..storage.named_volumes import NamedVolumes
+from ..storage.named_volumes import NamedVolume, NamedVolumes
 from ..storage.volumes import check_block_file, check_host_dir, remove_tree
 from .container import Container
 from .events import EventLog
@@ -208,6 +209,50 @@ class PodManager:
                 if isinstance(v, dict) and v.get("block"):
                     used.add(Path(v["block"]))
         return used
+
+    # ---- named networks and volumes: an owner's (a tenant's; None: the administrator's) ------------------
+    def _bridged(self) -> BridgeProvider:
+        if self.network is None or self.network.mode != "bridge":
+            raise InvalidArgument("named networks need hyperd's bridge networking (hyperd --network bridge)")
+        return self.network.bridged
+
+    def _volume_store(self) -> NamedVolumes:
+        if self.volumes is None:
+            raise InvalidArgument("named volumes are not available in this hyperd")
+        return self.volumes
+
+    def networks(self, owner: str | None) -> builtins.list[dict[str, Any]]:
+        return self._bridged().list_networks(owner)
+
+    async def create_network(self, owner: str | None, name: str) -> dict[str, Any]:
+        return await self._bridged().create_network(owner, name)
+
+    async def remove_network(self, owner: str | None, name: str) -> None:
+        await self._bridged().remove_network(owner, name)
+
+    def named_volumes(self, owner: str | None) -> builtins.list[NamedVolume]:
+        return self._volume_store().all(owner or ADMIN_OWNER)
+
+    def named_volume(self, owner: str | None, name: str) -> NamedVolume:
+        return self._volume_store().get(owner or ADMIN_OWNER, name)
+
+    def volume_bytes(self, owner: str) -> int:
+        return self._volume_store().used(owner)
+
+    async def create_volume(self, owner: str | None, name: str, size: int) -> NamedVolume:
+        return await self._volume_store().create(owner or ADMIN_OWNER, name, size)
+
+    def remove_volume(self, owner: str | None, name: str) -> None:
+        """Conflict while a pod (running or not) attaches it."""
+        self._volume_store().remove(owner or ADMIN_OWNER, name, self.volumes_in_use())
+
+    async def release_owner(self, owner: str) -> None:
+        """A tenant that goes (its pods gone first): its volumes and networks go too."""
+        if self.volumes is not None:
+            for vol in self.volumes.all(owner):
+                self.volumes.remove(owner, vol.name, set())
+        if self.network is not None:
+            await self.network.bridged.remove_owner(owner)
 
     def _event(self, pod: Pod, action: str, attrs: dict[str, object]) -> None:
         """An event of `pod`, with its tenant (if it has one): `hyperctl events` of a tenant shows only its own."""

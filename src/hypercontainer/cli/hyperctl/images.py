@@ -6,13 +6,14 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import click
 
 from ...errors import HCError
 from ...image import auth
 from ..client import Client, dumps, error_from, for_each
+from .formats import bad_usage, check_template, render, template_of
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -33,7 +34,6 @@ def _registry_of(ref: str) -> str:
 
 
 FIELDS = ("Repository", "Tag", "Digest", "ID", "CreatedAt", "Size")
-_FIELD = re.compile(r"{{\s*\.(\w+)\s*}}")
 HEADERS = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", "ID": "IMAGE ID", "CreatedAt": "CREATED AT",
            "Size": "SIZE"}
 FILTERS = ("reference", "dangling", "before", "since")
@@ -72,21 +72,16 @@ def _rows(imgs: list[dict]) -> list[dict]:
     return rows
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"hyperctl: {message}", err=True)
-    sys.exit(125)
-
-
 def _filtered(rows: list[dict], filters: tuple[str, ...], client: Client) -> list[dict]:
     by: dict[str, list[str]] = {}
     for f in filters:
         key, eq, value = f.partition("=")
         if not eq or key not in FILTERS:
-            _fail(f"invalid filter {f!r}: one of {', '.join(k + '=' for k in FILTERS)}")
+            bad_usage(f"invalid filter {f!r}: one of {', '.join(k + '=' for k in FILTERS)}")
         by.setdefault(key, []).append(value)
     for value in by.get("dangling", []):
         if value.lower() not in ("true", "false", "1", "0"):
-            _fail(f"invalid filter 'dangling={value}': true or false")
+            bad_usage(f"invalid filter 'dangling={value}': true or false")
         want = value.lower() in ("true", "1")
         rows = [r for r in rows if (not r["_image"]["refs"]) == want]
     if "reference" in by:
@@ -98,19 +93,10 @@ def _filtered(rows: list[dict], filters: tuple[str, ...], client: Client) -> lis
             try:
                 created = client.request("GET", f"/v1/images/{value}")["created"]
             except HCError as e:
-                _fail(f"filter {key}={value}: {e.message}")
+                bad_usage(f"filter {key}={value}: {e.message}")
             rows = [r for r in rows if (r["_image"]["created"] < created if key == "before"
                                         else r["_image"]["created"] > created)]
     return rows
-
-
-def _render(fmt: str, row: dict) -> str:
-    def field(m: re.Match[str]) -> str:
-        if m.group(1) not in FIELDS:
-            _fail(f"--format: unknown field .{m.group(1)} (known: {', '.join('.' + f for f in FIELDS)})")
-        return str(row[m.group(1)])
-
-    return _FIELD.sub(field, fmt.replace("\\t", "\t").replace("\\n", "\n"))
 
 
 @click.command("images")
@@ -134,11 +120,13 @@ def images(quiet: bool, digests: bool, filters: tuple[str, ...], fmt: str | None
             click.echo(json.dumps({k: r[k] for k in FIELDS}))
         return
     if fmt:
-        if fmt.startswith("table "):
-            fmt = fmt[6:]
-            click.echo(_render(fmt, HEADERS))
+        template = template_of(fmt)
+        check_template(template.removeprefix("table "), FIELDS)
+        if template.startswith("table "):
+            template = template[6:]
+            click.echo(render(template, HEADERS))
         for r in rows:
-            click.echo(_render(fmt, r))
+            click.echo(render(template, r))
         return
     from rich.console import Console
     from rich.table import Table

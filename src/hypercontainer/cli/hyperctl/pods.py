@@ -7,13 +7,13 @@ import os
 import re
 import sys
 import time
-from typing import NoReturn
 
 import click
 
 from ...errors import HCError, NotFound
 from ...signals import parse_signal
 from ..client import Client, dumps, error_from, for_each
+from .formats import bad_usage, check_template, render, template_of
 
 
 def ago(ts: float | None) -> str:
@@ -45,14 +45,7 @@ DOCKER_STATE = {"created": "created", "starting": "running", "running": "running
 # ps --format's fields ({{.Field}}) and their table headers
 FIELDS = {"ID": "POD ID", "Names": "NAMES", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
           "RunningFor": "CREATED", "Status": "STATUS", "State": "STATE", "Ports": "PORTS", "Labels": "LABELS"}
-PLACEHOLDER = re.compile(r"{{\s*\.([A-Za-z0-9_]*)\s*}}")
 POD_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")  # spec/pod.py's Name
-
-
-def bad_usage(message: str) -> NoReturn:
-    """docker's way with bad input to its newer verbs: one line, exit 125."""
-    click.echo(f"hyperctl: {message}", err=True)
-    sys.exit(125)
 
 
 def parse_filters(filters: tuple[str, ...]) -> dict[str, list[str]]:
@@ -115,20 +108,6 @@ def fields_of(p: dict) -> dict[str, str]:
             "Labels": ",".join(f"{k}={v}" for k, v in sorted(_labels(p).items()))}
 
 
-def check_template(template: str) -> None:
-    for m in PLACEHOLDER.finditer(template):
-        if m.group(1) not in FIELDS:
-            bad_usage(f"--format: no field .{m.group(1)} (the fields: {', '.join(FIELDS)})")
-    rest = PLACEHOLDER.sub("", template)
-    if "{{" in rest or "}}" in rest:
-        bad_usage("--format: only {{.Field}} placeholders are understood (the fields: "
-                               f"{', '.join(FIELDS)})")
-
-
-def render(template: str, values: dict[str, str]) -> str:
-    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-
-
 def print_table(template: str, rows: list[dict[str, str]]) -> None:
     """A template's lines, their tab-separated columns aligned (docker's tabwriter), under a header."""
     lines = [render(template, FIELDS)] + [render(template, r) for r in rows]
@@ -155,9 +134,9 @@ def print_table(template: str, rows: list[dict[str, str]]) -> None:
 def ps(all_: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
     """List pods."""
     wanted = parse_filters(filters)
-    template = (fmt or "").replace("\\t", "\t").replace("\\n", "\n")
+    template = template_of(fmt)
     if template not in ("", "table", "json"):
-        check_template(template.removeprefix("table "))
+        check_template(template.removeprefix("table "), FIELDS)
     # docker: a status filter looks at every pod, not only the running ones
     shown = all_ or "status" in wanted
     pods = [p for p in Client().request("GET", "/v1/pods")

@@ -20,7 +20,7 @@ import click
 from ...errors import CommandNotRunnable, HCError
 from ...spec.publish import parse_publish
 from ..client import Client, error_from
-from .pods import bad_usage
+from .formats import bad_usage
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 PROXIED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)

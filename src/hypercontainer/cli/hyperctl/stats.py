@@ -6,14 +6,13 @@ here, from two readings."""
 from __future__ import annotations
 
 import json
-import re
-import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from ..client import Client
+from .formats import check_template, render, template_of
 from .images import human
 
 # stats --format's fields ({{.Field}}) and their table headers (docker's, with the pod's name)
@@ -21,28 +20,9 @@ FIELDS = {"ID": "POD ID", "Pod": "POD", "Container": "CONTAINER", "Name": "NAME"
           "MemUsage": "MEM USAGE / LIMIT", "MemPerc": "MEM %", "NetIO": "NET I/O", "BlockIO": "BLOCK I/O",
           "PIDs": "PIDS"}
 TABLE = ("ID", "Pod", "Container", "CPUPerc", "MemUsage", "MemPerc", "NetIO", "BlockIO", "PIDs")
-PLACEHOLDER = re.compile(r"{{\s*\.([A-Za-z0-9_]*)\s*}}")
 INTERVAL = 1.0  # seconds between readings: the live table's refresh
 FIRST = 0.5  # seconds between the first two readings (--no-stream's CPU %)
 Key = tuple[str, str]  # (pod id, container name)
-
-
-def bad_usage(message: str) -> NoReturn:
-    """docker's way with bad input to its newer verbs: one line, exit 125."""
-    click.echo(f"hyperctl: {message}", err=True)
-    sys.exit(125)
-
-
-def check_template(template: str) -> None:
-    for m in PLACEHOLDER.finditer(template):
-        if m.group(1) not in FIELDS:
-            bad_usage(f"--format: no field .{m.group(1)} (the fields: {', '.join(FIELDS)})")
-    if "{{" in PLACEHOLDER.sub("", template) or "}}" in PLACEHOLDER.sub("", template):
-        bad_usage(f"--format: only {{{{.Field}}}} placeholders are understood (the fields: {', '.join(FIELDS)})")
-
-
-def render(template: str, values: dict[str, str]) -> str:
-    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
 def binary(n: float) -> str:
@@ -110,9 +90,9 @@ def stats(no_stream: bool, fmt: str | None, pods: tuple[str, ...]) -> None:
     """Show running pods' containers' CPU, memory, network and block I/O and processes (no POD: every running pod
     of yours). CPU % is of one CPU (a VM's vCPUs: up to vcpu x 100%); memory is the working set, against the
     container's own limit or its VM's size; network and block I/O are the VM's, as the host counts them."""
-    template = (fmt or "").replace("\\t", "\t").replace("\\n", "\n")
+    template = template_of(fmt)
     if template not in ("", "table", "json"):
-        check_template(template.removeprefix("table "))
+        check_template(template.removeprefix("table "), FIELDS)
     client = Client()
 
     def read() -> list[dict[str, Any]]:
