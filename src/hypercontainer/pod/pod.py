@@ -223,7 +223,7 @@ class Pod:
                     raise
                 log.warning("pod %s: start from template %s failed (%s); booting cold", self.name, self.booted_from,
                             e.message)
-                self.emit("template-fallback", error=e.message)
+                self.emit("template-fallback", reason=e.message)
                 await self.teardown()
                 self.rundir, self._share_dir = rundir, share_dir  # a pool VM's directories were its own: gone
                 self.boot = "cold"

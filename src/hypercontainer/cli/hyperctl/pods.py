@@ -359,7 +359,7 @@ def events(since: str | None, until: str | None) -> None:
         if not line.strip():
             continue
         ev = json.loads(line)
-        if "error" in ev:  # hyperd ended the stream (a remote token revoked while it ran)
+        if "error" in ev and "action" not in ev:  # hyperd ended the stream (a token revoked while it ran)
             raise error_from(ev["error"], 500)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ev["time"]))
         extra = ", ".join(f"{k}={' '.join(f'{n}:{t}s' for n, t in v.items()) if isinstance(v, dict) else v}"

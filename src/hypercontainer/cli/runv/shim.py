@@ -55,6 +55,7 @@ FORWARDED = [s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGST
                                                    signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP,
                                                    signal.SIGCONT, signal.SIGURG)]
 UNLIMITED = 2**64 - 1
+CLIENT_LINGER = 5.0  # seconds an exec's client has, after its exit status, to close its end
 
 
 def oci_fields(cfg: oci.Config) -> dict:
@@ -503,7 +504,14 @@ async def relay_socket(streams: ProcessStreams, reader: asyncio.StreamReader, wr
                          pump_out(streams.stderr, lambda d: send(wire.STDERR, d)))
     status = await streams.exit
     await send(wire.EXIT, struct.pack(">i", status))
-    client.cancel()
+    # Half-close, then read the client out before closing: a unix socket closed with frames unread (a late stdin
+    # EOF) resets the connection, and the client loses the exit status it had not read yet (it exits 255).
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.write_eof()
+    try:
+        await asyncio.wait_for(client, CLIENT_LINGER)
+    except (TimeoutError, HCError, OSError):
+        client.cancel()
     with contextlib.suppress(ConnectionError):
         writer.close()
 
