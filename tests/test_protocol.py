@@ -208,3 +208,16 @@ def test_container_security_vectors() -> None:
     assert again.fields["readonly_paths"] == [""] and ContainerRequest.from_fields(again.fields) == req
     ex = ExecRequest.from_fields(frames["exec-seccomp"].fields)
     assert ex.process.seccomp == req.process.seccomp and "memory_limit" not in ex.to_fields()
+
+
+def test_exec_builtin_vector() -> None:
+    """exec-builtin (the agent's codec runs it too; test_agent_builtins.py runs builtins for real): an EXEC of the
+    agent's `archive` builtin, read by ExecRequest; NEW_CONTAINER fields never carry `builtin`."""
+    (frame,) = [FrameReader("ctl").feed(raw)[0] for name, kind, raw in vectors() if name == "exec-builtin"]
+    assert frame.type == Msg.EXEC and frame.fields["builtin"] == 1
+    ex = ExecRequest.from_fields(frame.fields)
+    assert ex.builtin is True and ex.process.arg == ("archive", "/etc/.") and (ex.id, ex.stream) == ("c1", 8)
+    assert ex.to_fields()["builtin"] == 1
+    assert "builtin" not in ExecRequest.from_fields({"arg": ["ps"]}, id="c1", stream=2).to_fields()
+    with pytest.raises(ValueError, match="not NEW_CONTAINER fields: builtin"):
+        ContainerRequest.from_fields(frame.fields)

@@ -214,6 +214,9 @@ class ExecRequest:
     id: str
     stream: int
     process: ProcessRequest
+    # True: the process is the agent builtin process.arg[0] names (archive, extract, stat, ps; docs/protocol.md,
+    # "Builtins") with process.arg[1:] its arguments, run after the usual EXEC setup instead of a command.
+    builtin: bool | None = None
 
     MSG: ClassVar[Msg] = Msg.EXEC
     FIELDS: ClassVar[frozenset[str]] = frozenset()
@@ -229,8 +232,8 @@ class ExecRequest:
                     stream: int | None = None) -> ExecRequest:
         """As ContainerRequest.from_fields; NEW_CONTAINER's own fields (rootfs, readonly, mounts, sysctl,
         privileged, PID namespace) are dropped, as the agent ignores them in an EXEC: a container's persisted
-        fields are the base of its EXECs."""
-        unknown = set(fields) - ContainerRequest.FIELDS
+        fields are the base of its EXECs. `builtin` is EXEC's own."""
+        unknown = set(fields) - ContainerRequest.FIELDS - cls.FIELDS
         if unknown:
             raise ValueError(f"not EXEC fields: {', '.join(sorted(unknown))}")
         given = {k: v for k, v in (("id", id), ("stream", stream)) if v is not None}

@@ -115,6 +115,7 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(60, "mem_rss", "u64"),
     FieldDef(61, "pids", "u64"),
     FieldDef(62, "port", "u64"),
+    FieldDef(63, "builtin", "u64"),
 )
 RETIRED_TAGS = frozenset({31, 32, 33})
 BY_TAG = {f.tag: f for f in FIELDS}

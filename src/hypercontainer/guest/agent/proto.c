@@ -66,6 +66,7 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_MEM_RSS] = {F_MEM_RSS, "mem_rss", KIND_U64, 0},
 	[F_PIDS] = {F_PIDS, "pids", KIND_U64, 0},
 	[F_PORT] = {F_PORT, "port", KIND_U64, 0},
+	[F_BUILTIN] = {F_BUILTIN, "builtin", KIND_U64, 0},
 };
 
 const struct msg_def msg_table[] = {

@@ -261,6 +261,14 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 		.terminal = msg_u64(m, F_TERMINAL, 0) != 0, .want_stdin = msg_u64(m, F_STDIN, 0) != 0,
 		.rows = (unsigned short)msg_u64(m, F_ROWS, 0), .cols = (unsigned short)msg_u64(m, F_COLS, 0),
 	};
+	if (msg_u64(m, F_BUILTIN, 0) > 1) {
+		fail(e, EINVAL, "builtin must be 0 or 1");
+		goto out;
+	}
+	if (msg_u64(m, F_BUILTIN, 0) && !(s.builtin = builtin_find(argv[0]))) {
+		fail(e, EINVAL, "unknown builtin \"%s\"", argv[0]);
+		goto out;
+	}
 	if (s.cwd[0] != '/') {
 		fail(e, EINVAL, "working directory %s is not absolute", s.cwd);
 		goto out;
@@ -426,6 +434,8 @@ static int handle_new_container(const struct msg *m, struct err *e)
 	struct container *c = NULL;
 	if (!valid_id(id))
 		return fail(e, EINVAL, "invalid container id \"%s\"", id);
+	if (msg_get(m, F_BUILTIN))
+		return fail(e, EINVAL, "builtin is for EXEC only");
 	if ((c = container_by_id(id))) {
 		struct proc *init = proc_by_stream(c->init_stream);
 		if (init && !init->exited)

@@ -225,6 +225,8 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 	if (s->seccomp && nnp && seccomp_install(s->seccomp, e) < 0)
 		return -1;
 	e->phase = PHASE_EXEC;
+	if (s->builtin) /* closes sync_fd with the rest: the agent sees the start as an exec's */
+		builtin_run(s->builtin, s->argv);
 	execvp(s->argv[0], s->argv);
 	return fail_errno(e, "exec %s", s->argv[0]);
 }

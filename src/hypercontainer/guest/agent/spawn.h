@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include "builtin.h"
 #include "proto.h" /* enum mount_flag */
 #include "security.h"
 #include "util.h"
@@ -38,6 +39,7 @@ struct proc_spec {
 	const struct seccomp_filter *seccomp; /* NULL: none */
 	int readonly;
 	char **argv;
+	builtin_fn builtin; /* non-NULL: run this builtin (argv[0] names it) where it would exec argv */
 	char **envp;
 	const char *cwd;
 	uid_t uid;
