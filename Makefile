@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 AGENT   := src/hypercontainer/guest/agent
 ASSETS  ?= $(or $(HYPERCONTAINER_ASSETS),/var/lib/hypercontainer/assets)
 
-.PHONY: demo test bench assets bootstrap image lint clean cri-api cni
+.PHONY: demo test bench assets bootstrap image lint clean cri-api cni docs
 
 bootstrap:
 	@tools/bootstrap.sh
@@ -58,6 +58,15 @@ bench: assets image cri-api
 	$(PY) bench/cri_start.py
 	@echo
 	$(PY) bench/api_remote.py
+
+# The Python client's API reference, from its docstrings: build/docs/index.html (pdoc, pinned in pyproject.toml's
+# `docs` extra; installed into .venv on first use).
+PDOC := $(shell sed -n 's/^docs = \["\(pdoc==[^"]*\)"\].*/\1/p' pyproject.toml)
+docs: bootstrap
+	@$(PY) -m pip install -q --disable-pip-version-check '$(PDOC)'
+	rm -rf build/docs
+	$(PY) -m pdoc -o build/docs --docformat markdown hypercontainer.client
+	@echo ">> API docs in build/docs/index.html"
 
 clean:
 	rm -rf build $(AGENT)/build src/hypercontainer/cri/generated

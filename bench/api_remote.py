@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Remote API benchmark: the API round trip over TLS (hyperd --listen, a tenant's token) against the unix socket,
 alternating in one run against one hyperd: `hyperctl ps` end to end (the client's start-up included), and one
-GET /v1/pods from an open client (hypercontainer.cli.rest: a new connection per request, as hyperctl makes, so the
+GET /v1/pods from an open client (hypercontainer.client.rest: a new connection per request, as hyperctl makes, so the
 TLS handshake counts)."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.conftest import BIN, Daemon
 
-from hypercontainer.cli.context import Endpoint
-from hypercontainer.cli.rest import Rest
+from hypercontainer.client.endpoint import Endpoint
+from hypercontainer.client.rest import Rest
 
 
 def free_port() -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +14,7 @@ import click
 
 from ...errors import HCError
 from ...image import auth
-from ..client import Client, dumps, error_from, for_each
+from ..client import Client, dumps, for_each
 from .formats import bad_usage, check_template, render, template_of
 
 if TYPE_CHECKING:
@@ -91,7 +93,7 @@ def _filtered(rows: list[dict], filters: tuple[str, ...], client: Client) -> lis
     for key in ("before", "since"):
         for value in by.get(key, []):
             try:
-                created = client.request("GET", f"/v1/images/{value}")["created"]
+                created = client.images.get(value).attrs["created"]
             except HCError as e:
                 bad_usage(f"filter {key}={value}: {e.message}")
             rows = [r for r in rows if (r["_image"]["created"] < created if key == "before"
@@ -110,7 +112,7 @@ def _filtered(rows: list[dict], filters: tuple[str, ...], client: Client) -> lis
 def images(quiet: bool, digests: bool, filters: tuple[str, ...], fmt: str | None) -> None:
     """List images."""
     client = Client()
-    rows = _filtered(_rows(client.request("GET", "/v1/images")), filters, client)
+    rows = _filtered(_rows([i.attrs for i in client.images.list()]), filters, client)
     if quiet:
         for img_id in dict.fromkeys(r["_image"]["id"] for r in rows):
             click.echo(img_id[7:19])
@@ -182,36 +184,24 @@ class _Bars:
 def pull(platform: str | None, quiet: bool, ref: str) -> None:
     """Pull an image from a registry."""
     creds = auth.load_all().get(_registry_of(ref))
-    body = {"ref": ref, "platform": platform,
-            "auth": {"username": creds.username, "password": creds.password} if creds else None}
-    final = _progress("/v1/images/pull", body, quiet)["image"]
+    login = (creds.username, creds.password) if creds else None
+    with _progress(quiet) as progress:
+        final = Client(timeout=None).images.pull(ref, platform=platform, auth=login, progress=progress).attrs
     if not quiet:
         for d in final["digests"]:
             click.echo(f"Digest: {d.split('@')[1]}", err=True)
     click.echo(ref)
 
 
-def _progress(path: str, body: dict, quiet: bool) -> dict:
-    """Runs a streamed image operation (NDJSON progress, then {"status": "done", ...}), showing its progress."""
+@contextlib.contextmanager
+def _progress(quiet: bool) -> Iterator[Callable[[dict], None] | None]:
+    """The progress callback of a pull or push (None with -q): bars on a terminal, lines otherwise."""
     bars = None if quiet else _Bars()
-    final = None
     try:
-        for line in Client(timeout=None).stream_lines(path, method="POST", json=body):
-            if not line.strip():
-                continue
-            ev = json.loads(line)
-            if "error" in ev:
-                raise error_from(ev["error"], 500)
-            if ev.get("status") == "done":
-                final = ev
-            elif bars:
-                bars.event(ev)
+        yield bars.event if bars else None
     finally:
         if bars:
             bars.close()
-    if final is None:
-        raise HCError(f"hyperd ended {path} without a result")
-    return final
 
 
 @click.command("push")
@@ -223,8 +213,9 @@ def push(quiet: bool, ref: str) -> None:
     Exits 125 when the image cannot be pushed."""
     try:
         creds = auth.load_all().get(_registry_of(ref))
-        body = {"ref": ref, "auth": {"username": creds.username, "password": creds.password} if creds else None}
-        done = _progress("/v1/images/push", body, quiet)["push"]
+        with _progress(quiet) as progress:
+            done = Client(timeout=None).images.push(ref, auth=(creds.username, creds.password) if creds else None,
+                                                    progress=progress)
     except HCError as e:
         click.echo(f"hyperctl: {e.message}", err=True)
         sys.exit(125)
@@ -236,7 +227,7 @@ def push(quiet: bool, ref: str) -> None:
               help="A docker-archive or OCI-archive tarball.")
 def load(path: Path) -> None:
     """Load images from an archive."""
-    for img in Client(timeout=None).upload("/v1/images/load", path)["loaded"]:
+    for img in Client().images.load(path):
         for ref in img["refs"] or [img["id"]]:
             click.echo(f"Loaded image: {ref}")
 
@@ -248,7 +239,7 @@ def load(path: Path) -> None:
 @click.argument("refs", metavar="IMAGE...", nargs=-1, required=True)
 def save(output: Path, fmt: str, refs: tuple[str, ...]) -> None:
     """Save images to a docker-archive or OCI-archive tarball."""
-    Client(timeout=None).download("/v1/images/save", output, params={"ref": list(refs), "format": fmt})
+    Client(timeout=None).images.save(list(refs), output, format=fmt)
 
 
 @click.command("tag")
@@ -256,7 +247,7 @@ def save(output: Path, fmt: str, refs: tuple[str, ...]) -> None:
 @click.argument("target")
 def tag(source: str, target: str) -> None:
     """Give an image another name."""
-    Client().request("POST", "/v1/images/tag", json={"source": source, "target": target})
+    Client().images.tag(source, target)
 
 
 @click.command("rmi")
@@ -264,7 +255,7 @@ def tag(source: str, target: str) -> None:
 def rmi(images_: tuple[str, ...]) -> None:
     """Remove images (untag; delete once no tag is left)."""
     client = Client()
-    for_each(images_, lambda ref: client.request("DELETE", f"/v1/images/{ref}")["removed"])
+    for_each(images_, client.images.remove)
 
 
 @click.command("login")
@@ -322,7 +313,7 @@ def image_check() -> None:
 @click.argument("ref")
 def image_inspect(ref: str) -> None:
     """Show an image's details as JSON."""
-    click.echo(dumps(Client().request("GET", f"/v1/images/{ref}")))
+    click.echo(dumps(Client().images.get(ref).attrs))
 
 
 image.add_command(images, "ls")

@@ -10,9 +10,12 @@ import time
 
 import click
 
+from ...client.filters import DOCKER_STATE, KEYS, STATUSES
+from ...client.filters import labels_of as _labels
+from ...client.filters import matches as matches
 from ...errors import HCError, NotFound
 from ...signals import parse_signal
-from ..client import Client, dumps, error_from, for_each
+from ..client import Client, dumps, for_each
 from .formats import bad_usage, check_template, render, template_of
 
 
@@ -37,11 +40,7 @@ def status(p: dict) -> str:
     return p["state"].capitalize()
 
 
-FILTER_KEYS = ("name", "label", "status", "id", "ancestor")
-STATUSES = ("created", "running", "paused", "exited")
-# docker's state of each of ours (a starting or stopping pod is still running; one that failed exited)
-DOCKER_STATE = {"created": "created", "starting": "running", "running": "running", "paused": "paused",
-                "stopping": "running", "exited": "exited", "failed": "exited"}
+FILTER_KEYS = KEYS  # the library's (hypercontainer.client.filters), as DOCKER_STATE and matches
 # ps --format's fields ({{.Field}}) and their table headers
 FIELDS = {"ID": "POD ID", "Names": "NAMES", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
           "RunningFor": "CREATED", "Status": "STATUS", "State": "STATE", "Ports": "PORTS", "Labels": "LABELS"}
@@ -60,32 +59,6 @@ def parse_filters(filters: tuple[str, ...]) -> dict[str, list[str]]:
             bad_usage(f"invalid filter {f!r}: the status is one of {', '.join(STATUSES)}")
         out.setdefault(key, []).append(value)
     return out
-
-
-def _labels(p: dict) -> dict:
-    return p.get("labels") or (p.get("spec") or {}).get("labels") or {}
-
-
-def matches(p: dict, filters: dict[str, list[str]]) -> bool:
-    def one(key: str, value: str) -> bool:
-        if key == "name":
-            return value in p["name"]  # docker: a substring of the name
-        if key == "id":
-            return p["id"].startswith(value)
-        if key == "status":
-            return DOCKER_STATE.get(p["state"], p["state"]) == value
-        if key == "ancestor":
-            image = p.get("image") or ""
-            images = {image, image.split("@")[0], (p.get("containers") or [{}])[0].get("image", "")}
-            if ":" not in value.rsplit("/", 1)[-1]:
-                images.add(image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image)
-            return value in images
-        k, eq, v = value.partition("=")
-        labels = _labels(p)
-        return k in labels and (not eq or labels[k] == v)
-
-    # docker: label filters all have to match; the values of any other key are alternatives
-    return all((all if key == "label" else any)(one(key, v) for v in values) for key, values in filters.items())
 
 
 def ports_of(p: dict) -> str:
@@ -137,10 +110,7 @@ def ps(all_: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> No
     template = template_of(fmt)
     if template not in ("", "table", "json"):
         check_template(template.removeprefix("table "), FIELDS)
-    # docker: a status filter looks at every pod, not only the running ones
-    shown = all_ or "status" in wanted
-    pods = [p for p in Client().request("GET", "/v1/pods")
-            if (shown or p["state"] in ("running", "starting", "paused")) and matches(p, wanted)]
+    pods = [p.attrs for p in Client().pods.list(all=all_, filters=wanted)]
     if quiet:
         for p in pods:
             click.echo(p["id"][:12])
@@ -174,12 +144,12 @@ def ps(all_: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> No
 @click.argument("pods", nargs=-1, required=True)
 def wait(pods: tuple[str, ...]) -> None:
     """Block until each pod's (first) container exits; print each exit code, exit with the first one's."""
-    client = Client(timeout=None)
+    client = Client()
     codes: list[int] = []
     failed = False
     for ref in pods:
         try:
-            codes.append(int(client.request("POST", f"/v1/pods/{ref}/wait")["exit_code"]))
+            codes.append(client.pods.handle(ref).wait())
             click.echo(codes[-1])
         except HCError as e:
             click.echo(f"hyperctl: {e.message}", err=True)
@@ -191,8 +161,13 @@ def wait(pods: tuple[str, ...]) -> None:
 @click.argument("pods", nargs=-1, required=True)
 def start(pods: tuple[str, ...]) -> None:
     """Start pods that were stopped (or created): each boots again with its spec (same name, volumes, ports)."""
-    client = Client(timeout=600)
-    for_each(pods, lambda ref: [ref] if client.request("POST", f"/v1/pods/{ref}/start") is not None else [])
+    client = Client()
+
+    def one(ref: str) -> list[str]:
+        client.pods.handle(ref).start()
+        return [ref]
+
+    for_each(pods, one)
 
 
 @click.command("restart")
@@ -202,9 +177,13 @@ def restart(timeout: float, pods: tuple[str, ...]) -> None:
     """Restart pods: stop (the stop signal, SIGKILL after the grace period), then start again."""
     if timeout < 0:
         bad_usage(f"restart -t {timeout:g}: the grace period is 0 seconds or more")
-    client = Client(timeout=timeout + 600)
-    for_each(pods, lambda ref: [ref] if client.request("POST", f"/v1/pods/{ref}/restart",
-                                                       params={"timeout": timeout}) is not None else [])
+    client = Client()
+
+    def one(ref: str) -> list[str]:
+        client.pods.handle(ref).restart(timeout)
+        return [ref]
+
+    for_each(pods, one)
 
 
 @click.command("rename")
@@ -214,7 +193,7 @@ def rename(pod: str, new_name: str) -> None:
     """Rename a pod."""
     if not POD_NAME.match(new_name):
         bad_usage(f"invalid name {new_name!r}: 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
-    Client().request("POST", f"/v1/pods/{pod}/rename", json={"name": new_name})
+    Client().pods.handle(pod).rename(new_name)
 
 
 @click.command("rm")
@@ -226,8 +205,8 @@ def rm(force: bool, pods: tuple[str, ...]) -> None:
 
     def one(ref: str) -> list[str]:
         pod, _, container = ref.partition("/")
-        path = f"/v1/pods/{pod}/containers/{container}" if container else f"/v1/pods/{pod}"
-        return [ref] if client.request("DELETE", path, params={"force": force}) else []
+        handle = client.pods.handle(pod)
+        return [ref] if (handle.remove_container(container, force) if container else handle.remove(force)) else []
 
     for_each(pods, one)
 
@@ -258,21 +237,11 @@ def parse_time(text: str) -> float:
 def logs(follow: bool, timestamps: bool, tail: int | None, since: str | None, container: str | None,
          pod: str) -> None:
     """Print a container's output (stdout to stdout, stderr to stderr)."""
-    params: dict = {"follow": follow} | ({"container": container} if container else {})
-    if tail is not None:
-        params["tail"] = tail
-    if since:
-        params["since"] = parse_time(since)
-    for line in Client().stream_lines(f"/v1/pods/{pod}/logs", **params):
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if "error" in rec:  # hyperd ended the stream (a remote token revoked while it ran)
-            raise error_from(rec["error"], 500)
-        data = rec["log"].encode("utf-8", "surrogateescape")
-        if timestamps:
-            data = rec["time"].encode() + b" " + data
-        os.write(2 if rec["stream"] == "stderr" else 1, data)
+    records = Client().pods.handle(pod).log_records(follow=follow, tail=tail, container=container or None,
+                                                     since=parse_time(since) if since else None)
+    for rec in records:  # hyperd ending the stream (a remote token revoked while it ran) is raised
+        data = rec.time.encode() + b" " + rec.data if timestamps else rec.data
+        os.write(2 if rec.stream == "stderr" else 1, data)
 
 
 @click.command("inspect")
@@ -281,9 +250,9 @@ def inspect(ref: str) -> None:
     """Show a pod's or an image's details as JSON."""
     client = Client()
     try:
-        click.echo(dumps(client.request("GET", f"/v1/pods/{ref}")))
+        click.echo(dumps(client.pods.get(ref).attrs))
     except NotFound:
-        click.echo(dumps(client.request("GET", f"/v1/images/{ref}")))
+        click.echo(dumps(client.images.get(ref).attrs))
 
 
 @click.command("port")
@@ -291,7 +260,7 @@ def inspect(ref: str) -> None:
 @click.argument("private", required=False)
 def port(ref: str, private: str | None) -> None:
     """List a pod's published ports, or the host address of one (PORT[/PROTO])."""
-    mappings = (Client().request("GET", f"/v1/pods/{ref}").get("network") or {}).get("ports", [])
+    mappings = (Client().pods.get(ref).attrs.get("network") or {}).get("ports", [])
     if private:
         num, _, proto = private.partition("/")
         mappings = [m for m in mappings if str(m["container_port"]) == num and m["protocol"] == (proto or "tcp")]
@@ -309,9 +278,9 @@ def port(ref: str, private: str | None) -> None:
 @click.argument("pods", nargs=-1, required=True)
 def stop(timeout: float, pods: tuple[str, ...]) -> None:
     """Stop pods: the stop signal, then SIGKILL after the grace period."""
-    client = Client(timeout=timeout + 60)
+    client = Client()
     for ref in pods:
-        client.request("POST", f"/v1/pods/{ref}/stop", params={"timeout": timeout})
+        client.pods.handle(ref).stop(timeout)
         click.echo(ref)
 
 
@@ -324,7 +293,7 @@ def kill(sig: str, pod: str) -> None:
         num = parse_signal(sig)
     except HCError as e:
         raise click.BadParameter(e.message) from None
-    Client().request("POST", f"/v1/pods/{pod}/kill", json={"signal": num})
+    Client().pods.handle(pod).kill(num)
     click.echo(pod)
 
 
@@ -333,7 +302,12 @@ def kill(sig: str, pod: str) -> None:
 def pause(pods: tuple[str, ...]) -> None:
     """Pause pods (their VMs' CPUs stop)."""
     client = Client()
-    for_each(pods, lambda ref: [ref] if client.request("POST", f"/v1/pods/{ref}/pause") is not None else [])
+
+    def one(ref: str) -> list[str]:
+        client.pods.handle(ref).pause()
+        return [ref]
+
+    for_each(pods, one)
 
 
 @click.command("unpause")
@@ -341,7 +315,12 @@ def pause(pods: tuple[str, ...]) -> None:
 def unpause(pods: tuple[str, ...]) -> None:
     """Resume paused pods."""
     client = Client()
-    for_each(pods, lambda ref: [ref] if client.request("POST", f"/v1/pods/{ref}/unpause") is not None else [])
+
+    def one(ref: str) -> list[str]:
+        client.pods.handle(ref).unpause()
+        return [ref]
+
+    for_each(pods, one)
 
 
 @click.command("events")
@@ -349,18 +328,11 @@ def unpause(pods: tuple[str, ...]) -> None:
 @click.option("--until", help="Stop at a time or a duration from now ('0s': now).")
 def events(since: str | None, until: str | None) -> None:
     """Stream pod events (create, start, running, pause, unpause, restart, exec, die, fail, destroy)."""
-    params: dict = {}
-    if since:
-        params["since"] = parse_time(since)
+    end = None
     if until:  # a duration counts forward from now
-        now = time.time()
-        params["until"] = 2 * now - parse_time(until) if until[-1:] in "smhd" else parse_time(until)
-    for line in Client(timeout=None).stream_lines("/v1/events", **params):
-        if not line.strip():
-            continue
-        ev = json.loads(line)
-        if "error" in ev and "action" not in ev:  # hyperd ended the stream (a token revoked while it ran)
-            raise error_from(ev["error"], 500)
+        end = 2 * time.time() - parse_time(until) if until[-1:] in "smhd" else parse_time(until)
+    # hyperd ending the stream (a token revoked while it ran) is raised
+    for ev in Client().events(since=parse_time(since) if since else None, until=end):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ev["time"]))
         extra = ", ".join(f"{k}={' '.join(f'{n}:{t}s' for n, t in v.items()) if isinstance(v, dict) else v}"
                           for k, v in ev.items() if k not in ("time", "type", "action", "id"))

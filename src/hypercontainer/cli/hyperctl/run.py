@@ -17,28 +17,24 @@ from typing import Any
 
 import click
 
-from ...errors import CommandNotRunnable, HCError
+from ...client import specs as client_specs
+from ...client.specs import env_list
+from ...client.stdio import STDIN, exec_request, relay
+from ...errors import CommandNotRunnable, HCError, InvalidArgument
 from ...spec.publish import parse_publish
-from ..client import Client, error_from
+from ..client import Client
 from .formats import bad_usage
 
-STDIN, STDOUT, STDERR = 0, 1, 2
 PROXIED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def parse_volumes(specs: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
     """-v HOST:CONTAINER[:ro|rw] or NAME:CONTAINER[:ro|rw] (a named volume: hyperctl volume create) -> (pod volumes,
-    container mounts). As docker: a source that is not an absolute path names a volume."""
-    volumes, mounts = [], []
-    for i, text in enumerate(specs):
-        parts = text.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-            raise click.BadParameter(f"{text!r}: expected HOST:CONTAINER[:ro|rw] or VOLUME:CONTAINER[:ro|rw]",
-                                     param_hint="-v")
-        source = "host_path" if parts[0].startswith("/") else "named"
-        volumes.append({"name": f"v{i}", source: parts[0]})
-        mounts.append({"name": f"v{i}", "path": parts[1], "readonly": len(parts) == 3 and parts[2] == "ro"})
-    return volumes, mounts
+    container mounts), as the library reads them."""
+    try:
+        return client_specs.parse_volumes(specs)
+    except InvalidArgument as e:
+        raise click.BadParameter(e.message, param_hint="-v") from None
 
 
 ENV_KEY = re.compile(r"^[^=\s\0]+$")
@@ -108,8 +104,7 @@ def parse_hosts(hosts: tuple[str, ...]) -> list[dict]:
 def container_spec(name: str, image: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
                    user: str | None, entrypoint: str | None) -> dict:
     """The container part of a spec from docker-style flags (-e KEY takes KEY's value from our environment)."""
-    container: dict = {"name": name, "image": image,
-                       "env": [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env]}
+    container: dict = {"name": name, "image": image, "env": env_list(env)}
     if command:
         container["command"] = list(command)
     if entrypoint is not None:
@@ -217,19 +212,7 @@ def attach(ws, first: dict, interactive: bool, tty_: bool) -> int:
                 old_handlers[sig] = signal.signal(sig, forward)
         if interactive:
             threading.Thread(target=_pump_stdin, args=(ws,), daemon=True).start()
-        for msg in ws:
-            if isinstance(msg, bytes):
-                if msg[:1] == bytes([STDOUT]):
-                    _write_all(1, msg[1:])
-                elif msg[:1] == bytes([STDERR]):
-                    _write_all(2, msg[1:])
-                continue
-            event = json.loads(msg)
-            if event.get("type") == "exit":
-                return int(event["code"])
-            if event.get("type") == "error":
-                raise error_from(event, 500)
-        raise HCError("hyperd closed the connection before the container exited")
+        return relay(ws, _write_all)  # fd 1 and 2: the frames' stdout and stderr
     finally:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
@@ -323,15 +306,13 @@ def run_cmd(detach: bool, podfile: Path | None, image: str | None, command: tupl
     if podfile:
         if image:
             raise click.UsageError("give either -f FILE or IMAGE [COMMAND...], not both")
-        created = client.request("POST", "/v1/pods", json={"spec": load_podfile(podfile)})
-        click.echo(created["id"])
+        click.echo(client.pods.create(spec=load_podfile(podfile), start=True).id)
         return
     if not image:
         raise click.UsageError("missing IMAGE (or -f FILE)")
     spec = pod_spec(image, command, **opts)
     if detach:
-        created = client.request("POST", "/v1/pods", json={"spec": spec})
-        click.echo(created["id"])
+        click.echo(client.pods.create(spec=spec, start=True).id)
         return
     sys.exit(attach_or_exit(client, "/v1/pods/run", {"spec": spec}, opts["interactive"], opts["tty_"]))
 
@@ -373,15 +354,14 @@ def exec_cmd(interactive: bool, tty_: bool, user: str | None, env: tuple[str, ..
     """Run a command in a running container; exits with its exit code."""
     pod, _, container = target.partition("/")
     env = env_of(env, env_files)
-    first = {"command": list(command), "container": container or None, "tty": tty_, "stdin": interactive,
-             "user": user, "env": [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env],
-             "workdir": workdir}
     if detach:
         if interactive or tty_:
             bad_usage("exec -d runs without a terminal or stdin: leave out -i and -t")
-        body = {k: first[k] for k in ("command", "container", "user", "env", "workdir")}
-        click.echo(Client().request("POST", f"/v1/pods/{pod}/execs", json=body)["id"])
+        click.echo(Client().pods.handle(pod).exec_detached(command, container=container or None, user=user,
+                                                            env=env, workdir=workdir))
         return
+    first = exec_request(command, container=container or None, tty=tty_, stdin=interactive, user=user,
+                         env=env_list(env), workdir=workdir)
     sys.exit(attach_or_exit(Client(), f"/v1/pods/{pod}/exec", first, interactive, tty_))
 
 
@@ -408,11 +388,11 @@ def create_cmd(ctx: click.Context, pod: str | None, image: str, command: tuple[s
         return
     spec = pod_spec(image, command, **opts)
     try:
-        created = Client().request("POST", "/v1/pods", json={"spec": spec, "start": False})
+        created = Client().pods.create(spec=spec)
     except HCError as e:  # docker create: 125 when it cannot make the container
         click.echo(f"hyperctl: {e.message}", err=True)
         sys.exit(125)
-    click.echo(created["id"])
+    click.echo(created.id)
 
 
 def add_container(pod: str, image: str, command: tuple[str, ...], name: str | None, env: tuple[str, ...],
