@@ -7,6 +7,7 @@ import importlib
 from hypercontainer.cli.hyperctl import (
     VERBS,
     contexts,
+    copy,
     images,
     info,
     networks,
@@ -15,6 +16,7 @@ from hypercontainer.cli.hyperctl import (
     stats,
     system,
     tenants,
+    top,
     volumes,
 )
 
@@ -22,7 +24,7 @@ from hypercontainer.cli.hyperctl import (
 def test_every_verb_maps_to_its_command_and_back() -> None:
     for verb, (module, attr) in VERBS.items():
         assert getattr(importlib.import_module(f"hypercontainer.cli.hyperctl.{module}"), attr).name == verb
-    modules = (run, pods, images, info, contexts, tenants, networks, volumes, system, stats)
+    modules = (run, pods, images, info, contexts, tenants, networks, volumes, system, stats, copy, top)
     defined = {c.name for m in modules for c in m.COMMANDS}
     assert defined == set(VERBS)
 

@@ -184,6 +184,10 @@ TABLE: dict[tuple[str, str], tuple[str, str, dict]] = {
     ("POST", "/v1/pods/{ref}/wait"): (POD_REF, "/v1/pods/{ref}/wait", {}),
     ("GET", "/v1/pods/{ref}/stats"): (POD_REF, "/v1/pods/{ref}/stats", {}),
     ("GET", "/v1/stats"): (OPEN, "/v1/stats", {}),  # scoped: test_stats.py
+    ("GET", "/v1/pods/{ref}/archive/stat"): (POD_REF, "/v1/pods/{ref}/archive/stat", {"params": {"path": "/"}}),
+    ("GET", "/v1/pods/{ref}/archive"): (POD_REF, "/v1/pods/{ref}/archive", {"params": {"path": "/etc"}}),
+    ("PUT", "/v1/pods/{ref}/archive"): (POD_REF, "/v1/pods/{ref}/archive", {"params": {"path": "/tmp"}}),
+    ("GET", "/v1/pods/{ref}/top"): (POD_REF, "/v1/pods/{ref}/top", {}),
     ("POST", "/v1/pods/{ref}/start"): (POD_REF, "/v1/pods/{ref}/start", {}),
     ("POST", "/v1/pods/{ref}/restart"): (POD_REF, "/v1/pods/{ref}/restart", {"params": {"timeout": 0}}),
     ("POST", "/v1/pods/{ref}/rename"): (POD_REF, "/v1/pods/{ref}/rename", {"json": {"name": "renamed"}}),

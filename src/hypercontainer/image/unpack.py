@@ -7,6 +7,9 @@ a huge sparse file is refused at once). Ordinary setuid files are kept: the stor
 
 Whiteouts become overlayfs whiteouts (0/0 character devices; opaque directories get trusted.overlay.opaque=y),
 so layers stack with a plain overlay mount.
+
+`unpack_into` applies the same rules to `hyperctl cp`'s archives from a container (into an existing directory;
+`.wh.` names are plain files there, and ownership is kept only when asked).
 """
 
 from __future__ import annotations
@@ -24,22 +27,31 @@ OPAQUE = ".wh..wh..opq"
 DEFAULT_MAX_BYTES = 32 << 30  # bomb guard: the most a single layer may expand to
 
 
-def _clean(name: str, what: str) -> PurePosixPath | None:
+def _clean(name: str, what: str, noun: str = "layer") -> PurePosixPath | None:
     """The member path relative to the layer root; None for the root itself."""
     if name.startswith("/"):
-        raise ImageError(f"layer entry {name!r}: absolute {what} refused")
+        raise ImageError(f"{noun} entry {name!r}: absolute {what} refused")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise ImageError(f"layer entry {name!r}: {what} with '..' refused")
+        raise ImageError(f"{noun} entry {name!r}: {what} with '..' refused")
     return PurePosixPath(*parts) if parts else None
 
 
 class _Unpacker:
-    def __init__(self, dest: Path, allow_devices: bool, max_bytes: int) -> None:
+    def __init__(self, dest: Path, allow_devices: bool, max_bytes: int, *, layer: bool = True,
+                 owners: bool = True, rename: tuple[str, str] | None = None) -> None:
         self.dest = dest
         self.allow_devices = allow_devices
         self.budget = max_bytes
         self.max_bytes = max_bytes
+        self.layer, self.owners, self.rename = layer, owners, rename
+        self.noun = "layer" if layer else "archive"
+
+    def _rel(self, name: str, what: str) -> PurePosixPath | None:
+        rel = _clean(name, what, self.noun)
+        if rel is not None and self.rename and rel.parts[0] == self.rename[0]:
+            rel = PurePosixPath(self.rename[1], *rel.parts[1:])
+        return rel
 
     def _parent_ok(self, rel: PurePosixPath, name: str) -> Path:
         """Creates missing parents as directories; refuses a parent that is not a real directory."""
@@ -52,13 +64,12 @@ class _Unpacker:
                 cur.mkdir(mode=0o755)
                 continue
             if stat.S_ISLNK(st.st_mode):
-                raise ImageError(f"layer entry {name!r} would be written through the symlink {part!r}")
+                raise ImageError(f"{self.noun} entry {name!r} would be written through the symlink {part!r}")
             if not stat.S_ISDIR(st.st_mode):
-                raise ImageError(f"layer entry {name!r}: parent {part!r} is not a directory")
+                raise ImageError(f"{self.noun} entry {name!r}: parent {part!r} is not a directory")
         return self.dest / rel
 
-    @staticmethod
-    def _clear(path: Path, keep_dir: bool) -> None:
+    def _clear(self, path: Path, keep_dir: bool) -> None:
         try:
             st = path.lstat()
         except FileNotFoundError:
@@ -66,6 +77,9 @@ class _Unpacker:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return
+            if not self.layer:  # docker cp's rule: a directory is never replaced by something else
+                raise ImageError(f"cannot overwrite the directory {str(path.relative_to(self.dest))!r} with a "
+                                 "non-directory")
             import shutil
 
             shutil.rmtree(path)
@@ -75,21 +89,21 @@ class _Unpacker:
     def _charge(self, n: int, name: str) -> None:
         self.budget -= n
         if self.budget < 0:
-            raise ImageError(f"layer expands beyond {self.max_bytes} bytes (at {name!r}): refused as a bomb")
+            raise ImageError(f"{self.noun} expands beyond {self.max_bytes} bytes (at {name!r}): refused as a bomb")
 
     def member(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
-        rel = _clean(m.name, "path")
+        rel = self._rel(m.name, "path")
         if rel is None:
             return
         path = self._parent_ok(rel, m.name)
         base = rel.name
-        if base == OPAQUE:
+        if self.layer and base == OPAQUE:
             os.setxattr(path.parent, "trusted.overlay.opaque", b"y")
             return
-        if base.startswith(WHITEOUT):
+        if self.layer and base.startswith(WHITEOUT):
             target = base[len(WHITEOUT) :]
             if target in ("", ".", "..") or "/" in target:
-                raise ImageError(f"layer entry {m.name!r}: whiteout of {target!r} refused")
+                raise ImageError(f"{self.noun} entry {m.name!r}: whiteout of {target!r} refused")
             wpath = path.parent / target
             self._clear(wpath, keep_dir=False)
             os.mknod(wpath, stat.S_IFCHR | 0o000, os.makedev(0, 0))
@@ -101,7 +115,7 @@ class _Unpacker:
                 path.mkdir(mode=0o700)
         elif m.isreg():
             if m.mode & (stat.S_ISUID | stat.S_ISGID) and m.mode & stat.S_IWOTH:
-                raise ImageError(f"layer entry {m.name!r}: setuid/setgid file that anyone may write refused")
+                raise ImageError(f"{self.noun} entry {m.name!r}: setuid/setgid file that anyone may write refused")
             self._clear(path, keep_dir=False)
             self._charge(m.size, m.name)
             src = tf.extractfile(m)
@@ -114,17 +128,17 @@ class _Unpacker:
             self._clear(path, keep_dir=False)
             os.symlink(m.linkname, path)
         elif m.islnk():
-            src_rel = _clean(m.linkname, "hardlink target")
+            src_rel = self._rel(m.linkname, "hardlink target")
             if src_rel is None:
-                raise ImageError(f"layer entry {m.name!r}: hardlink to the layer root refused")
+                raise ImageError(f"{self.noun} entry {m.name!r}: hardlink to the {self.noun} root refused")
             src_path = self._parent_ok(src_rel, m.linkname)
             try:
                 st = src_path.lstat()
             except FileNotFoundError:
-                raise ImageError(f"layer entry {m.name!r}: hardlink target {m.linkname!r} is not in this layer") \
-                    from None
+                raise ImageError(f"{self.noun} entry {m.name!r}: hardlink target {m.linkname!r} is not in this "
+                                 f"{self.noun}") from None
             if stat.S_ISDIR(st.st_mode):
-                raise ImageError(f"layer entry {m.name!r}: hardlink to a directory refused")
+                raise ImageError(f"{self.noun} entry {m.name!r}: hardlink to a directory refused")
             self._clear(path, keep_dir=False)
             os.link(src_path, path, follow_symlinks=False)
             return  # shares the target's inode: mode and owner are the target's
@@ -133,12 +147,12 @@ class _Unpacker:
             os.mkfifo(path, 0o600)
         elif m.ischr() or m.isblk():
             if not self.allow_devices:
-                raise ImageError(f"layer entry {m.name!r}: device node refused")
+                raise ImageError(f"{self.noun} entry {m.name!r}: device node refused")
             self._clear(path, keep_dir=False)
             kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
             os.mknod(path, kind | 0o600, os.makedev(m.devmajor, m.devminor))
         else:
-            raise ImageError(f"layer entry {m.name!r}: unsupported type {m.type!r}")
+            raise ImageError(f"{self.noun} entry {m.name!r}: unsupported type {m.type!r}")
         self._attrs(path, m)
 
     def _attrs(self, path: Path, m: tarfile.TarInfo) -> None:
@@ -147,9 +161,10 @@ class _Unpacker:
                 continue
             name = key[len("SCHILY.xattr.") :]
             if not name.startswith(("user.", "security.capability")):
-                raise ImageError(f"layer entry {m.name!r}: xattr {name!r} refused")
+                raise ImageError(f"{self.noun} entry {m.name!r}: xattr {name!r} refused")
             os.setxattr(path, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
-        os.chown(path, m.uid, m.gid, follow_symlinks=False)
+        if self.owners:
+            os.chown(path, m.uid, m.gid, follow_symlinks=False)
         if not m.issym():
             os.chmod(path, m.mode & 0o7777)
         os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
@@ -168,3 +183,19 @@ def unpack_layer(stream: BinaryIO, dest: Path, *, allow_devices: bool = False,
         raise ImageError(f"layer is not a valid tar archive: {e}") from None
     except EOFError:
         raise ImageError("layer is truncated") from None
+
+
+def unpack_into(stream: BinaryIO, dest: Path, *, owners: bool, rename: tuple[str, str] | None = None,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    """hyperctl cp: unpacks a container's tar stream into the existing directory `dest` with the layer rules
+    (nothing outside it, nothing through a symlink); `.wh.` names are plain files. `owners`: keep the archive's
+    uid/gid (root only); `rename` (old, new): the entries' first component `old` becomes `new`."""
+    u = _Unpacker(dest, False, max_bytes, layer=False, owners=owners, rename=rename)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tf:
+            for m in tf:
+                u.member(tf, m)
+    except tarfile.TarError as e:
+        raise ImageError(f"not a valid tar archive: {e}") from None
+    except EOFError:
+        raise ImageError("the archive is truncated") from None

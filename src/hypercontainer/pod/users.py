@@ -21,6 +21,15 @@ def _table(root: Root, name: str) -> list[list[str]]:
     return [line.split(":") for line in data.decode(errors="replace").splitlines() if line and line[0] != "#"]
 
 
+def user_names(root: Root) -> dict[int, str]:
+    """uid -> name from the image's /etc/passwd (the first name of each uid)."""
+    names: dict[int, str] = {}
+    for r in _table(root, "etc/passwd"):
+        if len(r) >= 3 and r[2].isdigit():
+            names.setdefault(int(r[2]), r[0])
+    return names
+
+
 def resolve(root: Root, spec: str | None) -> User:
     spec = spec or "0"
     user, _, group = spec.partition(":")

@@ -25,6 +25,8 @@ VERBS = {
     "system": ("system", "system"),
     "completion": ("system", "completion"),
     "stats": ("stats", "stats"),
+    "cp": ("copy", "cp"),
+    "top": ("top", "top"),
 }
 
 

@@ -1,0 +1,33 @@
+"""hyperctl top: a pod's container processes, as the guest sees them (docker top)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import click
+
+from ..client import Client
+
+
+def table(titles: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns padded to their widest cell (the last one left as it is), like docker's tabwriter."""
+    widths = [max(len(str(r[i])) if i < len(r) else 0 for r in [titles, *rows]) for i in range(len(titles))]
+    return ["   ".join(str(c).ljust(w) if i < len(titles) - 1 else str(c)
+                       for i, (c, w) in enumerate(zip(r, widths, strict=False))).rstrip() for r in [titles, *rows]]
+
+
+@click.command("top", context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
+                                        "allow_interspersed_args": False})
+@click.option("-c", "--container", help="The pod's container (default: its first).")
+@click.argument("pod")
+@click.argument("ps_options", nargs=-1, type=click.UNPROCESSED)
+def top(container: str | None, pod: str, ps_options: tuple[str, ...]) -> None:
+    """The processes of a pod's container: PID, user, CPU time, command (with PS_OPTIONS: the container's own ps
+    runs with them)."""
+    params = {"ps_args": " ".join(ps_options), **({"container": container} if container else {})}
+    answer = Client().request("GET", f"/v1/pods/{quote(pod, safe='')}/top", params=params)
+    for line in table(answer["titles"], answer["processes"]):
+        click.echo(line)
+
+
+COMMANDS = [top]
