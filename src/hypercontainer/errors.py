@@ -10,10 +10,13 @@
     ├── RateLimited       429  a token's requests came faster than its rate
     ├── VMError           500  QEMU or the guest failed
     │   └── AgentError    500  the agent refused a request (carries its errno)
-    └── Unavailable       503  hyperd is not running or not reachable
+    ├── Unavailable       503  hyperd is not running or not reachable
+    └── NoSpace           507  hyperd's state could not be written: its disk is full
 """
 
 from __future__ import annotations
+
+import errno as errno_mod
 
 
 class HCError(Exception):
@@ -78,6 +81,20 @@ class Unavailable(HCError):
     status, code = 503, "unavailable"
 
 
+class NoSpace(HCError):
+    """A write of hyperd's state failed for want of space (ENOSPC, EDQUOT): HTTP 507."""
+
+    status, code = 507, "no_space"
+
+
+FULL = (errno_mod.ENOSPC, errno_mod.EDQUOT)
+
+
+def no_space(where: object, e: OSError | None = None) -> NoSpace:
+    why = "disk quota exceeded" if e is not None and e.errno == errno_mod.EDQUOT else "no space left on device"
+    return NoSpace(f"{why} on {where}")
+
+
 class CommandNotRunnable(InvalidArgument):
     """The container's command could not be started (docker: 126 not executable, 127 not found)."""
 
@@ -94,5 +111,5 @@ class CommandNotRunnable(InvalidArgument):
 BY_CODE: dict[str, type[HCError]] = {
     c.code: c
     for c in (HCError, InvalidArgument, ImageError, Unauthenticated, Forbidden, RateLimited, NotFound, Conflict,
-              VMError, AgentError, Unavailable)
+              VMError, AgentError, Unavailable, NoSpace)
 }

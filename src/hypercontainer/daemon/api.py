@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import HTTPConnection
 
 from .. import __version__
-from ..errors import Conflict, Forbidden, HCError, InvalidArgument, NotFound
+from ..errors import FULL, Conflict, Forbidden, HCError, InvalidArgument, NotFound, no_space
 from ..image import archive
 from ..image.auth import Credentials
 from ..image.pull import Puller
@@ -42,6 +44,7 @@ from ..pod.records import PodInfo
 from ..protocol.codec import VERSION as PROTOCOL_VERSION
 from ..storage.disk import parse_size
 from .admission import TenantAdmission, usage
+from .api_files import add_file_routes
 from .api_stats import add_stats_routes
 from .api_system import add_system_routes
 from .audit import AUDIT_LOG, AuditLog
@@ -52,6 +55,7 @@ from .tenant_images import TenantImages, namespaced
 from .tenants import Quotas, Tenant, Tenants, parse_expires
 
 API_VERSION = "v1"
+log = logging.getLogger(__name__)
 RATE, BURST = 10.0, 20  # each token's requests: 20 at once, then 10 a second
 RECHECK = 2.0  # seconds between checks of a running remote request's token
 
@@ -194,6 +198,14 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
     @app.exception_handler(HCError)
     async def _hc_error(_: Request, e: HCError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(OSError)
+    async def _os_error(_: Request, e: OSError) -> JSONResponse:
+        """A full disk is the user's to know about (507, where); any other host error a 500 naming it."""
+        where = e.filename or "hyperd's state directory"
+        err = no_space(where, e) if e.errno in FULL else HCError(f"{e.strerror or e} ({where})")
+        log.error("request failed: %s", err.message)
+        return JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -555,10 +567,18 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
     @app.post("/v1/images/load")
     async def load_image(request: Request) -> dict:
         own = scoped(request)
+        size = request.headers.get("content-length")
+        if size and size.isdigit() and int(size) > shutil.disk_usage(images.tmp).free:
+            raise no_space(images.tmp)  # refused before a byte is kept
         with tempfile.NamedTemporaryFile(dir=images.tmp, suffix=".tar") as f:
-            async for chunk in request.stream():
-                f.write(chunk)
-            f.flush()
+            try:
+                async for chunk in request.stream():
+                    f.write(chunk)
+                f.flush()
+            except OSError as e:
+                if e.errno in FULL:
+                    raise no_space(images.tmp, e) from None
+                raise
             if own is not None:
                 loaded = await asyncio.to_thread(own.load, Path(f.name))
                 return {"loaded": [own.info(i) for i in loaded]}
@@ -620,6 +640,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
 
     add_system_routes(app, manager, images, puller)  # push, system df and prune: api_system.py
     add_stats_routes(app, manager, pod_of)  # pod stats (hyperctl stats): api_stats.py
+    add_file_routes(app, pod_of)  # cp and top: api_files.py
     return app
 
 
