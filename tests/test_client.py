@@ -3,9 +3,11 @@ exec, logs, wait, events, images, errors; and the README's example, run as writt
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -104,6 +106,34 @@ def test_wait_gives_the_exit_code_and_follow_streams_to_the_end(client: Client) 
     assert pod in client.pods.list(filters={"status": "exited"})  # a status filter looks at every pod
     pod.remove()
     assert pod not in client.pods.list(all=True)
+
+
+def test_files_and_processes(client: Client) -> None:
+    """put_archive / stat_path / get_archive (hyperctl cp's calls) and top, without the CLI."""
+    pod = client.pods.run("busybox", ["sleep", "600"], name="pyc-files")
+    try:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            info = tarfile.TarInfo("dir/note")
+            info.size, info.mode, info.uid = 3, 0o640, 1000
+            tf.addfile(info, io.BytesIO(b"hi\n"))
+        pod.put_archive("/tmp", buf.getvalue(), owners=True)
+        assert pod.stat_path("/tmp/dir/note") == {"mode": 0o100640, "size": 3, "dir": False}
+        with pod.get_archive("/tmp/dir") as r, tarfile.open(fileobj=r, mode="r|") as tf:
+            got = {m.name.rstrip("/"): (m.uid, tf.extractfile(m).read() if m.isreg() else None) for m in tf}  # type: ignore[union-attr]
+        assert got == {"dir": (0, None), "dir/note": (1000, b"hi\n")}, got
+        with pytest.raises(NotFound):
+            pod.stat_path("/no/such")
+        bad = io.BytesIO()
+        with tarfile.open(fileobj=bad, mode="w") as tf:
+            tf.addfile(tarfile.TarInfo("../escape"))
+        with pytest.raises(InvalidArgument, match="escape"):
+            pod.put_archive("/tmp", bad.getvalue())
+        top = pod.top()
+        assert top["titles"][1] == "PID" and top["processes"][0][:3] == ["root", "1", "0"], top
+        assert top["processes"][0][-1] == "sleep 600"
+    finally:
+        pod.remove(force=True)
 
 
 def test_create_start_rename_stop_restart_kill(client: Client) -> None:

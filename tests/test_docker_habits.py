@@ -229,3 +229,16 @@ def test_a_pod_an_earlier_hyperd_left_stopped_starts_again(busybox_tar: Path, tm
         assert (info["id"][:12], info["name"], info["labels"]) == (short[0], "older", {"k": "v"})
     finally:
         d.stop()
+
+
+def test_start_attach_prints_this_run_and_exits_with_its_code(hyperd: Daemon) -> None:
+    ok(hyperd.hyperctl("run", "-d", "--name", "again", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3"))
+    try:
+        assert hyperd.hyperctl("wait", "again").stdout == b"3\n"
+        for _ in range(2):  # each start: its own run's output only, stdout and stderr apart
+            r = hyperd.hyperctl("start", "-a", "again")
+            assert (r.returncode, r.stdout, r.stderr) == (3, b"out\n", b"err\n"), r
+        r = hyperd.hyperctl("start", "-a", "again", "other")
+        assert r.returncode == 125 and b"one pod at a time" in r.stderr, r
+    finally:
+        hyperd.hyperctl("rm", "-f", "again")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Unpack, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple, Unpack, overload
 
 from . import filters as _filters
 
@@ -14,6 +15,10 @@ if TYPE_CHECKING:
     from .transport import Transport
 
 BOOT_TIMEOUT = 600.0  # starting a pod boots a VM: slow under TCG, or when its image layers are unpacked first
+
+
+def _container(name: str | None) -> dict[str, str]:
+    return {"container": name} if name else {}
 
 
 class ExecResult(NamedTuple):
@@ -153,6 +158,35 @@ class Pod:
         """Removes one container of a running pod (`force`: a running one too); returns its name."""
         return str(self.client.request("DELETE", f"/v1/pods/{self._ref}/containers/{name}",
                                        params={"force": force})["name"])
+
+    def top(self, ps_args: str = "", *, container: str | None = None) -> dict:
+        """The container's processes as the guest sees them: {"titles": [...], "processes": [[...], ...]} (docker
+        top's columns; with `ps_args`, the container's own ps runs with them)."""
+        return dict(self.client.request("GET", f"/v1/pods/{self._ref}/top",
+                                        params={"ps_args": ps_args, **_container(container)}))
+
+    def stat_path(self, path: str, *, container: str | None = None) -> dict:
+        """{"mode", "size", "dir"} of an absolute path in the container (symlinks followed there); NotFound if
+        it is not there."""
+        return dict(self.client.request("GET", f"/v1/pods/{self._ref}/archive/stat",
+                                        params={"path": path, **_container(container)}))
+
+    @contextlib.contextmanager
+    def get_archive(self, path: str, *, container: str | None = None) -> Iterator[BinaryIO]:
+        """A tar stream of `path` in the container, read as a file while the `with` lasts (docker cp's naming:
+        entries under the path's last name; a path ending in /. gives the directory's contents)."""
+        with self.client.rest.stream("GET", f"/v1/pods/{self._ref}/archive",
+                                     {"path": path, **_container(container)}) as r:
+            yield r
+
+    def put_archive(self, path: str, data: bytes | Iterable[bytes], *, owners: bool = False,
+                    container: str | None = None) -> None:
+        """Unpacks the tar `data` under the directory `path` in the container; `owners`: keep the archive's
+        uid/gid (else root's). Entries that are absolute, hold '..' or would be written through a symlink are
+        refused (InvalidArgument)."""
+        self.client.request("PUT", f"/v1/pods/{self._ref}/archive", content=data, timeout=None,
+                            params={"path": path, "owners": "true" if owners else "false", **_container(container)},
+                            headers={"content-type": "application/x-tar"})
 
     def exec(self, cmd: str | Sequence[str], *, container: str | None = None, user: str | None = None,
              env: Mapping[str, str] | Sequence[str] | None = None, workdir: str | None = None,

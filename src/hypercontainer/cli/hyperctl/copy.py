@@ -16,10 +16,10 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote
 
 import click
 
+from ...client import Pod
 from ...errors import HCError, InvalidArgument, NotFound
 from ..client import Client
 
@@ -43,27 +43,25 @@ def _contents(path: str) -> bool:
     return path.endswith("/.")
 
 
-def _remote_stat(client: Client, pod: str, path: str, container: str | None) -> dict | None:
+def _remote_stat(pod: Pod, path: str, container: str | None) -> dict | None:
     try:
-        return client.request("GET", f"/v1/pods/{quote(pod, safe='')}/archive/stat",
-                              params={"path": path, **({"container": container} if container else {})})
+        return pod.stat_path(path, container=container)
     except NotFound:
         return None
 
 
-def copy_out(client: Client, pod: str, src: str, dest: str, container: str | None, archive: bool) -> None:
+def copy_out(pod: Pod, ref: str, src: str, dest: str, container: str | None, archive: bool) -> None:
     from ...image.unpack import unpack_into
 
-    params = {"path": src, **({"container": container} if container else {})}
     if dest == "-":
-        with client.rest.stream("GET", f"/v1/pods/{quote(pod, safe='')}/archive", params) as r:
+        with pod.get_archive(src, container=container) as r:
             while chunk := r.read(CHUNK):
                 sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
         return
-    st = _remote_stat(client, pod, src, container)
+    st = _remote_stat(pod, src, container)
     if st is None:
-        raise NotFound(f"{pod}:{src}: no such file or directory")
+        raise NotFound(f"{ref}:{src}: no such file or directory")
     local = Path(dest)
     rename = None
     if local.is_dir():
@@ -71,7 +69,7 @@ def copy_out(client: Client, pod: str, src: str, dest: str, container: str | Non
     elif dest.endswith("/"):
         raise InvalidArgument(f"{dest}: no such directory")
     elif local.exists() and st["dir"]:
-        raise InvalidArgument(f"cannot copy the directory {pod}:{src} onto the file {dest}")
+        raise InvalidArgument(f"cannot copy the directory {ref}:{src} onto the file {dest}")
     elif not local.parent.is_dir():
         raise InvalidArgument(f"{local.parent}: no such directory")
     elif _contents(src):
@@ -80,7 +78,7 @@ def copy_out(client: Client, pod: str, src: str, dest: str, container: str | Non
     else:
         into, rename = local.parent, (_base(src), local.name)
     owners = archive and os.geteuid() == 0
-    with client.rest.stream("GET", f"/v1/pods/{quote(pod, safe='')}/archive", params) as r:
+    with pod.get_archive(src, container=container) as r:
         unpack_into(r, into, owners=owners, rename=rename)
 
 
@@ -111,14 +109,13 @@ def stdin_chunks() -> Iterator[bytes]:
         yield chunk
 
 
-def copy_in(client: Client, src: str, pod: str, dest: str, container: str | None, archive: bool,
-            follow: bool) -> None:
+def copy_in(src: str, pod: Pod, ref: str, dest: str, container: str | None, archive: bool, follow: bool) -> None:
     if not dest.startswith("/"):
-        raise InvalidArgument(f"{pod}:{dest}: the path in the pod must be absolute")
-    st = _remote_stat(client, pod, dest, container)
+        raise InvalidArgument(f"{ref}:{dest}: the path in the pod must be absolute")
+    st = _remote_stat(pod, dest, container)
     if src == "-":
         if st is None or not st["dir"]:
-            raise InvalidArgument(f"{pod}:{dest}: no such directory (a tar from stdin is unpacked in a directory)")
+            raise InvalidArgument(f"{ref}:{dest}: no such directory (a tar from stdin is unpacked in a directory)")
         body, into = stdin_chunks(), dest
     else:
         local = Path(src.removesuffix("/.") if _contents(src) else src)
@@ -132,20 +129,17 @@ def copy_in(client: Client, src: str, pod: str, dest: str, container: str | None
         if st is not None and st["dir"]:
             into, arcname = dest, "." if _contents(src) and is_dir else local.name
         elif st is not None and is_dir:
-            raise InvalidArgument(f"cannot copy the directory {src} onto the file {pod}:{dest}")
+            raise InvalidArgument(f"cannot copy the directory {src} onto the file {ref}:{dest}")
         elif dest.endswith("/"):
-            raise InvalidArgument(f"{pod}:{dest}: no such directory")
+            raise InvalidArgument(f"{ref}:{dest}: no such directory")
         else:  # saved as dest: its parent must be a directory
             parent = str(PurePosixPath(dest).parent)
-            pst = _remote_stat(client, pod, parent, container)
+            pst = _remote_stat(pod, parent, container)
             if pst is None or not pst["dir"]:
-                raise InvalidArgument(f"{pod}:{parent}: no such directory")
+                raise InvalidArgument(f"{ref}:{parent}: no such directory")
             into, arcname = parent, PurePosixPath(dest).name
         body = tar_chunks(local, arcname)
-    client.request("PUT", f"/v1/pods/{quote(pod, safe='')}/archive", content=body, timeout=None,
-                   params={"path": into, "owners": "true" if archive else "false",
-                           **({"container": container} if container else {})},
-                   headers={"content-type": "application/x-tar"})
+    pod.put_archive(into, body, owners=archive, container=container)
 
 
 @click.command("cp", context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,12 +153,12 @@ def cp(archive: bool, follow_link: bool, container: str | None, src: str, dest: 
     a, b = split_ref(src), split_ref(dest)
     if (a is None) == (b is None):
         raise click.UsageError("give exactly one of SRC and DEST as POD:PATH")
-    client = Client(timeout=None)
+    pods = Client(timeout=None).pods
     if a is not None:
-        copy_out(client, a[0], a[1], dest, container, archive)
+        copy_out(pods.handle(a[0]), a[0], a[1], dest, container, archive)
     else:
         assert b is not None
-        copy_in(client, src, b[0], b[1], container, archive, follow_link)
+        copy_in(src, pods.handle(b[0]), b[0], b[1], container, archive, follow_link)
 
 
 COMMANDS = [cp]

@@ -158,10 +158,22 @@ def wait(pods: tuple[str, ...]) -> None:
 
 
 @click.command("start")
+@click.option("-a", "--attach", is_flag=True, help="Print the pod's output until it exits; exit with its code.")
 @click.argument("pods", nargs=-1, required=True)
-def start(pods: tuple[str, ...]) -> None:
+def start(attach: bool, pods: tuple[str, ...]) -> None:
     """Start pods that were stopped (or created): each boots again with its spec (same name, volumes, ports)."""
     client = Client()
+    if attach:
+        if len(pods) > 1:
+            bad_usage("start -a: one pod at a time")
+        started = time.time()  # its output from then on: the log keeps it, nothing is missed before a stream opens
+        pod = client.pods.handle(pods[0])
+        pod.start()
+        for rec in pod.log_records(follow=True, since=started):
+            out = sys.stdout if rec.stream == "stdout" else sys.stderr
+            out.buffer.write(rec.data)
+            out.flush()
+        sys.exit(pod.wait())
 
     def one(ref: str) -> list[str]:
         client.pods.handle(ref).start()

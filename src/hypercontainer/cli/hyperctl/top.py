@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import click
 
 from ..client import Client
@@ -24,8 +22,7 @@ def table(titles: list[str], rows: list[list[str]]) -> list[str]:
 def top(container: str | None, pod: str, ps_options: tuple[str, ...]) -> None:
     """The processes of a pod's container: PID, user, CPU time, command (with PS_OPTIONS: the container's own ps
     runs with them)."""
-    params = {"ps_args": " ".join(ps_options), **({"container": container} if container else {})}
-    answer = Client().request("GET", f"/v1/pods/{quote(pod, safe='')}/top", params=params)
+    answer = Client().pods.handle(pod).top(" ".join(ps_options), container=container)
     for line in table(answer["titles"], answer["processes"]):
         click.echo(line)
 
