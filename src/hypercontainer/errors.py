@@ -95,6 +95,12 @@ def no_space(where: object, e: OSError | None = None) -> NoSpace:
     return NoSpace(f"{why} on {where}")
 
 
+def host_error(e: OSError, where: object) -> HCError:
+    """A host OSError as the user's error: a full disk is NoSpace (507) naming where, any other a one-line 500."""
+    where = e.filename or where
+    return no_space(where, e) if e.errno in FULL else HCError(f"{e.strerror or e} ({where})")
+
+
 class CommandNotRunnable(InvalidArgument):
     """The container's command could not be started (docker: 126 not executable, 127 not found)."""
 

@@ -29,19 +29,24 @@ def relay(messages: Iterable[str | bytes], output: Callable[[int, bytes], None],
     """Hands each output frame of `messages` (a websocket) to `output(STDOUT or STDERR, data)`, other JSON messages
     to `event`, until the process exits; returns its exit code. An error hyperd sends is raised (CommandNotRunnable,
     with exit code 126 or 127, when the command could not be run)."""
-    for msg in messages:
-        if isinstance(msg, bytes):
-            if msg[:1] in (bytes([STDOUT]), bytes([STDERR])):
-                output(msg[0], msg[1:])
-            continue
-        ev = json.loads(msg)
-        if ev.get("type") == "exit":
-            return int(ev["code"])
-        if ev.get("type") == "error":
-            raise error_from(ev, 500)
-        if event is not None:
-            event(ev)
-    raise HCError("hyperd closed the connection before the container exited")
+    from websockets.exceptions import ConnectionClosedError  # loaded already: `messages` is a websocket
+
+    try:
+        for msg in messages:
+            if isinstance(msg, bytes):
+                if msg[:1] in (bytes([STDOUT]), bytes([STDERR])):
+                    output(msg[0], msg[1:])
+                continue
+            ev = json.loads(msg)
+            if ev.get("type") == "exit":
+                return int(ev["code"])
+            if ev.get("type") == "error":
+                raise error_from(ev, 500)
+            if event is not None:
+                event(ev)
+    except (ConnectionClosedError, OSError):
+        pass
+    raise HCError("hyperd closed the connection before the container exited (its log may say why)")
 
 
 def collect(ws: ClientConnection, first: dict, stdin: bytes | None = None) -> tuple[int, bytes, str | None]:

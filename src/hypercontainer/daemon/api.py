@@ -30,7 +30,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import HTTPConnection
 
 from .. import __version__
-from ..errors import FULL, Conflict, Forbidden, HCError, InvalidArgument, NotFound, no_space
+from ..errors import FULL, Conflict, Forbidden, HCError, InvalidArgument, NotFound, host_error, no_space
 from ..image import archive
 from ..image.auth import Credentials
 from ..image.pull import Puller
@@ -174,6 +174,8 @@ async def _pull_events(puller: Puller, ref: str, creds: Credentials | None, plat
         yield json.dumps({"status": "done", "image": show(image)}).encode() + b"\n"
     except HCError as e:
         yield json.dumps({"error": e.body()}).encode() + b"\n"
+    except OSError as e:
+        yield json.dumps({"error": host_error(e, puller.store.root).body()}).encode() + b"\n"
     except Exception as e:
         yield json.dumps({"error": {"code": "internal", "message": f"{type(e).__name__}: {e}"}}).encode() + b"\n"
 
@@ -202,8 +204,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
     @app.exception_handler(OSError)
     async def _os_error(_: Request, e: OSError) -> JSONResponse:
         """A full disk is the user's to know about (507, where); any other host error a 500 naming it."""
-        where = e.filename or "hyperd's state directory"
-        err = no_space(where, e) if e.errno in FULL else HCError(f"{e.strerror or e} ({where})")
+        err = host_error(e, "hyperd's state directory")
         log.error("request failed: %s", err.message)
         return JSONResponse(err.body(), status_code=err.status)
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import no_space
 from ..pod.records import PodInfo, PodRecord
 
 SCHEMA = """
@@ -44,14 +45,26 @@ CREATE TABLE IF NOT EXISTS tokens (
 
 class StateDB:
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
-    def save(self, pod_id: str, name: str, state: str, info: PodInfo) -> None:
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Under the lock; a full disk is NoSpace naming the database (sqlite rolls the statement back)."""
         with self._lock:
+            try:
+                yield
+            except sqlite3.OperationalError as e:
+                if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise no_space(self.path) from None
+                raise
+
+    def save(self, pod_id: str, name: str, state: str, info: PodInfo) -> None:
+        with self._writing():
             self._db.execute(
                 "INSERT INTO pods (id, name, state, info, updated) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, state=excluded.state, info=excluded.info, "
@@ -60,7 +73,7 @@ class StateDB:
             )
 
     def delete(self, pod_id: str) -> None:
-        with self._lock:
+        with self._writing():
             self._db.execute("DELETE FROM pods WHERE id = ?", (pod_id,))
 
     def all(self) -> list[PodRecord]:
@@ -70,20 +83,21 @@ class StateDB:
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """One statement; its rows."""
-        with self._lock:
+        with self._writing():
             return self._db.execute(sql, args).fetchall()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """The connection, for statements that commit together (or not at all)."""
-        with self._lock:
+        with self._writing():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (a full disk) leaves it open
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()

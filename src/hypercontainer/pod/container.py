@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from ..signals import parse_signal
 from ..spec.pod import ContainerSpec
 from ..storage.safefs import Root, make_dirs
 from .crilog import CriLog
+from .logfile import LogFile
 from .users import resolve
 
 LOG_MAX_BYTES = 32 << 20
@@ -165,7 +164,7 @@ class Container:
         """Copies output to the log file and the subscribers until both streams end, then reports the exit."""
         assert self.streams
         s = self.streams
-        log = open(self.log_path, "a")  # noqa: SIM115 - reopened on rotation, closed below
+        log = LogFile(self.log_path, LOG_MAX_BYTES)  # a full disk drops output (noted), never blocks the guest
         cri = self._cri = CriLog(self.cri_log) if self.cri_log else None
         if cri:
             with contextlib.suppress(OSError):  # the file exists from the start, as containerd's; else _put says why
@@ -173,16 +172,8 @@ class Container:
         try:
 
             async def pump(q: asyncio.Queue[bytes | None], name: str) -> None:
-                nonlocal log
                 while (chunk := await q.get()) is not None:
-                    now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-                    log.write(json.dumps({"time": now, "stream": name,
-                                          "log": chunk.decode("utf-8", "backslashreplace")}) + "\n")
-                    log.flush()
-                    if log.tell() > LOG_MAX_BYTES:  # keep this file and one before it
-                        log.close()
-                        self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
-                        log = open(self.log_path, "a")  # noqa: SIM115
+                    log.write(name, chunk)
                     if cri:
                         cri.write(name, chunk)
                     self._publish((name, chunk))
