@@ -188,6 +188,7 @@ TABLE: dict[tuple[str, str], tuple[str, str, dict]] = {
     ("GET", "/v1/pods/{ref}/archive"): (POD_REF, "/v1/pods/{ref}/archive", {"params": {"path": "/etc"}}),
     ("PUT", "/v1/pods/{ref}/archive"): (POD_REF, "/v1/pods/{ref}/archive", {"params": {"path": "/tmp"}}),
     ("GET", "/v1/pods/{ref}/top"): (POD_REF, "/v1/pods/{ref}/top", {}),
+    ("GET", "/v1/debug/counts"): (ADMIN, "/v1/debug/counts", {}),
     ("POST", "/v1/pods/{ref}/start"): (POD_REF, "/v1/pods/{ref}/start", {}),
     ("POST", "/v1/pods/{ref}/restart"): (POD_REF, "/v1/pods/{ref}/restart", {"params": {"timeout": 0}}),
     ("POST", "/v1/pods/{ref}/rename"): (POD_REF, "/v1/pods/{ref}/rename", {"json": {"name": "renamed"}}),

@@ -44,6 +44,7 @@ from ..pod.records import PodInfo
 from ..protocol.codec import VERSION as PROTOCOL_VERSION
 from ..storage.disk import parse_size
 from .admission import TenantAdmission, usage
+from .api_debug import add_debug_routes
 from .api_files import add_file_routes
 from .api_stats import add_stats_routes
 from .api_system import add_system_routes
@@ -642,6 +643,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
     add_system_routes(app, manager, images, puller)  # push, system df and prune: api_system.py
     add_stats_routes(app, manager, pod_of)  # pod stats (hyperctl stats): api_stats.py
     add_file_routes(app, pod_of)  # cp and top: api_files.py
+    add_debug_routes(app)  # hyperd's resource counts (leak checks): api_debug.py
     return app
 
 
