@@ -147,6 +147,14 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _crash_at(spec: str) -> str:
+    try:
+        faults.parse(spec)
+    except ValueError as e:
+        raise ConfigError("crash_at", str(e)) from None
+    return spec
+
+
 def _count(name: str, value: int | str, low: int, high: int) -> int:
     try:
         n = int(value)
@@ -322,7 +330,7 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
         kernel=cast(KernelChoice, _choice("kernel", kernel, get_args(KernelChoice))),
         pull_parallel=_count("pull_parallel", pull_parallel, 1, MAX_PULL_PARALLEL),
         debug=debug,
-        crash_at=_choice("crash_at", crash_at, faults.POINTS) if crash_at else None,
+        crash_at=_crash_at(crash_at) if crash_at else None,
         cri=cri,
         cri_socket_path=_cri_socket(cri, cri_socket, Path(run)),
         cri_streaming=_host_port(cri_streaming_address),
@@ -428,8 +436,9 @@ def options(f: Callable[..., Any]) -> Callable[..., Any]:
         _option("--audit-log", name="audit_log", type=path, metavar="FILE", default=DEFAULT_AUDIT_LOG,
                 show_default=True, help="Where every mutating call and every refused remote call is recorded (a "
                                         "JSON line each, rotated); '': none."),
-        _option("--crash-at", name="crash_at", metavar="POINT", hidden=True,
-                help="Tests only: die (SIGKILL) at this step of the next pod start."),
+        _option("--crash-at", name="crash_at", metavar="POINT[:VICTIM]", hidden=True,
+                help="Tests only: die (SIGKILL) at this step of the next pod start (VICTIM qemu or virtiofsd: kill "
+                     "that process of the pod instead)."),
     ]
     for d in reversed(decorators):
         f = d(f)
