@@ -48,7 +48,7 @@ def test_load_on_a_full_disk(small_hyperd: Daemon, tmp_path: Path) -> None:
             f.write(os.urandom(1 << 20))
     state = Path(small_hyperd.env["HYPERCONTAINER_ROOT"])
     r = small_hyperd.hyperctl("load", "-i", str(big))
-    assert r.returncode == 1 and b"no space left on device on " in r.stderr, r
+    assert r.returncode == 125 and b"no space left on device on " in r.stderr, r
     assert r.stderr.count(b"\n") == 1, r.stderr  # one line, no traceback
     assert leftovers(state) == []
     # Announced with its size: refused before a byte is kept (and the other way: chunked, the size unknown).
@@ -127,7 +127,7 @@ def test_pull_on_a_full_disk_keeps_nothing(small_hyperd: Daemon, busybox_tar: Pa
             r = d.hyperctl("pull", f"{reg.host}/library/busybox")
         finally:
             filler.unlink()
-        assert r.returncode == 1 and r.stderr.endswith(f"hyperctl: no space left on device on {images}\n".encode()), r
+        assert r.returncode == 125 and r.stderr.endswith(f"hyperctl: no space left on device on {images}\n".encode()), r
         # nothing half-written: what is new is whole blobs (kept for the retry, as docker keeps layers), each
         # matching its digest
         for name in files_under(images) - before:

@@ -89,14 +89,17 @@ class Transport:
         self.rest.download(path, dest, params)
 
     def upload(self, path: str, file: Path, timeout: float | EllipsisType | None = ...) -> Any:
-        """POSTs a file (a tar archive) as the body, in 1 MiB chunks; returns the JSON answer."""
+        """POSTs a file (a tar archive) as the body, in 1 MiB chunks, its size announced (hyperd refuses what its
+        disk cannot hold before a byte is sent); returns the JSON answer."""
+        size = file.stat().st_size
+
         def chunks() -> Iterator[bytes]:
             with open(file, "rb") as f:
                 while data := f.read(1 << 20):
                     yield data
 
-        return self.request("POST", path, content=chunks(), headers={"content-type": "application/x-tar"},
-                            timeout=timeout)
+        return self.request("POST", path, content=chunks(), timeout=timeout,
+                            headers={"content-type": "application/x-tar", "content-length": str(size)})
 
     def websocket(self, path: str) -> ClientConnection:
         """A websocket (websockets' sync client) to `path`: stdio of run, exec and attach."""

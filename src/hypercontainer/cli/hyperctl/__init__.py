@@ -8,6 +8,7 @@ import sys
 import click
 
 from ... import __version__
+from ...errors import NoSpace
 from .. import run_cli
 from ..context import choose
 
@@ -74,6 +75,7 @@ def verb(args: list[str]) -> str | None:
 
 def main() -> None:
     """docker's exit codes: `run` and `exec` exit 125 when they cannot run the command, or its own failure
-    code (126, 127); other verbs exit 2 on bad usage and 1 on errors."""
+    code (126, 127); other verbs exit 2 on bad usage, 125 when hyperd's disk is full (NoSpace) and 1 on other
+    errors."""
     runs = verb(sys.argv[1:]) in ("run", "exec")
-    run_cli(cli, "hyperctl", 125 if runs else 2, lambda e: e.exit_code if runs else 1)
+    run_cli(cli, "hyperctl", 125 if runs else 2, lambda e: e.exit_code if runs or isinstance(e, NoSpace) else 1)
