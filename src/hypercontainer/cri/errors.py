@@ -12,7 +12,18 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ..errors import CommandNotRunnable, Conflict, HCError, InvalidArgument, NotFound, Unavailable, VMError
+from ..errors import (
+    FULL,
+    CommandNotRunnable,
+    Conflict,
+    HCError,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    Unavailable,
+    VMError,
+    host_error,
+)
 from ..image.registry import AuthError, RegistryError
 
 log = logging.getLogger(__name__)
@@ -27,6 +38,7 @@ CODES: dict[type[HCError], grpc.StatusCode] = {
     AuthError: grpc.StatusCode.UNAUTHENTICATED,
     RegistryError: grpc.StatusCode.UNAVAILABLE,
     VMError: grpc.StatusCode.INTERNAL,
+    NoSpace: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -60,6 +72,8 @@ def code_of(e: HCError) -> grpc.StatusCode:
 
 
 async def _abort(context: grpc.aio.ServicerContext, name: str, e: BaseException) -> None:
+    if isinstance(e, OSError) and e.errno in FULL:  # hyperd's disk is full: the kubelet's to know
+        e = host_error(e, "hyperd's state directory")
     if isinstance(e, HCError):
         log.debug("CRI %s: %s", name, e.message)
         await context.abort(code_of(e), e.message)
