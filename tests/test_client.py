@@ -19,6 +19,7 @@ from hypercontainer.client.filters import normalize
 from hypercontainer.client.specs import pod_spec
 
 from .conftest import REPO, Daemon
+from .test_docker_habits import until
 
 pytestmark = pytest.mark.vm
 
@@ -49,15 +50,6 @@ def test_run_options_make_the_spec() -> None:
     for bad_filter in ({"colour": "red"}, {"status": "sleeping"}):
         with pytest.raises(InvalidArgument):
             normalize(bad_filter)
-
-
-def until(check, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := check():
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_pod_runs_execs_logs_lists_and_goes(client: Client) -> None:
