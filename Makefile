@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 AGENT   := src/hypercontainer/guest/agent
 ASSETS  ?= $(or $(HYPERCONTAINER_ASSETS),/var/lib/hypercontainer/assets)
 
-.PHONY: demo test bench assets bootstrap image lint clean cri-api cni docs
+.PHONY: demo test bench assets bootstrap image lint clean cri-api cni docs fuzz soak
 
 bootstrap:
 	@tools/bootstrap.sh
@@ -36,12 +36,43 @@ demo: assets image cri-api cni
 	@tools/demo.sh
 
 lint: bootstrap cri-api
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench fuzz
 	$(VENV)/bin/mypy  # src/, as configured in pyproject.toml ([tool.mypy]: strict for pod/, protocol/, vm/)
 
 test: assets image cri-api cni lint
 	$(MAKE) -s -C $(AGENT) OUT=$(CURDIR)/build/agent-test test VECTORS=$(CURDIR)/tests/vectors/frames.txt
+	$(MAKE) -s -C $(AGENT) OUT=$(CURDIR)/build/agent-test test-sanitize VECTORS=$(CURDIR)/tests/vectors/frames.txt \
+		SAN_SUPP=$(CURDIR)/fuzz/agent/known-ubsan.supp >/dev/null
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# Coverage-guided fuzzing, the long form (tests/test_fuzz.py, in `make test`, is the short one): every target for
+# FUZZ_SECONDS (`make -j2 fuzz` runs two at once; `make fuzz-codec` one): the host's parsers with atheris (fuzz/*.py),
+# the guest agent's with libFuzzer (fuzz/agent/, clang, ASan and UBSan), the REST API with schemathesis (fuzz/api.py).
+# New inputs go to build/fuzz/corpus/TARGET (the agent's: build/fuzz-agent/corpus/T), crashes to
+# build/fuzz/crashes/TARGET/ (build/fuzz-agent/crashes/T/): each one becomes a regression vector in
+# tests/vectors/fuzz/TARGET/ (which the short pass replays) before it is fixed. See docs/fuzzing.md.
+FUZZ_SECONDS ?= 600
+FUZZ_PY      := codec agent_client unpack pod_spec kube auth registry archive
+FUZZ_AGENT   := proto net security tar
+fuzz: $(addprefix fuzz-,$(FUZZ_PY)) $(addprefix fuzz-agent_,$(FUZZ_AGENT)) fuzz-api
+	@echo ">> fuzzing done; crashes, if any:"; find build/fuzz/crashes build/fuzz-agent/crashes -type f 2>/dev/null
+
+$(addprefix fuzz-,$(FUZZ_PY)): fuzz-%: bootstrap
+	@mkdir -p build/fuzz/corpus/$* build/fuzz/crashes/$*
+	PYTHONHASHSEED=0 $(PY) -m fuzz.run $* -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+		-artifact_prefix=build/fuzz/crashes/$*/ build/fuzz/corpus/$* fuzz/corpus/$* $(wildcard tests/vectors/fuzz/$*)
+
+fuzz-agent-build: bootstrap
+	$(MAKE) -s -C fuzz/agent OUT=$(CURDIR)/build/fuzz-agent
+
+$(addprefix fuzz-agent_,$(FUZZ_AGENT)): fuzz-agent_%: fuzz-agent-build
+	$(MAKE) -s -C fuzz/agent OUT=$(CURDIR)/build/fuzz-agent run T=$* \
+		ARGS="-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1"
+
+fuzz-api: assets
+	$(PY) -m fuzz.api --max-examples 1000 --seed $$(date +%s) --seconds $(FUZZ_SECONDS)
+
+.PHONY: fuzz-api fuzz-agent-build $(addprefix fuzz-,$(FUZZ_PY)) $(addprefix fuzz-agent_,$(FUZZ_AGENT))
 
 bench: assets image cri-api
 	@$(PY) -m compileall -q src >/dev/null  # the CLI's start-up counts; PYTHONDONTWRITEBYTECODE may be set
@@ -58,6 +89,14 @@ bench: assets image cri-api
 	$(PY) bench/cri_start.py
 	@echo
 	$(PY) bench/api_remote.py
+	@echo
+	$(PY) bench/density.py
+
+# The soak's long form (tests/test_soak.py runs a short one in `make test`): 300 run/exec/logs/rm cycles beside 20
+# concurrent creations, then hyperd's fds, threads, tasks, children and RSS are checked against where they were.
+soak: assets image cri-api
+	HC_SOAK_CYCLES=300 HC_SOAK_CONCURRENT=20 $(VENV)/bin/pytest -q -p no:cacheprovider \
+		--timeout 7200 tests/test_soak.py
 
 # The Python client's API reference, from its docstrings: build/docs/index.html (pdoc, pinned in pyproject.toml's
 # `docs` extra; installed into .venv on first use).

@@ -15,7 +15,8 @@ PACKAGES=(qemu-system-x86 musl-tools busybox-static make gcc zstd ca-certificate
           podman containerd docker.io runc               # the clients runv is tested with (and runc to compare)
           docker-registry skopeo  # a real registry and its client for tests, benchmarks and `make critest`
           containernetworking-plugins iptables  # `make critest`: containerd's CNI (bridge, host-local, portmap)
-          dpkg-dev bzip2)  # `make critest`: dpkg-source unpacks busybox's source package (critest wants ipcs, pgrep)
+          dpkg-dev bzip2  # `make critest`: dpkg-source unpacks busybox's source package (critest wants ipcs, pgrep)
+          clang libclang-rt-dev)  # the agent's fuzzers (libFuzzer) and its unit tests under ASan and UBSan
 # Where virtiofsd is its own package (Debian 13, Ubuntu), take it too.
 OPTIONAL=(virtiofsd)
 

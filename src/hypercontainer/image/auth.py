@@ -44,14 +44,25 @@ def auth_file() -> Path:
     return Path(os.environ.get("HYPERCONTAINER_AUTH_FILE", base / "hypercontainer" / "auth.json"))
 
 
-def load_all(path: Path | None = None) -> dict[str, Credentials]:
-    path = path or auth_file()
+def _load(path: Path) -> dict | None:
+    """The file's object with an `auths` object in it; None if there is no file or it is not JSON or no object."""
     try:
         data = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if not isinstance(data.get("auths"), dict):
+        data["auths"] = {}
+    return data
+
+
+def load_all(path: Path | None = None) -> dict[str, Credentials]:
+    data = _load(path or auth_file())
+    if data is None:
         return {}
     out = {}
-    for registry, entry in (data.get("auths") or {}).items():
+    for registry, entry in data["auths"].items():
         try:
             user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
             out[registry] = Credentials(user, password)
@@ -72,22 +83,18 @@ def _write(path: Path, data: dict) -> None:
 
 def store(registry: str, creds: Credentials, path: Path | None = None) -> None:
     path = path or auth_file()
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        data = {}
-    data.setdefault("auths", {})[registry] = {
+    data = _load(path) or {"auths": {}}
+    data["auths"][registry] = {
         "auth": base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()}
     _write(path, data)
 
 
 def forget(registry: str, path: Path | None = None) -> bool:
     path = path or auth_file()
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+    data = _load(path)
+    if data is None:
         return False
-    found = data.get("auths", {}).pop(registry, None) is not None
+    found = data["auths"].pop(registry, None) is not None
     if found:
         _write(path, data)
     return found

@@ -108,7 +108,17 @@ class Registry:
         # a challenge may name several scopes (a cross-repository mount): each goes as a parameter of its own
         params = {"service": ch.params.get("service", ""), "scope": ch.params.get("scope", scope).split()}
         headers = {"Authorization": self.creds.basic()} if self.creds else {}
-        r = await self.client.get(ch.params["realm"], params=params, headers=headers)
+        realm = ch.params["realm"]
+        try:
+            url = httpx.URL(realm)
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise AuthError(f"{self.host}: the token realm {realm!r} is not an http(s) URL")
+        try:
+            r = await self.client.get(url, params=params, headers=headers)
+        except httpx.TransportError as e:
+            raise Unreachable(f"cannot reach the token server {url.host}: {e or type(e).__name__}") from None
         if r.status_code in (401, 403):
             raise AuthError(f"{self.host}: the token server refused "
                             f"{'the credentials' if self.creds else 'anonymous access'} ({r.status_code})")

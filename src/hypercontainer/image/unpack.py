@@ -14,6 +14,7 @@ so layers stack with a plain overlay mount.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tarfile
@@ -90,6 +91,16 @@ class _Unpacker:
         self.budget -= n
         if self.budget < 0:
             raise ImageError(f"{self.noun} expands beyond {self.max_bytes} bytes (at {name!r}): refused as a bomb")
+
+    def add(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        """member(), with what the kernel refuses in an entry (an xattr value it rejects, a name too long, ...)
+        worded as the layer's fault; a full disk stays an OSError for the caller."""
+        try:
+            self.member(tf, m)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise ImageError(f"{self.noun} entry {m.name!r} cannot be made: {e.strerror or e}") from None
 
     def member(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         rel = self._rel(m.name, "path")
@@ -178,7 +189,7 @@ def unpack_layer(stream: BinaryIO, dest: Path, *, allow_devices: bool = False,
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tf:
             for m in tf:
-                u.member(tf, m)
+                u.add(tf, m)
     except tarfile.TarError as e:
         raise ImageError(f"layer is not a valid tar archive: {e}") from None
     except EOFError:
@@ -194,7 +205,7 @@ def unpack_into(stream: BinaryIO, dest: Path, *, owners: bool, rename: tuple[str
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tf:
             for m in tf:
-                u.member(tf, m)
+                u.add(tf, m)
     except tarfile.TarError as e:
         raise ImageError(f"not a valid tar archive: {e}") from None
     except EOFError:

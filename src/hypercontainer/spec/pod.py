@@ -51,7 +51,7 @@ AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
 
 def _check_mode(v: int | str) -> int:
     mode = int(v, 8) if isinstance(v, str) else v
-    if not 0 <= mode <= 0o7777:
+    if not isinstance(mode, int | float) or not 0 <= mode <= 0o7777:  # JSON may hold anything here
         raise ValueError(f"{v!r} is not a file mode (0-07777)")
     return mode
 

@@ -310,6 +310,8 @@ void io_header(uint8_t *hdr, uint64_t stream, uint32_t len)
 
 int reader_feed(struct reader *r, const uint8_t *p, size_t n)
 {
+	if (!n)
+		return 0;
 	if (r->off && r->off == r->len)
 		r->off = r->len = 0;
 	if (r->len + n > r->cap) {
@@ -338,11 +340,12 @@ int reader_next(struct reader *r, enum reader_kind kind, uint64_t *a, uint32_t *
 		uint32_t *len, const char **why)
 {
 	size_t avail = r->len - r->off;
-	const uint8_t *p = r->data + r->off;
+	const uint8_t *p;
 	uint32_t n;
 
 	if (avail < 12)
-		return 0;
+		return 0; /* (a fresh reader has no buffer yet: no pointer arithmetic on NULL) */
+	p = r->data + r->off;
 	if (kind == READER_CTL) {
 		*a = get_u32(p);
 		*b = get_u32(p + 4);

@@ -258,7 +258,7 @@ static int emit_dir(int at, const char *base, int follow, size_t len, int depth,
 		if (!(names[n++] = strdup(de->d_name)))
 			rc = say("out of memory"), n--;
 	}
-	if (!rc)
+	if (!rc && n) /* an empty directory has no names (and names is NULL) */
 		qsort(names, n, sizeof(*names), by_name);
 	for (size_t i = 0; i < n && !rc; i++) {
 		size_t k = strlen(names[i]), off = len ? len + 1 : 0;
