@@ -92,6 +92,17 @@ class _Unpacker:
         if self.budget < 0:
             raise ImageError(f"{self.noun} expands beyond {self.max_bytes} bytes (at {name!r}): refused as a bomb")
 
+    def run(self, stream: BinaryIO) -> None:
+        """Every entry of the uncompressed tar `stream`, in order."""
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tf:
+                for m in tf:
+                    self.add(tf, m)
+        except tarfile.TarError as e:
+            raise ImageError(f"{self.noun} is not a valid tar archive: {e}") from None
+        except EOFError:
+            raise ImageError(f"{self.noun} is truncated") from None
+
     def add(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         """member(), with what the kernel refuses in an entry (an xattr value it rejects, a name too long, ...)
         worded as the layer's fault; a full disk stays an OSError for the caller."""
@@ -185,15 +196,7 @@ def unpack_layer(stream: BinaryIO, dest: Path, *, allow_devices: bool = False,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
     """Unpacks an uncompressed tar stream into `dest` (which must be a new, empty directory)."""
     dest.mkdir(mode=0o755)
-    u = _Unpacker(dest, allow_devices, max_bytes)
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tf:
-            for m in tf:
-                u.add(tf, m)
-    except tarfile.TarError as e:
-        raise ImageError(f"layer is not a valid tar archive: {e}") from None
-    except EOFError:
-        raise ImageError("layer is truncated") from None
+    _Unpacker(dest, allow_devices, max_bytes).run(stream)
 
 
 def unpack_into(stream: BinaryIO, dest: Path, *, owners: bool, rename: tuple[str, str] | None = None,
@@ -201,12 +204,4 @@ def unpack_into(stream: BinaryIO, dest: Path, *, owners: bool, rename: tuple[str
     """hyperctl cp: unpacks a container's tar stream into the existing directory `dest` with the layer rules
     (nothing outside it, nothing through a symlink); `.wh.` names are plain files. `owners`: keep the archive's
     uid/gid (root only); `rename` (old, new): the entries' first component `old` becomes `new`."""
-    u = _Unpacker(dest, False, max_bytes, layer=False, owners=owners, rename=rename)
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tf:
-            for m in tf:
-                u.add(tf, m)
-    except tarfile.TarError as e:
-        raise ImageError(f"not a valid tar archive: {e}") from None
-    except EOFError:
-        raise ImageError("the archive is truncated") from None
+    _Unpacker(dest, False, max_bytes, layer=False, owners=owners, rename=rename).run(stream)
