@@ -101,6 +101,7 @@ class FakeAgent:
     def __init__(self, ledger: Ledger, name: str = "agent") -> None:
         self.ledger, self.name = ledger, name
         self.max_stream, self.guest_uptime = 0, None
+        self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()  # never: the fake is never lost
 
     async def connect(self, timeout: float = 10.0) -> None:
         self.ledger.step("connect", self.name)
@@ -135,6 +136,7 @@ class FakeClient:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.max_stream, self.guest_uptime = 0, None
+        self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()  # never: the fake is never lost
 
     async def request(self, msg: Msg, fields: dict | None = None) -> dict:
         self.ledger.step(msg.name.lower())

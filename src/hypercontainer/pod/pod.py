@@ -158,6 +158,7 @@ class Pod:
         self._stream_seq = 0
         self._generation = 0  # of the agent sockets: one more for each hyperd that took the pod over
         self._stopping = False
+        self._agent_failed = False  # the agent broke the protocol or stopped answering: the pod ends FAILED
         self._start_containers = True
         self._supervisors: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()  # the watch looks again: a container was added or removed
@@ -213,9 +214,10 @@ class Pod:
         error raised."""
         self._start_containers = start_containers
         self.timings = Timings()
-        self._set(PodState.STARTING)
+        faults.track(self._fault_pids)
         rundir, share_dir = self.rundir, self._share_dir
         try:
+            self._set(PodState.STARTING)  # recording it may fail (a full disk): undone as any other step
             try:
                 await self._build()
             except VMError as e:
@@ -336,6 +338,11 @@ class Pod:
                                    CLONE_HANDSHAKE if booted.clone else None)
         except TimeoutError:
             raise VMError("the guest restored from the template did not answer START_POD") from None
+
+    def _fault_pids(self) -> dict[str, int | None]:
+        """Its processes, for a test's crash point (faults.py)."""
+        vm, fs = self.machine.proc if self.machine else None, self.share.proc if self.share else None
+        return {"qemu": vm.pid if vm else None, "virtiofsd": fs.pid if fs else None}
 
     def _spawned(self, machine: Machine | None, share: PodShare | None) -> None:
         """QEMU or virtiofsd exists: the pod's record gets it before it runs anything (a hyperd that dies now
@@ -525,6 +532,7 @@ class Pod:
         pod join the watch."""
         self._supervisors = {asyncio.ensure_future(self._supervise(c)) for c in self.containers}
         died = asyncio.ensure_future(self.machine.wait()) if self.machine and self.machine.proc else None
+        lost = self.agent.lost if self.agent else None
         try:
             while True:
                 pending = {t for t in self._supervisors if not t.done()}
@@ -532,16 +540,32 @@ class Pod:
                     break
                 self._wake.clear()
                 wake = asyncio.ensure_future(self._wake.wait())
-                done, _ = await asyncio.wait(pending | {wake} | ({died} if died else set()),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                watched: set[asyncio.Future[Any]] = {*pending, wake, *(f for f in (died, lost) if f)}
+                done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 wake.cancel()
-                if died in done:
+                if died in done or lost in done:
                     break
+            if lost and lost.done():
+                await self._agent_lost(lost.result(), died)
         finally:
             if died:
                 died.cancel()
         self.timings.mark("exited")
         await self.stop()
+
+    async def _agent_lost(self, why: str, died: asyncio.Future[int] | None) -> None:
+        """The agent's connection ended while the pod ran: unless the VM itself went (its channels close with it),
+        the guest broke the protocol, stopped answering or closed a channel. Nothing it says can be trusted any
+        more: the pod fails, naming why, and stop() takes the VM down."""
+        if self._stopping or self.state != PodState.RUNNING:
+            return
+        if died:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(died), 1.0)
+                return
+        log.error("pod %s: the guest agent is lost (%s): the pod fails", self.name, why)
+        self.error = f"guest agent: {why}"
+        self._agent_failed = True
 
     async def start_created(self, name: str) -> Container:
         """Starts a container that start(start_containers=False) left created."""
@@ -850,13 +874,22 @@ class Pod:
     async def pause(self) -> None:
         if self.state != PodState.RUNNING or not self.machine:
             raise Conflict(f"pod {self.name} is {self.state.value}, not running")
-        await self.machine.qmp("stop")
+        if self.agent:
+            self.agent.paused = True  # a request in flight waits for the unpause, not for a reply timeout
+        try:
+            await self.machine.qmp("stop")
+        except BaseException:
+            if self.agent:
+                self.agent.paused = False
+            raise
         self._set(PodState.PAUSED)
 
     async def unpause(self) -> None:
         if self.state != PodState.PAUSED or not self.machine:
             raise Conflict(f"pod {self.name} is {self.state.value}, not paused")
         await self.machine.qmp("cont")
+        if self.agent:
+            self.agent.paused = False
         self._set(PodState.RUNNING)
 
     async def stop(self) -> None:
@@ -870,7 +903,7 @@ class Pod:
                 c.finish(137, "pod stopped before the container exited") if not c.done.is_set() else None
             self.exit_code = self.containers[0].exit_code if self.containers else 0
             self.finished = time.time()
-            self._set(PodState.EXITED)
+            self._set(PodState.FAILED if self._agent_failed else PodState.EXITED)
 
     async def teardown(self) -> None:
         """Idempotent. The guest is asked to power off (it syncs), the VM gets a moment to do so and the

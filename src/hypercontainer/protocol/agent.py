@@ -604,6 +604,20 @@ class Agent:
         return cls(AgentClient(ctl, io))
 
     # ---- the connection ---------------------------------------------------------------------------------
+    @property
+    def lost(self) -> asyncio.Future[str]:
+        """Done, with the reason, once the connection has ended (a protocol breach, no reply, a channel closed)."""
+        return self.client.lost
+
+    @property
+    def paused(self) -> bool:
+        """The VM's CPUs are stopped: no reply timeout counts meanwhile."""
+        return self.client.paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self.client.paused = value
+
     async def connect(self, timeout: float = 10.0) -> None:
         await self.client.connect(timeout)
 

@@ -12,7 +12,9 @@ import errno as errno_mod
 import logging
 import os
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import AgentError, VMError
 from .codec import (
@@ -30,7 +32,17 @@ from .codec import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 STREAM_QUEUE = 64  # chunks of up to 64 KiB buffered per output stream before the guest is slowed down
+# A request the agent has not answered in this time: the agent is lost (a silent or stuck guest, a reply cut short).
+# Every request is answered at once or within a few seconds (START_POD waits up to 2 s for a NIC); VERSION is not
+# timed here (each handshake has its own budget: a cold boot under TCG takes long).
+REPLY_TIMEOUT = 30.0
+# The guest sends a process's EOFs before its EXITED, on the other channel: they may arrive a little after it, but
+# a stream channel that stays silent this long after an EXITED whose output has not ended is dead (closed in the
+# guest): the agent is lost. Not while our own consumers hold the stream reader back (a full queue).
+EOF_TIMEOUT = 10.0
+UNATTENDED_LOGGED = 64  # EXITED events for processes nobody is attached to that are logged each (then every 10000th)
 
 
 class AgentRequestError(AgentError):
@@ -88,6 +100,12 @@ class AgentClient:
         self.takeover = False  # taking over from an earlier hyperd: stale replies may still arrive
         self._echo: asyncio.Future[None] | None = None
         self._echo_token = b""
+        self.reply_timeout = REPLY_TIMEOUT
+        self.paused = False  # the VM's CPUs are stopped: silence is not the guest's fault (no timeout counts)
+        self.eof_timeout = EOF_TIMEOUT
+        self._io_frames = 0  # stream frames received: the stream channel is alive while this grows
+        self._unattended = 0  # EXITED events for processes nobody was attached to
+        self._io_held = False  # the stream reader waits for a consumer (a full output queue), not for the guest
 
     async def connect(self, timeout: float = 10.0) -> None:
         loop = asyncio.get_running_loop()
@@ -152,6 +170,7 @@ class AgentClient:
                         check_from_guest(frame)  # type: ignore[arg-type]
                         self._on_ctl(frame)  # type: ignore[arg-type]
                     else:
+                        self._io_frames += 1
                         await self._on_io(frame)  # type: ignore[arg-type]
             self._fail(f"{name} channel closed")
         except ProtocolError as e:
@@ -168,7 +187,10 @@ class AgentClient:
             proc = self._procs.get(stream)
             if proc is None:
                 if stream <= self.max_stream:
-                    log.info("process on stream %d exited (status %d) while nobody was attached", stream, status)
+                    self._unattended += 1  # a guest repeating these must not fill hyperd's log: a few, then a count
+                    if self._unattended <= UNATTENDED_LOGGED or self._unattended % 10000 == 0:
+                        log.info("process on stream %d exited (status %d) while nobody was attached (%d such)",
+                                 stream, status, self._unattended)
                     return
                 raise ProtocolError(f"EXITED for unknown stream {stream}")
             if status > 255:
@@ -179,6 +201,7 @@ class AgentClient:
             if not proc.exit.done():
                 proc.oom_killed = bool(oom)
                 proc.exit.set_result(status)
+                self._watch_eof(proc)
             return
         fut = self._pending.pop(frame.seq, None)
         if fut is None:
@@ -188,6 +211,20 @@ class AgentClient:
             raise ProtocolError(f"reply to unknown request seq {frame.seq}")
         if not fut.done():
             fut.set_result(frame)
+
+    def _watch_eof(self, proc: ProcessStreams) -> None:
+        """After a process's EXITED its output must end (EOF on both streams) while the stream channel is alive."""
+        asyncio.get_running_loop().call_later(self.eof_timeout, self._check_eof, proc, self._io_frames)
+
+    def _check_eof(self, proc: ProcessStreams, seen: int) -> None:
+        if self.lost.done() or proc.ended >= {proc.stream, proc.stream + 1} or self._procs.get(proc.stream) is not proc:
+            return
+        if seen != self._io_frames or self._io_held or self.paused:  # it moves, we hold it back, or it sleeps
+            self._watch_eof(proc)
+            return
+        why = f"no end of output on stream {proc.stream} {self.eof_timeout:g} s after EXITED (stream channel silent)"
+        log.error("agent: %s", why)
+        self._fail(why)
 
     async def _on_io(self, frame: IoFrame) -> None:
         if frame.stream == 0:  # the echo of io_ping()
@@ -205,7 +242,11 @@ class AgentClient:
         if not frame.data:
             proc.ended.add(frame.stream)
         q = proc.stdout if frame.stream == base else proc.stderr
-        await q.put(frame.data or None)
+        self._io_held = q.full()
+        try:
+            await q.put(frame.data or None)
+        finally:
+            self._io_held = False
 
     async def request(self, msg: Msg, fields: Fields | None = None) -> Fields:
         if self.lost.done():
@@ -217,8 +258,8 @@ class AgentClient:
         self._pending[seq] = fut
         try:
             self._ctl[1].write(encode_ctl(msg, seq, fields))
-            await self._ctl[1].drain()
-            reply = await fut
+            await self._timed(msg, self._ctl[1].drain())
+            reply = await self._timed(msg, fut)
         finally:
             self._pending.pop(seq, None)
         if reply.type == Msg.ERROR:
@@ -227,6 +268,26 @@ class AgentClient:
                 raise ProtocolError("ERROR without a numeric code")
             raise AgentRequestError(str(reply.fields["message"]), code, Phase(str(phase)) if phase else None)
         return reply.fields
+
+    async def _timed(self, msg: Msg, aw: Awaitable[_T]) -> _T:
+        """`aw` within reply_timeout, the time the VM is paused not counted; else the agent is lost. VERSION is
+        not timed here (each handshake has its own budget)."""
+        task = asyncio.ensure_future(aw)
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(task), None if msg == Msg.VERSION
+                                                  else self.reply_timeout)
+                except TimeoutError:
+                    if self.paused:
+                        continue
+                    why = f"no reply to {msg.name} within {self.reply_timeout:g} s"
+                    log.error("agent: %s", why)
+                    self._fail(why)
+                    raise VMError(f"lost the guest agent: {why}") from None
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def io_ping(self, timeout: float) -> None:
         """A round trip on the stream channel (stream 0 echoes): proves both directions work."""
