@@ -259,9 +259,6 @@ def test_hostile_guest(hostile: Daemon) -> None:
 
 
 @pytest.mark.vm
-@pytest.mark.xfail(strict=True, reason="daemon/stdio.py: ProcessEvents, between the agent's bounded output queues "
-                   "and the client's websocket, is an unbounded asyncio.Queue filled with put_nowait: a client that "
-                   "reads slowly lets a flooding guest grow hyperd by hundreds of MiB (484 MiB measured)")
 def test_flood_with_a_stalled_reader(hostile: Daemon) -> None:
     """The same flood, its client not reading for 4 s: the host must slow the guest down, not buffer for it."""
     hostile.hyperctl("run", "-d", "--name", "flood-stalled", "busybox", "sleep", "3600", check=True)

@@ -18,7 +18,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from ..errors import HCError
 from ..pod.container import Container, Event
 from ..pod.pod import Pod
-from ..protocol.client import ProcessStreams
+from ..protocol.client import STREAM_QUEUE, ProcessStreams
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 
@@ -84,12 +84,16 @@ class ProcessTarget:
         await self.pod.resize_stream(self.proc.stream, rows, cols)
 
 
+EVENTS_QUEUE = STREAM_QUEUE  # an exec's output chunks held for its client before the process is slowed down
+
+
 class ProcessEvents(asyncio.Queue):
-    """The same events a container publishes, for one exec'd process. Once `detach()`ed (the client left),
-    output is read and dropped so that the process never blocks on it."""
+    """The same events a container publishes, for one exec'd process: bounded, so a client that reads slowly slows
+    the process down (through the agent's own bounded queues) instead of hyperd buffering for it. Once
+    `detach()`ed (the client left), output is read and dropped so that the process never blocks on it."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(EVENTS_QUEUE)
         self.attached = True
 
     def detach(self) -> None:
@@ -105,13 +109,13 @@ def process_events(proc: ProcessStreams) -> tuple[ProcessEvents, asyncio.Task]:
         async def drain(src: asyncio.Queue[bytes | None], name: str) -> None:
             while (chunk := await src.get()) is not None:
                 if q.attached:
-                    q.put_nowait((name, chunk))
+                    await q.put((name, chunk))  # detach() empties the queue: a blocked put goes through
 
         await asyncio.gather(drain(proc.stdout, "stdout"), drain(proc.stderr, "stderr"))
         try:
-            q.put_nowait(("exit", await proc.exit))
+            await q.put(("exit", await proc.exit))
         except HCError as e:
-            q.put_nowait(("error", e.message))
+            await q.put(("error", e.message))
         finally:
             proc.client.unregister(proc.stream)
 

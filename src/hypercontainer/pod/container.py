@@ -21,6 +21,7 @@ from .logfile import LogFile
 from .users import resolve
 
 LOG_MAX_BYTES = 32 << 20
+SUBSCRIBER_BACKLOG = 1024  # output chunks (64 KiB at most each) held for an attached client that is not reading
 
 # What a subscriber receives: ("stdout"|"stderr", bytes), ("exit", int) or ("error", str).
 Event = tuple[str, "bytes | int | str"]
@@ -136,7 +137,11 @@ class Container:
             self.subscribers.remove(q)
 
     def _publish(self, ev: Event) -> None:
+        """To every subscriber; a subscriber that has stopped reading (SUBSCRIBER_BACKLOG chunks behind) misses
+        output rather than hyperd holding it (the log has it all); the exit always goes through."""
         for q in self.subscribers:
+            if ev[0] in ("stdout", "stderr") and q.qsize() >= SUBSCRIBER_BACKLOG:
+                continue
             q.put_nowait(ev)
 
     def reset(self) -> None:

@@ -260,6 +260,11 @@ class AgentClient:
             self._ctl[1].write(encode_ctl(msg, seq, fields))
             await self._timed(msg, self._ctl[1].drain())
             reply = await self._timed(msg, fut)
+        except (ConnectionError, OSError) as e:  # the guest hung up while the request was written
+            self._fail(f"control channel: {e}")
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # _fail's, superseded by this one
+            raise VMError(f"lost the guest agent: control channel: {e}") from None
         finally:
             self._pending.pop(seq, None)
         if reply.type == Msg.ERROR:
@@ -288,6 +293,8 @@ class AgentClient:
         finally:
             if not task.done():
                 task.cancel()
+            elif not task.cancelled():
+                task.exception()  # _fail's, when it ended the wait: superseded by ours
 
     async def io_ping(self, timeout: float) -> None:
         """A round trip on the stream channel (stream 0 echoes): proves both directions work."""
