@@ -6,6 +6,7 @@ running before runs on. (hyperd itself killed at each step: test_crash_recovery.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,15 @@ CASES = [  # (kind, victim, point): where the victim exists (a clone's share is 
     *[("cold", "qemu", p) for p in ("qemu", "agent", "start-pod", "container")],
     *[("template", "qemu", p) for p in ("qemu", "restored", "agent", "start-pod", "container")],
 ]
+
+
+def wait_ended(d: Daemon, name: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = json.loads(d.hyperctl("inspect", name, check=True).stdout)
+        if state["state"] in ("exited", "failed") or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
 
 
 def test_a_vmm_process_killed_at_each_step(busybox_tar: Path, tmp_path: Path) -> None:
@@ -39,8 +49,10 @@ def test_a_vmm_process_killed_at_each_step(busybox_tar: Path, tmp_path: Path) ->
             name = f"v{i}-{kind}-{victim}-{point}"
             r = d.hyperctl("run", "-d", "--name", name, "--boot", kind, "busybox", "sleep", "600", timeout=300)
             assert d.proc.poll() is None, f"hyperd died when {victim} was killed at {point} of a {kind} start"
-            assert f"crash point {point}: killing {victim}" in d.log.read_text(), (kind, victim, point)
+            assert f"crash point {point}: killing {victim}" in d.log.read_text(), (kind, victim, point, r.stderr)
             state = json.loads(d.hyperctl("inspect", name, check=True).stdout)
+            if r.returncode == 0 and point == "container":  # killed as it ran: its pod ends
+                state = wait_ended(d, name)
             outcomes[name] = (r.returncode, state["state"], state.get("error"))
             if r.returncode != 0:  # a failed start says why, in one line, and its pod says so too
                 assert r.stderr.count(b"\n") == 1 and state["state"] == "failed" and state["error"], (name, r)
@@ -49,9 +61,13 @@ def test_a_vmm_process_killed_at_each_step(busybox_tar: Path, tmp_path: Path) ->
             assert keeper["state"] == "running"
             assert d.hyperctl("exec", "keeper", "echo", "alive").stdout == b"alive\n"
             assert leftovers(d, keeper, None) == [], (name, leftovers(d, keeper, None))
-        print(json.dumps(outcomes, indent=1))
-        # a clone whose QEMU died before it ran falls back to a cold boot and runs
+        # a clone whose QEMU died before it ran falls back to a cold boot and runs; once the pod runs, its VM's end
+        # or its file server's is said
         assert outcomes["v9-template-qemu-qemu"][1] == "running", outcomes
+        assert outcomes["v8-cold-qemu-container"][1:] == ("exited", "the VM (QEMU) was killed by signal 9 while the "
+                                                          "pod ran"), outcomes
+        assert outcomes["v4-cold-virtiofsd-container"][1:] == (
+            "failed", "the pod's file server (virtiofsd) was killed by signal 9 while the pod ran"), outcomes
     finally:
         d.env.pop("HYPERCONTAINER_CRASH_AT", None)
         d.stop()

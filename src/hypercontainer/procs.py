@@ -11,8 +11,11 @@ import contextlib
 import os
 import select
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import VMError
 
 
 async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool = True,
@@ -31,6 +34,10 @@ async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool =
             preexec_fn=preexec,
             pass_fds=pass_fds,
         )
+    except subprocess.SubprocessError:  # preexec failed in the child: the jail wrote which step to the log
+        said = log.read_text(errors="replace").strip().splitlines()[-1:] if log and log.exists() else []
+        raise VMError(f"{Path(argv[0]).name} could not be confined: {said[0] if said else 'its set-up failed'}") \
+            from None
     finally:
         out.close()
 

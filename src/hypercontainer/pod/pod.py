@@ -158,7 +158,7 @@ class Pod:
         self._stream_seq = 0
         self._generation = 0  # of the agent sockets: one more for each hyperd that took the pod over
         self._stopping = False
-        self._agent_failed = False  # the agent broke the protocol or stopped answering: the pod ends FAILED
+        self._agent_failed = False  # the agent broke the protocol or stopped answering, or virtiofsd died: FAILED
         self._start_containers = True
         self._supervisors: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()  # the watch looks again: a container was added or removed
@@ -532,6 +532,7 @@ class Pod:
         pod join the watch."""
         self._supervisors = {asyncio.ensure_future(self._supervise(c)) for c in self.containers}
         died = asyncio.ensure_future(self.machine.wait()) if self.machine and self.machine.proc else None
+        fs_died = asyncio.ensure_future(self.share.proc.wait()) if self.share and self.share.proc else None
         lost = self.agent.lost if self.agent else None
         try:
             while True:
@@ -540,18 +541,33 @@ class Pod:
                     break
                 self._wake.clear()
                 wake = asyncio.ensure_future(self._wake.wait())
-                watched: set[asyncio.Future[Any]] = {*pending, wake, *(f for f in (died, lost) if f)}
+                watched: set[asyncio.Future[Any]] = {*pending, wake, *(f for f in (died, fs_died, lost) if f)}
                 done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 wake.cancel()
-                if died in done or lost in done:
+                if done & {died, fs_died, lost}:
                     break
-            if lost and lost.done():
-                await self._agent_lost(lost.result(), died)
+            if lost and lost.done() and not (fs_died and fs_died.done()):
+                await self._agent_lost(lost.result(), died)  # (waits a moment for the VM's own end)
+            if died and died.done():  # first: virtiofsd ends with its VM
+                self._vmm_died("the VM (QEMU)", died.result(), fails=False)
+            elif fs_died and fs_died.done():
+                self._vmm_died("the pod's file server (virtiofsd)", fs_died.result(), fails=True)
         finally:
-            if died:
-                died.cancel()
+            for f in (died, fs_died):
+                if f:
+                    f.cancel()
         self.timings.mark("exited")
         await self.stop()
+
+    def _vmm_died(self, what: str, status: int, *, fails: bool) -> None:
+        """QEMU or virtiofsd ended while the pod ran (not by hyperd's hand): the pod says why; a dead file server
+        leaves its containers without their files, so the pod fails (a VM that is gone ends its pod as exited)."""
+        if self._stopping or self.state != PodState.RUNNING or self.error:
+            return
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        self.error = f"{what} {how} while the pod ran"
+        log.error("pod %s: %s", self.name, self.error)
+        self._agent_failed = self._agent_failed or fails
 
     async def _agent_lost(self, why: str, died: asyncio.Future[int] | None) -> None:
         """The agent's connection ended while the pod ran: unless the VM itself went (its channels close with it),
