@@ -95,7 +95,7 @@ bench: assets image cri-api
 # The soak's long form (tests/test_soak.py runs a short one in `make test`): 300 run/exec/logs/rm cycles beside 20
 # concurrent creations, then hyperd's fds, threads, tasks, children and RSS are checked against where they were.
 soak: assets image cri-api
-	HC_SOAK_CYCLES=300 HC_SOAK_CONCURRENT=20 $(VENV)/bin/pytest -q -p no:cacheprovider \
+	HC_SOAK_CYCLES=300 HC_SOAK_CONCURRENT=20 $(VENV)/bin/pytest -q -s -p no:cacheprovider \
 		--timeout 7200 tests/test_soak.py
 
 # The Python client's API reference, from its docstrings: build/docs/index.html (pdoc, pinned in pyproject.toml's

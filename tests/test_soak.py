@@ -93,6 +93,7 @@ def test_cycles_leave_hyperd_as_it_was(soak_hyperd: Daemon) -> None:
     run_before = sorted(os.listdir(d.rundir))
     round_(d, "soak", CYCLES, CONCURRENT)
     after = settled(d, base)
+    print(f"\nsoak: {CYCLES} cycles beside {CONCURRENT} concurrent creations; hyperd before {base}, after {after}")
     for key in ("fds", "threads", "tasks", "children"):
         assert after[key] <= base[key], (key, base, after)
     assert after["rss_kib"] - base["rss_kib"] < 20 << 10, (base, after)
