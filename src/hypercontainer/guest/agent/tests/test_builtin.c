@@ -14,19 +14,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "builtin.h"
 #include "tar.h"
 
-static int failures;
 static char top[256]; /* the test's directory */
-
-#define CHECK(cond)                                                            \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-			failures++;                                            \
-		}                                                              \
-	} while (0)
 
 static char *at(const char *rel)
 {

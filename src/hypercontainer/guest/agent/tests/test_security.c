@@ -12,18 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "cgroup.h"
 #include "security.h"
-
-static int failures;
-
-#define CHECK(cond)                                                    \
-	do {                                                           \
-		if (!(cond)) {                                         \
-			printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-			failures++;                                    \
-		}                                                      \
-	} while (0)
 
 /* "AAAA" repeated, then `tail`: base64 of zero bytes. */
 static char *zeros_b64(size_t groups, const char *tail)
