@@ -171,3 +171,44 @@ def test_a_crashed_hyperds_pool_vms_go_and_its_pool_pods_stay(busybox_tar: Path,
     finally:
         d.stop()
     assert not qemus_under(tmp_path)
+
+
+def test_a_template_build_a_dead_hyperd_left_is_swept(busybox_tar: Path) -> None:
+    """hyperd killed (-9) while it builds a template: its builder QEMU is orphaned; the next hyperd kills it and
+    removes its directories (the half-made template included)."""
+    import tempfile
+
+    from .test_crash_recovery import vmms_under
+
+    root = Path(tempfile.mkdtemp(prefix="hc-tb-"))  # short: the builder's sockets live under it
+    d = Daemon(root)
+    d.start()
+    try:
+        d.hyperctl("load", "-i", str(busybox_tar), check=True)
+        # an unusual size: its template is built now, in the background (this pod boots cold meanwhile); hyperd
+        # is killed as soon as the builder runs (a build takes about a second)
+        home = Path(d.env["HYPERCONTAINER_ASSETS"]) / "templates"
+        for meta in home.glob("*/meta.json"):
+            if json.loads(meta.read_text())["memory"] == 272:
+                shutil.rmtree(meta.parent)
+        run = d.popen("run", "-d", "--name", "odd", "--memory", "272", "busybox", "sleep", "600",
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        builds = d.rundir / "templates"
+        deadline = time.monotonic() + 60
+        while not (builders := vmms_under(builds)):
+            assert time.monotonic() < deadline, d.log.read_text()[-1500:]
+        assert d.proc
+        d.proc.kill()
+        d.proc.wait()
+        run.wait(30)
+        assert vmms_under(builds) == builders, "the builder went with hyperd: nothing to sweep"
+        d.start()
+        assert not vmms_under(builds) and not list(builds.iterdir())
+        assert not [t for t in home.iterdir() if t.name.startswith(".")], "a half-made template is left"
+    finally:
+        d.hyperctl("rm", "-f", "odd")
+        d.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        for meta in (Path(d.env["HYPERCONTAINER_ASSETS"]) / "templates").glob("*/meta.json"):
+            if json.loads(meta.read_text())["memory"] == 272:  # none should be, but the shared assets stay clean
+                shutil.rmtree(meta.parent, ignore_errors=True)

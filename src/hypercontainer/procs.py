@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +72,31 @@ async def wait_for_path(path: Path, proc: asyncio.subprocess.Process, timeout: f
         if loop.time() > deadline:
             raise TimeoutError(f"{what} did not create {path} within {timeout:.0f} s")
         await asyncio.sleep(0.002)
+
+
+def with_arg(needle: bytes) -> list[int]:
+    """The processes whose command line holds `needle` (the VMs a dead hyperd left, found by their paths)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if needle in Path(entry.path, "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def kill_and_wait(pids: list[int], timeout: float = 3.0) -> None:
+    """SIGKILL to each, then until they are gone (reaped by whoever is their parent now) or `timeout` passed."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if Path(f"/proc/{p}/cmdline").exists() and Path(f"/proc/{p}/cmdline").read_bytes()]
+        if pids:
+            time.sleep(0.02)
 
 
 def start_time(pid: int) -> int | None:

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import procs
 from ..protocol.client import AgentClient
 from ..storage.share import ninep
 from ..vm.machine import Machine
@@ -117,7 +118,12 @@ class Templates:
         return out + [{"key": k, "building": True} for k in self._building]
 
     def prune(self) -> None:
-        """Removes templates made from other assets, accelerators or QEMU versions (and half-made ones)."""
+        """Removes templates made from other assets, accelerators or QEMU versions (and half-made ones), and the
+        builds a dead hyperd left: their QEMU (found by its run directory on its command line) and directories."""
+        if self.rundir.exists():
+            for d in self.rundir.iterdir():
+                procs.kill_and_wait(procs.with_arg(str(d).encode() + b"/"))
+                shutil.rmtree(d, ignore_errors=True)
         if not self.home.exists():
             return
         for d in self.home.iterdir():
