@@ -30,7 +30,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import HTTPConnection
 
 from .. import __version__
-from ..errors import FULL, Conflict, Forbidden, HCError, InvalidArgument, NotFound, host_error, no_space
+from ..errors import Conflict, Forbidden, HCError, InvalidArgument, NotFound, host_error, no_space
 from ..image import archive
 from ..image.auth import Credentials
 from ..image.pull import Puller
@@ -578,9 +578,7 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
                     f.write(chunk)
                 f.flush()
             except OSError as e:
-                if e.errno in FULL:
-                    raise no_space(images.tmp, e) from None
-                raise
+                raise host_error(e, images.tmp) from None
             if own is not None:
                 loaded = await asyncio.to_thread(own.load, Path(f.name))
                 return {"loaded": [own.info(i) for i in loaded]}

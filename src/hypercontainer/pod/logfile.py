@@ -16,8 +16,8 @@ from ..errors import FULL
 log = logging.getLogger(__name__)
 
 
-def record(stream: str, data: bytes, now: str | None = None) -> bytes:
-    now = now or dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+def record(stream: str, data: bytes) -> bytes:
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
     return (json.dumps({"time": now, "stream": stream, "log": data.decode("utf-8", "backslashreplace")}) + "\n"
             ).encode()
 
@@ -25,19 +25,20 @@ def record(stream: str, data: bytes, now: str | None = None) -> bytes:
 class LogFile:
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path, self.max_bytes = path, max_bytes
-        self.fd = self._open()
+        self.fd, self.size = self._open()
         self.lost = 0  # bytes of output dropped since the last record that fitted
         self.why = ""
 
-    def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    def _open(self) -> tuple[int, int]:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return fd, os.fstat(fd).st_size
 
     def _put(self, line: bytes) -> bool:
         """Appends a whole line or nothing (a short write on a full disk is cut off again)."""
-        size = os.fstat(self.fd).st_size
         try:
             n = os.write(self.fd, line)
             if n == len(line):
+                self.size += n
                 return True
             raise OSError(28, os.strerror(28))  # a short write: the disk filled up under it
         except OSError as e:
@@ -47,27 +48,28 @@ class LogFile:
                 log.warning("log %s: %s: output is dropped until there is room", self.path, e.strerror)
             self.why = e.strerror or "no space left on device"
             with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, size)
+                os.ftruncate(self.fd, self.size)
             return False
 
+    def _note_gap(self) -> bool:
+        """The record that says how much was lost, if any was; False if it does not fit either."""
+        if not self.lost:
+            return True
+        note = f"hyperd: {self.lost} bytes of output lost here ({self.why.lower()} on {self.path.parent})\n"
+        if not self._put(record("stderr", note.encode())):
+            return False
+        self.lost = 0
+        return True
+
     def write(self, stream: str, data: bytes) -> None:
-        if self.lost:
-            note = f"hyperd: {self.lost} bytes of output lost here ({self.why.lower()} on {self.path.parent})\n"
-            if not self._put(record("stderr", note.encode())):
-                self.lost += len(data)
-                return
-            self.lost = 0
-        if not self._put(record(stream, data)):
+        if not self._note_gap() or not self._put(record(stream, data)):
             self.lost += len(data)
             return
-        if os.fstat(self.fd).st_size > self.max_bytes:
+        if self.size > self.max_bytes:
             os.close(self.fd)
             self.path.replace(self.path.with_name(self.path.name + ".1"))
-            self.fd = self._open()
+            self.fd, self.size = self._open()
 
     def close(self) -> None:
-        if self.lost:  # a last try at noting the gap
-            note = f"hyperd: {self.lost} bytes of output lost here ({self.why.lower()} on {self.path.parent})\n"
-            if self._put(record("stderr", note.encode())):
-                self.lost = 0
+        self._note_gap()  # a last try
         os.close(self.fd)

@@ -37,3 +37,12 @@ def check_template(template: str, fields: Iterable[str]) -> None:
 
 def render(template: str, values: Mapping[str, object]) -> str:
     return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
+
+
+def align(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as lines, each column but the last padded to its widest cell (docker's tabwriter)."""
+    widths: dict[int, int] = {}
+    for row in rows:
+        for i, c in enumerate(row[:-1]):
+            widths[i] = max(widths.get(i, 0), len(c))
+    return ["   ".join([c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + row[-1:]).rstrip() for row in rows]

@@ -16,7 +16,7 @@ from ...client.filters import matches as matches
 from ...errors import HCError, NotFound
 from ...signals import parse_signal
 from ..client import Client, dumps, for_each
-from .formats import bad_usage, check_template, render, template_of
+from .formats import align, bad_usage, check_template, render, template_of
 
 
 def ago(ts: float | None) -> str:
@@ -84,13 +84,8 @@ def fields_of(p: dict) -> dict[str, str]:
 def print_table(template: str, rows: list[dict[str, str]]) -> None:
     """A template's lines, their tab-separated columns aligned (docker's tabwriter), under a header."""
     lines = [render(template, FIELDS)] + [render(template, r) for r in rows]
-    cells = [ln.split("\t") for ln in lines]
-    widths: dict[int, int] = {}
-    for row in cells:
-        for i, c in enumerate(row[:-1]):
-            widths[i] = max(widths.get(i, 0), len(c))
-    for row in cells:
-        click.echo("   ".join([c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + row[-1:]).rstrip())
+    for line in align([ln.split("\t") for ln in lines]):
+        click.echo(line)
 
 
 @click.command("ps")

@@ -5,13 +5,7 @@ from __future__ import annotations
 import click
 
 from ..client import Client
-
-
-def table(titles: list[str], rows: list[list[str]]) -> list[str]:
-    """Columns padded to their widest cell (the last one left as it is), like docker's tabwriter."""
-    widths = [max(len(str(r[i])) if i < len(r) else 0 for r in [titles, *rows]) for i in range(len(titles))]
-    return ["   ".join(str(c).ljust(w) if i < len(titles) - 1 else str(c)
-                       for i, (c, w) in enumerate(zip(r, widths, strict=False))).rstrip() for r in [titles, *rows]]
+from .formats import align
 
 
 @click.command("top", context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
@@ -23,7 +17,7 @@ def top(container: str | None, pod: str, ps_options: tuple[str, ...]) -> None:
     """The processes of a pod's container: PID, user, CPU time, command (with PS_OPTIONS: the container's own ps
     runs with them)."""
     answer = Client().pods.handle(pod).top(" ".join(ps_options), container=container)
-    for line in table(answer["titles"], answer["processes"]):
+    for line in align([answer["titles"], *([str(c) for c in r] for r in answer["processes"])]):
         click.echo(line)
 
 
