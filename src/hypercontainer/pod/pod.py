@@ -158,7 +158,7 @@ class Pod:
         self._stream_seq = 0
         self._generation = 0  # of the agent sockets: one more for each hyperd that took the pod over
         self._stopping = False
-        self._agent_failed = False  # the agent broke the protocol or stopped answering, or virtiofsd died: FAILED
+        self._failed = False  # the agent broke the protocol or stopped answering, or virtiofsd died: FAILED
         self._start_containers = True
         self._supervisors: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()  # the watch looks again: a container was added or removed
@@ -567,7 +567,7 @@ class Pod:
         how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
         self.error = f"{what} {how} while the pod ran"
         log.error("pod %s: %s", self.name, self.error)
-        self._agent_failed = self._agent_failed or fails
+        self._failed = self._failed or fails
 
     async def _agent_lost(self, why: str, died: asyncio.Future[int] | None) -> None:
         """The agent's connection ended while the pod ran: unless the VM itself went (its channels close with it),
@@ -581,7 +581,7 @@ class Pod:
                 return
         log.error("pod %s: the guest agent is lost (%s): the pod fails", self.name, why)
         self.error = f"guest agent: {why}"
-        self._agent_failed = True
+        self._failed = True
 
     async def start_created(self, name: str) -> Container:
         """Starts a container that start(start_containers=False) left created."""
@@ -919,7 +919,7 @@ class Pod:
                 c.finish(137, "pod stopped before the container exited") if not c.done.is_set() else None
             self.exit_code = self.containers[0].exit_code if self.containers else 0
             self.finished = time.time()
-            self._set(PodState.FAILED if self._agent_failed else PodState.EXITED)
+            self._set(PodState.FAILED if self._failed else PodState.EXITED)
 
     async def teardown(self) -> None:
         """Idempotent. The guest is asked to power off (it syncs), the VM gets a moment to do so and the
