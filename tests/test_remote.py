@@ -520,7 +520,8 @@ def first_line(p: subprocess.Popen[bytes], want: bytes, limit: float = 120) -> b
             return line
         if not line and p.poll() is not None:
             break
-    raise AssertionError(f"no {want!r} from {p.args}")
+    why = p.stderr.read() if p.poll() is not None and p.stderr else b"(still running)"
+    raise AssertionError(f"no {want!r} from {p.args}: exit {p.returncode}, {why!r}")
 
 
 @pytest.mark.vm
