@@ -1,7 +1,8 @@
 """hyperd's own resource counts, for leak checks (the soak test, an operator): the administrator's only.
 
-    GET /v1/debug/counts   {fds, threads, tasks, rss_kib, children}: open file descriptors, Python threads, asyncio
-                           tasks, resident memory and child processes of hyperd right now
+    GET /v1/debug/counts   {fds, threads, executor_threads, tasks, rss_kib, children}: open file descriptors,
+                           Python threads (the default executor's bounded pool counted apart), asyncio tasks,
+                           resident memory and child processes of hyperd right now
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def counts() -> dict[str, int]:
                 continue
             if stat[stat.rindex(")") + 2 :].split()[1] == me:
                 children += 1
-    return {"fds": len(os.listdir("/proc/self/fd")), "threads": threading.active_count(),
+    names = [t.name for t in threading.enumerate()]
+    pool = sum(n.startswith("asyncio_") for n in names)  # the default executor's workers: a bounded pool
+    return {"fds": len(os.listdir("/proc/self/fd")), "threads": len(names) - pool, "executor_threads": pool,
             "tasks": len(asyncio.all_tasks()), "rss_kib": rss, "children": children}
 
 
