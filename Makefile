@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 AGENT   := src/hypercontainer/guest/agent
 ASSETS  ?= $(or $(HYPERCONTAINER_ASSETS),/var/lib/hypercontainer/assets)
 
-.PHONY: demo test bench assets bootstrap image lint clean cri-api cni docs fuzz soak
+.PHONY: demo test bench assets assets-quick bootstrap image lint clean cri-api cni docs fuzz soak
 
 bootstrap:
 	@tools/bootstrap.sh
@@ -19,6 +19,11 @@ assets: bootstrap
 	HYPERCONTAINER_ASSETS=$(ASSETS) $(PY) -m hypercontainer.guest.assets >/dev/null
 	@echo ">> guest assets ready in $(ASSETS)"
 
+# make demo's: the agent and initramfs for our kernel if it is built, else for the distribution's VM kernel (hyperd
+# then builds ours in the background and switches to it; make assets, as make test and make bench, waits for it).
+assets-quick: bootstrap
+	HYPERCONTAINER_ASSETS=$(ASSETS) $(PY) -m hypercontainer.guest.assets --quick >/dev/null
+
 # The CRI API: api.proto of k8s.io/cri-api (the version cri-tools v1.37.0 uses) through the Go module proxy, checked
 # against the sha256 recorded in src/hypercontainer/cri/build_api.py and compiled with grpcio-tools into
 # src/hypercontainer/cri/generated/ (git-ignored; rebuilt only when the version or grpcio-tools changes).
@@ -32,7 +37,7 @@ CNI_CONF_DIR ?= /etc/cni/net.d
 cni: bootstrap
 	$(PY) -m hypercontainer.network.cni install --by-name --conf-dir $(CNI_CONF_DIR)
 
-demo: assets image cri-api cni
+demo: assets-quick image cri-api cni
 	@tools/demo.sh
 
 lint: bootstrap cri-api

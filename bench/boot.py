@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Boot benchmark: the raw floor, a cold pod, a pod started from a VM template and one taken from the warm pool,
-side by side; then host memory (PSS) per idle pod, cold against template clones.
+"""Boot benchmark: the raw floor, a cold pod, a pod started from a VM template, one taken from the warm pool and
+one started as a user would (`default`: no --boot flag, hyperd started with no pool or boot flags, so its own warm
+pool serves it), side by side; then host memory (PSS) per idle pod, cold against template clones.
 
 The floor is the same kernel and initramfs booted by bare QEMU (same machine type, memory and accelerator)
 with an init that powers off at once (`hc.probe`). A pod is `hyperctl run --rm busybox true`, end to end
@@ -28,6 +29,7 @@ from tests.conftest import Daemon, _build_busybox_archive
 
 from hypercontainer.vm.qemu import Sockets, VMConfig, command
 
+KINDS = ("cold", "template", "pool", "default")
 STEPS = [("network", "network attached"), ("rootfs", "overlay rootfs mounted"), ("share", "share ready"),
          ("qemu", "qemu started"), ("restored", "template state restored"), ("resumed", "pool VM resumed"),
          ("agent", "agent ready"),
@@ -48,8 +50,9 @@ def floor_once(kernel: Path, initrd: Path, accel: str) -> float:
 
 def run_once(d: Daemon, boot: str) -> tuple[float, dict]:
     name = f"b{time.monotonic_ns()}"
+    flags = [] if boot == "default" else ["--boot", boot]
     t0 = time.perf_counter()
-    r = d.hyperctl("run", "--name", name, "--boot", boot, "busybox", "true")
+    r = d.hyperctl("run", "--name", name, *flags, "busybox", "true")
     took = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"hyperctl run failed: {r.stderr.decode()}")
@@ -57,8 +60,8 @@ def run_once(d: Daemon, boot: str) -> tuple[float, dict]:
     d.hyperctl("rm", "-f", name, check=True)
     if boot == "template" and info["vm"]["booted_from"] == "cold":
         raise SystemExit("a template run booted cold: the template is not ready")
-    if boot == "pool" and not info["vm"]["booted_from"].startswith("pool:"):
-        raise SystemExit("a pool run found no pool VM ready")
+    if boot in ("pool", "default") and not info["vm"]["booted_from"].startswith("pool:"):
+        raise SystemExit(f"a {boot} run found no pool VM ready")
     return took, info["timings"]
 
 
@@ -97,8 +100,9 @@ def main() -> None:
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="hc-bench-"))
-    # --network none: the start path of the VM itself (bench/network.py measures the network); a pool of one VM
-    d = Daemon(root, HYPERCONTAINER_POOL="1")
+    # --network none: the start path of the VM itself (bench/network.py measures the network); no pool or boot flag:
+    # hyperd's defaults (a warm pool it sizes itself)
+    d = Daemon(root, HYPERCONTAINER_POOL="")
     d.start()
     try:
         d.hyperctl("load", "-i", str(_build_busybox_archive()), check=True)
@@ -111,12 +115,12 @@ def main() -> None:
                 break
             time.sleep(0.5)
         run_once(d, "cold"), floor_once(kernel, initrd, accel)  # warm caches
-        times: dict[str, list[float]] = {"floor": [], "cold": [], "template": [], "pool": []}
-        marks: dict[str, list[dict]] = {"cold": [], "template": [], "pool": []}
+        times: dict[str, list[float]] = {"floor": [], "cold": [], "template": [], "pool": [], "default": []}
+        marks: dict[str, list[dict]] = {"cold": [], "template": [], "pool": [], "default": []}
         for _ in range(args.runs):  # each run starts with the pool full (a refill would compete for the CPUs)
             d.wait_pool_ready()
             times["floor"].append(floor_once(kernel, initrd, accel))
-            for boot in ("cold", "template", "pool"):
+            for boot in KINDS:
                 d.wait_pool_ready()
                 took, m = run_once(d, boot)
                 times[boot].append(took)
@@ -129,21 +133,23 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"accelerator: {accel}; guest kernel {guest['kernel_release']}; {args.runs} runs each, alternating\n")
     labels = {"floor": "raw floor (bare qemu, init powers off)", "cold": "cold pod: hyperctl run --rm ... true",
-              "template": "template pod: the same", "pool": "pool pod: the same"}
+              "template": "template pod: the same", "pool": "pool pod: the same",
+              "default": "default: hyperctl run --rm busybox true"}
     for k, label in labels.items():
         v = times[k]
         print(f"{label:40s} median {med[k]:6.3f} s  (min {min(v):.3f}, max {max(v):.3f})")
-    served = {b: statistics.median(m["exited"] for m in marks[b]) for b in ("cold", "template", "pool")}
-    cli = {b: statistics.median(t - m["exited"] for t, m in zip(times[b], marks[b], strict=True))
-           for b in ("cold", "template", "pool")}
+    served = {b: statistics.median(m["exited"] for m in marks[b]) for b in KINDS}
+    cli = {b: statistics.median(t - m["exited"] for t, m in zip(times[b], marks[b], strict=True)) for b in KINDS}
     print(f"\n{'cold / floor':40s} {med['cold'] / med['floor']:6.2f}   (target <= 1.10)")
     print(f"{'  without hyperctl (hyperd: request to exit)':40s} {served['cold'] / med['floor']:6.2f}   "
           f"(hyperctl's own start, connect and exit: {cli['cold']:.3f} s cold, {cli['template']:.3f} s template)")
     print(f"{'template / floor':40s} {med['template'] / med['floor']:6.2f}")
     print(f"{'template / cold':40s} {med['template'] / med['cold']:6.2f}   (template target <= 0.35 s here)")
-    print(f"{'pool / template':40s} {med['pool'] / med['template']:6.2f}\n")
+    print(f"{'pool / template':40s} {med['pool'] / med['template']:6.2f}")
+    print(f"{'default / floor':40s} {med['default'] / med['floor']:6.2f}   (target <= 0.45; "
+          f"hyperd side {served['default'] / med['floor']:.2f})\n")
     breakdown = {}
-    for boot in ("cold", "template", "pool"):
+    for boot in KINDS:
         keys = {k for m in marks[boot] for k in m}
         breakdown[boot] = {k: statistics.median(m[k] for m in marks[boot] if k in m) for k in keys}
         print(f"{boot} start breakdown (hyperd side, medians, seconds from the request):")

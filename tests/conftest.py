@@ -42,7 +42,9 @@ def agent_host_binary() -> Path:
 
 class Daemon:
     """A hyperd of its own (root, runtime dir, socket), optionally inside a network namespace the tests made.
-    Without one it runs with --network none: the test suite never sets up networking in the host's namespace."""
+    Without one it runs with --network none: the test suite never sets up networking in the host's namespace.
+    It keeps no warm pool unless a test asks for one (HYPERCONTAINER_POOL): pool VMs filling in the background would
+    compete with the test for this host's CPUs; tests/test_pool_default.py runs hyperd's defaults as they are."""
 
     def __init__(self, root: Path, netns: Path | None = None, **env: str) -> None:
         self.root = root
@@ -54,7 +56,8 @@ class Daemon:
                         HYPERCONTAINER_CRI_SOCKET=str(root / "run" / "cri.sock"),  # hyperd --cri-socket
                         HYPERCONTAINER_AUDIT_LOG=str(root / "audit.log"),  # not the host's /var/log
                         HYPERCONTAINER_ASSETS=os.environ.get("HYPERCONTAINER_ASSETS", "/var/lib/hypercontainer/assets"),
-                        HYPERCONTAINER_NETWORK="auto" if netns else "none", **env)
+                        HYPERCONTAINER_NETWORK="auto" if netns else "none", HYPERCONTAINER_POOL="0")
+        self.env.update(env)
         self.proc: subprocess.Popen | None = None
         self.log = root / "hyperd.log"
 

@@ -51,7 +51,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert cfg.paths == Paths(Path("/var/lib/hypercontainer"), Path("/run/hypercontainer"),
                               Path("/var/lib/hypercontainer/assets"), Path("/run/hypercontainer/hyperd.sock"))
     assert (cfg.live_restore, cfg.network, cfg.bridge, cfg.subnet, cfg.boot, cfg.pool) == \
-        (True, "auto", "hyper0", ipaddress.IPv4Network("10.77.0.0/16"), "template", 0)
+        (True, "auto", "hyper0", ipaddress.IPv4Network("10.77.0.0/16"), "pool", None)
     assert (cfg.vmm_uids, cfg.storage_size, cfg.insecure_registries, cfg.accel, cfg.kernel, cfg.pull_parallel) == \
         ((0x70000000, 0x7000FFFF), 10 << 30, frozenset(), "auto", "auto", 4)
     assert cfg.forced_accel is None
@@ -90,7 +90,9 @@ def test_flags_win_over_the_environment(tmp_path: Path) -> None:
     assert (cfg.insecure_registries, cfg.accel, cfg.pull_parallel) == (frozenset({"a.test:1", "b.test"}), "tcg", 1)
     # a flag left out still takes its variable; an empty variable counts as unset
     assert parse(["--boot", "cold"], HYPERCONTAINER_POOL="5").pool == 5
-    assert parse([], HYPERCONTAINER_BOOT="", HYPERCONTAINER_SUBNET="").boot == "template"
+    assert parse([], HYPERCONTAINER_BOOT="", HYPERCONTAINER_SUBNET="").boot == "pool"
+    # warm by default: the pool's size is hyperd's to choose unless given
+    assert parse([], HYPERCONTAINER_POOL="").pool is None and parse(["--pool", "auto"]).pool is None
 
 
 def test_the_config_is_read_once_not_from_the_environment_later(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,7 +117,8 @@ def test_the_config_is_read_once_not_from_the_environment_later(monkeypatch: pyt
      f"'--vmm-uids' (env var: 'HYPERCONTAINER_VMM_UIDS'): the VMM uid range {USER.pw_uid}-{USER.pw_uid + 15} holds "
      f"user {USER.pw_name} ({USER.pw_uid})"),
     (["--pool", "65"], {}, "Invalid value for '--pool' (env var: 'HYPERCONTAINER_POOL'): 65 is not in the range"),
-    ([], {"HYPERCONTAINER_POOL": "many"}, "Invalid value for '--pool' (env var: 'HYPERCONTAINER_POOL')"),
+    ([], {"HYPERCONTAINER_POOL": "many"},
+     "Invalid value for '--pool' (env var: 'HYPERCONTAINER_POOL'): 'many' is neither a whole number nor auto"),
     (["--boot", "warm"], {}, "'--boot' (env var: 'HYPERCONTAINER_BOOT'): 'warm' is not one of 'cold', 'template'"),
     ([], {"HYPERCONTAINER_NETWORK": "host"}, "Invalid value for '--network' (env var: 'HYPERCONTAINER_NETWORK')"),
     (["--bridge", "a-bridge-name-too-long"], {}, "Invalid value for '--bridge': 'a-bridge-name-too-long' is not an "
@@ -167,8 +170,8 @@ def test_help_shows_every_flag_with_its_variable_and_default() -> None:
             continue
         assert flag(name) in text and f"env var: {envvar}" in text, name
     for default in ("default: /var/lib/hypercontainer]", "default: /run/hypercontainer]", "<run>/hyperd.sock",
-                    "<root>/assets", "default: hyper0]", "default: 10.77.0.0/16]", "default: template]",
-                    "default: 0; 0<=x<=64]", "default: 1879048192-1879113727]", "default: 10G]", "default: auto]",
+                    "<root>/assets", "default: hyper0]", "default: 10.77.0.0/16]", "default: pool]",
+                    "--pool N|auto", "default: 1879048192-1879113727]", "default: 10G]", "default: auto]",
                     "default: 4; 1<=x<=64]", "--live-restore / --no-live-restore"):
         assert default in text, default
 

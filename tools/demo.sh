@@ -20,3 +20,7 @@ fi
 $HYPERCTL info | sed -n '1,3p'
 echo ">> hyperctl run --rm busybox echo hello from a VM"
 $HYPERCTL run --rm busybox echo hello from a VM
+if $HYPERCTL info | grep -q '^Own kernel:'; then
+  echo ">> that pod booted the distribution's kernel; hyperd is building ours in the background and switches to it"
+  echo "   when it is ready (hyperctl info: 'Own kernel'; hyperctl events: 'daemon kernel-switch')"
+fi

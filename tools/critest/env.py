@@ -290,6 +290,7 @@ class Hyperd:
         return [str(self.hyperd), "--root", str(d / "state"), "--run", str(d / "run"),
                 "--socket", str(d / "run/hyperd.sock"), "--assets", str(self.assets),
                 "--registry-config", str(d / "certs.d"), "--network", "none", "--no-live-restore",
+                "--pool", "0",  # CRI sandboxes join the CNI's namespace: no pool VM could serve them
                 "--cri-socket", str(self.sock), "--cri-streaming-address", "127.0.0.1",
                 "--cni-conf-dir", str(d / "net.d"), "--cni-bin-dir", CNI_BIN, "--cni-cache-dir", str(d / "cni"),
                 "--cni-netns-dir", str(d / "netns"), "--cni-network", self.net.name,

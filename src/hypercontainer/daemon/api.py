@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -72,6 +72,7 @@ class DaemonInfo:
     root: str
     started: float = field(default_factory=time.time)
     cri_socket: str | None = None  # the Kubernetes CRI's socket; None: hyperd runs with --no-cri
+    kernel_build: Any = None  # our kernel's background build (daemon/kernel_switch.py), on a first run
 
 
 class CreateRequest(BaseModel):
@@ -258,12 +259,13 @@ def create_app(manager: PodManager, images: ImageStore, puller: Puller, info: Da
             "python": platform.python_version(), "host_kernel": platform.release(),
             "accelerator": {"name": info.accel, "reason": info.accel_reason},
             "guest": {"kernel": info.kernel, "kernel_release": info.kernel_release, "initrd": info.initrd,
-                      "agent": info.agent},
+                      "agent": info.agent, "build": info.kernel_build.info() if info.kernel_build else None},
             "root": info.root,
             "cri": {"socket": info.cri_socket},
             "network": manager.network.info() if manager.network else {"mode": "none", "reason": "disabled"},
             "boot": {"policy": manager.boot, "templates": manager.templates.list() if manager.templates else [],
-                     "pool": manager.pool.info() if manager.pool and manager.pool.size else None},
+                     "pool": manager.pool.info() if manager.pool and (manager.pool.size or manager.pool.auto)
+                     else None},
             "pods": {"total": len(pods), "running": sum(p["state"] == "running" for p in pods)},
             "images": len(images.list()),
             "tenants": len(store.list()),

@@ -95,8 +95,8 @@ class HyperdConfig:
     network: NetworkMode = "auto"
     bridge: str = DEFAULT_BRIDGE
     subnet: ipaddress.IPv4Network = _DEFAULT_SUBNET
-    boot: BootPolicy = "template"
-    pool: int = 0  # VMs kept started and paused
+    boot: BootPolicy = "pool"  # a pool VM when one is ready, else a template clone, else a cold boot
+    pool: int | None = None  # VMs kept started and paused; None: sized by hyperd (pod/pool.py, auto_size)
     vmm_uids: uids.UidRange = uids.DEFAULT_RANGE
     storage_size: int = _DEFAULT_STORAGE_SIZE  # bytes per pod's disk; 0: no limit
     insecure_registries: frozenset[str] = frozenset()
@@ -297,7 +297,7 @@ def _registry_hosts(path: Path) -> mirrors.RegistryHosts:
 def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | None = None,
           assets: Path | None = None, insecure_registry: Iterable[str] = (), live_restore: bool = True,
           network: str = "auto", bridge: str = DEFAULT_BRIDGE, subnet: str = DEFAULT_SUBNET,
-          boot: str = "template", pool: int | str = 0, vmm_uids: str = uids.DEFAULT_TEXT,
+          boot: str = "pool", pool: int | str = "auto", vmm_uids: str = uids.DEFAULT_TEXT,
           storage_size: str = DEFAULT_STORAGE_SIZE, accel: str = "auto", kernel: str = "auto",
           pull_parallel: int | str = DEFAULT_PULL_PARALLEL, debug: bool = False,
           crash_at: str | None = None, registry_config: Path = mirrors.DEFAULT_DIR, cri_socket: Path | None = None,
@@ -321,7 +321,7 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
         bridge=bridge,
         subnet=_subnet(subnet),
         boot=cast(BootPolicy, _choice("boot", boot, get_args(BootPolicy))),
-        pool=_count("pool", pool, 0, MAX_POOL),
+        pool=None if str(pool).strip() == "auto" else _count("pool", pool, 0, MAX_POOL),
         vmm_uids=_uid_range(vmm_uids),
         storage_size=size,
         insecure_registries=_registries(insecure_registry),
@@ -343,6 +343,23 @@ def build(*, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, socket: Path | 
         tls_dir_path=_tls_dir(addresses, tls_dir, Path(root)),
         audit_log=Path(audit_log) if audit_log and str(audit_log) else None,
     )
+
+
+class _PoolSize(click.ParamType[str]):
+    """--pool: `auto` or a count 0..MAX_POOL."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if text != "auto":
+            try:
+                n = int(text)
+            except ValueError:
+                self.fail(f"{text!r} is neither a whole number nor auto", param, ctx)
+            if not 0 <= n <= MAX_POOL:
+                self.fail(f"{n} is not in the range 0<=x<={MAX_POOL}", param, ctx)
+        return text
 
 
 class _Repeated(click.ParamType[str]):
@@ -387,11 +404,13 @@ def options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="Bridge name."),
         _option("--subnet", name="subnet", metavar="CIDR", default=DEFAULT_SUBNET, show_default=True,
                 help="Bridge subnet."),
-        _option("--boot", name="boot", type=click.Choice(get_args(BootPolicy)), default="template",
+        _option("--boot", name="boot", type=click.Choice(get_args(BootPolicy)), default="pool",
                 show_default=True,
-                help="How pods start: a cold boot, from a VM template, or a pre-started VM from the pool."),
-        _option("--pool", name="pool", type=click.IntRange(0, MAX_POOL), metavar="N", default=0, show_default=True,
-                help="VMs kept started (from the template) and paused, ready for pods."),
+                help="How pods start: a cold boot, from a VM template, or a pre-started VM from the pool (a "
+                     "template clone when none is ready, a cold boot until the template is built)."),
+        _option("--pool", name="pool", type=_PoolSize(), metavar="N|auto", default="auto", show_default=True,
+                help="VMs kept started (from the template) and paused, ready for pods of the default size and "
+                     "network; auto: sized from free memory and how fast pods take them; 0: no pool."),
         _option("--vmm-uids", name="vmm_uids", metavar="FIRST-LAST", default=uids.DEFAULT_TEXT, show_default=True,
                 help="FIRST-LAST: the uids (and gids) QEMU runs as, one per VM; no user or group may have one."),
         _option("--storage-size", name="storage_size", metavar="SIZE", default=DEFAULT_STORAGE_SIZE, show_default=True,

@@ -37,7 +37,7 @@ from ..storage import mountns
 from ..storage.named_volumes import NamedVolumes
 from ..vm import confine, uids
 from ..vm.accel import Accel, detect
-from . import listen, tls
+from . import kernel_switch, listen, tls
 from .api import DaemonInfo, create_app
 from .config import HyperdConfig, command
 from .state import StateDB
@@ -165,6 +165,10 @@ async def serve(cfg: HyperdConfig) -> None:
     pool.fill()
     info = DaemonInfo(accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash,
                       str(p.root), cri_socket=str(cfg.cri_socket) if cfg.cri_socket else None)
+    build = None
+    if kernel_switch.needed(p.assets, cfg.kernel):
+        build = info.kernel_build = kernel_switch.KernelBuild(p.assets, lambda: switch(cfg, parts, info))
+        build.start()
     app = create_app(manager, images, parts.puller, info, audit_log=cfg.audit_log)
     sock = bind_socket(p.socket)
     servers: list[tuple[uvicorn.Server, list[socket.socket]]] = [
@@ -184,6 +188,8 @@ async def serve(cfg: HyperdConfig) -> None:
     try:
         await serve_all(servers)
     finally:
+        if build:
+            await build.stop()
         if cri:
             await cri.stop()
         action = "leaving running" if manager.live_restore else "shutting down"
@@ -195,6 +201,26 @@ async def serve(cfg: HyperdConfig) -> None:
             mountns.release_daemon(p.run / "ns")
         with contextlib.suppress(FileNotFoundError):
             p.socket.unlink()
+
+
+async def switch(cfg: HyperdConfig, parts: Parts, info: DaemonInfo) -> None:
+    """Our kernel is built (daemon/kernel_switch.py): new pods, templates and pool VMs boot it from now on."""
+    p = cfg.paths
+    a = await asyncio.to_thread(guest_assets.ensure, p.assets, cfg.kernel)
+    if str(a.kernel) == info.kernel and str(a.initrd) == info.initrd:
+        return
+    accel = await detect(a.kernel, a.initrd, a.digest, p.assets / "accel.json", cfg.forced_accel)
+    old = info.kernel_release
+    await parts.templates.switch(a.kernel, a.initrd, accel.name, a.digest)
+    parts.manager.assets = GuestAssets(a.kernel, a.initrd, accel.name)
+    info.accel, info.accel_reason, info.kernel, info.kernel_release, info.initrd, info.agent = (
+        accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash)
+    if cfg.boot != "cold":
+        parts.templates.ready(1, 256, parts.network.mode != "none")
+    await parts.pool.renew()
+    log.info("guest kernel: switched from %s to ours, %s, for new pods, templates and the pool", old, a.kernel_release)
+    parts.manager.events.record_daemon("kernel-switch", {"kernel": a.kernel_release, "previous": old,
+                                                         "image": str(a.kernel)})
 
 
 def run(cfg: HyperdConfig) -> None:

@@ -159,14 +159,15 @@ def current(cache: Path, kernel_pref: str = "auto") -> Assets:
 
 def main() -> None:
     """make assets: builds our kernel (unless HYPERCONTAINER_KERNEL=distro; a failed build falls back to the
-    distribution's kernel with a warning), the agent and the initramfs."""
+    distribution's kernel with a warning), the agent and the initramfs. With --quick (make demo) our kernel is not
+    built here: the distribution's is used until hyperd has built ours in the background (daemon/kernel_switch.py)."""
     from ..config import environment
 
     env = environment()
     cache, pref = env.paths.assets, env.kernel
     if pref not in KERNELS:
         raise HCError(f"HYPERCONTAINER_KERNEL={pref!r}: use auto, own or distro")
-    if pref != "distro":
+    if pref != "distro" and "--quick" not in sys.argv[1:]:
         try:
             kernel_build.build(cache, progress=lambda m: print(m, file=sys.stderr, flush=True))
         except KernelError as e:

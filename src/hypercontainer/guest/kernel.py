@@ -146,3 +146,11 @@ def distro_kernel(cache: Path) -> Kernel:
     release = stamp.read_text().strip()
     order = (home / "modules.order").read_text().split()
     return Kernel(release, home / "vmlinuz", tuple(home / "modules" / m for m in order))
+
+
+def serves_9p(image: Path) -> bool:
+    """Whether the guest booted from kernel `image` (of the assets cache) can mount 9p, which VM templates and the
+    pool need: ours always can (built in); a distribution's only if it ships the modules (Debian's cloud kernel
+    does not: pods then boot cold until ours is built)."""
+    home = image.parent
+    return home.name.startswith("kernel-own-") or (home / "modules" / "9p.ko").exists()

@@ -8,6 +8,8 @@ assets cache and keyed by package version + fragment. Everything the guest needs
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .kernel import Kernel, KernelError, run
@@ -67,12 +69,39 @@ def _config_has(config: str, option: str) -> bool:
     return re.search(rf"^CONFIG_{re.escape(option)}=y$", config, re.M) is not None
 
 
+LOCK = ".kernel-build.lock"  # held while a build runs: hyperd's background one and `make assets` wait for each other
+
+
+@contextlib.contextmanager
+def _locked(cache: Path, progress: Callable[[str], None]) -> Iterator[None]:
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("guest kernel: another build of it is running (hyperd builds it in the background on a first "
+                     "run: hyperctl info shows how far it is); waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        for stale in cache.glob(".kbuild-*"):  # what a build that was killed left (none runs: the lock is ours)
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+
+
 def build(cache: Path, progress: Callable[[str], None] = print, jobs: int | None = None) -> Kernel:
-    """Builds the kernel unless this package version + fragment already was."""
+    """Builds the kernel unless this package version + fragment already was (waiting for a build of it that
+    another process runs)."""
     package, version = source_package()
     home = cache / f"kernel-own-{cache_key(package, version)}"
     if (home / "release").exists():
         return Kernel((home / "release").read_text().strip(), home / "vmlinux", ())
+    with _locked(cache, progress):
+        if (home / "release").exists():  # built while this one waited
+            return Kernel((home / "release").read_text().strip(), home / "vmlinux", ())
+        return _build(cache, home, package, version, progress, jobs)
+
+
+def _build(cache: Path, home: Path, package: str, version: str, progress: Callable[[str], None],
+           jobs: int | None) -> Kernel:
     for tool in ("make", "gcc", "flex", "bison", "bc", "lz4"):
         if not shutil.which(tool):
             raise KernelError(f"building the guest kernel needs {tool} (make assets installs it)")

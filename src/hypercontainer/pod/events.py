@@ -1,5 +1,6 @@
-"""Pod events (create, start, running, pause, unpause, restart, exec, die, fail, destroy) for `hyperctl events`:
-the recent ones kept in memory, the new ones handed to every subscriber."""
+"""Pod events (create, start, running, pause, unpause, restart, exec, die, fail, destroy) and hyperd's own
+(`daemon` events: kernel-switch) for `hyperctl events`: the recent ones kept in memory, the new ones handed to every
+subscriber."""
 
 from __future__ import annotations
 
@@ -27,8 +28,15 @@ class EventLog:
         self._subscribers: set[asyncio.Queue[Event]] = set()
 
     def record(self, pod: Subject, action: str, attrs: dict[str, object]) -> None:
-        ev: Event = {"time": time.time(), "type": "pod", "action": action, "id": pod.id, "name": pod.name,
-                     **{k: v for k, v in attrs.items() if v is not None}}
+        self._add({"time": time.time(), "type": "pod", "action": action, "id": pod.id, "name": pod.name,
+                   **{k: v for k, v in attrs.items() if v is not None}})
+
+    def record_daemon(self, action: str, attrs: dict[str, object]) -> None:
+        """An event of hyperd itself (no tenant's: only the administrator's stream shows it)."""
+        self._add({"time": time.time(), "type": "daemon", "action": action, "id": "hyperd", "name": "hyperd",
+                   **{k: v for k, v in attrs.items() if v is not None}})
+
+    def _add(self, ev: Event) -> None:
         self.recent.append(ev)
         for q in self._subscribers:
             q.put_nowait(ev)

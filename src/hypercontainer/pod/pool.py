@@ -11,6 +11,10 @@ are fixed when QEMU starts), not a pod whose network is an existing namespace (n
 What does not depend on the pod is done before the VM is paused: the guest mounts the slot's share (lookups over
 9p go to the host each time, so roots mounted there later show up) and reseeds its random generator with bytes of
 its own, so the pod's START_POD only sets the clock, hostname and network (~30 ms less under TCG).
+
+hyperd keeps a pool unless told not to (`--pool 0`). Its size, unless given (`--pool N`), is hyperd's: one VM at
+first, one more each time a pod found the pool empty (pods came faster than it refills), up to `auto_limit` of
+the memory the host has available (re-read before each VM is made, so a host that runs short stops the refill).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ from ..vm.qemu import Nic, Sockets
 from .templates import TEMPLATE_MAC, Template, Templates, vm_config
 
 log = logging.getLogger(__name__)
+AUTO_MAX = 4  # an auto-sized pool grows to this many VMs at most
+AUTO_VM_COST = 64 << 20  # host memory budgeted per pool VM (an idle clone's PSS is ~40-46 MiB, see bench/density.py)
+AUTO_MEMORY_SHARE = 0.05  # an auto-sized pool holds at most this share of the host's available memory
 HANDSHAKE = 10.0
 VM_RECORD = "vm.json"  # the slot's QEMU (pid + start time): a crashed hyperd's pool VMs are found and stopped
 PREPARE_FIELDS: Fields = {"share": SHARE_TAG, "sharefs": "9p"}  # START_POD's part done before a pod takes the VM
@@ -54,11 +61,32 @@ class Slot:
     tap: str | None
 
 
+def available_memory() -> int:
+    """The host's MemAvailable, in bytes (0 if it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def auto_limit(available: int) -> int:
+    """How many VMs an auto-sized pool may hold with `available` bytes of host memory free."""
+    return min(AUTO_MAX, int(available * AUTO_MEMORY_SHARE) // AUTO_VM_COST)
+
+
 class Pool:
-    def __init__(self, size: int, templates: Templates, rundir: Path, network: Network | None,
+    def __init__(self, size: int | None, templates: Templates, rundir: Path, network: Network | None,
                  cpus: int = 1, memory: int = 256) -> None:
-        self.size, self.templates, self.rundir, self.network = size, templates, rundir, network
+        """`size` None: sized by the pool itself (see the module's docstring)."""
+        self.auto = size is None
+        self.size = min(1, auto_limit(available_memory())) if size is None else size
+        self.templates, self.rundir, self.network = templates, rundir, network
         self.cpus, self.memory = cpus, memory
+        self.misses = 0  # pods that found no VM ready
+        self.filled = False  # whether it has been full once
         self.ready: list[Slot] = []
         self._filling: asyncio.Task[None] | None = None
         self.failures = 0
@@ -87,17 +115,30 @@ class Pool:
             if any(v.block for v in spec.volumes) or spec.network_name \
                     or not self.matches(spec.resources.vcpu, spec.resources.memory, mode):
                 return None
-        return self.ready.pop(0) if self.ready else None
+        if self.ready:
+            return self.ready.pop(0)
+        if self.size > 0:
+            self.misses += 1
+            # once it has been full: pods come faster than it refills (not while its template is being built)
+            if self.auto and self.filled and not self.failures and self.size < auto_limit(available_memory()):
+                self.size += 1
+                log.info("pool: a pod found no VM ready; keeping %d from now on", self.size)
+        return None
 
     def fill(self) -> None:
-        if self.size > 0 and self.provider.poolable and (self._filling is None or self._filling.done()):
+        if self.size > 0 and self.provider.poolable and self.templates.supported \
+                and (self._filling is None or self._filling.done()):
             self._filling = asyncio.ensure_future(self._fill())
 
     async def _fill(self) -> None:
         while len(self.ready) < self.size and self.failures < 3:
+            if self.auto and len(self.ready) >= auto_limit(available_memory()):
+                log.info("pool: the host is short of memory; %d VMs ready, not more", len(self.ready))
+                return
             template = await self.templates.get(self.cpus, self.memory, self.provider.nic)
             try:
                 self.ready.append(await self._make(template))
+                self.filled, self.failures = self.filled or len(self.ready) >= self.size, 0
             except Exception as e:
                 self.failures += 1
                 log.warning("pool: could not prepare a VM: %s", e)
@@ -154,13 +195,19 @@ class Pool:
             self._filling.cancel()
             with contextlib.suppress(BaseException):
                 await self._filling
-        for slot in self.ready:
+        slots, self.ready = self.ready, []
+        for slot in slots:
             await slot.agent.close()
             await slot.machine.stop(grace=0)
             if slot.tap:
                 await self.provider.discard(slot.tap)
             remove_tree(slot.rundir)
-        self.ready.clear()
 
-    def info(self) -> dict[str, int]:
-        return {"size": self.size, "ready": len(self.ready)}
+    async def renew(self) -> None:
+        """The guest changed (hyperd switched kernels): the VMs made from the old one go, new ones are made."""
+        await self.close()
+        self.failures, self.filled = 0, False
+        self.fill()
+
+    def info(self) -> dict[str, object]:
+        return {"size": self.size, "ready": len(self.ready), "auto": self.auto, "misses": self.misses}

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import procs
+from ..guest.kernel import serves_9p
 from ..protocol.client import AgentClient
 from ..storage.share import ninep
 from ..vm.machine import Machine
@@ -75,6 +76,7 @@ class Templates:
 
     def __init__(self, kernel: Path, initrd: Path, accel: str, digest: str, home: Path, rundir: Path) -> None:
         self.kernel, self.initrd, self.accel, self.digest = kernel, initrd, accel, digest
+        self.supported = serves_9p(kernel)  # a clone's share is 9p: without it every pod boots cold
         self.home, self.rundir = home, rundir
         self._building: dict[str, asyncio.Task[None]] = {}
         self._qemu = qemu_version()
@@ -88,6 +90,8 @@ class Templates:
     def ready(self, cpus: int, memory: int, nic: bool = True) -> Template | None:
         """The template for this size (with a NIC or without: pods with no network have none) if it is built;
         otherwise None, and a build starts in the background."""
+        if not self.supported:
+            return None
         key = self.key(cpus, memory, nic)
         t = Template(self.home / key)
         if (t.home / "meta.json").exists():
@@ -98,6 +102,8 @@ class Templates:
 
     async def get(self, cpus: int, memory: int, nic: bool = True) -> Template:
         """The template, built now if need be (benchmarks and tests wait for it)."""
+        if not self.supported:
+            raise RuntimeError(f"the guest kernel {self.kernel} cannot mount 9p: no VM templates with it")
         if t := self.ready(cpus, memory, nic):
             return t
         key = self.key(cpus, memory, nic)
@@ -107,6 +113,15 @@ class Templates:
         if not t:
             raise RuntimeError(self.failures.get(key, "template build failed"))
         return t
+
+    async def switch(self, kernel: Path, initrd: Path, accel: str, digest: str) -> None:
+        """New templates are made from this guest (hyperd switched kernels) once the builds under way are done
+        (a build reads the guest it was asked for as it goes). The old templates stay for the clones that map them;
+        the next hyperd's prune() removes them."""
+        await asyncio.gather(*(asyncio.shield(t) for t in self._building.values()), return_exceptions=True)
+        self.kernel, self.initrd, self.accel, self.digest = kernel, initrd, accel, digest
+        self.supported = serves_9p(kernel)
+        self.failures.clear()
 
     def list(self) -> list[dict[str, object]]:
         """The templates on disk (meta.json of each), and the ones being built."""

@@ -51,7 +51,11 @@ def info(as_json: bool) -> None:
     ]
     if pool := i["boot"].get("pool"):
         lines.insert(lines.index(next(x for x in lines if x.startswith("Boot policy:"))) + 1,
-                     f"Pool:             {pool['ready']} of {pool['size']} VMs ready")
+                     f"Pool:             {pool['ready']} of {pool['size']} VMs ready"
+                     + (" (sized by hyperd)" if pool.get("auto") else ""))
+    if (build := i["guest"].get("build")) and build["state"] != "built":
+        lines.insert(lines.index(next(x for x in lines if x.startswith("Guest kernel:"))) + 1,
+                     f"Own kernel:       {build['state']}, {build['progress'] or 'starting'}")
     for t in i.get("recent_boots", [])[:3]:
         lines.append("Recent boot:      " + ", ".join(f"{k} {v:.3f}s" for k, v in t.items()))
     click.echo("\n".join(lines))

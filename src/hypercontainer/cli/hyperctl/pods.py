@@ -334,7 +334,8 @@ def unpause(pods: tuple[str, ...]) -> None:
 @click.option("--since", help="Also show events since a time or a duration ago.")
 @click.option("--until", help="Stop at a time or a duration from now ('0s': now).")
 def events(since: str | None, until: str | None) -> None:
-    """Stream pod events (create, start, running, pause, unpause, restart, exec, die, fail, destroy)."""
+    """Stream pod events (create, start, running, pause, unpause, restart, exec, die, fail, destroy) and hyperd's
+    own (daemon kernel-switch)."""
     end = None
     if until:  # a duration counts forward from now
         end = 2 * time.time() - parse_time(until) if until[-1:] in "smhd" else parse_time(until)
@@ -343,7 +344,7 @@ def events(since: str | None, until: str | None) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ev["time"]))
         extra = ", ".join(f"{k}={' '.join(f'{n}:{t}s' for n, t in v.items()) if isinstance(v, dict) else v}"
                           for k, v in ev.items() if k not in ("time", "type", "action", "id"))
-        click.echo(f"{stamp} pod {ev['action']} {ev['id'][:12]} ({extra})")
+        click.echo(f"{stamp} {ev.get('type', 'pod')} {ev['action']} {ev['id'][:12]} ({extra})")
 
 
 COMMANDS = [ps, rm, logs, inspect, port, stop, kill, pause, unpause, events, wait, start, restart, rename]
