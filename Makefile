@@ -4,10 +4,15 @@ PY      := $(VENV)/bin/python
 AGENT   := src/hypercontainer/guest/agent
 ASSETS  ?= $(or $(HYPERCONTAINER_ASSETS),/var/lib/hypercontainer/assets)
 
-.PHONY: demo test bench assets assets-quick bootstrap image lint clean cri-api cni docs fuzz soak
+.PHONY: demo test bench assets assets-quick bootstrap bootstrap-test image lint clean cri-api cni docs fuzz soak
 
 bootstrap:
 	@tools/bootstrap.sh
+
+# What tests, benchmarks, critest and the fuzzers use besides (podman, containerd, docker, a registry, clang, the
+# Python test extras): not needed for make demo.
+bootstrap-test:
+	@tools/bootstrap.sh --test
 
 build/busybox.tar: | bootstrap
 	@mkdir -p build
@@ -40,11 +45,11 @@ cni: bootstrap
 demo: assets-quick image cri-api cni
 	@tools/demo.sh
 
-lint: bootstrap cri-api
+lint: bootstrap-test cri-api
 	$(VENV)/bin/ruff check src tests bench fuzz
 	$(VENV)/bin/mypy  # src/, as configured in pyproject.toml ([tool.mypy]: strict for pod/, protocol/, vm/)
 
-test: assets image cri-api cni lint
+test: bootstrap-test assets image cri-api cni lint
 	$(MAKE) -s -C $(AGENT) OUT=$(CURDIR)/build/agent-test test VECTORS=$(CURDIR)/tests/vectors/frames.txt
 	$(MAKE) -s -C $(AGENT) OUT=$(CURDIR)/build/agent-test test-sanitize VECTORS=$(CURDIR)/tests/vectors/frames.txt \
 		SAN_SUPP=$(CURDIR)/fuzz/agent/known-ubsan.supp >/dev/null
@@ -62,24 +67,24 @@ FUZZ_AGENT   := proto net security tar
 fuzz: $(addprefix fuzz-,$(FUZZ_PY)) $(addprefix fuzz-agent_,$(FUZZ_AGENT)) fuzz-api
 	@echo ">> fuzzing done; crashes, if any:"; find build/fuzz/crashes build/fuzz-agent/crashes -type f 2>/dev/null
 
-$(addprefix fuzz-,$(FUZZ_PY)): fuzz-%: bootstrap
+$(addprefix fuzz-,$(FUZZ_PY)): fuzz-%: bootstrap-test
 	@mkdir -p build/fuzz/corpus/$* build/fuzz/crashes/$*
 	PYTHONHASHSEED=0 $(PY) -m fuzz.run $* -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 		-artifact_prefix=build/fuzz/crashes/$*/ build/fuzz/corpus/$* fuzz/corpus/$* $(wildcard tests/vectors/fuzz/$*)
 
-fuzz-agent-build: bootstrap
+fuzz-agent-build: bootstrap-test
 	$(MAKE) -s -C fuzz/agent OUT=$(CURDIR)/build/fuzz-agent
 
 $(addprefix fuzz-agent_,$(FUZZ_AGENT)): fuzz-agent_%: fuzz-agent-build
 	$(MAKE) -s -C fuzz/agent OUT=$(CURDIR)/build/fuzz-agent run T=$* \
 		ARGS="-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1"
 
-fuzz-api: assets
+fuzz-api: bootstrap-test assets
 	$(PY) -m fuzz.api --max-examples 1000 --seed $$(date +%s) --seconds $(FUZZ_SECONDS)
 
 .PHONY: fuzz-api fuzz-agent-build $(addprefix fuzz-,$(FUZZ_PY)) $(addprefix fuzz-agent_,$(FUZZ_AGENT))
 
-bench: assets image cri-api
+bench: bootstrap-test assets image cri-api
 	@$(PY) -m compileall -q src >/dev/null  # the CLI's start-up counts; PYTHONDONTWRITEBYTECODE may be set
 	$(PY) bench/boot.py
 	@echo
@@ -96,10 +101,12 @@ bench: assets image cri-api
 	$(PY) bench/api_remote.py
 	@echo
 	$(PY) bench/density.py
+	@echo
+	$(PY) bench/first_run.py
 
 # The soak's long form (tests/test_soak.py runs a short one in `make test`): 300 run/exec/logs/rm cycles beside 20
 # concurrent creations, then hyperd's fds, threads, tasks, children and RSS are checked against where they were.
-soak: assets image cri-api
+soak: bootstrap-test assets image cri-api
 	HC_SOAK_CYCLES=300 HC_SOAK_CONCURRENT=20 $(VENV)/bin/pytest -q -s -p no:cacheprovider \
 		--timeout 7200 tests/test_soak.py
 
@@ -123,7 +130,7 @@ CRITEST_FOCUS ?=
 CRITEST_SKIP  ?=
 CRITEST       := $(PY) tools/critest/main.py --assets "$(abspath $(ASSETS))" --runv "$(abspath $(VENV))/bin/runv"
 .PHONY: critest critest-clean
-critest: assets
+critest: bootstrap-test assets
 	$(CRITEST) --runtimes "$(RUNTIMES)" --focus "$(CRITEST_FOCUS)" --skip "$(CRITEST_SKIP)"
 
 critest-clean:
