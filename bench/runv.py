@@ -30,11 +30,51 @@ def timed(argv: list[str], env: dict) -> float:
     return took
 
 
+WRAPPER = """#!/bin/sh
+# times each runv call: start and end (seconds since the epoch), then the verb
+s=$(date +%s.%N)
+"{runv}" "$@"
+rc=$?
+echo "$s $(date +%s.%N) $1" >> "{log}"
+exit $rc
+"""
+
+
+def breakdown(podman: list[str], env: dict, tmp: Path, runs: int, runv: Path) -> dict[str, float]:
+    """Where podman+runv's time goes: each runv verb's own time and podman's share (medians of `runs` runs through
+    a wrapper that logs every call; the wrapper's own few ms are in the verbs)."""
+    log, wrapper = tmp / "calls.log", tmp / "runv-timed"
+    wrapper.write_text(WRAPPER.format(runv=runv, log=log))
+    wrapper.chmod(0o755)
+    argv = [*podman, "--runtime", str(wrapper), "run", "--rm", "--network", "none", "busybox", "true"]
+    rows: dict[str, list[float]] = {}
+    for _ in range(runs):
+        log.unlink(missing_ok=True)
+        t0 = time.time()
+        took = timed(argv, env)
+        calls = [line.split() for line in log.read_text().splitlines()]
+        verbs = {c[2]: (float(c[0]) - t0, float(c[1]) - float(c[0])) for c in calls}
+        if not {"create", "start", "delete"} <= verbs.keys():
+            continue
+        parts = {"create": verbs["create"][1], "start": verbs["start"][1], "delete": verbs["delete"][1],
+                 "start→delete (exit, conmon, podman)": verbs["delete"][0] - verbs["start"][0] - verbs["start"][1],
+                 "total": took}
+        parts["podman (the rest)"] = took - sum(v for k, v in parts.items() if k != "total")
+        for k, v in parts.items():
+            rows.setdefault(k, []).append(v)
+    return {k: statistics.median(v) for k, v in rows.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "11")))
     ap.add_argument("--json", type=Path, default=REPO / "build" / "bench-runv.json")
+    ap.add_argument("--breakdown", type=int, default=int(os.environ.get("BENCH_BREAKDOWN", "5")), metavar="RUNS",
+                    help="runs through a timing wrapper: each runv verb's time (0: none)")
+    ap.add_argument("--runv", action="append", default=[], metavar="NAME=PATH",
+                    help="another runv build (a script that runs it) timed side by side, e.g. the one before a change")
     args = ap.parse_args()
+    others = {f"podman+runv({n})": Path(p) for n, _, p in (a.partition("=") for a in args.runv)}
     tar = _build_busybox_archive()
     tmp = Path(tempfile.mkdtemp(prefix="hc-bench-runv-"))
     (tmp / "containers.conf").write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
@@ -53,14 +93,17 @@ def main() -> None:
                 "true"]
         runv = [*podman, "--runtime", str(BIN / "runv"), "run", "--rm", "--network", "none", "busybox", "true"]
         hyperctl = [str(BIN / "hyperctl"), "run", "--rm", "busybox", "true"]
-        for argv, e in ((runc, env), (runv, env), (hyperctl, d.env)):  # warm up (and let hyperd's template build)
+        runs = {"podman+runc": (runc, env), "podman+runv": (runv, env), "hyperctl run": (hyperctl, d.env)}
+        runs.update({k: ([*podman, "--runtime", str(p), *runv[len(podman) + 2:]], env) for k, p in others.items()})
+        for argv, e in runs.values():  # warm up (and let hyperd's template build)
             timed(argv, e)
         time.sleep(2)
-        times: dict[str, list[float]] = {"podman+runc": [], "podman+runv": [], "hyperctl run": []}
+        times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(args.runs):
-            times["podman+runc"].append(timed(runc, env))
-            times["podman+runv"].append(timed(runv, env))
-            times["hyperctl run"].append(timed(hyperctl, d.env))
+            for k, (argv, e) in runs.items():
+                times[k].append(timed(argv, e))
+        parts = {k: breakdown(podman, env, tmp, args.breakdown, p)
+                 for k, p in {"podman+runv": BIN / "runv", **others}.items()} if args.breakdown else {}
     finally:
         d.stop()
         subprocess.run([*podman, "system", "reset", "-f"], env=env, capture_output=True)
@@ -68,11 +111,16 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"busybox true, median of {args.runs} alternating runs:")
     for k, v in med.items():
-        print(f"  {k:14s} {v:6.3f} s")
-    print(f"  podman+runv / podman+runc   {med['podman+runv'] / med['podman+runc']:.2f}")
-    print(f"  podman+runv / hyperctl run  {med['podman+runv'] / med['hyperctl run']:.2f}")
+        print(f"  {k:22s} {v:6.3f} s")
+    for k in ("podman+runv", *others):
+        print(f"  {k} / podman+runc   {med[k] / med['podman+runc']:.2f}")
+        print(f"  {k} / hyperctl run  {med[k] / med['hyperctl run']:.2f}")
+    for k, rows in parts.items():
+        print(f"{k}, where the time goes (median of {args.breakdown} runs through a timing wrapper):")
+        for row, v in rows.items():
+            print(f"  {row:38s} {v:6.3f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"times": times, "medians": med}, indent=2))
+    args.json.write_text(json.dumps({"times": times, "medians": med, "breakdown": parts}, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -123,6 +124,25 @@ def test_version_features_spec(tmp_path: Path) -> None:
     assert features["ociVersionMax"].startswith("1.")
     subprocess.run([RUNV, "spec", "--bundle", str(tmp_path)], check=True)
     assert json.loads((tmp_path / "config.json").read_text())["process"]["args"] == ["sh"]
+
+
+def imported(argv: list[str]) -> set[str]:
+    """The modules a Python command line imports (`-X importtime`)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, timeout=60)
+    return {line.split("|")[2].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_the_engines_hot_verbs_and_the_shim_import_only_what_they_need(tmp_path: Path) -> None:
+    """Every engine call is a new runv process: state, start, kill and delete leave the pod core, pydantic's models
+    and asyncio alone; the shim imports the pod core for the boot, after create has answered."""
+    heavy = {"asyncio", "pydantic", "hypercontainer.spec.pod", "hypercontainer.spec.oci", "hypercontainer.pod.pod",
+             "hypercontainer.network.manager"}
+    main = "from hypercontainer.cli.runv.main import main; main()"
+    for verb in (["state", "c1"], ["start", "c1"], ["kill", "c1", "9"], ["delete", "--force", "c1"]):
+        assert not heavy & imported(["-c", main, "--root", str(tmp_path), *verb]), verb
+    shim = imported(["-c", "import hypercontainer.cli.runv.shim"])
+    assert "hypercontainer.spec.oci" in shim and not {"hypercontainer.pod.pod", "hypercontainer.network.manager",
+                                                        "hypercontainer.spec.pod"} & shim
 
 
 def test_run_relays_stdio_and_exit_code(runv: Runv, bundle: Path) -> None:

@@ -4,6 +4,7 @@ mount, socket or state behind, and a new container of the same id runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -31,6 +32,15 @@ def gone(pid: int, timeout: float = 10) -> bool:
     return False
 
 
+def booted(runv: Runv, cid: str, timeout: float = 60) -> None:  # noqa: F811
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if json.loads((runv.root / cid / "state.json").read_text()).get("booted_from"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{cid}: its VM never came up")
+
+
 @pytest.mark.parametrize("step", STEPS)
 def test_the_shim_killed_at_each_step(runv: Runv, bundle: Path, tmp_path: Path, step: str) -> None:  # noqa: F811
     configure(bundle, ["sleep", "300"], readonly=False)
@@ -40,6 +50,7 @@ def test_the_shim_killed_at_each_step(runv: Runv, bundle: Path, tmp_path: Path, 
     if step == "exec":
         assert runv.detached("exec", "--detach", "k1", "sleep", "200").returncode == 0
     shim = runv.state("k1")["pid"]
+    booted(runv, "k1")  # create returns while the VM boots (the shim records it once it is up)
     assert vmms_under(tmp_path), "no VM to leave behind"
     os.kill(shim, signal.SIGKILL)
     assert gone(shim)

@@ -6,7 +6,6 @@ caller is cancelled.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import select
@@ -15,8 +14,14 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import VMError
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio is imported where it is used: runv's short-lived verbs read start_time() and adopt() without it.
 
 
 async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool = True,
@@ -24,6 +29,8 @@ async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool =
                 pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
     """Starts argv with stdin from /dev/null and output appended to `log` (or discarded). `preexec` runs in the
     child before exec (vm/jail.py: system calls prepared in the parent); `pass_fds` are inherited."""
+    import asyncio
+
     out = open(log, "ab") if log else open(os.devnull, "wb")  # noqa: SIM115 - handed to the child
     try:
         return await asyncio.create_subprocess_exec(
@@ -45,6 +52,8 @@ async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool =
 
 async def stop(proc: asyncio.subprocess.Process | Adopted, sig: int = signal.SIGTERM, grace: float = 3.0) -> int:
     """Signals the child, waits `grace` seconds, then kills it. Returns its exit status."""
+    import asyncio
+
     if proc.returncode is not None:
         return proc.returncode
     try:
@@ -64,6 +73,8 @@ async def stop(proc: asyncio.subprocess.Process | Adopted, sig: int = signal.SIG
 
 async def wait_for_path(path: Path, proc: asyncio.subprocess.Process, timeout: float, what: str) -> None:
     """Waits until `path` exists (a socket the child creates); fails early if the child dies."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not path.exists():
@@ -123,6 +134,8 @@ class Adopted:
         self._exited: asyncio.Future[None] | None = None
 
     def _on_exit(self) -> None:
+        import asyncio
+
         if self._fd is not None:
             asyncio.get_running_loop().remove_reader(self._fd)
         self._close()
@@ -136,6 +149,8 @@ class Adopted:
         self.returncode = 0
 
     async def wait(self) -> int:
+        import asyncio
+
         if self.returncode is not None:
             return 0
         if self._exited is None:

@@ -18,8 +18,6 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InvalidArgument
-from . import seccomp
-from .pod import CAPABILITIES, DEFAULT_CAPABILITIES, cap_mask
 
 MAX_COPIED_FILE = 1 << 20
 
@@ -144,6 +142,8 @@ def tmpfs_mounts(cfg: Config) -> list[Mount]:
 
 
 def _known(names: list[str]) -> list[str]:
+    from .pod import CAPABILITIES
+
     return [n for n in names if n.upper().removeprefix("CAP_") in CAPABILITIES]
 
 
@@ -152,6 +152,8 @@ def process_security(p: Process, inherit: dict | None = None) -> dict:
     takes the container's, as runc does), else docker's default set (runc would leave the process all of root's;
     no engine sends a config without them). Capabilities this kernel table does not know are left out, as runc
     does, and reported by unsupported()."""
+    from .pod import DEFAULT_CAPABILITIES, cap_mask
+
     if p.capabilities is not None:
         c = p.capabilities
         caps = {"cap_bounding": cap_mask(_known(c.bounding)), "cap_effective": cap_mask(_known(c.effective)),
@@ -202,6 +204,8 @@ def container_security(cfg: Config) -> dict:
     if profile:
         if not isinstance(profile, dict):
             raise InvalidArgument("linux.seccomp is not an object")
+        from . import seccomp
+
         program, flags = seccomp.compile_filter(profile)
         out["seccomp"] = program
         if flags:

@@ -21,9 +21,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ...spec import oci
 from ...vm.cgroups import own_path
+
+if TYPE_CHECKING:  # runv delete imports this module for remove(): without pydantic's models
+    from ...spec import oci
 
 log = logging.getLogger("runv-shim")
 ROOT = Path("/sys/fs/cgroup")

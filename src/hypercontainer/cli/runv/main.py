@@ -5,25 +5,26 @@ and stands in for the container's process on the host. No hyperd is needed. Stat
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from ... import __version__
-from ...config import environment
 from ...errors import HCError, InvalidArgument, NotFound
-from ...signals import parse_signal
-from ...spec.pod import CAPABILITIES
 from .. import run_cli
 from . import wire
 from .state import OCI_VERSION, Store, check_id, member_name, oci_state
+
+if TYPE_CHECKING:
+    import subprocess
+
+# Every engine call is a new runv process: what one verb needs (the pod core, pydantic's models, subprocess) is
+# imported in that verb, not here (`python -X importtime`; tests/test_runv.py keeps the hot verbs light).
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "ignore_unknown_options": False}
 
@@ -36,6 +37,8 @@ class Runtime:
     def write_log(self, level: str, msg: str) -> None:
         if not self.log:
             return
+        import datetime as dt
+
         now = dt.datetime.now(dt.UTC).isoformat()
         line = (json.dumps({"level": level, "msg": msg, "time": now}) if self.log_format == "json"
                 else f'time="{now}" level={level} msg="{msg}"')
@@ -80,6 +83,8 @@ def cli(ctx: click.Context, root: Path, log: Path | None, log_format: str, debug
 # ---- lifecycle ---------------------------------------------------------------------------------------------
 def spawn_and_wait_ok(argv: list[str], preserve: int = 0) -> subprocess.Popen:
     """Starts a helper that reports `ok` (or `error MSG`) on a status pipe; returns it once it said ok."""
+    import subprocess
+
     r, w = os.pipe()
     preserved = tuple(range(3, 3 + preserve))
     proc = subprocess.Popen([*argv, "--status-fd", str(w)], pass_fds=(w, *preserved), start_new_session=True)
@@ -108,7 +113,7 @@ def write_pid_file(path: Path, pid: int) -> None:
 @click.argument("cid")
 def create(bundle: Path, pid_file: Path | None, console_socket: Path | None, preserve_fds: int, no_pivot: bool,
            no_new_keyring: bool, cid: str) -> None:
-    """Create a container: boot its VM; the process waits for `start`."""
+    """Create a container: its process waits for `start`; its VM boots meanwhile (start waits for it)."""
     create_container(bundle, pid_file, console_socket, preserve_fds, cid)
 
 
@@ -155,6 +160,8 @@ def start(cid: str) -> None:
 
 def after_hooks(rt: Runtime, st: dict, kind: str, status: str) -> None:
     """poststart and poststop hooks: a failure is a warning (the OCI runtime spec)."""
+    if not has_hooks(Path(st["bundle"]), kind):
+        return  # nothing to run: the config is not validated (pydantic's models cost start and delete 0.1 s)
     from ...spec import oci
     from . import hooks
 
@@ -166,6 +173,16 @@ def after_hooks(rt: Runtime, st: dict, kind: str, status: str) -> None:
         hooks.run(cfg, kind, hooks.state(cfg, st["id"], st["bundle"], status, st.get("pid") or 0))
     except HCError as e:
         warn(rt, e.message)
+
+
+def has_hooks(bundle: Path, kind: str) -> bool:
+    """Whether config.json names hooks of this kind (unreadable: no; oci.load and hooks.run decide the rest)."""
+    try:
+        raw = json.loads((bundle / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    found = raw.get("hooks") if isinstance(raw, dict) else None
+    return isinstance(found, dict) and bool(found.get(kind))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -182,7 +199,13 @@ def run(bundle: Path, pid_file: Path | None, console_socket: Path | None, detach
     """Create and start a container; without -d, wait for it and exit with its status."""
     proc = create_container(bundle, pid_file, console_socket, preserve_fds, cid)
     rt = runtime()
-    wire.request(rt.store.sock(cid), {"op": "start"})
+    try:
+        wire.request(rt.store.sock(cid), {"op": "start"})
+    except HCError:  # the VM, booting since create returned, did not come up: nothing is left
+        with contextlib.suppress(HCError):
+            stop_shim(rt.store, cid, rt.store.load(cid))
+        cleanup(rt.store, cid)
+        raise
     st = rt.store.load(cid)
     after_hooks(rt, st, "poststart", "running")
     if detach:
@@ -206,6 +229,8 @@ def state(cid: str) -> None:
 @click.argument("sig", default="SIGTERM")
 def kill(all_: bool, cid: str, sig: str) -> None:
     """Send a signal (name or number; default SIGTERM) to the container's process."""
+    from ...signals import parse_signal
+
     rt = runtime()
     number = parse_signal(sig)
     st = rt.store.load(cid)
@@ -259,11 +284,13 @@ def stop_orphan_vm(rt: Runtime, cid: str, st: dict[str, Any]) -> None:
     """A shim that was killed (kill -9) leaves its VM running: the VM is killed if its pid and start time still name
     it, waited for, and what the shim held for it (uid lease, cgroup) released; one line in --log says so."""
     from ... import procs
-    from ...vm import confine, uids
 
     vm = procs.adopt(st.get("vm_pid"), st.get("vm_start"), str(rt.store.rundir(cid)))
     if vm is None:  # stopped with its shim, or never booted
         return
+    from ...config import environment
+    from ...vm import confine, uids
+
     vmm_uids = environment().vmm_uids
     if vmm_uids:  # the range the shim took the VM's uid from
         uids.use_range(uids.parse_range(vmm_uids))
@@ -446,6 +473,7 @@ def update(resources: str | None, memory: str | None, cpu_quota: str | None, cpu
 def features() -> None:
     """What this runtime supports (runc's `features` JSON)."""
     from ...spec import seccomp
+    from ...spec.pod import CAPABILITIES
 
     click.echo(json.dumps({
         "ociVersionMin": "1.0.0", "ociVersionMax": OCI_VERSION,
