@@ -86,7 +86,10 @@ def snapshot(ns: Netns) -> list[str]:
     out = [sh("ip", "-n", ns.name, *args) for args in (("-d", "link"), ("addr",), ("route",), ("-6", "route"))]
     out.append(sh("tc", "-n", ns.name, "qdisc"))
     for name in ns.links():
-        out.append(sh("tc", "-n", ns.name, "filter", "show", "dev", name, "ingress"))
+        r = subprocess.run(["tc", "-n", ns.name, "filter", "show", "dev", name, "ingress"], capture_output=True,
+                           text=True)
+        # a link a pod's teardown removed between the listing and this (unchanged() looks again)
+        out.append(r.stdout if r.returncode == 0 else f"{name}: {r.stderr.strip()}")
     return out
 
 

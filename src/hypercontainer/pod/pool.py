@@ -10,7 +10,10 @@ are fixed when QEMU starts), not a pod whose network is an existing namespace (n
 
 What does not depend on the pod is done before the VM is paused: the guest mounts the slot's share (lookups over
 9p go to the host each time, so roots mounted there later show up) and reseeds its random generator with bytes of
-its own, so the pod's START_POD only sets the clock, hostname and network (~30 ms less under TCG).
+its own, so the pod's START_POD only sets the clock, hostname and network (~30 ms less under TCG). Then a throwaway
+container (`busybox true` on a root of its own in the share) starts, exits and goes: under TCG a fresh QEMU
+translates the guest code it runs the first time it runs it, and a container's set-up (namespaces, mounts, exec)
+is most of a pod's start; the translations stay in the paused QEMU, so the pod's own container starts warm.
 
 hyperd keeps a pool unless told not to (`--pool 0`). Its size, unless given (`--pool N`), is hyperd's: one VM at
 first, one more each time a pod found the pool empty (pods came faster than it refills), up to `auto_limit` of
@@ -25,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +37,7 @@ from .. import procs
 from ..network.manager import Network
 from ..network.none_mode import NoneProvider
 from ..network.provider import Provider
+from ..protocol.agent import Agent, ContainerRequest, ProcessRequest
 from ..protocol.client import AgentClient
 from ..protocol.codec import Fields, Msg
 from ..spec.pod import PodSpec
@@ -48,6 +53,8 @@ AUTO_VM_COST = 64 << 20  # host memory budgeted per pool VM (an idle clone's PSS
 AUTO_MEMORY_SHARE = 0.05  # an auto-sized pool holds at most this share of the host's available memory
 HANDSHAKE = 10.0
 VM_RECORD = "vm.json"  # the slot's QEMU (pid + start time): a crashed hyperd's pool VMs are found and stopped
+WARMUP = "hc-warmup"  # the throwaway container's name and root directory in the share
+WARMUP_STREAM = 1 << 20  # its stream: far from any a pod's containers and execs take
 PREPARE_FIELDS: Fields = {"share": SHARE_TAG, "sharefs": "9p"}  # START_POD's part done before a pod takes the VM
 
 
@@ -75,6 +82,24 @@ def available_memory() -> int:
 def auto_limit(available: int) -> int:
     """How many VMs an auto-sized pool may hold with `available` bytes of host memory free."""
     return min(AUTO_MAX, int(available * AUTO_MEMORY_SHARE) // AUTO_VM_COST)
+
+
+async def warm_up(client: AgentClient, share: Path) -> None:
+    """A throwaway container in the VM (see the module's docstring); nothing if there is no static busybox."""
+    busybox = shutil.which("busybox")
+    if not busybox:
+        return
+    root = share / WARMUP
+    try:
+        (root / "bin").mkdir(parents=True)
+        shutil.copy2(busybox, root / "bin" / "busybox")
+        agent = Agent(client)
+        req = ContainerRequest(WARMUP, WARMUP_STREAM, ProcessRequest(("/bin/busybox", "true")), rootfs=WARMUP)
+        streams = await agent.new_container(req)
+        await streams.exit
+        await agent.remove_container(WARMUP)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class Pool:
@@ -169,6 +194,7 @@ class Pool:
             await asyncio.wait_for(agent.handshake(HANDSHAKE), HANDSHAKE)
             await asyncio.wait_for(agent.request(Msg.START_POD, PREPARE_FIELDS | {
                 "clock_ns": time.time_ns(), "seed": os.urandom(32).hex()}), HANDSHAKE)
+            await asyncio.wait_for(warm_up(agent, share), HANDSHAKE)
             await machine.qmp("stop")
             stack.pop_all()  # ready: the slot owns all of it now
         return Slot(rundir, share, machine, agent, template.home.name, tap)
