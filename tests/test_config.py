@@ -200,6 +200,14 @@ def test_the_config_reaches_the_components(tmp_path: Path) -> None:
         assert (tmp_path / "state" / "hyperd.db").exists()
     finally:
         parts.db.close()
+    # hyperd's own pool (no --pool) only where its policy takes from it
+    for boot, size in (("pool", 1), ("template", 0)):
+        cfg = parse(["--root", str(tmp_path / boot), "--run", str(tmp_path / f"run-{boot}"), "--network", "none",
+                     "--boot", boot])
+        cfg.paths.ensure()
+        parts = assemble(cfg, a, accel.Accel("tcg", "test"))
+        parts.db.close()
+        assert (parts.pool.auto, parts.pool.size) == (boot == "pool", size), boot
 
 
 def test_the_accelerator_choice_is_passed_not_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

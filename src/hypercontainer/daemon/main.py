@@ -122,7 +122,8 @@ def assemble(cfg: HyperdConfig, a: guest_assets.Assets, accel: Accel) -> Parts:
     db = StateDB(p.db)
     network = Network(cfg.network, p.db, cfg.bridge, str(cfg.subnet))
     templates = Templates(a.kernel, a.initrd, accel.name, a.digest, p.assets / "templates", p.run / "templates")
-    pool = Pool(cfg.pool, templates, p.run / "pool", network)
+    # an auto-sized pool only where the policy takes from it (a pod's own `--boot pool` can use a pool of given size)
+    pool = Pool(0 if cfg.pool is None and cfg.boot != "pool" else cfg.pool, templates, p.run / "pool", network)
     manager = PodManager(images, db, p.pods, p.run / "pods", GuestAssets(a.kernel, a.initrd, accel.name), network,
                          templates, cfg.boot, pool, cfg.storage_size)
     manager.live_restore = cfg.live_restore
