@@ -212,3 +212,19 @@ def test_a_template_build_a_dead_hyperd_left_is_swept(busybox_tar: Path) -> None
         for meta in (Path(d.env["HYPERCONTAINER_ASSETS"]) / "templates").glob("*/meta.json"):
             if json.loads(meta.read_text())["memory"] == 272:  # none should be, but the shared assets stay clean
                 shutil.rmtree(meta.parent, ignore_errors=True)
+
+
+def test_a_changed_device_set_makes_a_new_template(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A template restores only into the device set it was saved with: a device added to QEMU's command line (or
+    another machine option) changes the key; paths (a clone's own sockets and files) do not."""
+    from hypercontainer.pod import templates as tm
+
+    t = Templates(tmp_path / "vmlinux", tmp_path / "initrd", "tcg", "digest", tmp_path / "home", tmp_path / "run")
+    before = t.key(1, 256)
+    assert Templates(tmp_path / "k2", tmp_path / "i2", "tcg", "digest", tmp_path / "h2", tmp_path / "r2") \
+        .key(1, 256) == before
+    real = tm.command
+    monkeypatch.setattr(tm, "command", lambda cfg: [*real(cfg), "-device", "virtio-balloon-device"])
+    assert t.key(1, 256) != before
+    monkeypatch.setattr(tm, "command", lambda cfg: ["qemu64" if a == "max" else a for a in real(cfg)])  # -cpu
+    assert t.key(1, 256) != before

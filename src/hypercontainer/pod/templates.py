@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from ..guest.kernel import serves_9p
 from ..protocol.client import AgentClient
 from ..storage.share import ninep
 from ..vm.machine import Machine
-from ..vm.qemu import Nic, Sockets, VMConfig, boot_args, qemu_binary
+from ..vm.qemu import Nic, Sockets, VMConfig, command, qemu_binary
 
 log = logging.getLogger(__name__)
 RECIPE = "1"
@@ -64,6 +65,19 @@ def vm_config(kernel: Path, initrd: Path, accel: str, sockets: Sockets, cpus: in
                     memory_shared=building, incoming=not building)
 
 
+SHAPE_OPTIONS = ("-M", "-global", "-cpu", "-accel", "-device", "-append")
+
+
+def machine_shape(accel: str) -> str:
+    """The options of a template's QEMU command line that fix the machine, its CPU and devices, and the kernel's
+    command line, without paths (a clone's sockets and files are its own); the NIC, the share and the size are
+    keyed apart."""
+    cfg = vm_config(Path("/k"), Path("/i"), accel, Sockets(Path("/r")), 1, 256, Path("/s"), False,
+                    Template(Path("/t")), building=False)
+    argv = command(cfg)
+    return " ".join(f"{o} {v}" for o, v in itertools.pairwise(argv) if o in SHAPE_OPTIONS)
+
+
 def qemu_version() -> str:
     """Identifies the QEMU build (path, size, mtime: no process to start, runv's shims ask once per container)."""
     path = qemu_binary()
@@ -83,8 +97,10 @@ class Templates:
         self.failures: dict[str, str] = {}
 
     def key(self, cpus: int, memory: int, nic: bool = True) -> str:
-        args = " ".join(boot_args(self.accel))
-        text = f"{RECIPE}:{self.digest}:{self.accel}:{args}:{cpus}:{memory}:{nic}:{self._qemu}"
+        """Names what a clone must match: guest (kernel, initramfs), accelerator, kernel command line, size, QEMU
+        build, and the machine and device set QEMU is given (a device added or changed there is a new template:
+        a restore into another device set fails)."""
+        text = f"{RECIPE}:{self.digest}:{self.accel}:{cpus}:{memory}:{nic}:{self._qemu}:{machine_shape(self.accel)}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def ready(self, cpus: int, memory: int, nic: bool = True) -> Template | None:
