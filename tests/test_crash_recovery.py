@@ -40,6 +40,16 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+def children(pid: int | None) -> set[int]:
+    """The child processes of `pid` (none if it is gone or None)."""
+    if not pid:
+        return set()
+    try:
+        return {int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()}
+    except OSError:
+        return set()
+
+
 def vmms_under(path: Path) -> set[int]:
     """The QEMU and virtiofsd processes whose command line names something under `path`."""
     found = set()
@@ -77,7 +87,7 @@ def leftovers(d: Daemon, keeper: dict, netns: Netns | None) -> list[str]:
     """What belongs neither to the running pod `keeper` nor to a ready pool VM (empty when all is well)."""
     rt = keeper["runtime"]
     spares = [h for h in pool_homes(d) if str(h) != rt["rundir"]]
-    allowed = {rt["vm_pid"], rt["share_pid"]}
+    allowed = {rt["vm_pid"], rt["share_pid"], *children(rt["share_pid"])}  # virtiofsd's sandboxed child (cold)
     for home in spares:
         allowed.add(json.loads((home / "vm.json").read_text())["pid"])  # a spare without its record: a leak
     out = [f"{len(spares)} spare pool VMs"] if len(spares) > int(d.env.get("HYPERCONTAINER_POOL", "0")) else []
