@@ -140,6 +140,16 @@ def sandbox_of(cfg: oci.Config) -> str | None:
     return oci.cri_sandbox(cfg)
 
 
+async def undone(shim: Shim, e: BaseException, what: str) -> str:
+    """Logs why `what` failed and tears down the pod the shim made, if any; returns the reason."""
+    msg = e.message if isinstance(e, HCError) else f"{type(e).__name__}: {e}"
+    log.error("%s: %s", what, msg)
+    if shim.pod:
+        with contextlib.suppress(Exception):
+            await shim.pod.teardown()
+    return msg
+
+
 class Shim:
     def __init__(self, store: Store, cid: str, bundle: Path, console_socket: Path | None) -> None:
         self.store, self.cid, self.bundle, self.console_socket = store, cid, bundle, console_socket
@@ -228,11 +238,7 @@ class Shim:
             await self.prepare()
             await self.boot()
         except BaseException as e:
-            msg = e.message if isinstance(e, HCError) else f"{type(e).__name__}: {e}"
-            log.error("the VM did not boot: %s", msg)
-            if self.pod:
-                with contextlib.suppress(Exception):
-                    await self.pod.teardown()
+            msg = await undone(self, e, "the VM did not boot")
             if isinstance(e, asyncio.CancelledError):
                 raise
             raise HCError(msg) from None
@@ -839,11 +845,7 @@ async def amain(args: argparse.Namespace, host_netns: int | None) -> int:
         await shim.create()
         await shim.listen()
     except BaseException as e:
-        msg = e.message if isinstance(e, HCError) else f"{type(e).__name__}: {e}"
-        log.error("create failed: %s", msg)
-        if shim.pod:
-            with contextlib.suppress(Exception):
-                await shim.pod.teardown()
+        msg = await undone(shim, e, "create failed")
         with contextlib.suppress(OSError):
             os.write(args.status_fd, f"error {msg}\n".encode())
         return 1
