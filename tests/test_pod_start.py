@@ -60,8 +60,12 @@ class FakeMachine:
         if self.on_spawn:
             self.on_spawn()
 
-    async def restore(self, state: Path) -> None:
+    async def restore(self, state: Path, run: bool = True) -> None:
         self.ledger.step("restore")
+        assert not run, "a clone runs once its host is connected (resume)"
+
+    async def resume(self) -> None:
+        self.ledger.step("resume")
 
     async def qmp(self, command: str, args: dict | None = None) -> None:
         self.ledger.step(f"qmp-{command}")
@@ -75,7 +79,7 @@ class FakeMachine:
     def qemu_log_tail(self) -> str:
         return ""
 
-    def console_tail(self) -> str:
+    def console_tail(self, lines: int = 20) -> str:
         return ""
 
 
@@ -215,7 +219,7 @@ async def finish(pod: Pod, ledger: Ledger) -> None:
 
 STEPS = {  # the steps each kind of start passes, in order
     "cold": ["share", "spawn", "connect", "handshake", "start_pod", "new_container"],
-    "template": ["spawn", "restore", "connect", "handshake", "start_pod", "new_container"],
+    "template": ["spawn", "restore", "connect", "resume", "handshake", "start_pod", "new_container"],
     "pool": ["qmp-cont", "start_pod", "new_container"],
 }
 

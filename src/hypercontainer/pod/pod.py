@@ -223,8 +223,10 @@ class Pod:
             except VMError as e:
                 if self.booted_from in (None, "cold"):
                     raise
-                log.warning("pod %s: start from template %s failed (%s); booting cold", self.name, self.booted_from,
-                            e.message)
+                # the clone's console goes with its directory: its last lines say what the guest was doing
+                tail = self.machine.console_tail(15).strip() if self.machine else ""
+                log.warning("pod %s: start from template %s failed (%s); booting cold%s", self.name, self.booted_from,
+                            e.message, f"; the guest's console ended:\n{tail}" if tail else "")
                 self.emit("template-fallback", reason=e.message)
                 await self.teardown()
                 self.rundir, self._share_dir = rundir, share_dir  # a pool VM's directories were its own: gone

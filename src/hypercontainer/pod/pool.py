@@ -189,8 +189,9 @@ class Pool:
             stack.push_async_callback(agent.close)
             stack.push_async_callback(machine.stop, 0)
             await machine.start(record=rundir / VM_RECORD)
-            await machine.restore(template.state)
+            await machine.restore(template.state, run=False)
             await agent.connect()
+            await machine.resume()  # only now: see Machine.restore
             await asyncio.wait_for(agent.handshake(HANDSHAKE), HANDSHAKE)
             await asyncio.wait_for(agent.request(Msg.START_POD, PREPARE_FIELDS | {
                 "clock_ns": time.time_ns(), "seed": os.urandom(32).hex()}), HANDSHAKE)

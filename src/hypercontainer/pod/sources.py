@@ -188,8 +188,10 @@ async def _start_qemu(parts: Parts, plan: BootPlan, share: Share, template: Temp
     await machine.start()
     plan.mark("qemu")
     if template:
-        await machine.restore(template.state)
+        await machine.restore(template.state, run=False)
         plan.mark("restored")
         faults.point("restored")
     await agent.connect()
+    if template:
+        await machine.resume()  # only now: see Machine.restore
     return machine, agent
