@@ -44,12 +44,18 @@ static int others_in(const char *dir, const char *except)
 	return n;
 }
 
+static void remove_base(void) /* at exit: the run's scratch directory goes with it (what a crash left stays) */
+{
+	nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc, (void)argv;
 	snprintf(base, sizeof(base), "/tmp/hc-fuzz-tar-XXXXXX");
 	if (!mkdtemp(base))
 		abort();
+	atexit(remove_base);
 	return 0;
 }
 
