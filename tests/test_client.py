@@ -190,3 +190,36 @@ def test_the_readme_example_runs(hyperd: Daemon, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().splitlines() == ["py-demo running", "3 b'hi\\n'", "['py-demo']", "b'hello\\n'",
                                               "no such pod: py-demo"]
+
+
+def test_a_stream_whose_handshake_was_dropped_is_tried_once_more(tmp_path: Path) -> None:
+    """A connection closed before the server answered the websocket handshake (nothing happened on its side) is
+    tried once more; a second drop is an error naming it."""
+    import threading
+
+    from websockets.sync.server import unix_serve
+
+    from hypercontainer.client.endpoint import Endpoint
+    from hypercontainer.client.transport import Transport
+    from hypercontainer.errors import HCError
+
+    seen = {"n": 0, "drop": 1}
+
+    def drop_first(conn, request):  # type: ignore[no-untyped-def]
+        seen["n"] += 1
+        if seen["n"] <= seen["drop"]:
+            conn.socket.close()
+        return None
+
+    sock = tmp_path / "s.sock"
+    with unix_serve(lambda ws: ws.send("hello"), str(sock), process_request=drop_first) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        t = Transport(Endpoint(socket=sock))
+        with t.websocket("/v1/pods/run") as ws:
+            assert ws.recv() == "hello"
+        assert seen["n"] == 2
+        seen.update(n=0, drop=2)
+        with pytest.raises(HCError, match="hyperd refused the stream"):
+            t.websocket("/v1/pods/run")
+        assert seen["n"] == 2
+        server.shutdown()

@@ -102,8 +102,22 @@ class Transport:
                             headers={"content-type": "application/x-tar", "content-length": str(size)})
 
     def websocket(self, path: str) -> ClientConnection:
-        """A websocket (websockets' sync client) to `path`: stdio of run, exec and attach."""
-        from websockets.exceptions import InvalidHandshake, InvalidStatus
+        """A websocket (websockets' sync client) to `path`: stdio of run, exec and attach. A connection closed
+        before hyperd's answer to the handshake is tried once more: nothing happens on hyperd's side before the
+        first message (the request), so a second handshake does nothing twice."""
+        from websockets.exceptions import InvalidMessage
+
+        try:
+            return self._websocket(path)
+        except InvalidMessage:
+            pass
+        try:
+            return self._websocket(path)
+        except InvalidMessage as e:
+            raise HCError(f"hyperd refused the stream: {e}") from None
+
+    def _websocket(self, path: str) -> ClientConnection:
+        from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus
         from websockets.sync.client import connect, unix_connect
 
         ep, headers = self.endpoint, self.endpoint.headers()
@@ -129,6 +143,8 @@ class Transport:
             except ValueError:
                 body = (e.response.body or b"").decode(errors="replace") or e.response.reason_phrase
             raise error_from(body, e.response.status_code) from None
+        except InvalidMessage:
+            raise  # websocket() tries once more
         except InvalidHandshake as e:
             raise HCError(f"hyperd refused the stream: {e}") from None
 
