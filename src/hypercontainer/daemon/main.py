@@ -157,8 +157,7 @@ async def serve(cfg: HyperdConfig) -> None:
     await network.setup()
     log.info("network: %s (%s)", network.mode, network.reason)
     templates.prune()
-    if cfg.boot != "cold":
-        templates.ready(1, 256, network.mode != "none")  # the default pod, built in the background (cold until then)
+    default_template(cfg, parts)
     await manager.recover()  # also removes pool VMs a crashed hyperd left (with or without a pool now)
     leases, groups = confine.sweep()  # uid leases and cgroups of VMs that are gone
     if leases or groups:
@@ -204,6 +203,12 @@ async def serve(cfg: HyperdConfig) -> None:
             p.socket.unlink()
 
 
+def default_template(cfg: HyperdConfig, parts: Parts) -> None:
+    """The default pod's template (the pool's too), built in the background; pods boot cold until it is ready."""
+    if cfg.boot != "cold":
+        parts.templates.ready(parts.pool.cpus, parts.pool.memory, parts.network.mode != "none")
+
+
 async def switch(cfg: HyperdConfig, parts: Parts, info: DaemonInfo) -> None:
     """Our kernel is built (daemon/kernel_switch.py): new pods, templates and pool VMs boot it from now on."""
     p = cfg.paths
@@ -216,8 +221,7 @@ async def switch(cfg: HyperdConfig, parts: Parts, info: DaemonInfo) -> None:
     parts.manager.assets = GuestAssets(a.kernel, a.initrd, accel.name)
     info.accel, info.accel_reason, info.kernel, info.kernel_release, info.initrd, info.agent = (
         accel.name, accel.reason, str(a.kernel), a.kernel_release, str(a.initrd), a.agent_hash)
-    if cfg.boot != "cold":
-        parts.templates.ready(1, 256, parts.network.mode != "none")
+    default_template(cfg, parts)
     await parts.pool.renew()
     log.info("guest kernel: switched from %s to ours, %s, for new pods, templates and the pool", old, a.kernel_release)
     parts.manager.events.record_daemon("kernel-switch", {"kernel": a.kernel_release, "previous": old,
