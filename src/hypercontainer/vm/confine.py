@@ -200,8 +200,10 @@ def qemu(cfg: VMConfig) -> Confinement:
             disk_fds.append(pair)
         overhead = OVERHEAD_MIB.get(cfg.accel, 512)
         cgroup = Cgroup.create(f"vm-{uid}", Limits((cfg.memory_mib + overhead) * MIB, QEMU_PIDS))
+        # Under TCG, QEMU asks for huge pages for its translation buffer: an idle clone's few MiB of translated
+        # code then hold 14 MiB (7 huge pages) of its ~41 MiB PSS. Without, the buffer takes 4 KiB pages.
         spec = Spec(uid=uid, gid=uid, caps=qemu_caps(cfg), binds=binds, symlinks=links, devices=devices,
-                    rlimits=rlimits())  # its cgroup: Machine.start moves it in before the guest runs
+                    rlimits=rlimits(), huge_pages=cfg.accel != "tcg")  # its cgroup: Machine.start moves it in
         return Confinement(uid, cgroup, Jail(spec), Handed(tuple(tap_fds), tuple(disk_fds)), fds)
     except BaseException as e:
         for fd in fds:

@@ -12,8 +12,9 @@ makes system calls, in this order:
    group and no change to the host's node); read-write binds of the pod's own files at their same absolute paths
    (so the command line is unchanged), a procfs showing only its own process (hidepid=invisible, subset=pid);
    pivots into it, detaches the host's root, remounts "/" read-only;
-4. sets rlimits; drops the bounding set to the kept capabilities; switches to its uid/gid (no supplementary
-   groups); keeps exactly the listed capabilities as ambient ones (effective after exec);
+4. turns transparent huge pages off if asked; sets rlimits; drops the bounding set to the kept capabilities;
+   switches to its uid/gid (no supplementary groups); keeps exactly the listed capabilities as ambient ones
+   (effective after exec);
    sets no_new_privs and loads the extra seccomp filter (vm/seccomp.py).
 
 A failure writes "jail: <step>: <error>" to the child's stderr (the VMM's log) and the spawn fails.
@@ -39,7 +40,7 @@ MS_BIND, MS_REC, MS_SLAVE = 4096, 16384, 1 << 19
 MNT_DETACH = 2
 SYS_CAPSET, SYS_PIVOT_ROOT = 126, 155
 PR_SET_KEEPCAPS, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 8, 22, 24, 38, 47
-PR_CAP_AMBIENT_RAISE, SECCOMP_MODE_FILTER = 2, 2
+PR_CAP_AMBIENT_RAISE, SECCOMP_MODE_FILTER, PR_SET_THP_DISABLE = 2, 2, 41
 CAP_VERSION_3 = 0x20080522
 CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_NET_BIND_SERVICE = 0, 1, 3, 10
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
@@ -96,6 +97,7 @@ class Spec:
     cgroup_fds: list[int] = field(default_factory=list)
     rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
     seccomp: bool = True
+    huge_pages: bool = True  # False: no transparent huge pages for the process (inherited across exec)
 
 
 def last_cap() -> int:
@@ -173,6 +175,8 @@ class Jail:
             self._add("unshare", _c(_libc.unshare), CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP)
             self._add("make / a slave", mount, None, b"/", None, MS_REC | MS_SLAVE, None)
             self._plan_root()
+        if not s.huge_pages:
+            self._add("no huge pages", prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0)
         for res, (soft, hard) in s.rlimits.items():
             self._add(f"rlimit {res}", resource.setrlimit, res, (soft, hard))
         if s.uid is not None:
