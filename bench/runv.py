@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """runv benchmark: `podman run --rm busybox true` with runv against the same with runc, and against our own
 `hyperctl run --rm busybox true` (hyperd with its defaults: a warm pool), alternating in one run. podman and hyperd
-get their own temp state."""
+get their own temp state. `podman+runv+factory` is runv with a VM factory running for its root (`runv factory
+--size 2`: the container takes a ready VM, as hyperctl's pods take pool VMs); `podman+runv` has none."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import BIN, Daemon, _build_busybox_archive
+
+from hypercontainer.cli.runv import factory as vm_factory
 
 
 def timed(argv: list[str], env: dict) -> float:
@@ -41,7 +45,8 @@ exit $rc
 """
 
 
-def breakdown(podman: list[str], env: dict, tmp: Path, runs: int, runv: Path) -> dict[str, float]:
+def breakdown(podman: list[str], env: dict, tmp: Path, runs: int, runv: Path,
+              settle: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Where podman+runv's time goes: each runv verb's own time and podman's share (medians of `runs` runs through
     a wrapper that logs every call; the wrapper's own few ms are in the verbs)."""
     log, wrapper = tmp / "calls.log", tmp / "runv-timed"
@@ -50,6 +55,7 @@ def breakdown(podman: list[str], env: dict, tmp: Path, runs: int, runv: Path) ->
     argv = [*podman, "--runtime", str(wrapper), "run", "--rm", "--network", "none", "busybox", "true"]
     rows: dict[str, list[float]] = {}
     for _ in range(runs):
+        settle()
         log.unlink(missing_ok=True)
         t0 = time.time()
         took = timed(argv, env)
@@ -88,6 +94,21 @@ def main() -> None:
     (tmp / "hyperd").mkdir()
     d = Daemon(tmp / "hyperd", HYPERCONTAINER_POOL="")  # hyperd's defaults: its own warm pool serves hyperctl run
     d.start()
+    froot = tmp / "runv-factory"
+    wrapper = tmp / "runv-factory.sh"
+    wrapper.write_text(f'#!/bin/sh\nexec "{BIN / "runv"}" --root "{froot}" "$@"\n')
+    wrapper.chmod(0o755)
+    others["podman+runv+factory"] = wrapper
+    factory = subprocess.Popen([str(wrapper), "factory", "--size", "2"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+
+    def factory_ready() -> None:  # its refill would compete with the runs for the CPUs
+        for _ in range(1200):
+            if (vm_factory.status(froot) or {}).get("ready") == 2:
+                return
+            time.sleep(0.1)
+        raise SystemExit("runv's factory never had its VMs ready")
+
     try:
         d.hyperctl("load", "-i", str(tar), check=True)
         runc = [*podman, "--runtime", shutil.which("runc") or "runc", "run", "--rm", "--network", "none", "busybox",
@@ -101,19 +122,22 @@ def main() -> None:
         time.sleep(2)
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(args.runs):
-            d.wait_pool_ready()  # the pool's refill after hyperctl's run would compete with podman's for the CPUs
             for k, (argv, e) in runs.items():
+                d.wait_pool_ready()  # the pool's refill after hyperctl's run would compete with podman's for the CPUs
+                factory_ready()
                 times[k].append(timed(argv, e))
-        parts = {k: breakdown(podman, env, tmp, args.breakdown, p)
+        parts = {k: breakdown(podman, env, tmp, args.breakdown, p, factory_ready)
                  for k, p in {"podman+runv": BIN / "runv", **others}.items()} if args.breakdown else {}
     finally:
+        factory.terminate()
+        factory.wait(60)
         d.stop()
         subprocess.run([*podman, "system", "reset", "-f"], env=env, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"busybox true, median of {args.runs} alternating runs:")
     for k, v in med.items():
-        print(f"  {k:22s} {v:6.3f} s")
+        print(f"  {k:24s} {v:6.3f} s")
     for k in ("podman+runv", *others):
         print(f"  {k} / podman+runc   {med[k] / med['podman+runc']:.2f}")
         print(f"  {k} / hyperctl run  {med[k] / med['hyperctl run']:.2f}")

@@ -44,7 +44,7 @@ from ..storage.volumes import remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Disk, HostForward, Nic, Share, Sockets, VMConfig
 from .container import Container, process_fields, with_overrides
-from .pool import Pool
+from .pool import SlotSource
 from .records import PodInfo
 from .sources import (
     CLONE_HANDSHAKE,
@@ -127,7 +127,7 @@ def resolv_conf(spec: PodSpec, net: Attachment | None) -> str | None:
 class Pod:
     def __init__(self, pod_id: str, name: str, spec: PodSpec, containers: list[Container],
                  statedir: Path, rundir: Path, assets: GuestAssets, network: Network | None = None,
-                 templates: Templates | None = None, boot: str = "cold", pool: Pool | None = None,
+                 templates: Templates | None = None, boot: str = "cold", pool: SlotSource | None = None,
                  storage_size: int = 0) -> None:
         self.id, self.name, self.spec = pod_id, name, spec
         self.containers = containers

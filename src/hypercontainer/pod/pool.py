@@ -32,6 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .. import procs
 from ..network.manager import Network
@@ -82,6 +83,28 @@ def available_memory() -> int:
 def auto_limit(available: int) -> int:
     """How many VMs an auto-sized pool may hold with `available` bytes of host memory free."""
     return min(AUTO_MAX, int(available * AUTO_MEMORY_SHARE) // AUTO_VM_COST)
+
+
+class SlotSource(Protocol):
+    """Where a pod takes a ready VM from: hyperd's pool, or one VM lent by runv's factory."""
+
+    def take(self, spec: PodSpec | None = None) -> Slot | None: ...
+
+    def fill(self) -> None: ...
+
+
+class Lent:
+    """One VM another process made and lent (runv's factory: cli/runv/factory.py), for one pod."""
+
+    def __init__(self, slot: Slot) -> None:
+        self.slot: Slot | None = slot
+
+    def take(self, spec: PodSpec | None = None) -> Slot | None:
+        slot, self.slot = self.slot, None
+        return slot
+
+    def fill(self) -> None:
+        pass
 
 
 async def warm_up(client: AgentClient, share: Path) -> None:

@@ -128,6 +128,16 @@ class AgentClient:
         self._io = await asyncio.open_unix_connection(sock=io, limit=1 << 20)
         self._start_readers()
 
+    async def detach(self) -> tuple[socket.socket, socket.socket]:
+        """Hands the connection over (runv's factory lends a VM): copies of the two connected sockets; this
+        client stops reading and closes its own (the connection stays up while a copy is open). Only for an
+        idle guest (paused, nothing pending): what this client had read and not handled is dropped."""
+        assert self._ctl and self._io
+        socks = tuple(socket.socket(fileno=os.dup(conn[1].get_extra_info("socket").fileno()))
+                      for conn in (self._ctl, self._io))
+        await self.close()
+        return socks[0], socks[1]
+
     def _start_readers(self) -> None:
         self._tasks = [asyncio.create_task(self._read("ctl")), asyncio.create_task(self._read("io"))]
 

@@ -118,23 +118,8 @@ def _child(sock: socket.socket, fn: Callable[[], int | None]) -> None:
 def enter_daemon(pin_dir: Path) -> bool:
     """hyperd's start, on its only thread: joins the mount namespace an earlier hyperd pinned at `pin_dir/mnt`
     (True), or leaves the host's for a new one and pins it there (False)."""
-    global _host
-    pin = pin_dir / PIN
-    host = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fd = os.open(pin, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        fd = -1
-    if fd >= 0:
-        try:
-            setns(fd)  # EINVAL: not a mount namespace (a file left by a hyperd before the host rebooted)
-            _host = host
-            return True
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    os.close(host)
+    if join(pin_dir):
+        return True
     leave_host()
     pid = os.getpid()
     try:
@@ -143,6 +128,27 @@ def enter_daemon(pin_dir: Path) -> bool:
         release_daemon(pin_dir)
         raise
     return False
+
+
+def join(pin_dir: Path) -> bool:
+    """On the process's only thread: joins the mount namespace pinned at `pin_dir/mnt` (hyperd's, runv's factory's)
+    if there is one; whether it did."""
+    global _host
+    host = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(pin_dir / PIN, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(host)
+        return False
+    try:
+        setns(fd)  # EINVAL: not a mount namespace (a file left by a process before the host rebooted)
+    except OSError:
+        os.close(host)
+        return False
+    finally:
+        os.close(fd)
+    _host = host
+    return True
 
 
 def _pin(pin_dir: Path, pid: int) -> None:

@@ -37,6 +37,9 @@ class Machine:
         self._adopted: tuple[int | None, Cgroup | None] | None = None  # the same, of a VM taken over
         self._console: asyncio.Task[None] | None = None
         self.on_spawn: Callable[[], None] | None = None  # called as soon as QEMU exists: its owner records it
+        # A VM another process started and lent (runv's factory): stop() stops it, the lender frees its uid and
+        # cgroup once it has exited (freed twice, a uid could go to a second VM while the first still held it).
+        self.lent = False
 
     @property
     def pid(self) -> int | None:
@@ -238,7 +241,7 @@ class Machine:
         if not self.proc:
             return
         if self.proc.returncode is None:
-            if self.confinement is None and self._adopted is None:
+            if self.confinement is None and self._adopted is None and not self.lent:
                 self._adopted = confine.inspect(self.proc.pid)
             if grace > 0:
                 with contextlib.suppress(TimeoutError):

@@ -10,15 +10,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
 from ... import __version__
 from ...errors import HCError, InvalidArgument, NotFound
 from .. import run_cli
-from . import wire
-from .state import OCI_VERSION, Store, check_id, member_name, oci_state
+from . import verbs, wire
+from .state import OCI_VERSION, check_id, member_name, oci_state
+from .verbs import Runtime, after_hooks, cleanup, log_error, stop_shim, warn
 
 if TYPE_CHECKING:
     import subprocess
@@ -29,32 +30,8 @@ if TYPE_CHECKING:
 CONTEXT = {"help_option_names": ["-h", "--help"], "ignore_unknown_options": False}
 
 
-class Runtime:
-    def __init__(self, root: Path, log: Path | None, log_format: str, debug: bool) -> None:
-        self.store = Store(root)
-        self.log, self.log_format, self.debug = log, log_format, debug
-
-    def write_log(self, level: str, msg: str) -> None:
-        if not self.log:
-            return
-        import datetime as dt
-
-        now = dt.datetime.now(dt.UTC).isoformat()
-        line = (json.dumps({"level": level, "msg": msg, "time": now}) if self.log_format == "json"
-                else f'time="{now}" level={level} msg="{msg}"')
-        try:
-            with open(self.log, "a") as f:
-                f.write(line + "\n")
-        except OSError:
-            pass
 
 
-def warn(rt: Runtime, msg: str) -> None:
-    """To the --log file, where the client looks (our stderr is the container's); to stderr without one."""
-    if rt.log:
-        rt.write_log("warning", msg)
-    else:
-        click.echo(f"runv: warning: {msg}", err=True)
 
 
 def runtime() -> Runtime:
@@ -150,39 +127,11 @@ def create_container(bundle: Path, pid_file: Path | None, console_socket: Path |
 @click.argument("cid")
 def start(cid: str) -> None:
     """Start the process of a created container."""
-    rt = runtime()
-    st = rt.store.load(cid)
-    if st["status"] != "created":
-        raise HCError(f"cannot start a container that is {st['status']}")
-    wire.request(rt.store.sock(cid), {"op": "start"})
-    after_hooks(rt, st, "poststart", "running")
+    verbs.start(runtime(), cid)
 
 
-def after_hooks(rt: Runtime, st: dict, kind: str, status: str) -> None:
-    """poststart and poststop hooks: a failure is a warning (the OCI runtime spec)."""
-    if not has_hooks(Path(st["bundle"]), kind):
-        return  # nothing to run: the config is not validated (pydantic's models cost start and delete 0.1 s)
-    from ...spec import oci
-    from . import hooks
-
-    try:
-        cfg = oci.load(Path(st["bundle"]))
-    except HCError:
-        return  # the bundle is gone: nothing to run
-    try:
-        hooks.run(cfg, kind, hooks.state(cfg, st["id"], st["bundle"], status, st.get("pid") or 0))
-    except HCError as e:
-        warn(rt, e.message)
 
 
-def has_hooks(bundle: Path, kind: str) -> bool:
-    """Whether config.json names hooks of this kind (unreadable: no; oci.load and hooks.run decide the rest)."""
-    try:
-        raw = json.loads((bundle / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    found = raw.get("hooks") if isinstance(raw, dict) else None
-    return isinstance(found, dict) and bool(found.get(kind))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -217,10 +166,20 @@ def run(bundle: Path, pid_file: Path | None, console_socket: Path | None, detach
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("--size", type=click.IntRange(1, 64), default=2, show_default=True, help="VMs kept ready.")
+def factory(size: int) -> None:
+    """Keep VMs ready for this root's containers (Kata's VM factory): a container whose VM needs no NIC takes one
+    and starts without a VM boot. Runs in the foreground until SIGTERM or SIGINT."""
+    from . import factory as vm_factory
+
+    vm_factory.run(runtime().store.root, size)
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("cid")
 def state(cid: str) -> None:
     """Print the container's state (OCI runtime spec JSON)."""
-    click.echo(json.dumps(oci_state(runtime().store.load(cid)), indent=2))
+    click.echo(verbs.state(runtime(), cid))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -229,14 +188,7 @@ def state(cid: str) -> None:
 @click.argument("sig", default="SIGTERM")
 def kill(all_: bool, cid: str, sig: str) -> None:
     """Send a signal (name or number; default SIGTERM) to the container's process."""
-    from ...signals import parse_signal
-
-    rt = runtime()
-    number = parse_signal(sig)
-    st = rt.store.load(cid)
-    if st["status"] not in ("created", "running", "paused"):
-        raise HCError("container not running")
-    wire.request(rt.store.sock(cid), {"op": "kill", "signal": number, "all": all_})
+    verbs.kill(runtime(), all_, cid, sig)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -244,96 +196,15 @@ def kill(all_: bool, cid: str, sig: str) -> None:
 @click.argument("cid")
 def delete(force: bool, cid: str) -> None:
     """Delete a container: its VM, its state."""
-    rt = runtime()
-    try:
-        st = rt.store.load(cid)
-    except NotFound:
-        if force:
-            cleanup(rt.store, cid)
-            return
-        raise
-    if st["status"] in ("running", "paused") and not force:
-        raise HCError(f"cannot delete container {cid} that is not stopped: {st['status']}")
-    if st["status"] in ("created", "running", "paused"):
-        stop_shim(rt.store, cid, st)
-    else:
-        stop_orphan_vm(rt, cid, st)
-        unplug(rt, cid, st)
-    cleanup(rt.store, cid)
-    after_hooks(rt, st, "poststop", "stopped")
+    verbs.delete(runtime(), force, cid)
 
 
-def stop_shim(store: Store, cid: str, st: dict) -> None:
-    """Asks the shim to kill the container (it then stops the VM and exits); kills it and its VM if it will not."""
-    with contextlib.suppress(HCError):
-        if st["status"] == "paused":
-            wire.request(store.sock(cid), {"op": "resume"}, timeout=10)
-        wire.request(store.sock(cid), {"op": "kill", "signal": 9}, timeout=10)
-    deadline = time.monotonic() + 15
-    while Store.alive(st) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if Store.alive(st):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(st["pid"], 9)
-    from ... import procs
-
-    procs.kill_if_ours(st.get("vm_pid"), st.get("vm_start"), "")
 
 
-def stop_orphan_vm(rt: Runtime, cid: str, st: dict[str, Any]) -> None:
-    """A shim that was killed (kill -9) leaves its VM running: the VM is killed if its pid and start time still name
-    it, waited for, and what the shim held for it (uid lease, cgroup) released; one line in --log says so."""
-    from ... import procs
-
-    vm = procs.adopt(st.get("vm_pid"), st.get("vm_start"), str(rt.store.rundir(cid)))
-    if vm is None:  # stopped with its shim, or never booted
-        return
-    from ...config import environment
-    from ...vm import confine, uids
-
-    vmm_uids = environment().vmm_uids
-    if vmm_uids:  # the range the shim took the VM's uid from
-        uids.use_range(uids.parse_range(vmm_uids))
-    held = confine.inspect(vm.pid)
-    with contextlib.suppress(ProcessLookupError, OSError):
-        vm.kill()
-    if not vm.wait_blocking(10):
-        raise HCError(f"container {cid}: its shim (pid {st.get('pid')}) was gone and its VM (pid {vm.pid}) "
-                      "did not stop")
-    confine.release_pid(vm.pid, *held)
-    rt.write_log("warning", f"container {cid}: its shim (pid {st.get('pid')}) was gone; "
-                            f"its VM (pid {vm.pid}) was stopped")
 
 
-def unplug(rt: Runtime, cid: str, st: dict[str, Any]) -> None:
-    """What the container's VM had in the engine's network namespace (taps, tc filters) goes: its shim removes it
-    when it stops, a shim that was killed cannot. (A namespace of the shim's own died with it and its VM.)"""
-    att = st.get("network")
-    if not att or not att.get("netns") or att["netns"].startswith("/proc/"):
-        return
-    from ...network import netns_mode
-
-    taps = [i["tap"] for i in att.get("interfaces") or [] if i.get("tap")]
-    try:
-        netns_mode.unplug(att["netns"], taps)
-    except (HCError, OSError) as e:
-        warn(rt, f"container {cid}: cleaning its network namespace {att['netns']}: {e}")
 
 
-def cleanup(store: Store, cid: str) -> None:
-    """The container's state and runtime directories (remove_tree detaches what is still mounted below), and the
-    host memory cgroup its shim joined."""
-    from ...storage.volumes import remove_tree
-
-    with contextlib.suppress(NotFound, KeyError):
-        cg = store.load(cid).get("cgroup")
-        if cg:
-            from .hostoom import remove
-
-            remove(Path(cg))
-
-    remove_tree(store.dir(cid))
-    remove_tree(store.rundir(cid))
 
 
 # ---- processes -----------------------------------------------------------------------------------------------
@@ -513,18 +384,3 @@ def main() -> None:
     run_cli(cli, "runv", 2, lambda e: 1, report=log_error)
 
 
-def log_error(msg: str) -> None:
-    """Writes the error to --log as well (the runc shim shows the last error line of that file)."""
-    argv = sys.argv[1:]
-    log, fmt = None, "text"
-    for i, a in enumerate(argv):
-        if a == "--log" and i + 1 < len(argv):
-            log = argv[i + 1]
-        elif a.startswith("--log="):
-            log = a.split("=", 1)[1]
-        elif a == "--log-format" and i + 1 < len(argv):
-            fmt = argv[i + 1]
-        elif a.startswith("--log-format="):
-            fmt = a.split("=", 1)[1]
-    if log:
-        Runtime(Path("."), Path(log), fmt, False).write_log("error", msg)

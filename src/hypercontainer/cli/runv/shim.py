@@ -35,7 +35,7 @@ from ...config import environment
 from ...errors import HCError
 from ...spec import oci
 from ...storage import mountns
-from . import hooks, hostoom, wire
+from . import factory, hooks, hostoom, wire
 from .fdio import read_chunks, write_all
 from .state import Store, member_name, now_rfc3339
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ...network.manager import Network
     from ...pod.container import Container, Event
     from ...pod.pod import GuestAssets, Pod
+    from ...pod.pool import Lent
     from ...pod.templates import Templates
     from ...protocol.client import ProcessStreams
     from ...spec.pod import ContainerSpec, PodSpec
@@ -174,6 +175,8 @@ class Shim:
         self.fields: dict = {}  # NEW_CONTAINER's fields from the config (oci_fields)
         self.container_spec: ContainerSpec | None = None
         self.booting: asyncio.Future[None] | None = None  # the background boot (begin_boot())
+        self.size = (1, 256)  # the VM's vCPUs and MiB (create())
+        self.lending: asyncio.Future[tuple[dict, list[int]] | None] | None = None  # the factory's answer
         self.ended = asyncio.Event()  # a failed boot was reported (start, kill): the shim exits
 
     def spawn(self, aw) -> None:
@@ -202,7 +205,8 @@ class Shim:
         # What the config asks of the container, checked now (a bad seccomp profile fails create): its fields (the
         # filter compiled) and its spec, for the container the boot makes.
         self.fields = oci_fields(cfg)
-        self.container_spec = pod_spec(self.cid, cfg).containers[0]
+        spec = pod_spec(self.cid, cfg)
+        self.container_spec, self.size = spec.containers[0], (spec.resources.vcpu, spec.resources.memory)
         kind, path = oci.network_namespace(cfg)
         self.netns = f"/proc/{os.getpid()}/ns/net" if kind == "new" else path  # main() left the host's for "new"
         self.state = {"id": self.cid, "bundle": str(self.bundle), "rootfs": str(root), "status": "creating",
@@ -230,7 +234,10 @@ class Shim:
 
     def begin_boot(self) -> None:
         """After `create` has answered: the pod core's imports, the guest's assets, the container and the VM, in
-        the background; ready() waits for them."""
+        the background; ready() waits for them. A VM without a NIC is asked of the factory at once, while the
+        pod core is imported."""
+        if self.unplugged:
+            self.lending = asyncio.ensure_future(asyncio.to_thread(factory.borrow, self.store.root, *self.size))
         self.booting = asyncio.ensure_future(self.prepare_and_boot())
 
     async def prepare_and_boot(self) -> None:
@@ -301,10 +308,13 @@ class Shim:
         self.network = Network("none", self.store.dir(self.cid) / "network.db")
         await self.network.setup()
         statedir = self.store.dir(self.cid) / "pod"
+        if ns is not None:
+            await self.give_back()
+        lent = await self.borrow(spec) if ns is None else None  # the factory's VMs have no NIC
         # The VM's sockets below the shim's own directory: a pod's teardown removes its rundir, the shim's socket
         # stays (start reports a failed boot, a VM booted again keeps the shim serving).
         self.pod = Pod(self.cid, self.cid[:63], spec, [self.container], statedir, self.store.rundir(self.cid) / "vm",
-                       self.assets, self.network, self.templates, "template")
+                       self.assets, self.network, self.templates, "pool" if lent else "template", pool=lent)
         self.pod.on_change.append(self.record_vm)
         await self.pod.start(start_containers=False)
         vm = self.pod.runtime()
@@ -313,6 +323,50 @@ class Shim:
         self.store.save(self.cid, self.state)
         log.info("timing: VM up at %.3f s (boot %.3f s, from %s; pod marks %s)", since_start(),
                  time.monotonic() - t, self.pod.booted_from, self.pod.timings.marks)
+
+    async def borrow(self, spec: PodSpec) -> Lent | None:
+        """A VM from this root's factory (factory.py), ready and paused, if one runs and has one of this size."""
+        from ...pod.pool import Lent, Slot
+        from ...pod.templates import Template, vm_config
+        from ...protocol.client import AgentClient
+        from ...vm.machine import Machine
+        from ...vm.qemu import Sockets
+
+        assert self.assets
+        cpus, memory = spec.resources.vcpu, spec.resources.memory
+        lending, self.lending = self.lending, None
+        got = await lending if lending else None
+        if got is None:
+            return None
+        info, fds = got
+        ctl, io = (socket.socket(fileno=fd) for fd in fds)
+        rundir, share = Path(info["rundir"]), Path(info["share_dir"])
+        proc = procs.adopt(info.get("pid"), info.get("start"), str(rundir))
+        if proc is None:  # gone meanwhile: the factory reclaims it
+            ctl.close()
+            io.close()
+            return None
+        machine = Machine(vm_config(self.assets.kernel, self.assets.initrd, self.assets.accel, Sockets(rundir), cpus,
+                                    memory, share, False, Template(rundir / "template"), building=False))
+        machine.proc, machine.lent = proc, True  # type: ignore[assignment]  # stopped here, freed by the factory
+        self.state.update(vm_dir=str(rundir), vm_lent=True)  # for `delete` after a kill -9 of the shim
+        agent = AgentClient()
+        await agent.connect_sockets(ctl, io)
+        log.info("timing: VM lent by the factory at %.3f s (%s)", since_start(), rundir.name)
+        return Lent(Slot(rundir, share, machine, agent, str(info.get("template", "")), None))
+
+    async def give_back(self) -> None:
+        """A VM the factory lent that this container cannot use (its namespace has an interface by now): stopped;
+        the factory frees it."""
+        lending, self.lending = self.lending, None
+        got = await lending if lending else None
+        if got is None:
+            return
+        info, fds = got
+        for fd in fds:
+            os.close(fd)
+        if proc := procs.adopt(info.get("pid"), info.get("start"), str(info.get("rundir"))):
+            proc.kill()
 
     def record_vm(self, pod: Pod) -> None:
         """QEMU's pid in the state as soon as it exists: `delete --force` stops the VM of a shim killed meanwhile."""
@@ -871,7 +925,10 @@ def main() -> None:
     logging.basicConfig(filename=args.log, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        mountns.leave_host()  # the share's mounts are no mount points on the host (storage/mountns.py)
+        # The share's mounts are no mount points on the host (storage/mountns.py): in the factory's namespace if this
+        # root has one running (its VMs' shares are there: factory.py), else in one of the shim's own.
+        if not mountns.join(factory.pin_dir(Path(args.root))):
+            mountns.leave_host()
     except OSError as e:
         os.write(args.status_fd, f"error a mount namespace for the shim: {e.strerror}\n".encode())
         sys.exit(1)

@@ -1,0 +1,102 @@
+"""runv's VM factory (cli/runv/factory.py): a container whose VM needs no NIC takes a VM the factory made ready,
+runs in it like any other, and its VM is freed by the factory once the shim has stopped it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hypercontainer.cli.runv import factory as vm_factory
+
+from .test_runv import RUNV, Runv, bundle, configure, rootfs_tar, runv, wait_for  # noqa: F401 - fixtures
+
+
+def qemus_under(path: Path) -> list[int]:
+    """QEMU processes whose command line names a path below `path`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu-system" in cmd and str(path).encode() in cmd:
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture
+def factory(runv: Runv, tmp_path: Path) -> Iterator[subprocess.Popen]:  # noqa: F811
+    with open(tmp_path / "factory.log", "wb") as log:
+        proc = subprocess.Popen([RUNV, "--root", str(runv.root), "factory", "--size", "1"], env=runv.env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: (vm_factory.status(runv.root) or {}).get("ready") == 1, 180)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_a_container_takes_a_ready_vm_and_the_factory_frees_it(runv: Runv, bundle: Path,  # noqa: F811
+                                                                factory) -> None:
+    home = vm_factory.home(runv.root)
+    configure(bundle, ["sleep", "300"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["namespaces"].append({"type": "network"})  # a namespace of its own, empty: a VM without a NIC
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    r = runv.detached("create", "--bundle", str(bundle), "f1")
+    assert r.returncode == 0, r.stderr
+    r = runv("start", "f1")
+    assert r.returncode == 0, r.stderr
+    st = json.loads((runv.root / "f1" / "state.json").read_text())
+    assert st["booted_from"].startswith("pool:"), st  # a lent VM: no boot, no restore
+    vm = st["vm_pid"]
+    assert vm in qemus_under(home / "vms")
+    r = runv("exec", "f1", "sh", "-c", "echo hello from $(cat /proc/1/comm)")
+    assert (r.returncode, r.stdout) == (0, b"hello from sleep\n"), r.stderr
+    wait_for(lambda: vm_factory.status(runv.root) == {"ready": 1, "size": 1, "lent": 1}, 120)  # refilled
+    assert runv("kill", "f1", "KILL").returncode == 0
+    runv.wait_status("f1", "stopped")
+    assert runv("delete", "f1").returncode == 0
+    wait_for(lambda: not Path(f"/proc/{vm}").exists())
+    wait_for(lambda: (vm_factory.status(runv.root) or {}).get("lent") == 0)  # freed: uid, cgroup, directory
+    assert len(list((home / "vms").iterdir())) == 1  # the one ready
+    factory.send_signal(signal.SIGTERM)
+    assert factory.wait(60) == 0
+    assert vm_factory.status(runv.root) is None and not qemus_under(home)
+    assert not vm_factory.socket_path(runv.root).exists()
+
+
+def test_a_container_without_a_factory_vm_boots_its_own(runv: Runv, bundle: Path, factory) -> None:  # noqa: F811
+    """A VM with a NIC is never lent (the factory's have none): a network namespace with an interface boots from
+    the template, and the factory keeps its VM."""
+    configure(bundle, ["true"])  # runv spec's config: no network namespace (the host's, which has interfaces)
+    r = runv("run", "--bundle", str(bundle), "f2")
+    assert r.returncode == 0, r.stderr
+    assert vm_factory.status(runv.root) == {"ready": 1, "size": 1, "lent": 0}
+    assert os.path.exists(vm_factory.socket_path(runv.root))
+
+
+def test_delete_force_after_the_shim_was_killed_stops_the_lent_vm(runv: Runv, bundle: Path,  # noqa: F811
+                                                                     factory) -> None:
+    configure(bundle, ["sleep", "300"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["namespaces"].append({"type": "network"})
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    assert runv.detached("create", "--bundle", str(bundle), "f3").returncode == 0
+    assert runv("start", "f3").returncode == 0
+    st = json.loads((runv.root / "f3" / "state.json").read_text())
+    assert st["booted_from"].startswith("pool:") and st["vm_lent"]
+    os.kill(st["pid"], signal.SIGKILL)
+    wait_for(lambda: runv.state("f3")["status"] == "stopped")
+    r = runv("delete", "--force", "f3")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: not Path(f"/proc/{st['vm_pid']}").exists())  # killed, and reaped by the factory
+    wait_for(lambda: (vm_factory.status(runv.root) or {}).get("lent") == 0)  # the factory freed it
