@@ -141,7 +141,8 @@ def test_the_engines_hot_verbs_and_the_shim_import_only_what_they_need(tmp_path:
     main = "from hypercontainer.cli.runv.hot import main; main()"
     log = ["--log", str(tmp_path / "log.json"), "--log-format=json"]
     for verb in (["state", "c1"], ["start", "c1"], ["kill", "c1", "9"], ["kill", "--all", "c1", "KILL"],
-                 ["delete", "--force", "c1"], ["delete", "c1"]):
+                 ["delete", "--force", "c1"], ["delete", "c1"],
+                 ["create", "--bundle", str(tmp_path / "none"), "--pid-file=/dev/null", "--no-pivot", "c1"]):
         assert not heavy & imported(["-c", main, "--root", str(tmp_path), *log, *verb]), verb
     assert "click" in imported(["-c", main, "--root", str(tmp_path), "list"])
     assert "click" in imported(["-c", main, "--root", str(tmp_path), "kill", "--bogus", "c1"])

@@ -1,4 +1,4 @@
-"""runv's entry point. The verbs an engine calls for every container (start, state, kill, delete), given as
+"""runv's entry point. The verbs an engine calls for every container (create, start, state, kill, delete), given as
 engines give them (runc's grammar: global options, the verb, its flags, the id), run without importing click,
 whose import is ~20 ms of each call. Anything else (other verbs, --help, an option or an argument count this
 parser does not know) goes to the full command line (main.py), which also reports what is wrong with it."""
@@ -10,8 +10,12 @@ from pathlib import Path
 
 GLOBAL_VALUES = ("--root", "--log", "--log-format", "--rootless", "--criu")
 GLOBAL_FLAGS = ("--debug", "--systemd-cgroup")
+# the options with a value a verb takes: option -> its name
+VALUES = {"create": {"-b": "bundle", "--bundle": "bundle", "--pid-file": "pid-file",
+                     "--console-socket": "console-socket", "--preserve-fds": "preserve-fds"}}
 # verb: (its flags and what they set, the least and the most arguments)
 VERBS: dict[str, tuple[dict[str, str], int, int]] = {
+    "create": ({"--no-pivot": "no-pivot", "--no-new-keyring": "no-new-keyring"}, 1, 1),
     "start": ({}, 1, 1),
     "state": ({}, 1, 1),
     "kill": ({"-a": "all", "--all": "all"}, 1, 2),
@@ -20,7 +24,7 @@ VERBS: dict[str, tuple[dict[str, str], int, int]] = {
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str], str, set[str], list[str]] | None:
-    """(global options, verb, flags, arguments), or None: not a hot verb as engines call it."""
+    """(options (global ones and the verb's), verb, flags, arguments), or None: not a hot verb as engines call it."""
     opts = {"--root": "/run/runv", "--log": "", "--log-format": "text"}
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
@@ -40,15 +44,29 @@ def parse(argv: list[str]) -> tuple[dict[str, str], str, set[str], list[str]] | 
         return None
     verb = argv[i]
     known, least, most = VERBS[verb]
+    values = VALUES.get(verb, {})
     flags: set[str] = set()
     args: list[str] = []
-    for a in argv[i + 1:]:
+    rest = argv[i + 1:]
+    while rest:
+        a = rest.pop(0)
+        name, eq, value = a.partition("=")
         if a in known:
             flags.add(known[a])
+        elif name in values:
+            if not eq:
+                if not rest or not rest[0]:
+                    return None
+                value = rest.pop(0)
+            if not value:
+                return None
+            opts[values[name]] = value
         elif a.startswith("-") or not a:
             return None
         else:
             args.append(a)
+    if not opts.get("preserve-fds", "0").isdigit():
+        return None
     return (opts, verb, flags, args) if least <= len(args) <= most else None
 
 
@@ -72,7 +90,11 @@ def run(opts: dict[str, str], verb: str, flags: set[str], args: list[str]) -> No
     rt = verbs.Runtime(Path(opts["--root"]), Path(opts["--log"]) if opts["--log"] else None, opts["--log-format"],
                        False)
     try:
-        if verb == "start":
+        if verb == "create":
+            path = {k: Path(opts[k]) if k in opts else None for k in ("pid-file", "console-socket")}
+            verbs.create(rt, Path(opts.get("bundle", ".")), path["pid-file"], path["console-socket"],
+                         int(opts.get("preserve-fds", "0")), args[0])
+        elif verb == "start":
             verbs.start(rt, args[0])
         elif verb == "state":
             print(verbs.state(rt, args[0]))

@@ -18,11 +18,11 @@ from ... import __version__
 from ...errors import HCError, InvalidArgument, NotFound
 from .. import run_cli
 from . import verbs, wire
-from .state import OCI_VERSION, check_id, member_name, oci_state
-from .verbs import Runtime, after_hooks, cleanup, log_error, stop_shim, warn
+from .state import OCI_VERSION, member_name, oci_state
+from .verbs import Runtime, after_hooks, cleanup, log_error, spawn_and_wait_ok, stop_shim, warn, write_pid_file
 
 if TYPE_CHECKING:
-    import subprocess
+    pass
 
 # Every engine call is a new runv process: what one verb needs (the pod core, pydantic's models, subprocess) is
 # imported in that verb, not here (`python -X importtime`; tests/test_runv.py keeps the hot verbs light).
@@ -58,26 +58,8 @@ def cli(ctx: click.Context, root: Path, log: Path | None, log_format: str, debug
 
 
 # ---- lifecycle ---------------------------------------------------------------------------------------------
-def spawn_and_wait_ok(argv: list[str], preserve: int = 0) -> subprocess.Popen:
-    """Starts a helper that reports `ok` (or `error MSG`) on a status pipe; returns it once it said ok."""
-    import subprocess
-
-    r, w = os.pipe()
-    preserved = tuple(range(3, 3 + preserve))
-    proc = subprocess.Popen([*argv, "--status-fd", str(w)], pass_fds=(w, *preserved), start_new_session=True)
-    os.close(w)
-    with os.fdopen(r) as f:
-        line = f.readline().strip()
-    if line != "ok":
-        proc.wait()
-        raise HCError(line.removeprefix("error ").strip() or f"the helper exited with status {proc.returncode}")
-    return proc
 
 
-def write_pid_file(path: Path, pid: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(str(pid))
-    tmp.rename(path)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -91,36 +73,9 @@ def write_pid_file(path: Path, pid: int) -> None:
 def create(bundle: Path, pid_file: Path | None, console_socket: Path | None, preserve_fds: int, no_pivot: bool,
            no_new_keyring: bool, cid: str) -> None:
     """Create a container: its process waits for `start`; its VM boots meanwhile (start waits for it)."""
-    create_container(bundle, pid_file, console_socket, preserve_fds, cid)
+    verbs.create(runtime(), bundle, pid_file, console_socket, preserve_fds, cid)
 
 
-def create_container(bundle: Path, pid_file: Path | None, console_socket: Path | None, preserve_fds: int,
-                     cid: str) -> subprocess.Popen:
-    rt = runtime()
-    check_id(cid)
-    bundle = bundle.resolve()
-    if not (bundle / "config.json").is_file():
-        raise InvalidArgument(f"bundle {bundle} has no config.json")
-    d = rt.store.reserve(cid)
-    rt.store.save(cid, {"id": cid, "bundle": str(bundle), "status": "creating", "pid": 0})
-    if preserve_fds:  # reported, never dropped silently
-        msg = f"--preserve-fds {preserve_fds}: open files cannot cross into a VM; the process does not get them"
-        warn(rt, msg)
-    argv = [sys.executable, "-m", "hypercontainer.cli.runv.shim", "--root", str(rt.store.root), "--id", cid,
-            "--bundle", str(bundle), "--log", str(d / "shim.log")]
-    if console_socket:
-        argv += ["--console-socket", str(console_socket.resolve())]
-    try:
-        proc = spawn_and_wait_ok(argv, preserve_fds)
-    except HCError:
-        cleanup(rt.store, cid)
-        raise
-    for line in (d / "shim.log").read_text(errors="replace").splitlines():
-        if "not supported, ignored:" in line:  # reported, never dropped silently
-            warn(rt, line.split("WARNING runv-shim: ", 1)[-1])
-    if pid_file:
-        write_pid_file(pid_file, proc.pid)
-    return proc
 
 
 @cli.command(context_settings=CONTEXT)
@@ -146,7 +101,7 @@ def start(cid: str) -> None:
 def run(bundle: Path, pid_file: Path | None, console_socket: Path | None, detach: bool, preserve_fds: int,
         no_pivot: bool, no_new_keyring: bool, cid: str) -> None:
     """Create and start a container; without -d, wait for it and exit with its status."""
-    proc = create_container(bundle, pid_file, console_socket, preserve_fds, cid)
+    proc = verbs.create(runtime(), bundle, pid_file, console_socket, preserve_fds, cid)
     rt = runtime()
     try:
         wire.request(rt.store.sock(cid), {"op": "start"})

@@ -9,11 +9,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...errors import HCError, NotFound
+from ...errors import HCError, InvalidArgument, NotFound
 from . import wire
-from .state import Store, oci_state
+from .state import Store, check_id, oci_state
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 class Runtime:
@@ -205,3 +208,55 @@ def delete(rt: Runtime, force: bool, cid: str) -> None:
         unplug(rt, cid, st)
     cleanup(rt.store, cid)
     after_hooks(rt, st, "poststop", "stopped")
+
+
+def spawn_and_wait_ok(argv: list[str], preserve: int = 0) -> subprocess.Popen:
+    """Starts a helper that reports `ok` (or `error MSG`) on a status pipe; returns it once it said ok."""
+    import subprocess
+
+    r, w = os.pipe()
+    preserved = tuple(range(3, 3 + preserve))
+    proc = subprocess.Popen([*argv, "--status-fd", str(w)], pass_fds=(w, *preserved), start_new_session=True)
+    os.close(w)
+    with os.fdopen(r) as f:
+        line = f.readline().strip()
+    if line != "ok":
+        proc.wait()
+        raise HCError(line.removeprefix("error ").strip() or f"the helper exited with status {proc.returncode}")
+    return proc
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(str(pid))
+    tmp.rename(path)
+
+
+def create(rt: Runtime, bundle: Path, pid_file: Path | None, console_socket: Path | None, preserve_fds: int,
+           cid: str) -> subprocess.Popen:
+    """Create a container: its shim checks the config and reports it created; the VM boots after."""
+    check_id(cid)
+    bundle = bundle.resolve()
+    if not (bundle / "config.json").is_file():
+        raise InvalidArgument(f"bundle {bundle} has no config.json")
+    d = rt.store.reserve(cid)
+    rt.store.save(cid, {"id": cid, "bundle": str(bundle), "status": "creating", "pid": 0})
+    if preserve_fds:  # reported, never dropped silently
+        msg = f"--preserve-fds {preserve_fds}: open files cannot cross into a VM; the process does not get them"
+        warn(rt, msg)
+    argv = [sys.executable, "-m", "hypercontainer.cli.runv.shim", "--root", str(rt.store.root), "--id", cid,
+            "--bundle", str(bundle), "--log", str(d / "shim.log")]
+    if console_socket:
+        argv += ["--console-socket", str(console_socket.resolve())]
+    try:
+        proc = spawn_and_wait_ok(argv, preserve_fds)
+    except HCError:
+        cleanup(rt.store, cid)
+        raise
+    for line in (d / "shim.log").read_text(errors="replace").splitlines():
+        if "not supported, ignored:" in line:  # reported, never dropped silently
+            warn(rt, line.split("WARNING runv-shim: ", 1)[-1])
+    if pid_file:
+        write_pid_file(pid_file, proc.pid)
+    return proc
+
