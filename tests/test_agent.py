@@ -199,6 +199,47 @@ async def test_container_root_and_isolation(agent_host_binary: Path, busybox_tar
     shutil.rmtree(share)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="container setup needs root")
+async def test_hold_then_start_container(agent_host_binary: Path, busybox_tar: Path, tmp_path: Path) -> None:
+    """NEW_CONTAINER with hold: the process is set up on its root and waits (no output, not yet exec'd) until
+    START_CONTAINER, which answers once it runs; a step after the hold that fails is START_CONTAINER's ERROR (with
+    its phase) and the process exits 127; a held process can be killed; only a held container can be started."""
+    share = tmp_path / "share"
+    share.mkdir()
+    for name in ("c1", "c2", "c3"):
+        with tarfile.open(busybox_tar) as outer:
+            layer = outer.extractfile("layer/layer.tar")
+            assert layer
+            unpack_layer(layer, share / name)  # type: ignore[arg-type]
+    async with Agent(agent_host_binary, share) as c:
+        await c.handshake(5)
+        p = c.register(2, False)
+        pid = (await c.request(Msg.NEW_CONTAINER, {"id": "c1", "rootfs": "c1", "arg": ["sh", "-c", "echo started"],
+                                                   "stream": 2, "hold": 1}))["pid"]
+        assert Path(f"/proc/{pid}/exe").resolve() == agent_host_binary.resolve()  # not exec'd yet
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(p.stdout.get(), 0.3)
+        reply = await c.request(Msg.START_CONTAINER, {"id": "c1"})
+        assert reply["pid"] == pid
+        assert await p.stdout.get() == b"started\n" and await asyncio.wait_for(p.exit, 10) == 0
+        e = await _refused(c, Msg.START_CONTAINER, 0, id="c1")
+        assert e.errno == errno.EINVAL and "not waiting to start" in e.message
+        e = await _refused(c, Msg.START_CONTAINER, 0, id="nope")
+        assert e.errno == errno.ENOENT
+        p = await _started(c, Msg.NEW_CONTAINER, 4, id="c2", rootfs="c2", arg=["true"], cwd="/no/such", hold=1)
+        e = await _refused(c, Msg.START_CONTAINER, 0, id="c2")
+        assert (e.phase, e.errno, command_exit_code(e)) == (Phase.CHDIR, errno.ENOENT, 127)
+        assert await asyncio.wait_for(p.exit, 10) == 127
+        p = await _started(c, Msg.NEW_CONTAINER, 6, id="c3", rootfs="c3", arg=["true"], hold=1)
+        await c.request(Msg.SIGNAL, {"stream": 6, "signal": 9})
+        assert await asyncio.wait_for(p.exit, 10) == 137
+        e = await _refused(c, Msg.START_CONTAINER, 0, id="c3")
+        assert e.errno == errno.EINVAL
+        e = await _refused(c, Msg.EXEC, 8, id="c1", arg=["true"], hold=1)
+        assert e.errno == errno.EINVAL and "NEW_CONTAINER only" in e.message
+    shutil.rmtree(share)
+
+
 async def test_stream_zero_echoes(agent: Agent) -> None:
     async with agent as c:
         await c.handshake(5)

@@ -221,3 +221,18 @@ def test_exec_builtin_vector() -> None:
     assert "builtin" not in ExecRequest.from_fields({"arg": ["ps"]}, id="c1", stream=2).to_fields()
     with pytest.raises(ValueError, match="not NEW_CONTAINER fields: builtin"):
         ContainerRequest.from_fields(frame.fields)
+
+
+def test_hold_and_start_container_vectors() -> None:
+    """new-container-hold, start-container and its ACK (the agent's codec runs them too; tests/test_agent.py has
+    the agent hold and release a container): `hold` is NEW_CONTAINER's only, absent unless set."""
+    frames = {name: FrameReader("ctl").feed(raw)[0] for name, kind, raw in vectors()
+              if name in ("new-container-hold", "start-container", "start-container-ack")}
+    req = ContainerRequest.from_fields(frames["new-container-hold"].fields)
+    assert req.hold is True and (req.id, req.rootfs, req.stream) == ("c1", "c1", 2)
+    (again,) = FrameReader("ctl").feed(encode_ctl(Msg.NEW_CONTAINER, 19, req.to_fields()))
+    assert again.fields["hold"] == 1 and ContainerRequest.from_fields(again.fields) == req
+    assert "hold" not in ContainerRequest.from_fields({"arg": ["sh"]}, id="c1", stream=2).to_fields()
+    assert frames["start-container"].type == Msg.START_CONTAINER and frames["start-container"].fields == {"id": "c1"}
+    assert frames["start-container-ack"].fields == {"pid": 42}
+    assert "hold" not in ExecRequest.from_fields({"arg": ["sh"], "hold": 1}, id="c1", stream=2).to_fields()

@@ -100,6 +100,7 @@ class Container:
     oom_killed: bool = False  # its process was ended by the guest kernel's OOM killer (exit code 137)
     error: str | None = None
     pid: int | None = None
+    held: bool = False  # set up in the guest and waiting for its start (Pod.hold_created)
     fields: Fields = field(default_factory=dict)  # the process fields it was started with (exec starts from them)
     mounts: Fields = field(default_factory=dict)  # its volume mount fields
     restarts: int = 0
@@ -150,6 +151,7 @@ class Container:
         self.exit_code = self.error = None
         self.oom_killed = False
         self.streams = None
+        self.held = False
         self.finished_at = None
 
     def finish(self, exit_code: int, error: str | None = None) -> None:

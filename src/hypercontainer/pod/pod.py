@@ -452,13 +452,25 @@ class Pod:
         return {"mount_src": src, "mount_dst": dst, "mount_flags": flags,
                 "sysctl": [f"{k}={v}" for k, v in c.spec.sysctls.items()]}
 
-    async def _start_container(self, c: Container, fields: Fields) -> None:
-        assert self.agent
-        req = ContainerRequest.from_fields({**fields, **c.mounts, "rootfs": c.root_dir or c.name}, id=c.name,
-                                           stream=c.stream)
-        assert self.machine
-        c.streams = streams = await guarded(self.machine, self.agent.new_container(req))
-        c.pid = streams.pid
+    async def _start_container(self, c: Container, fields: Fields, hold: bool = False) -> None:
+        """NEW_CONTAINER; with `hold`, the process is set up and waits (c.held), and a second call lets it run."""
+        assert self.agent and self.machine
+        if c.held:
+            c.held = False
+            try:
+                await guarded(self.machine, self.agent.start_container(c.name))
+            except BaseException:  # as a NEW_CONTAINER that failed: not started, its stream given up (it exits 127)
+                self.agent.detach(c.stream)
+                c.streams = None
+                raise
+        else:
+            req = ContainerRequest.from_fields({**fields, **c.mounts, "rootfs": c.root_dir or c.name,
+                                                **({"hold": 1} if hold else {})}, id=c.name, stream=c.stream)
+            c.streams = streams = await guarded(self.machine, self.agent.new_container(req))
+            c.pid = streams.pid
+            if hold:
+                c.held = True
+                return
         c.started_at = time.time()
         c.started.set()
         self._relays.append(asyncio.create_task(c.relay()))
@@ -584,6 +596,16 @@ class Pod:
         log.error("pod %s: the guest agent is lost (%s): the pod fails", self.name, why)
         self.error = f"guest agent: {why}"
         self._failed = True
+
+    async def hold_created(self, name: str) -> None:
+        """Sets up a container that start(start_containers=False) left created, in the guest, up to its process's
+        exec (NEW_CONTAINER with hold): start_created() then only lets it run, as runc's start does after its
+        create (runv: the container's set-up overlaps the engine's work between create and start)."""
+        c = self.container(name)
+        if self.state != PodState.RUNNING or not self.agent:
+            raise Conflict(f"pod {self.name} is {self.state.value}, not running")
+        if not c.started.is_set() and not c.held:
+            await self._start_container(c, c.fields, hold=True)
 
     async def start_created(self, name: str) -> Container:
         """Starts a container that start(start_containers=False) left created."""

@@ -166,6 +166,8 @@ class ContainerRequest:
     # (none if privileged), (): none. An empty list goes on the wire as one empty entry.
     masked_paths: tuple[str, ...] | None = None
     readonly_paths: tuple[str, ...] | None = None
+    # True: set up, then wait for START_CONTAINER before the process's own steps and its exec (runc's create, start)
+    hold: bool | None = None
 
     MSG: ClassVar[Msg] = Msg.NEW_CONTAINER
     FIELDS: ClassVar[frozenset[str]] = frozenset()  # set below: the field names it carries
@@ -671,6 +673,16 @@ class Agent:
         """Starts the container's first process; its streams (registered before the request, so no output is
         missed) with `pid` set. Starting a container whose first process exited starts it anew."""
         return await self._start(req)
+
+    async def start_container(self, container_id: str) -> None:
+        """Lets a container created with `hold` run its process (ERROR with the phase that failed: it exits)."""
+        try:
+            await self.client.request(Msg.START_CONTAINER, {"id": container_id})
+        except AgentError as e:
+            code = command_exit_code(e)
+            if code is not None:
+                raise CommandNotRunnable(e.message, code) from None
+            raise
 
     async def exec(self, req: ExecRequest) -> ProcessStreams:
         return await self._start(req)

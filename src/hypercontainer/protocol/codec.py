@@ -38,6 +38,7 @@ class Msg(enum.IntEnum):
     STATS = 10
     CONTAINER_STATS = 11
     OPEN_PORT = 12
+    START_CONTAINER = 13
     ACK = 256
     ERROR = 257
     EXITED = 512
@@ -116,6 +117,7 @@ FIELDS: tuple[FieldDef, ...] = (
     FieldDef(61, "pids", "u64"),
     FieldDef(62, "port", "u64"),
     FieldDef(63, "builtin", "u64"),
+    FieldDef(64, "hold", "u64"),
 )
 RETIRED_TAGS = frozenset({31, 32, 33})
 BY_TAG = {f.tag: f for f in FIELDS}

@@ -317,6 +317,9 @@ class Shim:
                        self.assets, self.network, self.templates, "pool" if lent else "template", pool=lent)
         self.pod.on_change.append(self.record_vm)
         await self.pod.start(start_containers=False)
+        # The container set up in the guest now, its process waiting for `start` (runc's create): what is left
+        # for `start` is its own steps and exec.
+        await self.pod.hold_created(CONTAINER)
         vm = self.pod.runtime()
         self.state.update(vm_pid=vm["vm_pid"], vm_start=vm["vm_start"], booted_from=self.pod.booted_from,
                           network=self.pod.net.to_dict() if self.pod.net else None)

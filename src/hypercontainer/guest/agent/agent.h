@@ -42,6 +42,7 @@ struct proc {
 	char container[65]; /* the container it runs in; "" if none */
 	char cgroup[65];   /* the container whose cgroups it is in; "" if none */
 	unsigned long long oom_base; /* the cgroup's OOM kills when it started */
+	int held; /* a held container's first process (NEW_CONTAINER hold): its sync channel's fd + 1; 0: none */
 };
 
 struct container {

@@ -67,6 +67,7 @@ const struct field_def field_table[F_MAX_TAG + 1] = {
 	[F_PIDS] = {F_PIDS, "pids", KIND_U64, 0},
 	[F_PORT] = {F_PORT, "port", KIND_U64, 0},
 	[F_BUILTIN] = {F_BUILTIN, "builtin", KIND_U64, 0},
+	[F_HOLD] = {F_HOLD, "hold", KIND_U64, 0},
 };
 
 const struct msg_def msg_table[] = {
@@ -74,6 +75,7 @@ const struct msg_def msg_table[] = {
 	{MSG_NEW_CONTAINER, "NEW_CONTAINER"}, {MSG_EXEC, "EXEC"}, {MSG_SIGNAL, "SIGNAL"},
 	{MSG_WINSIZE, "WINSIZE"}, {MSG_SHUTDOWN, "SHUTDOWN"}, {MSG_REMOVE_CONTAINER, "REMOVE_CONTAINER"},
 	{MSG_STATS, "STATS"}, {MSG_CONTAINER_STATS, "CONTAINER_STATS"}, {MSG_OPEN_PORT, "OPEN_PORT"},
+	{MSG_START_CONTAINER, "START_CONTAINER"},
 	{MSG_ACK, "ACK"}, {MSG_ERROR, "ERROR"}, {MSG_EXITED, "EXITED"}, {0, NULL},
 };
 

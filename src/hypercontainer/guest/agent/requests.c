@@ -1,5 +1,5 @@
-/* The control requests: VERSION, START_POD, NEW_CONTAINER, EXEC, SIGNAL, WINSIZE, REMOVE_CONTAINER, STATS,
- * CONTAINER_STATS, OPEN_PORT, SHUTDOWN. */
+/* The control requests: VERSION, START_POD, NEW_CONTAINER, START_CONTAINER, EXEC, SIGNAL, WINSIZE,
+ * REMOVE_CONTAINER, STATS, CONTAINER_STATS, OPEN_PORT, SHUTDOWN. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -363,8 +363,13 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 
 	struct proc_io io;
 	pid_t pid;
-	int mntns = -1, pidns = -1;
-	if (spawn_process(&s, &pid, &io, new_container ? &mntns : NULL, new_container ? &pidns : NULL, e) < 0) {
+	int mntns = -1, pidns = -1, held = -1, hold = new_container && msg_u64(m, F_HOLD, 0);
+	if (msg_u64(m, F_HOLD, 0) > 1 || (!new_container && msg_get(m, F_HOLD))) {
+		fail(e, EINVAL, new_container ? "hold must be 0 or 1" : "hold is for NEW_CONTAINER only");
+		goto out;
+	}
+	if (spawn_process(&s, &pid, &io, new_container ? &mntns : NULL, new_container ? &pidns : NULL,
+			  hold ? &held : NULL, e) < 0) {
 		in_phase(e, PHASE_SPAWN);
 		goto out;
 	}
@@ -376,6 +381,7 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	slot->terminal = s.terminal;
 	slot->ns_init = s.new_pidns;
 	slot->container_init = new_container;
+	slot->held = held + 1;
 	snprintf(slot->container, sizeof(slot->container), "%s", new_container ? msg_str(m, F_ID, "") : c->id);
 	if (s.cgroup) {
 		snprintf(slot->cgroup, sizeof(slot->cgroup), "%s", s.cgroup);
@@ -461,6 +467,25 @@ static int handle_new_container(const struct msg *m, struct err *e)
 	c->used = 1;
 	c->init_stream = msg_u64(m, F_STREAM, 0);
 	snprintf(c->id, sizeof(c->id), "%s", id);
+	return 0;
+}
+
+/* A held container's first process goes on to its exec (NEW_CONTAINER with hold). */
+static int handle_start_container(const struct msg *m, struct err *e)
+{
+	const char *id = msg_str(m, F_ID, "");
+	struct container *c = container_by_id(id);
+	struct proc *init = c ? proc_by_stream(c->init_stream) : NULL;
+	if (!c)
+		return fail(e, ENOENT, "no container %s", id);
+	if (!init || init->exited || !init->held)
+		return fail(e, EINVAL, "container %s is not waiting to start", id);
+	int held = init->held - 1;
+	init->held = 0;
+	if (spawn_release(held, e) < 0)
+		return -1; /* it exits 127: EXITED follows */
+	frame_begin(&out, MSG_ACK, m->seq);
+	frame_add_u64(&out, F_PID, (uint64_t)init->pid);
 	return 0;
 }
 
@@ -705,6 +730,9 @@ void dispatch(const struct msg *m)
 			break;
 		case MSG_OPEN_PORT:
 			rc = handle_open_port(m, &e);
+			break;
+		case MSG_START_CONTAINER:
+			rc = handle_start_container(m, &e);
 			break;
 		case MSG_SHUTDOWN:
 			shutdown = 1;

@@ -262,8 +262,9 @@ int parse_rlimit(const char *text, struct rlimit_spec *out, struct err *e)
 	return fail(e, EINVAL, "unknown rlimit %s", name);
 }
 
-/* Parent side of the sync channel: 0 once the child exec'd, -1 with *e on its failure. */
-static int await_child(int fd, pid_t pid, int *mntns, int *pidns, struct err *e)
+/* Parent side of the sync channel: 0 once the child exec'd, 1 once it is set up (hold: not told to go on), -1
+ * with *e on its failure. */
+static int await_child(int fd, pid_t pid, int *mntns, int *pidns, int hold, struct err *e)
 {
 	for (;;) {
 		char tag = 0;
@@ -280,6 +281,8 @@ static int await_child(int fd, pid_t pid, int *mntns, int *pidns, struct err *e)
 			snprintf(path, sizeof(path), "/proc/%d/ns/pid", (int)pid);
 			if (pidns)
 				*pidns = open(path, O_RDONLY | O_CLOEXEC);
+			if (hold)
+				return 1;
 			(void)write_full(fd, "G", 1);
 			continue;
 		}
@@ -393,8 +396,16 @@ int spawn_pause(pid_t *pidp, int *pidns, struct err *e)
 	return 0;
 }
 
+int spawn_release(int held, struct err *e)
+{
+	int rc = write_full(held, "G", 1) < 0 ? fail_errno(e, "release the container's process")
+					       : await_child(held, 0, NULL, NULL, 0, e);
+	close(held);
+	return rc;
+}
+
 int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, int *mntns, int *pidns,
-		  struct err *e)
+		  int *held, struct err *e)
 {
 	int errp[2] = {-1, -1}, in[2] = {-1, -1}, out[2] = {-1, -1}, errs[2] = {-1, -1};
 	int master = -1, slave = -1;
@@ -450,8 +461,11 @@ int spawn_process(const struct proc_spec *s, pid_t *pidp, struct proc_io *io, in
 	}
 
 	close(errp[1]);
-	int failed = await_child(errp[0], pid, mntns, pidns, e) < 0;
-	close(errp[0]);
+	int got = await_child(errp[0], pid, mntns, pidns, held != NULL, e), failed = got < 0;
+	if (held)
+		*held = got == 1 ? errp[0] : -1;
+	if (got != 1)
+		close(errp[0]);
 	if (s->terminal) {
 		close(slave);
 		io->in = io->out = master;

@@ -68,7 +68,14 @@ struct proc_io {
  * EXECs). The pid is the agent's view of it (the guest's initial PID namespace).
  */
 int spawn_process(const struct proc_spec *s, pid_t *pid, struct proc_io *io, int *mntns, int *pidns,
-		  struct err *e);
+		  int *held, struct err *e);
+
+/*
+ * held non-NULL (a container's first process, with s->rootfs): the process stops once its container is set up
+ * (namespaces, cgroup, mounts, root) and before the rest (rlimits, working directory, filter, capabilities, user,
+ * exec); *held gets the fd that spawn_release() takes to let it go on (-1 if it did not stop: no root).
+ */
+int spawn_release(int held, struct err *e);
 
 /*
  * A PID namespace for containers that share one (a pod's shareProcessNamespace): its PID 1 is a pause

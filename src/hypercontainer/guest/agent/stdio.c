@@ -137,6 +137,8 @@ static void proc_finish_if_done(struct proc *p)
 	if (p->oom_killed)
 		frame_add_u64(&out, F_OOM_KILLED, 1);
 	send_frame();
+	if (p->held) /* exited while held (killed before START_CONTAINER) */
+		close(p->held - 1);
 	memset(p, 0, sizeof(*p));
 	p->in = p->out = p->err = -1;
 }
