@@ -16,7 +16,7 @@ from hypercontainer.errors import AgentError, HCError, VMError
 from hypercontainer.image.store import Image
 from hypercontainer.pod.container import Container
 from hypercontainer.pod.pod import GuestAssets, Pod
-from hypercontainer.pod.pool import Slot
+from hypercontainer.pod.pool import Lent, Slot
 from hypercontainer.pod.sources import Parts
 from hypercontainer.pod.states import PodState
 from hypercontainer.pod.templates import Template
@@ -166,18 +166,6 @@ class FakeTemplates:
         return self.template
 
 
-class FakePool:
-    def __init__(self, slot: Slot) -> None:
-        self.slot: Slot | None = slot
-
-    def take(self, spec: PodSpec | None = None) -> Slot | None:
-        slot, self.slot = self.slot, None
-        return slot
-
-    def fill(self) -> None:
-        pass
-
-
 def make_pod(tmp: Path, kind: str, ledger: Ledger) -> Pod:
     layer = tmp / "layer"
     (layer / "etc").mkdir(parents=True)
@@ -194,7 +182,7 @@ def make_pod(tmp: Path, kind: str, ledger: Ledger) -> Pod:
         slot = Slot(slot_dir, slot_dir / "share", FakeMachine(ledger, "pool-qemu"),  # type: ignore[arg-type]
                     FakeClient(ledger), "tkey", None)  # type: ignore[arg-type]
         ledger.live |= {"pool-qemu", "pool-agent"}  # running and connected before the pod takes it
-        pool = FakePool(slot)
+        pool = Lent(slot)
     pod = Pod("f" * 64, "p", spec, [c], tmp / "state", tmp / "run" / "pod", GuestAssets(tmp / "k", tmp / "i", "tcg"),
               templates=FakeTemplates(tmp / "template") if kind != "cold" else None,  # type: ignore[arg-type]
               boot=kind, pool=pool)  # type: ignore[arg-type]
