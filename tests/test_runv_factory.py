@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hypercontainer.cli.runv import factory as vm_factory
+from hypercontainer.cli.runv.state import Store
 
 from .test_runv import RUNV, Runv, bundle, configure, rootfs_tar, runv, wait_for  # noqa: F401 - fixtures
 
@@ -100,3 +101,20 @@ def test_delete_force_after_the_shim_was_killed_stops_the_lent_vm(runv: Runv, bu
     assert r.returncode == 0, r.stderr
     wait_for(lambda: not Path(f"/proc/{st['vm_pid']}").exists())  # killed, and reaped by the factory
     wait_for(lambda: (vm_factory.status(runv.root) or {}).get("lent") == 0)  # the factory freed it
+
+
+def test_a_shim_that_began_a_template_build_waits_for_it(runv: Runv, bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A container whose start began the template build (no template yet for its VM) and that ends first: its
+    shim waits for the build before it exits, so no template QEMU outlives it, and the template is there for the
+    next container."""
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for item in Path(runv.env["HYPERCONTAINER_ASSETS"]).iterdir():
+        if item.name != "templates":
+            (assets / item.name).symlink_to(item)
+    runv.env["HYPERCONTAINER_ASSETS"] = str(assets)
+    configure(bundle, ["true"])
+    r = runv("run", "--bundle", str(bundle), "t1")
+    assert r.returncode == 0, r.stderr
+    assert [d for d in (assets / "templates").iterdir() if (d / "meta.json").exists()]
+    assert not qemus_under(assets / "templates") and not qemus_under(Store(runv.root).rundir("t1"))

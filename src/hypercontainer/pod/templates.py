@@ -130,11 +130,20 @@ class Templates:
             raise RuntimeError(self.failures.get(key, "template build failed"))
         return t
 
+    @property
+    def building(self) -> bool:
+        return bool(self._building)
+
+    async def settle(self) -> None:
+        """Waits for the builds under way (each ends within its own timeouts): for a process that is about to
+        exit (runv's shim), whose build would otherwise leave its QEMU running."""
+        await asyncio.gather(*(asyncio.shield(t) for t in self._building.values()), return_exceptions=True)
+
     async def switch(self, kernel: Path, initrd: Path, accel: str, digest: str) -> None:
         """New templates are made from this guest (hyperd switched kernels) once the builds under way are done
         (a build reads the guest it was asked for as it goes). The old templates stay for the clones that map them;
         the next hyperd's prune() removes them."""
-        await asyncio.gather(*(asyncio.shield(t) for t in self._building.values()), return_exceptions=True)
+        await self.settle()
         self.kernel, self.initrd, self.accel, self.digest = kernel, initrd, accel, digest
         self.supported = serves_9p(kernel)
         self.failures.clear()

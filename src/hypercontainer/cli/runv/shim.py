@@ -444,6 +444,9 @@ class Shim:
             if self.pod:
                 await self.pod.stop()
                 log.info("timing: VM stopped at %.3f s", since_start())
+            if self.templates and self.templates.building:  # its QEMU would outlive the shim's os._exit
+                log.info("waiting for the template build this container's start began")
+                await self.templates.settle()
         finally:
             self.stopped()
         return self.exit_code
