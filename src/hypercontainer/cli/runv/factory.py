@@ -8,7 +8,8 @@ boots without one: a network namespace of their own that is still empty at `crea
 boot from the template as before. A shim asks over a unix socket (SOCK_SEQPACKET, one JSON request, one reply
 with the agent's two connected sockets as SCM_RIGHTS); the factory hands the VM over and forgets the connection.
 The shim owns the VM from then on (its Machine is `lent`: it stops QEMU); the factory, whose child QEMU stays,
-frees the VM's uid, cgroup and directory once QEMU has exited, and refills.
+frees the VM's uid, cgroup and directory once QEMU has exited, and refills. A shim that dies first (kill -9) takes
+its VM with it: the factory watches the borrower (its pid from the socket's credentials) and stops that VM.
 
 The VMs' share directories live in the factory's mount namespace (pinned like hyperd's, storage/mountns.py), and
 the shims of this root join it instead of making one of their own: what a shim mounts in a lent VM's share (the
@@ -25,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,8 +137,14 @@ async def lend(pool: Pool, conn: socket.socket, lent: set[asyncio.Task[None]]) -
         await loop.sock_sendall(conn, json.dumps({"none": why}).encode())
         pool.fill()
         return
-    slot = pool.ready.pop(0)
     from ... import procs
+
+    pid_of_peer = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    try:
+        borrower = procs.Adopted(pid_of_peer)
+    except OSError:  # gone already
+        return
+    slot = pool.ready.pop(0)
 
     pid = slot.machine.pid
     info = {"rundir": str(slot.rundir), "share_dir": str(slot.share_dir), "pid": pid,
@@ -152,15 +160,23 @@ async def lend(pool: Pool, conn: socket.socket, lent: set[asyncio.Task[None]]) -
         ctl.close()
         io.close()
     log.info("lent VM %s (pid %s)", slot.rundir.name, pid)
-    task = asyncio.ensure_future(reclaim(pool, slot))
+    task = asyncio.ensure_future(reclaim(pool, slot, borrower))
     lent.add(task)
     task.add_done_callback(lent.discard)
     pool.fill()
 
 
-async def reclaim(pool: Pool, slot: Slot) -> None:
-    """Once the shim has stopped the lent VM: its uid, cgroup and directory are freed."""
-    await slot.machine.wait()
+async def reclaim(pool: Pool, slot: Slot, borrower: Any) -> None:
+    """Once the shim has stopped the lent VM, or has died without (then the VM is stopped here): its uid, cgroup
+    and directory are freed."""
+    waits = {asyncio.ensure_future(slot.machine.wait()), asyncio.ensure_future(borrower.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in waits:
+            t.cancel()
+    if slot.machine.proc and slot.machine.proc.returncode is None:
+        log.info("the borrower of VM %s (pid %s) is gone: the VM goes too", slot.rundir.name, borrower.pid)
     await discard(pool, slot)
 
 
