@@ -119,3 +119,34 @@ def test_a_shim_that_began_a_template_build_waits_for_it(runv: Runv, bundle: Pat
     assert r.returncode == 0, r.stderr
     assert [d for d in (assets / "templates").iterdir() if (d / "meta.json").exists()]
     assert not qemus_under(assets / "templates") and not qemus_under(Store(runv.root).rundir("t1"))
+
+
+def test_a_new_factory_leaves_the_vms_lent_by_the_last_one(runv: Runv, bundle: Path, factory,  # noqa: F811
+                                                            tmp_path: Path) -> None:
+    """A factory that stops while a container runs in a VM it lent, then starts again: the container's VM (its
+    share, its mounts) is left alone and serves on; the new factory makes its own ready VMs."""
+    configure(bundle, ["sleep", "300"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["namespaces"].append({"type": "network"})
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    assert runv.detached("create", "--bundle", str(bundle), "f5").returncode == 0
+    assert runv("start", "f5").returncode == 0
+    st = json.loads((runv.root / "f5" / "state.json").read_text())
+    assert st["vm_lent"]
+    factory.send_signal(signal.SIGTERM)
+    assert factory.wait(60) == 0
+    with open(tmp_path / "factory2.log", "wb") as log:
+        again = subprocess.Popen([RUNV, "--root", str(runv.root), "factory", "--size", "1"], env=runv.env,
+                                 stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: (vm_factory.status(runv.root) or {}).get("ready") == 1, 180)
+        assert Path(f"/proc/{st['vm_pid']}").exists()
+        r = runv("exec", "f5", "cat", "/proc/1/comm")
+        assert (r.returncode, r.stdout) == (0, b"sleep\n"), r.stderr
+        assert runv("kill", "f5", "KILL").returncode == 0
+        runv.wait_status("f5", "stopped")
+        assert runv("delete", "f5").returncode == 0
+        wait_for(lambda: not Path(f"/proc/{st['vm_pid']}").exists())
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(60)

@@ -9,7 +9,8 @@ boot from the template as before. A shim asks over a unix socket (SOCK_SEQPACKET
 with the agent's two connected sockets as SCM_RIGHTS); the factory hands the VM over and forgets the connection.
 The shim owns the VM from then on (its Machine is `lent`: it stops QEMU); the factory, whose child QEMU stays,
 frees the VM's uid, cgroup and directory once QEMU has exited, and refills. A shim that dies first (kill -9) takes
-its VM with it: the factory watches the borrower (its pid from the socket's credentials) and stops that VM.
+its VM with it: the factory watches the borrower (its pid from the socket's credentials) and stops that VM. A
+factory started again removes the ready VMs of the last one and leaves the ones it lent alone while they run.
 
 The VMs' share directories live in the factory's mount namespace (pinned like hyperd's, storage/mountns.py), and
 the shims of this root join it instead of making one of their own: what a shim mounts in a lent VM's share (the
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runv-factory")
 DEFAULT_SIZE = 2
+LENT = "lent"  # in a VM's directory once a shim has it
 
 
 def home(root: Path) -> Path:
@@ -78,6 +80,7 @@ async def serve(root: Path, size: int, cpus: int, memory: int) -> None:
     from ...guest import assets as guest_assets
     from ...pod.pool import Pool
     from ...pod.templates import Templates
+    from ...vm import confine
     from ...vm.accel import detect
 
     env = environment()
@@ -87,8 +90,9 @@ async def serve(root: Path, size: int, cpus: int, memory: int) -> None:
     h = home(root)
     templates = Templates(a.kernel, a.initrd, accel.name, a.digest, p.assets / "templates", h / "templates")
     pool = Pool(size, templates, h / "vms", None, cpus, memory)
-    if gone := pool.sweep(set()):
+    if gone := pool.sweep(still_lent(h / "vms")):  # an earlier factory's ready VMs go; those lent out serve on
         log.info("removed %d VMs an earlier factory left", gone)
+    confine.sweep()  # the uids and cgroups of VMs that are gone (lent ones an earlier factory did not see end)
     lent: set[asyncio.Task[None]] = set()
     path = socket_path(root)
     path.unlink(missing_ok=True)
@@ -149,6 +153,7 @@ async def lend(pool: Pool, conn: socket.socket, lent: set[asyncio.Task[None]]) -
     pid = slot.machine.pid
     info = {"rundir": str(slot.rundir), "share_dir": str(slot.share_dir), "pid": pid,
             "start": procs.start_time(pid) if pid else None, "template": slot.template}
+    (slot.rundir / LENT).touch()  # a factory started later leaves it alone while its QEMU runs
     ctl, io = await slot.agent.detach()
     try:
         conn.setblocking(True)
@@ -164,6 +169,20 @@ async def lend(pool: Pool, conn: socket.socket, lent: set[asyncio.Task[None]]) -
     lent.add(task)
     task.add_done_callback(lent.discard)
     pool.fill()
+
+
+def still_lent(vms: Path) -> set[Path]:
+    """The directories of VMs an earlier factory lent whose QEMU still runs (a shim's container is in it)."""
+    from ... import procs
+    from ...pod.pool import VM_RECORD
+
+    keep = set()
+    for d in vms.iterdir() if vms.is_dir() else ():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            rec = json.loads((d / VM_RECORD).read_text())
+            if (d / LENT).exists() and procs.adopt(rec["pid"], rec["start"], str(d)):
+                keep.add(d)
+    return keep
 
 
 async def reclaim(pool: Pool, slot: Slot, borrower: Any) -> None:
