@@ -1,7 +1,9 @@
 """runv: an OCI runtime command line (runc's), so that podman, containerd and dockerd run containers in VMs.
 
-    main.py      the command line
+    hot.py       the entry point: the engine's hot verbs without click, the rest to main.py
+    main.py      the command line (click); verbs.py what the lifecycle verbs do
     shim.py      the per-container shim (boots the VM with the pod core, stands in for the container's process)
+    factory.py   `runv factory`: VMs kept ready and lent to shims (Kata's VM cache)
     execproc.py  the stand-in for an exec'd process
     wire.py      the shim's socket protocol; state.py the per-container state; fdio.py fd relays
 
