@@ -45,19 +45,26 @@ def factory(runv: Runv, tmp_path: Path) -> Iterator[subprocess.Popen]:  # noqa: 
         proc.wait(60)
 
 
+def sleeper_in_a_lent_vm(runv: Runv, bundle: Path, cid: str) -> dict:  # noqa: F811
+    """A `sleep 300` container in a network namespace of its own, still empty (a VM without a NIC: the factory's),
+    created and started; its state (state.json)."""
+    configure(bundle, ["sleep", "300"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["namespaces"].append({"type": "network"})
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    r = runv.detached("create", "--bundle", str(bundle), cid)
+    assert r.returncode == 0, r.stderr
+    r = runv("start", cid)
+    assert r.returncode == 0, r.stderr
+    st = json.loads((runv.root / cid / "state.json").read_text())
+    assert st["booted_from"].startswith("pool:") and st["vm_lent"], st  # a lent VM: no boot, no restore
+    return st
+
+
 def test_a_container_takes_a_ready_vm_and_the_factory_frees_it(runv: Runv, bundle: Path,  # noqa: F811
                                                                 factory) -> None:
     home = vm_factory.home(runv.root)
-    configure(bundle, ["sleep", "300"])
-    cfg = json.loads((bundle / "config.json").read_text())
-    cfg["linux"]["namespaces"].append({"type": "network"})  # a namespace of its own, empty: a VM without a NIC
-    (bundle / "config.json").write_text(json.dumps(cfg))
-    r = runv.detached("create", "--bundle", str(bundle), "f1")
-    assert r.returncode == 0, r.stderr
-    r = runv("start", "f1")
-    assert r.returncode == 0, r.stderr
-    st = json.loads((runv.root / "f1" / "state.json").read_text())
-    assert st["booted_from"].startswith("pool:"), st  # a lent VM: no boot, no restore
+    st = sleeper_in_a_lent_vm(runv, bundle, "f1")
     vm = st["vm_pid"]
     assert vm in qemus_under(home / "vms")
     r = runv("exec", "f1", "sh", "-c", "echo hello from $(cat /proc/1/comm)")
@@ -87,14 +94,7 @@ def test_a_container_without_a_factory_vm_boots_its_own(runv: Runv, bundle: Path
 
 def test_a_killed_shims_lent_vm_is_stopped_by_the_factory(runv: Runv, bundle: Path,  # noqa: F811
                                                                      factory) -> None:
-    configure(bundle, ["sleep", "300"])
-    cfg = json.loads((bundle / "config.json").read_text())
-    cfg["linux"]["namespaces"].append({"type": "network"})
-    (bundle / "config.json").write_text(json.dumps(cfg))
-    assert runv.detached("create", "--bundle", str(bundle), "f3").returncode == 0
-    assert runv("start", "f3").returncode == 0
-    st = json.loads((runv.root / "f3" / "state.json").read_text())
-    assert st["booted_from"].startswith("pool:") and st["vm_lent"]
+    st = sleeper_in_a_lent_vm(runv, bundle, "f3")
     os.kill(st["pid"], signal.SIGKILL)
     wait_for(lambda: runv.state("f3")["status"] == "stopped")
     # the factory saw its borrower die: the VM is stopped and freed, delete finds nothing left to stop
@@ -125,14 +125,7 @@ def test_a_new_factory_leaves_the_vms_lent_by_the_last_one(runv: Runv, bundle: P
                                                             tmp_path: Path) -> None:
     """A factory that stops while a container runs in a VM it lent, then starts again: the container's VM (its
     share, its mounts) is left alone and serves on; the new factory makes its own ready VMs."""
-    configure(bundle, ["sleep", "300"])
-    cfg = json.loads((bundle / "config.json").read_text())
-    cfg["linux"]["namespaces"].append({"type": "network"})
-    (bundle / "config.json").write_text(json.dumps(cfg))
-    assert runv.detached("create", "--bundle", str(bundle), "f5").returncode == 0
-    assert runv("start", "f5").returncode == 0
-    st = json.loads((runv.root / "f5" / "state.json").read_text())
-    assert st["vm_lent"]
+    st = sleeper_in_a_lent_vm(runv, bundle, "f5")
     factory.send_signal(signal.SIGTERM)
     assert factory.wait(60) == 0
     with open(tmp_path / "factory2.log", "wb") as log:
