@@ -308,9 +308,11 @@ class Shim:
         self.network = Network("none", self.store.dir(self.cid) / "network.db")
         await self.network.setup()
         statedir = self.store.dir(self.cid) / "pod"
-        if ns is not None:
+        lent = None
+        if ns is None:
+            lent = await self.borrow()
+        else:  # the factory's VMs have no NIC
             await self.give_back()
-        lent = await self.borrow(spec) if ns is None else None  # the factory's VMs have no NIC
         # The VM's sockets below the shim's own directory: a pod's teardown removes its rundir, the shim's socket
         # stays (start reports a failed boot, a VM booted again keeps the shim serving).
         self.pod = Pod(self.cid, self.cid[:63], spec, [self.container], statedir, self.store.rundir(self.cid) / "vm",
@@ -327,16 +329,14 @@ class Shim:
         log.info("timing: VM up at %.3f s (boot %.3f s, from %s; pod marks %s)", since_start(),
                  time.monotonic() - t, self.pod.booted_from, self.pod.timings.marks)
 
-    async def borrow(self, spec: PodSpec) -> Lent | None:
+    async def borrow(self) -> Lent | None:
         """A VM from this root's factory (factory.py), ready and paused, if one runs and has one of this size."""
         from ...pod.pool import Lent, Slot
-        from ...pod.templates import Template, vm_config
         from ...protocol.client import AgentClient
         from ...vm.machine import Machine
-        from ...vm.qemu import Sockets
+        from ...vm.qemu import Sockets, VMConfig
 
         assert self.assets
-        cpus, memory = spec.resources.vcpu, spec.resources.memory
         lending, self.lending = self.lending, None
         got = await lending if lending else None
         if got is None:
@@ -349,8 +349,7 @@ class Shim:
             ctl.close()
             io.close()
             return None
-        machine = Machine(vm_config(self.assets.kernel, self.assets.initrd, self.assets.accel, Sockets(rundir), cpus,
-                                    memory, share, False, Template(rundir / "template"), building=False))
+        machine = Machine(VMConfig(self.assets.kernel, self.assets.initrd, Sockets(rundir)))  # as a take-over's
         machine.proc, machine.lent = proc, True  # type: ignore[assignment]  # stopped here, freed by the factory
         self.state.update(vm_dir=str(rundir), vm_lent=True)  # for `delete` after a kill -9 of the shim
         agent = AgentClient()
