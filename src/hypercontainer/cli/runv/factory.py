@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from ...pod.pool import Pool, Slot
 
 log = logging.getLogger("runv-factory")
-DEFAULT_SIZE = 2
 LENT = "lent"  # in a VM's directory once a shim has it
 
 
