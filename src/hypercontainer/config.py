@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_ROOT = Path("/var/lib/hypercontainer")
 DEFAULT_RUN = Path("/run/hypercontainer")
@@ -23,8 +23,7 @@ ENV_KERNEL = "HYPERCONTAINER_KERNEL"
 ENV_VMM_UIDS = "HYPERCONTAINER_VMM_UIDS"
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):  # not a dataclass: `dataclasses` costs each runv call ~10 ms of imports
     root: Path  # persistent state: images, pods, sqlite
     run: Path  # runtime: sockets, per-pod runtime files
     assets: Path  # guest kernel, initramfs, agent builds
@@ -58,8 +57,7 @@ class Paths:
         self.assets.mkdir(parents=True, exist_ok=True, mode=0o755)
 
 
-@dataclass(frozen=True)
-class Environment:
+class Environment(NamedTuple):
     """What hyperctl, runv and `make assets` take from HYPERCONTAINER_* (raw: each consumer checks its own)."""
 
     paths: Paths
