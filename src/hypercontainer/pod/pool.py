@@ -212,7 +212,7 @@ class Pool:
             stack.push_async_callback(agent.close)
             stack.push_async_callback(machine.stop, 0)
             await machine.start(record=rundir / VM_RECORD)
-            await machine.restore(template.state, run=False)
+            await machine.restore(template.state)
             await agent.connect()
             await machine.resume()  # only now: see Machine.restore
             await asyncio.wait_for(agent.handshake(HANDSHAKE), HANDSHAKE)

@@ -188,7 +188,7 @@ async def _start_qemu(parts: Parts, plan: BootPlan, share: Share, template: Temp
     await machine.start()
     plan.mark("qemu")
     if template:
-        await machine.restore(template.state, run=False)
+        await machine.restore(template.state)
         plan.mark("restored")
         faults.point("restored")
     await agent.connect()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from ..errors import AgentError, CommandNotRunnable, VMError
+from ..errors import AgentError, CommandNotRunnable, HCError, VMError
 from .client import AgentClient, AgentRequestError, ProcessStreams, command_exit_code
 from .codec import BY_NAME, Fields, MountFlag, Msg
 
@@ -593,6 +593,13 @@ class PortWriter:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def not_runnable(e: AgentError) -> HCError:
+    """A failed process start as raised: CommandNotRunnable (docker's 126/127) when its command could not be run,
+    else the agent's error."""
+    code = command_exit_code(e)
+    return CommandNotRunnable(e.message, code) if code is not None else e
+
+
 class Agent:
     """One guest agent, typed. Failures are AgentRequestError (errno, message, phase), VMError when the
     connection is lost, CommandNotRunnable (docker's 126/127) when a process's command could not be run."""
@@ -679,10 +686,7 @@ class Agent:
         try:
             await self.client.request(Msg.START_CONTAINER, {"id": container_id})
         except AgentError as e:
-            code = command_exit_code(e)
-            if code is not None:
-                raise CommandNotRunnable(e.message, code) from None
-            raise
+            raise not_runnable(e) from None
 
     async def exec(self, req: ExecRequest) -> ProcessStreams:
         return await self._start(req)
@@ -693,10 +697,7 @@ class Agent:
             reply = await self.client.request(req.MSG, req.to_fields())
         except AgentError as e:
             self.client.unregister(req.stream)
-            code = command_exit_code(e)
-            if code is not None:
-                raise CommandNotRunnable(e.message, code) from None
-            raise
+            raise not_runnable(e) from None
         except BaseException:
             self.client.unregister(req.stream)
             raise

@@ -187,11 +187,11 @@ class Machine:
             await qmp.execute("migrate", {"uri": f"fd:{STATE_FD}"})
             await self._migration_done(qmp, timeout)
 
-    async def restore(self, state: Path, timeout: float = 30.0, run: bool = True) -> None:
+    async def restore(self, state: Path, timeout: float = 30.0) -> None:
         """A VM started with `incoming`: loads a template's device state (its RAM is the template's memory file,
-        mapped copy-on-write) and runs it; with run=False it stays paused until resume().
+        mapped copy-on-write); it stays paused until resume().
 
-        A clone's host connects to the agent's ports before it runs (run=False, connect, resume()): the template
+        A clone's host connects to the agent's ports before it runs (restore, connect, resume()): the template
         was saved with its builder connected, and a clone resumed before its host connects is told "host gone",
         then "host back"; a guest that handles the first after the host's first bytes arrived drops them, and its
         VERSION or START_POD is never answered (2-7 % of clones started four at a time fell back to a cold boot
@@ -202,8 +202,6 @@ class Machine:
             await self._pass_fd(qmp, os.open(state, os.O_RDONLY | os.O_CLOEXEC))
             await qmp.execute("migrate-incoming", {"uri": f"fd:{STATE_FD}"})
             await self._migration_done(qmp, timeout)
-            if run:
-                await qmp.execute("cont")
 
     async def resume(self) -> None:
         """Runs a paused VM (`cont`)."""

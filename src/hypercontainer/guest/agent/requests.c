@@ -266,6 +266,10 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 		fail(e, EINVAL, "builtin must be 0 or 1");
 		goto out;
 	}
+	if (msg_u64(m, F_HOLD, 0) > 1 || (!new_container && msg_get(m, F_HOLD))) { /* before any step */
+		fail(e, EINVAL, new_container ? "hold must be 0 or 1" : "hold is for NEW_CONTAINER only");
+		goto out;
+	}
 	if (msg_u64(m, F_BUILTIN, 0) && !(s.builtin = builtin_find(argv[0]))) {
 		fail(e, EINVAL, "unknown builtin \"%s\"", argv[0]);
 		goto out;
@@ -364,10 +368,6 @@ static int start_process(const struct msg *m, struct container *c, int new_conta
 	struct proc_io io;
 	pid_t pid;
 	int mntns = -1, pidns = -1, held = -1, hold = new_container && msg_u64(m, F_HOLD, 0);
-	if (msg_u64(m, F_HOLD, 0) > 1 || (!new_container && msg_get(m, F_HOLD))) {
-		fail(e, EINVAL, new_container ? "hold must be 0 or 1" : "hold is for NEW_CONTAINER only");
-		goto out;
-	}
 	if (spawn_process(&s, &pid, &io, new_container ? &mntns : NULL, new_container ? &pidns : NULL,
 			  hold ? &held : NULL, e) < 0) {
 		in_phase(e, PHASE_SPAWN);
