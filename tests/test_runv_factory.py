@@ -38,7 +38,7 @@ def factory(runv: Runv, tmp_path: Path) -> Iterator[subprocess.Popen]:  # noqa: 
         proc = subprocess.Popen([RUNV, "--root", str(runv.root), "factory", "--size", "1"], env=runv.env,
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: (vm_factory.status(runv.root) or {}).get("ready") == 1, 180)
+        wait_for(lambda: vm_factory.status(runv.root) == {"ready": 1, "size": 1, "lent": 0, "shims": 1}, 180)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -69,7 +69,7 @@ def test_a_container_takes_a_ready_vm_and_the_factory_frees_it(runv: Runv, bundl
     assert vm in qemus_under(home / "vms")
     r = runv("exec", "f1", "sh", "-c", "echo hello from $(cat /proc/1/comm)")
     assert (r.returncode, r.stdout) == (0, b"hello from sleep\n"), r.stderr
-    wait_for(lambda: vm_factory.status(runv.root) == {"ready": 1, "size": 1, "lent": 1}, 120)  # refilled
+    wait_for(lambda: vm_factory.status(runv.root) == {"ready": 1, "size": 1, "lent": 1, "shims": 1}, 120)  # refilled
     assert runv("kill", "f1", "KILL").returncode == 0
     runv.wait_status("f1", "stopped")
     assert runv("delete", "f1").returncode == 0
@@ -88,14 +88,16 @@ def test_a_container_without_a_factory_vm_boots_its_own(runv: Runv, bundle: Path
     configure(bundle, ["true"])  # runv spec's config: no network namespace (the host's, which has interfaces)
     r = runv("run", "--bundle", str(bundle), "f2")
     assert r.returncode == 0, r.stderr
-    assert vm_factory.status(runv.root) == {"ready": 1, "size": 1, "lent": 0}
+    wait_for(lambda: vm_factory.status(runv.root) == {"ready": 1, "size": 1, "lent": 0, "shims": 1}, 120)
     assert os.path.exists(vm_factory.socket_path(runv.root))
 
 
 def test_a_killed_shims_lent_vm_is_stopped_by_the_factory(runv: Runv, bundle: Path,  # noqa: F811
                                                                      factory) -> None:
+    """kill -9 of the warm shim (not its stand-in, the container's pid): the stand-in exits, the factory stops the
+    VM it lent."""
     st = sleeper_in_a_lent_vm(runv, bundle, "f3")
-    os.kill(st["pid"], signal.SIGKILL)
+    os.kill(st["shim_pid"], signal.SIGKILL)
     wait_for(lambda: runv.state("f3")["status"] == "stopped")
     # the factory saw its borrower die: the VM is stopped and freed, delete finds nothing left to stop
     wait_for(lambda: not Path(f"/proc/{st['vm_pid']}").exists())
@@ -143,3 +145,55 @@ def test_a_new_factory_leaves_the_vms_lent_by_the_last_one(runv: Runv, bundle: P
     finally:
         again.send_signal(signal.SIGTERM)
         again.wait(60)
+
+
+def warm_shim_log(tmp_path: Path) -> int:
+    return (tmp_path / "factory.log").read_text().count("handed out warm shim")
+
+
+def test_create_takes_a_warm_shim_its_stand_in_relays_stdio_and_exit_code(runv: Runv, bundle: Path,  # noqa: F811
+                                                                           factory, tmp_path: Path) -> None:
+    """`runv create` with a factory running: a warm shim creates the container; the process that stands for it is
+    runv create's fork, in the network namespace the config asks for; stdio and the exit code come through it."""
+    configure(bundle, ["sh", "-c", "read x; echo out $x; echo err >&2; exit 3"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["namespaces"].append({"type": "network"})
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    r = runv("run", "--bundle", str(bundle), "w1", input=b"hello\n")
+    assert (r.returncode, r.stdout, r.stderr) == (3, b"out hello\n", b"err\n")
+    assert warm_shim_log(tmp_path) == 1
+    assert runv("state", "w1").returncode == 1 and not (runv.root / "w1").exists()
+    wait_for(lambda: (vm_factory.status(runv.root) or {}).get("shims") == 1, 120)  # another one ready
+
+
+def test_signals_to_the_stand_in_reach_the_container_and_killing_it_ends_all(runv: Runv, bundle: Path,  # noqa: F811
+                                                                             factory, tmp_path: Path) -> None:
+    st = sleeper_in_a_lent_vm(runv, bundle, "w2")
+    assert warm_shim_log(tmp_path) == 1 and st["shim_pid"] != st["pid"]
+    assert os.readlink(f"/proc/{st['pid']}/ns/net") != os.readlink("/proc/self/ns/net")  # its own, empty
+    assert b"runv" in Path(f"/proc/{st['pid']}/cmdline").read_bytes()  # runv create's fork, not the shim
+    os.kill(st["pid"], signal.SIGTERM)  # forwarded: sleep ends with it
+    runv.wait_status("w2", "stopped")
+    assert json.loads((runv.root / "w2" / "state.json").read_text())["exit_code"] == 128 + signal.SIGTERM
+    assert runv("delete", "w2").returncode == 0  # waits for the shim to stop the VM
+    assert not Path(f"/proc/{st['vm_pid']}").exists() and not Path(f"/proc/{st['shim_pid']}").exists()
+
+    wait_for(lambda: (vm_factory.status(runv.root) or {}).get("shims") == 1, 120)
+    st = sleeper_in_a_lent_vm(runv, bundle, "w3")
+    os.kill(st["pid"], signal.SIGKILL)  # the container's pid is gone: so is the container, its VM and shim
+    wait_for(lambda: not Path(f"/proc/{st['vm_pid']}").exists() and not Path(f"/proc/{st['shim_pid']}").exists())
+    runv.wait_status("w3", "stopped")
+    assert runv("delete", "w3").returncode == 0
+
+
+def test_a_warm_shim_with_other_settings_is_not_used(runv: Runv, bundle: Path, factory,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    """A runv create whose HYPERCONTAINER_* settings differ from the factory's: the warm shim refuses it, and
+    create starts a shim of its own."""
+    runv.env["HYPERCONTAINER_TEST_OTHER"] = "1"
+    configure(bundle, ["true"])
+    r = runv.detached("create", "--bundle", str(bundle), "w4")
+    assert r.returncode == 0, r.stderr
+    st = json.loads((runv.root / "w4" / "state.json").read_text())
+    assert "shim_pid" not in st and warm_shim_log(tmp_path) == 1
+    assert runv("delete", "--force", "w4").returncode == 0

@@ -48,11 +48,11 @@ def memory_cgroup(cfg: oci.Config) -> Path | None:
     return base / (path if path.startswith("/") else f"{own}/{path}").strip("/")
 
 
-def join(cg: Path) -> bool:
-    """The calling process moves into `cg` (made if missing). False, logged, where it cannot."""
+def join(cg: Path, pid: int) -> bool:
+    """The process `pid` moves into `cg` (made if missing). False, logged, where it cannot."""
     try:
         cg.mkdir(parents=True, exist_ok=True)
-        (cg / "cgroup.procs").write_text(str(os.getpid()))
+        (cg / "cgroup.procs").write_text(str(pid))
     except OSError as e:
         log.warning("cannot join memory cgroup %s (an OOM kill in the guest will not show there): %s", cg, e)
         return False

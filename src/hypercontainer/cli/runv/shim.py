@@ -27,8 +27,9 @@ import sys
 import termios
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ... import nsenter, procs
 from ...config import environment
@@ -52,16 +53,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runv-shim")
 CONTAINER = "ctr"
-FORWARDED = [s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGPIPE,
-                                                   signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP,
-                                                   signal.SIGCONT, signal.SIGURG)]
 UNLIMITED = 2**64 - 1
 
 
+ASSIGNED: list[float] = []  # a warm shim's: when `runv create` handed it its container (CLOCK_BOOTTIME)
+
+
 def since_start() -> float:
-    """Seconds since the shim's process started (its interpreter's start-up and imports included; 10 ms steps)."""
+    """Seconds since the shim's process started (its interpreter's start-up and imports included; 10 ms steps), or
+    for a warm shim since it was handed its container."""
     ticks = procs.start_time(os.getpid()) or 0
-    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - (ASSIGNED[0] if ASSIGNED else ticks / os.sysconf("SC_CLK_TCK"))
+
 CLIENT_LINGER = 5.0  # seconds an exec's client has, after its exit status, to close its end
 
 
@@ -151,9 +154,19 @@ async def undone(shim: Shim, e: BaseException, what: str) -> str:
     return msg
 
 
+def release(lent: tuple[dict, list[int]]) -> None:
+    """A VM the factory lent that is not used: stopped (the factory frees it)."""
+    info, fds = lent
+    for fd in fds:
+        os.close(fd)
+    if proc := procs.adopt(info.get("pid"), info.get("start"), str(info.get("rundir"))):
+        proc.kill()
+
+
 class Shim:
     def __init__(self, store: Store, cid: str, bundle: Path, console_socket: Path | None) -> None:
         self.store, self.cid, self.bundle, self.console_socket = store, cid, bundle, console_socket
+        self.pid = os.getpid()  # the container's process on the host: the shim, or a warm shim's stand-in (warm())
         self.pod: Pod | None = None
         self.container: Container | None = None
         self.state: dict = {}
@@ -177,7 +190,15 @@ class Shim:
         self.booting: asyncio.Future[None] | None = None  # the background boot (begin_boot())
         self.size = (1, 256)  # the VM's vCPUs and MiB (create())
         self.lending: asyncio.Future[tuple[dict, list[int]] | None] | None = None  # the factory's answer
+        self.ahead: tuple[dict, list[int]] | None = None  # a VM a warm shim was lent with its container
         self.ended = asyncio.Event()  # a failed boot was reported (start, kill): the shim exits
+        # A warm shim's: tells the stand-in the container's exit (its state "stopped" already) before the VM stops
+        self.exited: Callable[[int], None] | None = None
+
+    def pids(self) -> dict[str, int | None]:
+        """The state's pids: the container's on the host (what engines wait for) and the shim's, when not the same."""
+        own = {"shim_pid": os.getpid(), "shim_start": procs.start_time(os.getpid())} if self.pid != os.getpid() else {}
+        return {"pid": self.pid, "pid_start": procs.start_time(self.pid), **own}
 
     def spawn(self, aw) -> None:
         t = asyncio.ensure_future(aw)
@@ -208,15 +229,15 @@ class Shim:
         spec = pod_spec(self.cid, cfg)
         self.container_spec, self.size = spec.containers[0], (spec.resources.vcpu, spec.resources.memory)
         kind, path = oci.network_namespace(cfg)
-        self.netns = f"/proc/{os.getpid()}/ns/net" if kind == "new" else path  # main() left the host's for "new"
+        self.netns = f"/proc/{self.pid}/ns/net" if kind == "new" else path  # main() (or the stand-in) made it
         self.state = {"id": self.cid, "bundle": str(self.bundle), "rootfs": str(root), "status": "creating",
-                      "pid": os.getpid(), "pid_start": procs.start_time(os.getpid()), "created_rfc3339": now_rfc3339(),
-                      "annotations": cfg.annotations, "vm_pid": None, "vm_start": None}
+                      **self.pids(), "created_rfc3339": now_rfc3339(), "annotations": cfg.annotations,
+                      "vm_pid": None, "vm_start": None}
         self.join_cgroup(cfg)
         for hook_kind in ("prestart", "createRuntime"):  # docker's networking: a prestart hook fills the namespace
             if oci.hooks(cfg, hook_kind):
                 await asyncio.to_thread(hooks.run, cfg, hook_kind,
-                                        hooks.state(cfg, self.cid, str(self.bundle), "creating", os.getpid()),
+                                        hooks.state(cfg, self.cid, str(self.bundle), "creating", self.pid),
                                         self.host_netns)
         (self.store.dir(self.cid) / "pod" / "logs").mkdir(parents=True, exist_ok=True)
         if cfg.process and cfg.process.terminal:
@@ -224,7 +245,7 @@ class Shim:
         # A namespace of its own that is still empty: `ctr run --cni` (and CNI callers like it) fill it between
         # create and start, most engines (`--network none`) never do; a microvm cannot take a NIC later (no
         # hotplug), so the VM boots now without one and, if the namespace has an interface by start, again then.
-        self.unplugged = kind == "new" and not nsenter.links("/proc/self/ns/net")
+        self.unplugged = kind == "new" and not nsenter.links(f"/proc/{self.pid}/ns/net")
         if self.unplugged:
             log.info("network namespace %s is empty: the VM boots without a NIC (again at start if one appears)",
                      self.netns)
@@ -235,9 +256,16 @@ class Shim:
     def begin_boot(self) -> None:
         """After `create` has answered: the pod core's imports, the guest's assets, the container and the VM, in
         the background; ready() waits for them. A VM without a NIC is asked of the factory at once, while the
-        pod core is imported."""
-        if self.unplugged:
-            self.lending = asyncio.ensure_future(asyncio.to_thread(factory.borrow, self.store.root, *self.size))
+        pod core is imported (a warm shim has one already if it was lent one with the container)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead and self.unplugged and (ahead[0].get("cpus"), ahead[0].get("memory")) == self.size:
+            self.lending = asyncio.get_running_loop().create_future()
+            self.lending.set_result(ahead)
+        else:
+            if ahead:
+                release(ahead)
+            if self.unplugged:
+                self.lending = asyncio.ensure_future(asyncio.to_thread(factory.borrow, self.store.root, *self.size))
         self.booting = asyncio.ensure_future(self.prepare_and_boot())
 
     async def prepare_and_boot(self) -> None:
@@ -305,7 +333,9 @@ class Shim:
         t = time.monotonic()
         ns = self.netns if self.netns and nsenter.links(self.netns) else None
         spec = pod_spec(self.cid, self.cfg, ns)
-        self.network = Network("none", self.store.dir(self.cid) / "network.db")
+        # Its bookkeeping in memory: a shim's network outlives it only in state.json ("network": what `delete` of
+        # a killed shim's container removes); a database on disk cost each container ~60 ms of creating it.
+        self.network = Network("none", Path(":memory:"))
         await self.network.setup()
         statedir = self.store.dir(self.cid) / "pod"
         lent = None
@@ -362,13 +392,8 @@ class Shim:
         the factory frees it."""
         lending, self.lending = self.lending, None
         got = await lending if lending else None
-        if got is None:
-            return
-        info, fds = got
-        for fd in fds:
-            os.close(fd)
-        if proc := procs.adopt(info.get("pid"), info.get("start"), str(info.get("rundir"))):
-            proc.kill()
+        if got is not None:
+            release(got)
 
     def record_vm(self, pod: Pod) -> None:
         """QEMU's pid in the state as soon as it exists: `delete --force` stops the VM of a shim killed meanwhile."""
@@ -382,7 +407,7 @@ class Shim:
         """The shim (the container's pid on the host) into the memory cgroup config.json names, where containerd
         looks for the container's OOM kills (hostoom.py)."""
         cg = hostoom.memory_cgroup(cfg)
-        if cg and hostoom.join(cg):
+        if cg and hostoom.join(cg, self.pid):
             self.oom_cgroup = cg
             self.state["cgroup"] = str(cg)
             self.store.save(self.cid, self.state)  # runv delete (or create, if this one fails) removes it
@@ -440,6 +465,9 @@ class Shim:
             if self.relay_task:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.relay_task, 5)
+            if self.exited:  # the engine hears of the exit now, not after the VM's stop: `delete` waits for it
+                self.stopped()
+                self.exited(self.exit_code)
             if self.pod:
                 await self.pod.stop()
                 log.info("timing: VM stopped at %.3f s", since_start())
@@ -463,7 +491,7 @@ class Shim:
     def install_signal_handlers(self) -> None:
         """Signals sent to the shim go to the container; a terminal's size changes follow SIGWINCH."""
         loop = asyncio.get_running_loop()
-        for sig in FORWARDED:
+        for sig in wire.FORWARDED:
             with contextlib.suppress(ValueError, RuntimeError, OSError):
                 loop.add_signal_handler(sig, self.forward_signal, int(sig))
         if self.pty:
@@ -731,6 +759,9 @@ class Member(Shim):
 
     def begin_boot(self) -> None:
         """No VM of its own: created in the sandbox's already."""
+        if self.ahead:
+            release(self.ahead)
+            self.ahead = None
 
     async def create(self) -> None:
         cfg = oci.load(self.bundle)
@@ -757,8 +788,8 @@ class Member(Shim):
         if cfg.process and cfg.process.terminal:
             self.open_console(cfg)
         self.state = {"id": self.cid, "bundle": str(self.bundle), "rootfs": str(root), "status": "created",
-                      "pid": os.getpid(), "pid_start": procs.start_time(os.getpid()), "created_rfc3339": now_rfc3339(),
-                      "annotations": cfg.annotations, "sandbox": sandbox, "vm_pid": None, "vm_start": None}
+                      **self.pids(), "created_rfc3339": now_rfc3339(), "annotations": cfg.annotations,
+                      "sandbox": sandbox, "vm_pid": None, "vm_start": None}
         self.join_cgroup(cfg)
         self.store.save(self.cid, self.state)
 
@@ -877,20 +908,27 @@ async def relay_events(c: Container, events: asyncio.Queue[Event], streams: Proc
         c.unsubscribe(events)
 
 
-def new_network_namespace(bundle: Path) -> int | None:
-    """A container whose config asks for a network namespace of its own gets one: the shim, whose pid stands for
-    the container's, moves into it (hooks and CNI callers find it at /proc/PID/ns/net). Returns an fd of the
-    host's namespace (hooks run there), or None."""
+def wants_network_namespace(bundle: Path) -> bool:
+    """Whether the config asks for a network namespace of the container's own (and the container has a VM of its
+    own): the process whose pid stands for the container's makes it (hooks and CNI callers find it at
+    /proc/PID/ns/net), the shim itself (new_network_namespace()) or a warm shim's stand-in."""
     try:
         cfg = oci.load(bundle)
     except HCError:
-        return None  # create() reports the error
-    if sandbox_of(cfg) is not None or oci.network_namespace(cfg)[0] != "new":
-        return None
-    return nsenter.unshare_net()
+        return False  # create() reports the error
+    return sandbox_of(cfg) is None and oci.network_namespace(cfg)[0] == "new"
 
 
-async def amain(args: argparse.Namespace, host_netns: int | None) -> int:
+def new_network_namespace(bundle: Path) -> int | None:
+    """The shim moves into the container's network namespace if it wants one: an fd of the host's (hooks run
+    there), or None."""
+    return nsenter.unshare_net() if wants_network_namespace(bundle) else None
+
+
+async def amain(args: argparse.Namespace, host_netns: int | None, report: Callable[[str], None],
+                standin: StandIn | None = None, ahead: tuple[dict, list[int]] | None = None) -> NoReturn:
+    """The shim's life: create (reported as "ok" or "error MSG"), then the boot and serving until the container is
+    done; the process exits with its exit code. `standin`: a warm shim's, whose process stands for the container's."""
     store = Store(Path(args.root))
     try:
         joins = sandbox_of(oci.load(Path(args.bundle))) is not None
@@ -899,6 +937,9 @@ async def amain(args: argparse.Namespace, host_netns: int | None) -> int:
     shim = (Member if joins else Shim)(store, args.id, Path(args.bundle),
                                        Path(args.console_socket) if args.console_socket else None)
     shim.host_netns = host_netns
+    if standin:
+        shim.pid = standin.pid
+    shim.ahead = ahead
     store.rundir(args.id).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         await shim.create()
@@ -906,27 +947,143 @@ async def amain(args: argparse.Namespace, host_netns: int | None) -> int:
     except BaseException as e:
         msg = await undone(shim, e, "create failed")
         with contextlib.suppress(OSError):
-            os.write(args.status_fd, f"error {msg}\n".encode())
-        return 1
-    os.write(args.status_fd, b"ok\n")  # runv create returns: the engine's work overlaps the VM's boot
-    os.close(args.status_fd)
+            report(f"error {msg}")
+        finish(1)
+    report("ok")  # runv create returns: the engine's work overlaps the VM's boot
+    if standin:
+        standin.follow(shim)
+        shim.exited = standin.exited
     shim.begin_boot()
     code = await shim.serve()
-    # The container's exit is the engine's cue (conmon and containerd's shim wait for this pid): the VM is gone, the
-    # state written, the log flushed; the event loop's and the interpreter's teardown (tens of ms) is skipped.
+    if standin:
+        standin.exited(code)
+    finish(code)
+
+
+class StandIn:
+    """The process `runv create` left to stand for a warm shim's container (its pid is the container's: engines
+    wait for it): the signals it gets come here as "signal N" messages, the exit code goes back to it; if it is
+    killed, so is the container."""
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self.sock, self.pid = sock, pid
+        self.told = False
+
+    def follow(self, shim: Shim) -> None:
+        loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+
+        def readable() -> None:
+            try:
+                msg = self.sock.recv(64)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg = b""
+            if msg.startswith(b"signal ") and msg[7:].isdigit():
+                shim.forward_signal(int(msg[7:]))
+            elif not msg:  # killed: so is the container (or the one never started is done)
+                loop.remove_reader(self.sock.fileno())
+                log.info("the stand-in (pid %d) is gone: the container is killed", self.pid)
+                shim.spawn(kill_quietly(shim))
+
+        loop.add_reader(self.sock.fileno(), readable)
+
+    def exited(self, code: int) -> None:
+        if self.told:
+            return
+        self.told = True
+        with contextlib.suppress(OSError):
+            self.sock.setblocking(True)
+            self.sock.send(f"exit {code}".encode())
+
+
+async def kill_quietly(shim: Shim) -> None:
+    with contextlib.suppress(HCError):
+        await shim.handle("kill", {"signal": signal.SIGKILL})
+
+
+def finish(code: int) -> NoReturn:
+    """The container's exit is the engine's cue (conmon and containerd's shim wait for this pid): the VM is gone, the
+    state written, the log flushed; the event loop's and the interpreter's teardown (tens of ms) is skipped."""
     logging.shutdown()
     os._exit(code)
+
+
+WARM_IMPORTS = ("guest.assets", "image.store", "network.manager", "pod.container", "pod.pod", "pod.pool",
+                "pod.states", "pod.templates", "protocol.agent", "protocol.client", "spec.pod", "spec.seccomp",
+                "storage.volumes", "vm.accel", "vm.machine", "vm.qemu", "vm.uids")
+
+
+def warm(fd: int, root: str) -> NoReturn:
+    """A shim the factory (factory.py) started ahead, its imports done: it reports "ready" on the socket `fd`, then
+    waits for the `runv create` the factory hands that socket to. That sends the container (id, bundle, console
+    socket, log, the caller's HYPERCONTAINER_* settings and its stand-in's pid) and its stdio as SCM_RIGHTS; the
+    shim answers as a started one does on its status pipe, then serves. Settings other than its own: "refused" (the
+    caller starts a shim of its own)."""
+    import importlib
+
+    for name in WARM_IMPORTS:  # what create(), prepare() and boot() import when they first run
+        importlib.import_module(f"hypercontainer.{name}")
+    from ...spec import seccomp
+
+    seccomp.compile_filter({"defaultAction": "SCMP_ACT_ALLOW"})  # libseccomp loaded
+
+    sock = socket.socket(fileno=fd)
+    sock.sendall(b"ready")
+    ahead = None  # the factory lends a VM first (factory.WarmShims.hand_out), then runv create sends its container
+    try:
+        while True:
+            msg, fds, _, _ = socket.recv_fds(sock, 65536, 3)
+            req = json.loads(msg or b"null")
+            if ahead or not isinstance(req, dict) or "rundir" not in req or len(fds) != 2:
+                break
+            ahead = (req, list(fds))
+    except (OSError, ValueError):
+        os._exit(0)
+    if not isinstance(req, dict) or len(fds) != 3:  # the factory is gone, or a caller that is not runv create
+        os._exit(0)
+    if req.get("env") != own_settings():
+        sock.sendall(b"refused")
+        os._exit(0)
+    if wants_network_namespace(Path(req["bundle"])):
+        sock.sendall(b"netns")
+        said = sock.recv(4096).decode(errors="replace")
+        if said != "netns ok":
+            sock.sendall(f"error a network namespace for the container: {said.removeprefix('netns error ')}"
+                         .encode())
+            os._exit(1)
+    ASSIGNED.append(time.clock_gettime(time.CLOCK_BOOTTIME))
+    for i, f in enumerate(fds):
+        os.dup2(f, i)
+        os.close(f)
+    logging.basicConfig(filename=req["log"], level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = argparse.Namespace(root=root, id=req["id"], bundle=req["bundle"], console_socket=req.get("console_socket"))
+    standin = StandIn(sock, int(req["pid"]))
+    asyncio.run(amain(args, None, lambda m: sock.sendall(m.encode()), standin, ahead))
+    raise AssertionError("amain() returned")
+
+
+def own_settings() -> dict[str, str]:
+    """The HYPERCONTAINER_* environment: a warm shim serves only a `runv create` with the same."""
+    return {k: v for k, v in os.environ.items() if k.startswith("HYPERCONTAINER_")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="runv-shim")
     ap.add_argument("--root", required=True)
-    ap.add_argument("--id", required=True)
-    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--warm-fd", type=int)
+    ap.add_argument("--id")
+    ap.add_argument("--bundle")
     ap.add_argument("--console-socket")
-    ap.add_argument("--status-fd", type=int, required=True)
-    ap.add_argument("--log", required=True)
+    ap.add_argument("--status-fd", type=int)
+    ap.add_argument("--log")
     args = ap.parse_args()
+    if args.warm_fd is not None:
+        warm(args.warm_fd, args.root)
+    if None in (args.id, args.bundle, args.status_fd, args.log):
+        ap.error("--id, --bundle, --status-fd and --log are required")
     logging.basicConfig(filename=args.log, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -942,7 +1099,13 @@ def main() -> None:
     except OSError as e:
         os.write(args.status_fd, f"error a network namespace for the container: {e.strerror}\n".encode())
         sys.exit(1)
-    sys.exit(asyncio.run(amain(args, host_netns)))
+
+    def report(msg: str) -> None:
+        os.write(args.status_fd, f"{msg}\n".encode())
+        if msg == "ok":
+            os.close(args.status_fd)
+
+    asyncio.run(amain(args, host_netns, report))
 
 
 if __name__ == "__main__":

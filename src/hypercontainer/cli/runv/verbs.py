@@ -18,6 +18,8 @@ from .state import Store, check_id, oci_state
 if TYPE_CHECKING:
     import subprocess
 
+    from .standin import StandIn
+
 
 class Runtime:
     def __init__(self, root: Path, log: Path | None, log_format: str, debug: bool) -> None:
@@ -83,12 +85,26 @@ def stop_shim(store: Store, cid: str, st: dict) -> None:
     deadline = time.monotonic() + 15
     while Store.alive(st) and time.monotonic() < deadline:
         time.sleep(0.05)
+    from ... import procs
+
     if Store.alive(st):
         with contextlib.suppress(ProcessLookupError):
             os.kill(st["pid"], 9)
+        procs.kill_if_ours(st.get("shim_pid"), st.get("shim_start"), "")  # a warm shim (standin.py)
+    procs.kill_if_ours(st.get("vm_pid"), st.get("vm_start"), "")
+
+
+def wait_for_warm_shim(st: dict[str, Any]) -> None:
+    """A warm shim (standin.py) reports its container's exit before its VM has stopped: it is given the time to
+    stop it (killed after 15 s; stop_orphan_vm() then stops the VM)."""
+    if not st.get("shim_pid"):
+        return
     from ... import procs
 
-    procs.kill_if_ours(st.get("vm_pid"), st.get("vm_start"), "")
+    shim = procs.adopt(st["shim_pid"], st.get("shim_start"), "")
+    if shim and not shim.wait_blocking(15):
+        shim.kill()
+        shim.wait_blocking(5)
 
 
 def stop_orphan_vm(rt: Runtime, cid: str, st: dict[str, Any]) -> None:
@@ -204,6 +220,7 @@ def delete(rt: Runtime, force: bool, cid: str) -> None:
     if st["status"] in ("created", "running", "paused"):
         stop_shim(rt.store, cid, st)
     else:
+        wait_for_warm_shim(st)
         stop_orphan_vm(rt, cid, st)
         unplug(rt, cid, st)
     cleanup(rt.store, cid)
@@ -232,9 +249,20 @@ def write_pid_file(path: Path, pid: int) -> None:
     tmp.rename(path)
 
 
+def spawn_shim(root: Path, cid: str, bundle: Path, console_socket: Path | None, log: Path,
+               preserve_fds: int) -> subprocess.Popen:
+    """A shim of the container's own (no factory, or no warm shim ready): a new interpreter."""
+    argv = [sys.executable, "-m", "hypercontainer.cli.runv.shim", "--root", str(root), "--id", cid,
+            "--bundle", str(bundle), "--log", str(log)]
+    if console_socket:
+        argv += ["--console-socket", str(console_socket.resolve())]
+    return spawn_and_wait_ok(argv, preserve_fds)
+
+
 def create(rt: Runtime, bundle: Path, pid_file: Path | None, console_socket: Path | None, preserve_fds: int,
-           cid: str) -> subprocess.Popen:
-    """Create a container: its shim checks the config and reports it created; the VM boots after."""
+           cid: str) -> subprocess.Popen | StandIn:
+    """Create a container: its shim (a warm one of the factory's, or one started now) checks the config and reports
+    it created; the VM boots after."""
     check_id(cid)
     bundle = bundle.resolve()
     if not (bundle / "config.json").is_file():
@@ -244,12 +272,11 @@ def create(rt: Runtime, bundle: Path, pid_file: Path | None, console_socket: Pat
     if preserve_fds:  # reported, never dropped silently
         msg = f"--preserve-fds {preserve_fds}: open files cannot cross into a VM; the process does not get them"
         warn(rt, msg)
-    argv = [sys.executable, "-m", "hypercontainer.cli.runv.shim", "--root", str(rt.store.root), "--id", cid,
-            "--bundle", str(bundle), "--log", str(d / "shim.log")]
-    if console_socket:
-        argv += ["--console-socket", str(console_socket.resolve())]
+    from . import standin
+
     try:
-        proc = spawn_and_wait_ok(argv, preserve_fds)
+        proc = standin.create(rt.store.root, cid, bundle, console_socket, d / "shim.log") or spawn_shim(
+            rt.store.root, cid, bundle, console_socket, d / "shim.log", preserve_fds)
     except HCError:
         cleanup(rt.store, cid)
         raise

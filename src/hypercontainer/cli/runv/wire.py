@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import struct
 from pathlib import Path
@@ -20,6 +21,10 @@ from ...errors import Conflict, HCError
 if TYPE_CHECKING:
     import asyncio
 
+# The signals a shim (or a warm shim's stand-in) gets that go on to the container.
+FORWARDED = [s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGPIPE,
+                                                   signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP,
+                                                   signal.SIGCONT, signal.SIGURG)]
 HDR = struct.Struct(">BI")
 STDIN, STDOUT, STDERR, EXIT, RESIZE, SIGNAL, START, ERROR, OOM = 0, 1, 2, 3, 4, 5, 6, 7, 8
 MAX_FRAME = 1 << 20
