@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import procs
 from ..network.manager import Network
@@ -107,8 +107,10 @@ class Lent:
         pass
 
 
-async def warm_up(client: AgentClient, share: Path) -> None:
-    """A throwaway container in the VM (see the module's docstring); nothing if there is no static busybox."""
+async def warm_up(client: AgentClient, share: Path, fields: dict[str, Any] | None = None) -> None:
+    """A throwaway container in the VM (see the module's docstring); nothing if there is no static busybox.
+    `fields`: NEW_CONTAINER's for it, the shape of the containers the pool's VMs will run (runv's factory: an
+    engine's config, its seccomp filter, masked paths, capabilities); it is then held and started as runv's are."""
     busybox = shutil.which("busybox")
     if not busybox:
         return
@@ -117,8 +119,14 @@ async def warm_up(client: AgentClient, share: Path) -> None:
         (root / "bin").mkdir(parents=True)
         shutil.copy2(busybox, root / "bin" / "busybox")
         agent = Agent(client)
-        req = ContainerRequest(WARMUP, WARMUP_STREAM, ProcessRequest(("/bin/busybox", "true")), rootfs=WARMUP)
+        if fields:
+            req = ContainerRequest.from_fields({**fields, "arg": ["/bin/busybox", "true"], "rootfs": WARMUP,
+                                                "hold": 1}, id=WARMUP, stream=WARMUP_STREAM)
+        else:
+            req = ContainerRequest(WARMUP, WARMUP_STREAM, ProcessRequest(("/bin/busybox", "true")), rootfs=WARMUP)
         streams = await agent.new_container(req)
+        if fields:
+            await agent.start_container(WARMUP)
         await streams.exit
         await agent.remove_container(WARMUP)
     finally:
@@ -127,8 +135,9 @@ async def warm_up(client: AgentClient, share: Path) -> None:
 
 class Pool:
     def __init__(self, size: int | None, templates: Templates, rundir: Path, network: Network | None,
-                 cpus: int = 1, memory: int = 256) -> None:
-        """`size` None: sized by the pool itself (see the module's docstring)."""
+                 cpus: int = 1, memory: int = 256, warmup: dict[str, Any] | None = None) -> None:
+        """`size` None: sized by the pool itself (see the module's docstring). `warmup`: see warm_up()."""
+        self.warmup = warmup
         self.auto = size is None
         self.size = min(1, auto_limit(available_memory())) if size is None else size
         self.templates, self.rundir, self.network = templates, rundir, network
@@ -218,7 +227,7 @@ class Pool:
             await asyncio.wait_for(agent.handshake(HANDSHAKE), HANDSHAKE)
             await asyncio.wait_for(agent.request(Msg.START_POD, PREPARE_FIELDS | {
                 "clock_ns": time.time_ns(), "seed": os.urandom(32).hex()}), HANDSHAKE)
-            await asyncio.wait_for(warm_up(agent, share), HANDSHAKE)
+            await asyncio.wait_for(warm_up(agent, share, self.warmup), HANDSHAKE)
             await machine.qmp("stop")
             stack.pop_all()  # ready: the slot owns all of it now
         return Slot(rundir, share, machine, agent, template.home.name, tap)

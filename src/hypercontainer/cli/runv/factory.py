@@ -76,7 +76,7 @@ async def serve(root: Path, size: int, cpus: int, memory: int) -> None:
     accel = await detect(a.kernel, a.initrd, a.digest, p.assets / "accel.json", env.accel)
     h = home(root)
     templates = Templates(a.kernel, a.initrd, accel.name, a.digest, p.assets / "templates", h / "templates")
-    pool = Pool(size, templates, h / "vms", None, cpus, memory)
+    pool = Pool(size, templates, h / "vms", None, cpus, memory, warmup_fields())
     if gone := pool.sweep(still_lent(h / "vms")):  # an earlier factory's ready VMs go; those lent out serve on
         log.info("removed %d VMs an earlier factory left", gone)
     confine.sweep()  # the uids and cgroups of VMs that are gone (lent ones an earlier factory did not see end)
@@ -258,6 +258,42 @@ async def lend_to(pool: Pool, conn: socket.socket, borrower_pid: int, lent: set[
     lent.add(task)
     task.add_done_callback(lent.discard)
     pool.fill()
+
+
+ENGINE_SECCOMP = Path("/usr/share/containers/seccomp.json")  # podman's and CRI-O's default profile, where installed
+# What an engine's config.json gives a container (podman's defaults): the warm-up container's (warmup_fields())
+ENGINE_CONFIG: dict[str, Any] = {
+    "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+    "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/usr/bin:/bin"],
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+                "capabilities": {k: ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+                                     "CAP_NET_BIND_SERVICE", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP",
+                                     "CAP_SETUID", "CAP_SYS_CHROOT"]
+                                 for k in ("bounding", "effective", "permitted")}},
+    "linux": {"maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                              "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
+              "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                                "/proc/sysrq-trigger"]}}
+
+
+def warmup_fields() -> dict[str, Any] | None:
+    """NEW_CONTAINER's fields for the pool VMs' throwaway container (pool.warm_up()): an engine's container, with
+    the default seccomp profile where the host has one, so that under TCG the guest code a container's set-up
+    runs (its filter, masked paths, capabilities, held then started) is translated before a container needs it
+    (~30 ms of each runv container's create). None (a bare throwaway container) if that cannot be compiled."""
+    from ...errors import HCError
+    from ...spec import oci
+    from .shim import oci_fields
+
+    cfg = json.loads(json.dumps(ENGINE_CONFIG))
+    with contextlib.suppress(OSError, ValueError):
+        cfg["linux"]["seccomp"] = json.loads(ENGINE_SECCOMP.read_text())
+    try:
+        fields = oci_fields(oci.Config.model_validate(cfg))
+    except (HCError, ValueError) as e:
+        log.warning("the warm-up container is a bare one: %s", e)
+        return None
+    return {k: v for k, v in fields.items() if k not in ("arg", "stdin")}
 
 
 def still_lent(vms: Path) -> set[Path]:
