@@ -72,8 +72,11 @@ int caps_apply(const struct cap_spec *c, struct err *e)
 	/* Ambient capabilities: absent on old kernels, where asking for none is fine. */
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && (c->ambient & known))
 		return fail_errno(e, "clear ambient capabilities");
+	/* One not both permitted and inheritable is left out (EPERM), as runc does: `runc spec`'s config lists
+	 * ambient capabilities without inheritable ones. */
 	for (int cap = 0; cap < 64; cap++)
-		if ((c->ambient & known) >> cap & 1 && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+		if ((c->ambient & known) >> cap & 1 && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0 &&
+		    errno != EPERM)
 			return fail_errno(e, "raise ambient capability %d", cap);
 	if (c->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return fail_errno(e, "set no_new_privs");
