@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """runv benchmark: `podman run --rm busybox true` with runv against the same with runc, and against our own
 `hyperctl run --rm busybox true` (hyperd with its defaults: a warm pool), alternating in one run. podman and hyperd
-get their own temp state. `podman+runv+factory` is runv with a VM factory running for its root (`runv factory
---size 2`: the container takes a ready VM, as hyperctl's pods take pool VMs); `podman+runv` has none."""
+get their own temp state. `podman+runv+factory` is runv with a factory running for its root (`runv factory
+--size 2`: `runv create` takes a warm shim and the container a ready VM, as hyperctl's pods take pool VMs);
+`podman+runv` has none."""
 
 from __future__ import annotations
 
@@ -102,9 +103,10 @@ def main() -> None:
     factory = subprocess.Popen([str(wrapper), "factory", "--size", "2"], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
 
-    def factory_ready() -> None:  # its refill would compete with the runs for the CPUs
+    def factory_ready() -> None:  # its refill (VMs, warm shims) would compete with the runs for the CPUs
         for _ in range(1200):
-            if (vm_factory.status(froot) or {}).get("ready") == 2:
+            st = vm_factory.status(froot) or {}
+            if st.get("ready") == 2 and st.get("shims") == 2:
                 return
             time.sleep(0.1)
         raise SystemExit("runv's factory never had its VMs ready")

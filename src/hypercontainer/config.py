@@ -6,10 +6,31 @@ hyperctl, runv and `make assets` take them through environment(). Nothing below 
 
 from __future__ import annotations
 
+import collections
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+
+# The hot runv verbs import this module: `typing` (~6-19 ms) and `dataclasses` (~10 ms) are kept out of it, and
+# each record is a collections.namedtuple that type checkers see as the NamedTuple it is.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import NamedTuple
+
+    class _Paths(NamedTuple):
+        root: Path  # persistent state: images, pods, sqlite
+        run: Path  # runtime: sockets, per-pod runtime files
+        assets: Path  # guest kernel, initramfs, agent builds
+        socket: Path  # hyperd's API socket
+
+    class _Environment(NamedTuple):
+        paths: Paths
+        accel: str | None  # kvm | tcg; None: probe
+        kernel: str  # auto | own | distro
+        vmm_uids: str | None  # FIRST-LAST; None: the default range
+else:
+    _Paths = collections.namedtuple("_Paths", ("root", "run", "assets", "socket"))
+    _Environment = collections.namedtuple("_Environment", ("paths", "accel", "kernel", "vmm_uids"))
 
 DEFAULT_ROOT = Path("/var/lib/hypercontainer")
 DEFAULT_RUN = Path("/run/hypercontainer")
@@ -23,11 +44,8 @@ ENV_KERNEL = "HYPERCONTAINER_KERNEL"
 ENV_VMM_UIDS = "HYPERCONTAINER_VMM_UIDS"
 
 
-class Paths(NamedTuple):  # not a dataclass: `dataclasses` costs each runv call ~10 ms of imports
-    root: Path  # persistent state: images, pods, sqlite
-    run: Path  # runtime: sockets, per-pod runtime files
-    assets: Path  # guest kernel, initramfs, agent builds
-    socket: Path  # hyperd's API socket
+class Paths(_Paths):
+    __slots__ = ()
 
     @classmethod
     def of(cls, root: Path = DEFAULT_ROOT, run: Path = DEFAULT_RUN, assets: Path | None = None,
@@ -57,13 +75,10 @@ class Paths(NamedTuple):  # not a dataclass: `dataclasses` costs each runv call 
         self.assets.mkdir(parents=True, exist_ok=True, mode=0o755)
 
 
-class Environment(NamedTuple):
+class Environment(_Environment):
     """What hyperctl, runv and `make assets` take from HYPERCONTAINER_* (raw: each consumer checks its own)."""
 
-    paths: Paths
-    accel: str | None  # kvm | tcg; None: probe
-    kernel: str  # auto | own | distro
-    vmm_uids: str | None  # FIRST-LAST; None: the default range
+    __slots__ = ()
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:

@@ -14,10 +14,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import VMError
 
+TYPE_CHECKING = False  # `typing` costs each runv call ~6-19 ms of imports
 if TYPE_CHECKING:
     import asyncio
 

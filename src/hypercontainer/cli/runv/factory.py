@@ -27,6 +27,7 @@ import signal
 import socket
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runv-factory")
 LENT = "lent"  # in a VM's directory once a shim has it
+REFILL_DELAY = 1.0  # seconds: see refill_later()
 
 
 def run(root: Path, size: int, cpus: int = 1, memory: int = 256) -> None:
@@ -200,7 +202,7 @@ class WarmShims:
             socket.send_fds(conn, [json.dumps({"pid": proc.pid}).encode()], [ours.fileno()])
         finally:
             ours.close()  # the caller's now (or, if it was gone, the shim's socket is closed: it exits)
-            self.fill()
+            refill_later(self.fill)
         log.info("handed out warm shim %d", proc.pid)
 
     def close(self) -> None:
@@ -257,7 +259,13 @@ async def lend_to(pool: Pool, conn: socket.socket, borrower_pid: int, lent: set[
     task = asyncio.ensure_future(reclaim(pool, slot, borrower))
     lent.add(task)
     task.add_done_callback(lent.discard)
-    pool.fill()
+    refill_later(pool.fill)
+
+
+def refill_later(fill: Callable[[], None]) -> None:
+    """A refill after a hand-out, REFILL_DELAY later: its CPU (a QEMU's restore and warm-up, a warm shim's start;
+    ~0.3 s under TCG) would compete with the container that just took what was ready."""
+    asyncio.get_running_loop().call_later(REFILL_DELAY, fill)
 
 
 ENGINE_SECCOMP = Path("/usr/share/containers/seccomp.json")  # podman's and CRI-O's default profile, where installed

@@ -5,22 +5,22 @@ warm_shim()), or how many of each (status()). Kept apart from the factory's own 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 from ...config import environment
+from .state import sha256
 
-log = logging.getLogger("runv-factory")
+TYPE_CHECKING = False  # `typing` costs each runv call ~6-19 ms of imports
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def home(root: Path) -> Path:
     """The factory of the runv root `root`: a short path (its VMs' unix sockets live below it)."""
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    digest = sha256(str(root.resolve()).encode()).hexdigest()[:12]
     return environment().paths.run / "runv" / f"factory-{digest}"
 
 
@@ -74,18 +74,20 @@ def warm_shim(root: Path, timeout: float = 2.0) -> socket.socket | None:
 def borrow(root: Path, cpus: int, memory: int, timeout: float = 2.0) -> tuple[dict[str, Any], list[int]] | None:
     """A shim's request (blocking: run it in a thread): the VM's description and the agent's two sockets (fds), or
     None if the factory has none of that size ready (or is not running)."""
+    import logging  # the shim's (runv create, which imports this module too, has no log)
+
     if not socket_path(root).exists():
         return None
     try:
         msg, fds = _ask(root, {"cpus": cpus, "memory": memory}, timeout)
     except OSError as e:
-        log.info("no VM from the factory: %s", e)
+        logging.getLogger("runv-factory").info("no VM from the factory: %s", e)
         return None
     info = json.loads(msg or b"{}")
     if "none" in info or len(fds) != 2:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        log.info("no VM from the factory: %s", info.get("none", "no sockets"))
+        logging.getLogger("runv-factory").info("no VM from the factory: %s", info.get("none", "no sockets"))
         return None
     return info, list(fds)

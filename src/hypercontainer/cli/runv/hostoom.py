@@ -3,7 +3,8 @@
 Under containerd, runv runs behind containerd's runc shim, which learns of a container's OOM kill from the host
 memory cgroup of the container's pid (cgroup v1: an eventfd on memory.oom_control; v2: memory.events' oom_kill),
 and the CRI then reports the reason OOMKilled. A container's memory is the guest's, so its OOM kill happens in the
-guest; the host cgroup never sees one. So the shim (the container's pid on the host) moves into the cgroup
+guest; the host cgroup never sees one. So the container's pid on the host (the shim, or a warm shim's stand-in)
+moves into the cgroup
 config.json names (linux.cgroupsPath, as runc puts the container's process there; no limits: the VM is the
 boundary; the VM's own group then nests in it, so the host accounts the VM to the container, as Kata's sandbox
 cgroup does), and when the guest reports an OOM kill, the shim has the kernel signal an OOM in that cgroup, with its
@@ -101,20 +102,6 @@ def _bring_about(cg: Path, timeout: float) -> None:
             child.wait()
         limit.write_text(old)
         control.write_text("0")
-
-
-def remove(cg: Path) -> None:
-    """The cgroup and the empty groups below it (the VM's own group nests there: vm/cgroups.py makes it under its
-    creator's), once their processes are gone (runv delete)."""
-    for d in [*sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True), cg]:
-        for _ in range(20):
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.05)
 
 
 if __name__ == "__main__":

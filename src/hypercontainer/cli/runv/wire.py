@@ -14,10 +14,10 @@ import signal
 import socket
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ...errors import Conflict, HCError
 
+TYPE_CHECKING = False  # `typing` costs each runv call ~6-19 ms of imports
 if TYPE_CHECKING:
     import asyncio
 
