@@ -1,9 +1,10 @@
-"""runv's VM factory (Kata's VM cache): `runv factory` keeps a few VMs ready for the shims of one runv root, so
-that a container's start resumes a VM instead of restoring one (~0.15 s of QEMU start and restore, and the TCG
-translation of a container's set-up under emulation, paid before any container asks).
+"""runv's factory (Kata's VM cache, and shims started ahead): `runv factory` keeps a few VMs and a few warm shims
+ready for one runv root, so that a container's start resumes a VM instead of restoring one (~0.15 s of QEMU start
+and restore, and the TCG translation of a container's set-up under emulation, paid before any container asks), and
+`runv create` takes a shim whose interpreter and imports are done (~0.2 s; WarmShims, standin.py).
 
 The VMs are hyperd's pool VMs (pod/pool.py): restored from the template, agent connected, share mounted, one
-throwaway container run, paused. They have no NIC (a microvm takes none later), so they serve containers whose VM
+throwaway container run (an engine's: warmup_fields()), paused. They have no NIC (a microvm takes none later), so they serve containers whose VM
 boots without one: a network namespace of their own that is still empty at `create` (`--network none`); others
 boot from the template as before. A shim asks over a unix socket (SOCK_SEQPACKET, one JSON request, one reply
 with the agent's two connected sockets as SCM_RIGHTS); the factory hands the VM over and forgets the connection.

@@ -7,6 +7,9 @@ template when one exists) while the engine goes on, and `start` waits for that b
 handed to the console socket), forwards signals and window size, serves `kill`, `exec`, `pause`, `resume`, and
 exits with the container's exit code once the container is done and the VM is gone. Its log has the timings of
 each step ("timing: ...", seconds since the shim's process started).
+
+A warm shim (warm()) is the same shim started ahead by the factory: `runv create` hands it the container over a
+socket, and a fork of runv create stands for the container's process (standin.py: StandIn here is its other end).
 """
 
 from __future__ import annotations
