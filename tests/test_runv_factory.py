@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -197,3 +198,30 @@ def test_a_warm_shim_with_other_settings_is_not_used(runv: Runv, bundle: Path, f
     st = json.loads((runv.root / "w4" / "state.json").read_text())
     assert "shim_pid" not in st and warm_shim_log(tmp_path) == 1
     assert runv("delete", "--force", "w4").returncode == 0
+
+
+def test_the_stand_in_keeps_no_file_the_engine_gave_runv_create(runv: Runv, bundle: Path, factory,  # noqa: F811
+                                                                  tmp_path: Path) -> None:
+    """An engine that passed runv create a pipe (a sync pipe, --preserve-fds) sees its end once create returns,
+    though the stand-in, runv create's fork, lives on with the container."""
+    configure(bundle, ["sleep", "300"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["namespaces"].append({"type": "network"})
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    r, w = os.pipe()
+    try:
+        with open(tmp_path / "out", "wb") as out:
+            done = subprocess.run([RUNV, "--root", str(runv.root), "create", "--bundle", str(bundle), "w5"],
+                                  env=runv.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(w,),
+                                  timeout=120)
+        assert done.returncode == 0, (tmp_path / "out").read_bytes()
+        os.close(w)
+        w = -1
+        st = json.loads((runv.root / "w5" / "state.json").read_text())
+        assert st.get("shim_pid") and Path(f"/proc/{st['pid']}").exists()  # a warm shim's stand-in, running
+        assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b""  # nobody holds the write end
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+        runv("delete", "--force", "w5")

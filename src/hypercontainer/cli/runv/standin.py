@@ -70,6 +70,12 @@ def create(root: Path, cid: str, bundle: Path, console_socket: Path | None, log:
 def stand_in(sock: socket.socket, status: int, req: dict) -> NoReturn:
     """The forked child's life (see the module's docstring)."""
     os.setsid()
+    # Nothing runv create was given stays open here but its stdio (handed on below) and these two: an engine that
+    # waits for the end of a pipe it passed (a sync pipe, --preserve-fds) must not wait for the container's.
+    low, high = sorted((sock.fileno(), status))
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
     socket.send_fds(sock, [json.dumps({**req, "pid": os.getpid()}).encode()], [0, 1, 2])
     said = sock.recv(65536).decode(errors="replace")
     if said == "netns":  # the config asks for a network namespace of the container's own: this process's
