@@ -409,3 +409,32 @@ def test_seccomp_in_a_vm(cri: Cri, tmp_path: Path) -> None:
     finally:
         cri.crictl("stopp", sid, check=False)
         cri.crictl("rmp", sid, check=False)
+
+
+def compiled_in_a_process(kept: Path, profile: dict) -> tuple[str, int]:
+    """compile_filter() in a new process that keeps compiled filters in `kept` (runv's shims: keep_compiled())."""
+    code = ("import json, sys; from pathlib import Path; from hypercontainer.spec import seccomp; "
+            "seccomp.keep_compiled(Path(sys.argv[1])); "
+            "print(json.dumps(seccomp.compile_filter(json.loads(sys.argv[2]))))")
+    r = subprocess.run([sys.executable, "-c", code, str(kept), json.dumps(profile)], capture_output=True, text=True,
+                       timeout=60, check=True)
+    program, flags = json.loads(r.stdout)
+    return program, flags
+
+
+def test_compiled_filters_kept_for_the_next_process(tmp_path: Path) -> None:
+    """A filter one process compiled is read by the next (a file per profile and libseccomp version); a file that
+    is not JSON of the right shape is compiled again, and a directory others may write is not used."""
+    profile = default_profile(DEFAULT_CAPABILITIES)
+    kept = tmp_path / "kept"
+    first = compiled_in_a_process(kept, profile)
+    assert first == compile_filter(profile)
+    [file] = list(kept.iterdir())
+    allow = compile_filter({"defaultAction": "SCMP_ACT_ALLOW"})
+    file.write_text(json.dumps({"program": allow[0], "flags": 0}))  # what the next process gets is this file's
+    assert compiled_in_a_process(kept, profile) == (allow[0], 0)
+    file.write_text("not json")
+    assert compiled_in_a_process(kept, profile) == first
+    file.write_text(json.dumps({"program": allow[0], "flags": 0}))
+    kept.chmod(0o777)  # anyone's to write: neither read nor written
+    assert compiled_in_a_process(kept, profile) == first

@@ -41,6 +41,10 @@ class ArgCmp(ctypes.Structure):
                 ("datum_b", ctypes.c_uint64)]
 
 
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+
 @functools.cache
 def _lib() -> ctypes.CDLL:
     lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
@@ -54,7 +58,15 @@ def _lib() -> ctypes.CDLL:
     lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
                                            ctypes.POINTER(ArgCmp)]
     lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.seccomp_version.restype = ctypes.POINTER(_Version)
     return lib
+
+
+@functools.cache
+def version() -> str:
+    """libseccomp's version (MAJOR.MINOR.MICRO)."""
+    v = _lib().seccomp_version().contents
+    return f"{v.major}.{v.minor}.{v.micro}"
 
 
 def resolve_syscall(name: str) -> int | None:

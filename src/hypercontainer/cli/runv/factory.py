@@ -4,14 +4,15 @@ and restore, and the TCG translation of a container's set-up under emulation, pa
 `runv create` takes a shim whose interpreter and imports are done (~0.2 s; WarmShims, standin.py).
 
 The VMs are hyperd's pool VMs (pod/pool.py): restored from the template, agent connected, share mounted, one
-throwaway container run (an engine's: warmup_fields()), paused. They have no NIC (a microvm takes none later), so they serve containers whose VM
-boots without one: a network namespace of their own that is still empty at `create` (`--network none`); others
-boot from the template as before. A shim asks over a unix socket (SOCK_SEQPACKET, one JSON request, one reply
-with the agent's two connected sockets as SCM_RIGHTS); the factory hands the VM over and forgets the connection.
-The shim owns the VM from then on (its Machine is `lent`: it stops QEMU); the factory, whose child QEMU stays,
-frees the VM's uid, cgroup and directory once QEMU has exited, and refills. A shim that dies first (kill -9) takes
-its VM with it: the factory watches the borrower (its pid from the socket's credentials) and stops that VM. A
-factory started again removes the ready VMs of the last one and leaves the ones it lent alone while they run.
+throwaway container run (an engine's: warmup_fields()), paused. They have no NIC (a microvm takes none later), so
+they serve containers whose VM boots without one: a network namespace of their own that is still empty at `create`
+(`--network none`); others boot from the template as before. A shim asks over a unix socket (SOCK_SEQPACKET, one
+JSON request, one reply with the agent's two connected sockets as SCM_RIGHTS); the factory hands the VM over and
+forgets the connection. The shim owns the VM from then on (its Machine is `lent`: it stops QEMU); the factory, whose
+child QEMU stays, frees the VM's uid, cgroup and directory once QEMU has exited, and refills. A shim that dies first
+(kill -9) takes its VM with it: the factory watches the borrower (its pid from the socket's credentials) and stops
+that VM. A factory started again removes the ready VMs of the last one and leaves the ones it lent alone while they
+run.
 
 The VMs' share directories live in the factory's mount namespace (pinned like hyperd's, storage/mountns.py), and
 the shims of this root join it instead of making one of their own: what a shim mounts in a lent VM's share (the
