@@ -121,10 +121,12 @@ def run(bundle: Path, pid_file: Path | None, console_socket: Path | None, detach
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--size", type=click.IntRange(1, 64), default=2, show_default=True, help="VMs kept ready.")
+@click.option("--size", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="VMs, and shims, kept ready.")
 def factory(size: int) -> None:
-    """Keep VMs ready for this root's containers (Kata's VM factory): a container whose VM needs no NIC takes one
-    and starts without a VM boot. Runs in the foreground until SIGTERM or SIGINT."""
+    """Keep VMs and shims ready for this root's containers (Kata's VM factory): `create` takes a shim whose
+    start-up is done, and a container whose VM needs no NIC a VM that is booted. Runs in the foreground until
+    SIGTERM or SIGINT."""
     from . import factory as vm_factory
 
     vm_factory.run(runtime().store.root, size)
