@@ -107,14 +107,13 @@ class Transport:
         first message (the request), so a second handshake does nothing twice."""
         from websockets.exceptions import InvalidMessage
 
-        try:
-            return self._websocket(path)
-        except InvalidMessage:
-            pass
-        try:
-            return self._websocket(path)
-        except InvalidMessage as e:
-            raise HCError(f"hyperd refused the stream: {e}") from None
+        for last in (False, True):
+            try:
+                return self._websocket(path)
+            except InvalidMessage as e:
+                if last:
+                    raise HCError(f"hyperd refused the stream: {e}") from None
+        raise AssertionError("unreachable")
 
     def _websocket(self, path: str) -> ClientConnection:
         from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus
