@@ -119,14 +119,15 @@ async def warm_up(client: AgentClient, share: Path, fields: dict[str, Any] | Non
         (root / "bin").mkdir(parents=True)
         shutil.copy2(busybox, root / "bin" / "busybox")
         agent = Agent(client)
-        if fields:
-            req = ContainerRequest.from_fields({**fields, "arg": ["/bin/busybox", "true"], "rootfs": WARMUP,
-                                                "hold": 1}, id=WARMUP, stream=WARMUP_STREAM)
-        else:
-            req = ContainerRequest(WARMUP, WARMUP_STREAM, ProcessRequest(("/bin/busybox", "true")), rootfs=WARMUP)
-        streams = await agent.new_container(req)
-        if fields:
+        if fields:  # held, then started, as runv's containers are
+            streams = await agent.new_container(ContainerRequest.from_fields(
+                {**fields, "arg": ["/bin/busybox", "true"], "rootfs": WARMUP, "hold": 1}, id=WARMUP,
+                stream=WARMUP_STREAM))
             await agent.start_container(WARMUP)
+        else:
+            streams = await agent.new_container(ContainerRequest(WARMUP, WARMUP_STREAM,
+                                                                 ProcessRequest(("/bin/busybox", "true")),
+                                                                 rootfs=WARMUP))
         await streams.exit
         await agent.remove_container(WARMUP)
     finally:

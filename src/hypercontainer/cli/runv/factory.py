@@ -106,7 +106,14 @@ async def serve(root: Path, size: int, cpus: int, memory: int) -> None:
             with conn:
                 try:
                     req = json.loads(await asyncio.wait_for(loop.sock_recv(conn, 4096), 2.0))
-                    await (shims.hand_out(conn) if req.get("shim") else lend(pool, shims, conn, req, lent))
+                    if req.get("status"):
+                        await loop.sock_sendall(conn, json.dumps({
+                            "ready": len(pool.ready), "size": pool.size, "lent": len(lent),
+                            "shims": len(shims.ready)}).encode())
+                    elif req.get("shim"):
+                        await shims.hand_out(conn)
+                    else:
+                        await lend(pool, conn, req, lent)
                 except (OSError, ValueError) as e:
                     log.warning("a request failed: %s", e)
 
@@ -215,14 +222,9 @@ class WarmShims:
         self.ready.clear()
 
 
-async def lend(pool: Pool, shims: WarmShims, conn: socket.socket, req: dict[str, Any],
-               lent: set[asyncio.Task[None]]) -> None:
-    """A shim's request for a VM (or `status`)."""
+async def lend(pool: Pool, conn: socket.socket, req: dict[str, Any], lent: set[asyncio.Task[None]]) -> None:
+    """A shim's request for a VM of a size."""
     loop = asyncio.get_running_loop()
-    if req.get("status"):
-        await loop.sock_sendall(conn, json.dumps({"ready": len(pool.ready), "size": pool.size, "lent": len(lent),
-                                                  "shims": len(shims.ready)}).encode())
-        return
     if not pool.ready or (req.get("cpus"), req.get("memory")) != (pool.cpus, pool.memory):
         why = "none ready" if not pool.ready else f"its VMs are {pool.cpus} vCPU, {pool.memory} MiB"
         await loop.sock_sendall(conn, json.dumps({"none": why}).encode())
@@ -295,7 +297,7 @@ def warmup_fields() -> dict[str, Any] | None:
     from ...spec import oci
     from .shim import oci_fields
 
-    cfg = json.loads(json.dumps(ENGINE_CONFIG))
+    cfg = {**ENGINE_CONFIG, "linux": dict(ENGINE_CONFIG["linux"])}
     with contextlib.suppress(OSError, ValueError):
         cfg["linux"]["seccomp"] = json.loads(ENGINE_SECCOMP.read_text())
     try:

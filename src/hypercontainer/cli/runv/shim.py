@@ -9,7 +9,7 @@ exits with the container's exit code once the container is done and the VM is go
 each step ("timing: ...", seconds since the shim's process started).
 
 A warm shim (warm()) is the same shim started ahead by the factory: `runv create` hands it the container over a
-socket, and a fork of runv create stands for the container's process (standin.py: StandIn here is its other end).
+socket, and a fork of runv create stands for the container's process (standin.py; StandInLink is the shim's end).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ class Shim:
         self.lending: asyncio.Future[tuple[dict, list[int]] | None] | None = None  # the factory's answer
         self.ahead: tuple[dict, list[int]] | None = None  # a VM a warm shim was lent with its container
         self.ended = asyncio.Event()  # a failed boot was reported (start, kill): the shim exits
-        # A warm shim's: tells the stand-in the container's exit (its state "stopped" already) before the VM stops
+        # A warm shim's: tells the stand-in the container's exit (stopped()), before the VM stops
         self.exited: Callable[[int], None] | None = None
 
     def pids(self) -> dict[str, int | None]:
@@ -470,7 +470,6 @@ class Shim:
                     await asyncio.wait_for(self.relay_task, 5)
             if self.exited:  # the engine hears of the exit now, not after the VM's stop: `delete` waits for it
                 self.stopped()
-                self.exited(self.exit_code)
             if self.pod:
                 await self.pod.stop()
                 log.info("timing: VM stopped at %.3f s", since_start())
@@ -482,7 +481,10 @@ class Shim:
         return self.exit_code
 
     def stopped(self) -> None:
-        """The container is done: no more requests; the state says so (with its exit code)."""
+        """The container is done (once): no more requests; the state says so, with its exit code, and a warm
+        shim's stand-in is told it (it exits with it)."""
+        if self.state.get("status") == "stopped":
+            return
         if self.server:
             self.server.close()
         with contextlib.suppress(FileNotFoundError):
@@ -490,6 +492,8 @@ class Shim:
         self.state.update(status="stopped", exit_code=self.exit_code, oom_killed=self.oom_killed)
         with contextlib.suppress(OSError):
             self.store.save(self.cid, self.state)
+        if self.exited:
+            self.exited(self.exit_code)
 
     def install_signal_handlers(self) -> None:
         """Signals sent to the shim go to the container; a terminal's size changes follow SIGWINCH."""
@@ -911,32 +915,34 @@ async def relay_events(c: Container, events: asyncio.Queue[Event], streams: Proc
         c.unsubscribe(events)
 
 
-def wants_network_namespace(bundle: Path) -> bool:
+def config_of(bundle: Path) -> oci.Config | None:
+    """The bundle's config, read once before create() (None: create() reads it again and reports the error)."""
+    try:
+        return oci.load(bundle)
+    except HCError:
+        return None
+
+
+def wants_network_namespace(cfg: oci.Config | None) -> bool:
     """Whether the config asks for a network namespace of the container's own (and the container has a VM of its
     own): the process whose pid stands for the container's makes it (hooks and CNI callers find it at
     /proc/PID/ns/net), the shim itself (new_network_namespace()) or a warm shim's stand-in."""
-    try:
-        cfg = oci.load(bundle)
-    except HCError:
-        return False  # create() reports the error
-    return sandbox_of(cfg) is None and oci.network_namespace(cfg)[0] == "new"
+    return cfg is not None and sandbox_of(cfg) is None and oci.network_namespace(cfg)[0] == "new"
 
 
-def new_network_namespace(bundle: Path) -> int | None:
+def new_network_namespace(cfg: oci.Config | None) -> int | None:
     """The shim moves into the container's network namespace if it wants one: an fd of the host's (hooks run
     there), or None."""
-    return nsenter.unshare_net() if wants_network_namespace(bundle) else None
+    return nsenter.unshare_net() if wants_network_namespace(cfg) else None
 
 
-async def amain(args: argparse.Namespace, host_netns: int | None, report: Callable[[str], None],
-                standin: StandIn | None = None, ahead: tuple[dict, list[int]] | None = None) -> NoReturn:
+async def amain(args: argparse.Namespace, cfg: oci.Config | None, host_netns: int | None,
+                report: Callable[[str], None], standin: StandInLink | None = None,
+                ahead: tuple[dict, list[int]] | None = None) -> NoReturn:
     """The shim's life: create (reported as "ok" or "error MSG"), then the boot and serving until the container is
     done; the process exits with its exit code. `standin`: a warm shim's, whose process stands for the container's."""
     store = Store(Path(args.root))
-    try:
-        joins = sandbox_of(oci.load(Path(args.bundle))) is not None
-    except HCError:
-        joins = False  # create() reports the error
+    joins = cfg is not None and sandbox_of(cfg) is not None
     shim = (Member if joins else Shim)(store, args.id, Path(args.bundle),
                                        Path(args.console_socket) if args.console_socket else None)
     shim.host_netns = host_netns
@@ -957,20 +963,16 @@ async def amain(args: argparse.Namespace, host_netns: int | None, report: Callab
         standin.follow(shim)
         shim.exited = standin.exited
     shim.begin_boot()
-    code = await shim.serve()
-    if standin:
-        standin.exited(code)
-    finish(code)
+    finish(await shim.serve())
 
 
-class StandIn:
-    """The process `runv create` left to stand for a warm shim's container (its pid is the container's: engines
-    wait for it): the signals it gets come here as "signal N" messages, the exit code goes back to it; if it is
-    killed, so is the container."""
+class StandInLink:
+    """A warm shim's end of the socket to its stand-in, the process `runv create` left to stand for the container
+    (its pid is the container's: engines wait for it): the signals the stand-in gets come here as "signal N"
+    messages, the exit code goes back to it; if it is killed, so is the container."""
 
     def __init__(self, sock: socket.socket, pid: int) -> None:
         self.sock, self.pid = sock, pid
-        self.told = False
 
     def follow(self, shim: Shim) -> None:
         loop = asyncio.get_running_loop()
@@ -993,9 +995,6 @@ class StandIn:
         loop.add_reader(self.sock.fileno(), readable)
 
     def exited(self, code: int) -> None:
-        if self.told:
-            return
-        self.told = True
         with contextlib.suppress(OSError):
             self.sock.setblocking(True)
             self.sock.send(f"exit {code}".encode())
@@ -1050,7 +1049,8 @@ def warm(fd: int, root: str) -> NoReturn:
     if req.get("env") != own_settings():
         sock.sendall(b"refused")
         os._exit(0)
-    if wants_network_namespace(Path(req["bundle"])):
+    cfg = config_of(Path(req["bundle"]))
+    if wants_network_namespace(cfg):
         sock.sendall(b"netns")
         said = sock.recv(4096).decode(errors="replace")
         if said != "netns ok":
@@ -1064,8 +1064,8 @@ def warm(fd: int, root: str) -> NoReturn:
     logging.basicConfig(filename=req["log"], level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = argparse.Namespace(root=root, id=req["id"], bundle=req["bundle"], console_socket=req.get("console_socket"))
-    standin = StandIn(sock, int(req["pid"]))
-    asyncio.run(amain(args, None, lambda m: sock.sendall(m.encode()), standin, ahead))
+    standin = StandInLink(sock, int(req["pid"]))
+    asyncio.run(amain(args, cfg, None, lambda m: sock.sendall(m.encode()), standin, ahead))
     raise AssertionError("amain() returned")
 
 
@@ -1107,7 +1107,8 @@ def main() -> None:
         os.write(args.status_fd, f"error a mount namespace for the shim: {e.strerror}\n".encode())
         sys.exit(1)
     try:
-        host_netns = new_network_namespace(Path(args.bundle))
+        cfg = config_of(Path(args.bundle))
+        host_netns = new_network_namespace(cfg)
     except OSError as e:
         os.write(args.status_fd, f"error a network namespace for the container: {e.strerror}\n".encode())
         sys.exit(1)
@@ -1117,7 +1118,7 @@ def main() -> None:
         if msg == "ok":
             os.close(args.status_fd)
 
-    asyncio.run(amain(args, host_netns, report))
+    asyncio.run(amain(args, cfg, host_netns, report))
 
 
 if __name__ == "__main__":
