@@ -202,11 +202,13 @@ async def test_container_root_and_isolation(agent_host_binary: Path, busybox_tar
 @pytest.mark.skipif(os.geteuid() != 0, reason="container setup needs root")
 async def test_hold_then_start_container(agent_host_binary: Path, busybox_tar: Path, tmp_path: Path) -> None:
     """NEW_CONTAINER with hold: the process is set up on its root and waits (no output, not yet exec'd) until
-    START_CONTAINER, which answers once it runs; a step after the hold that fails is START_CONTAINER's ERROR (with
-    its phase) and the process exits 127; a held process can be killed; only a held container can be started."""
+    START_CONTAINER, which answers once it runs. As with runc's create, the steps that can fail (the working
+    directory, the file to exec looked up in PATH) fail NEW_CONTAINER, with their phase; the exec that is left
+    fails START_CONTAINER (with its phase) and the process exits 127; a held process can be killed; only a held
+    container can be started."""
     share = tmp_path / "share"
     share.mkdir()
-    for name in ("c1", "c2", "c3"):
+    for name in ("c1", "c2", "c3", "c4"):
         with tarfile.open(busybox_tar) as outer:
             layer = outer.extractfile("layer/layer.tar")
             assert layer
@@ -226,9 +228,14 @@ async def test_hold_then_start_container(agent_host_binary: Path, busybox_tar: P
         assert e.errno == errno.EINVAL and "not waiting to start" in e.message
         e = await _refused(c, Msg.START_CONTAINER, 0, id="nope")
         assert e.errno == errno.ENOENT
-        p = await _started(c, Msg.NEW_CONTAINER, 4, id="c2", rootfs="c2", arg=["true"], cwd="/no/such", hold=1)
-        e = await _refused(c, Msg.START_CONTAINER, 0, id="c2")
+        e = await _refused(c, Msg.NEW_CONTAINER, 4, id="c2", rootfs="c2", arg=["true"], cwd="/no/such", hold=1)
         assert (e.phase, e.errno, command_exit_code(e)) == (Phase.CHDIR, errno.ENOENT, 127)
+        e = await _refused(c, Msg.NEW_CONTAINER, 4, id="c2", rootfs="c2", arg=["no-such-command"], hold=1)
+        assert (e.phase, e.errno, command_exit_code(e)) == (Phase.EXEC, errno.ENOENT, 127)
+        p = await _started(c, Msg.NEW_CONTAINER, 10, id="c4", rootfs="c4", arg=["true"], hold=1)
+        (share / "c4" / "bin" / "true").unlink()  # found at the hold, gone by START: only the exec is left to fail
+        e = await _refused(c, Msg.START_CONTAINER, 0, id="c4")
+        assert (e.phase, e.errno, command_exit_code(e)) == (Phase.EXEC, errno.ENOENT, 127)
         assert await asyncio.wait_for(p.exit, 10) == 127
         p = await _started(c, Msg.NEW_CONTAINER, 6, id="c3", rootfs="c3", arg=["true"], hold=1)
         await c.request(Msg.SIGNAL, {"stream": 6, "signal": 9})

@@ -424,6 +424,22 @@ def test_bad_bundles_leave_nothing(runv: Runv, bundle: Path, tmp_path: Path) -> 
     assert not [p for cid in ("b1", "b2", "b3") for p in processes_of(runv, cid)]
 
 
+def test_a_create_that_fails_once_the_boot_began_leaves_nothing(runv: Runv, bundle: Path, tmp_path: Path) -> None:
+    """The VM begins to boot before create answers (its last steps overlap the boot): a create that fails after
+    that (here its shim cannot listen: a directory holds its socket's path) stops the boot; no QEMU, mount, state
+    or process of the container is left, and the error names the cause."""
+    configure(bundle, ["true"])
+    sock = Store(runv.root).sock("f1")
+    (sock / "taken").mkdir(parents=True)
+    try:
+        r = runv("create", "--bundle", str(bundle), "f1")
+        assert r.returncode == 1 and b"shim.sock" in r.stderr, r.stderr
+        assert not processes_of(runv, "f1")
+        assert not list(runv.root.iterdir()) and not mounts_under(tmp_path)
+    finally:
+        shutil.rmtree(sock.parent, ignore_errors=True)
+
+
 # ---- podman ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def podman(busybox_tar: Path):

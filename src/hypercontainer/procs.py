@@ -10,7 +10,6 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,8 @@ TYPE_CHECKING = False  # `typing` costs each runv call ~6-19 ms of imports
 if TYPE_CHECKING:
     import asyncio
 
-# asyncio is imported where it is used: runv's short-lived verbs read start_time() and adopt() without it.
+# asyncio (and subprocess) are imported where used: runv's short-lived verbs read start_time() and adopt() without
+# them.
 
 
 async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool = True,
@@ -30,6 +30,7 @@ async def spawn(argv: list[str], *, log: Path | None = None, new_session: bool =
     """Starts argv with stdin from /dev/null and output appended to `log` (or discarded). `preexec` runs in the
     child before exec (vm/jail.py: system calls prepared in the parent); `pass_fds` are inherited."""
     import asyncio
+    import subprocess  # here: runv's verbs read start_time() and adopt() without its ~2 ms of imports
 
     out = open(log, "ab") if log else open(os.devnull, "wb")  # noqa: SIM115 - handed to the child
     try:

@@ -276,6 +276,7 @@ class Pod:
             if self.agent.guest_uptime is not None:
                 self.timings.marks["guest_uptime_at_agent"] = self.agent.guest_uptime
             await self._start_pod(booted)
+            self.timings.mark("start_pod")
             faults.point("start-pod")
             if self._start_containers:
                 for c, f in zip(self.containers, fields, strict=True):

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from ... import nsenter, procs
 from ...config import environment
-from ...errors import HCError
+from ...errors import CommandNotRunnable, HCError
 from ...spec import oci
 from ...storage import mountns
 from . import factory, hooks, hostoom, wire
@@ -211,9 +211,10 @@ class Shim:
     # ---- create ------------------------------------------------------------------------------------------
     async def create(self) -> None:
         """The container is created: its config checked, its hooks ran, its terminal handed over, its state
-        "created" with the shim's pid. Its VM boots after `create` has returned (begin_boot()), while the engine
-        does its own work (network, hooks) before `start`, which waits for the boot; in a network namespace of its
-        own that is still empty, the VM boots without a NIC (and again at start if the engine gave it one by then)."""
+        "created" with the shim's pid. Its VM begins to boot before `create` answers (begin_boot()) and boots on
+        while the engine does its own work (network, hooks) before `start`, which waits for the boot; in a network
+        namespace of its own that is still empty, the VM boots without a NIC (and again at start if the engine gave
+        it one by then)."""
         cfg = oci.load(self.bundle)
         for what in oci.unsupported(cfg):
             log.warning("not supported, ignored: %s", what)
@@ -236,9 +237,10 @@ class Shim:
         self.state = {"id": self.cid, "bundle": str(self.bundle), "rootfs": str(root), "status": "creating",
                       **self.pids(), "created_rfc3339": now_rfc3339(), "annotations": cfg.annotations,
                       "vm_pid": None, "vm_start": None}
-        self.join_cgroup(cfg)
+        joining = asyncio.ensure_future(self.join_cgroup(cfg))
         for hook_kind in ("prestart", "createRuntime"):  # docker's networking: a prestart hook fills the namespace
             if oci.hooks(cfg, hook_kind):
+                await joining  # hooks find the container's pid in its cgroup, as runc leaves it
                 await asyncio.to_thread(hooks.run, cfg, hook_kind,
                                         hooks.state(cfg, self.cid, str(self.bundle), "creating", self.pid),
                                         self.host_netns)
@@ -252,14 +254,17 @@ class Shim:
         if self.unplugged:
             log.info("network namespace %s is empty: the VM boots without a NIC (again at start if one appears)",
                      self.netns)
+        self.begin_boot()
+        await joining
         self.state["status"] = "created"
         self.store.save(self.cid, self.state)
         log.info("timing: created at %.3f s", since_start())
 
     def begin_boot(self) -> None:
-        """After `create` has answered: the pod core's imports, the guest's assets, the container and the VM, in
-        the background; ready() waits for them. A VM without a NIC is asked of the factory at once, while the
-        pod core is imported (a warm shim has one already if it was lent one with the container)."""
+        """Once create's checks passed (before it answers: its last step waits on the kernel, the boot need not):
+        the pod core's imports, the guest's assets, the container and the VM, in the background; ready() waits for
+        them. A VM without a NIC is asked of the factory at once, while the pod core is imported (a warm shim has
+        one already if it was lent one with the container)."""
         ahead, self.ahead = self.ahead, None
         if ahead and self.unplugged and (ahead[0].get("cpus"), ahead[0].get("memory")) == self.size:
             self.lending = asyncio.get_running_loop().create_future()
@@ -279,7 +284,16 @@ class Shim:
             msg = await undone(self, e, "the VM did not boot")
             if isinstance(e, asyncio.CancelledError):
                 raise
+            if isinstance(e, CommandNotRunnable):  # its process's set-up (cwd, the file to exec) failed at the hold
+                raise CommandNotRunnable(msg, e.exit_code) from None
             raise HCError(msg) from None
+
+    async def abandon_boot(self) -> None:
+        """create failed after the boot began: the boot is cancelled (prepare_and_boot() undoes what it made)."""
+        if self.booting and not self.booting.done():
+            self.booting.cancel()
+            with contextlib.suppress(BaseException):
+                await self.booting
 
     async def ready(self) -> None:
         """Waits for the background boot; HCError: it failed (start reports it)."""
@@ -352,9 +366,11 @@ class Shim:
                        self.assets, self.network, self.templates, "pool" if lent else "template", pool=lent)
         self.pod.on_change.append(self.record_vm)
         await self.pod.start(start_containers=False)
+        self.pod.timings.mark("vm")
         # The container set up in the guest now, its process waiting for `start` (runc's create): what is left
         # for `start` is its own steps and exec.
         await self.pod.hold_created(CONTAINER)
+        self.pod.timings.mark("held")
         vm = self.pod.runtime()
         self.state.update(vm_pid=vm["vm_pid"], vm_start=vm["vm_start"], booted_from=self.pod.booted_from,
                           network=self.pod.net.to_dict() if self.pod.net else None)
@@ -406,14 +422,17 @@ class Shim:
             with contextlib.suppress(OSError):
                 self.store.save(self.cid, self.state)
 
-    def join_cgroup(self, cfg: oci.Config) -> None:
-        """The shim (the container's pid on the host) into the memory cgroup config.json names, where containerd
-        looks for the container's OOM kills (hostoom.py)."""
+    async def join_cgroup(self, cfg: oci.Config) -> None:
+        """The container's pid on the host into the memory cgroup config.json names, where containerd looks for
+        the container's OOM kills (hostoom.py). In a thread: on cgroup v1 a move waits for an RCU grace period
+        (~10 ms of waiting, no CPU), which create overlaps with its other steps and the VM's boot."""
         cg = hostoom.memory_cgroup(cfg)
-        if cg and hostoom.join(cg, self.pid):
+        if not cg:
+            return
+        self.state["cgroup"] = str(cg)  # runv delete (or create, if this one fails) removes it
+        self.store.save(self.cid, self.state)
+        if await asyncio.to_thread(hostoom.join, cg, self.pid):
             self.oom_cgroup = cg
-            self.state["cgroup"] = str(cg)
-            self.store.save(self.cid, self.state)  # runv delete (or create, if this one fails) removes it
 
     async def record_oom(self) -> None:
         self.oom_killed = True
@@ -450,9 +469,9 @@ class Shim:
         try:
             try:
                 await self.ready()
-            except HCError:  # the VM did not boot: `start` (or `kill`) hears of it, then the shim exits
+            except HCError as e:  # the VM did not boot: `start` (or `kill`) hears of it, then the shim exits
                 await self.ended.wait()
-                self.exit_code = 125
+                self.exit_code = e.exit_code if isinstance(e, CommandNotRunnable) else 125  # docker's 126/127
                 return self.exit_code
             while True:  # the current container: replug() replaces the one created with the VM
                 c = self.container
@@ -797,8 +816,9 @@ class Member(Shim):
         self.state = {"id": self.cid, "bundle": str(self.bundle), "rootfs": str(root), "status": "created",
                       **self.pids(), "created_rfc3339": now_rfc3339(), "annotations": cfg.annotations,
                       "sandbox": sandbox, "vm_pid": None, "vm_start": None}
-        self.join_cgroup(cfg)
+        await self.join_cgroup(cfg)
         self.store.save(self.cid, self.state)
+        self.begin_boot()
 
     def send(self, kind: int, data: bytes = b"") -> None:
         if self.conn:
@@ -954,15 +974,15 @@ async def amain(args: argparse.Namespace, cfg: oci.Config | None, host_netns: in
         await shim.create()
         await shim.listen()
     except BaseException as e:
+        await shim.abandon_boot()
         msg = await undone(shim, e, "create failed")
         with contextlib.suppress(OSError):
             report(f"error {msg}")
         finish(1)
-    report("ok")  # runv create returns: the engine's work overlaps the VM's boot
+    report("ok")  # runv create returns: the engine's work overlaps the VM's boot (begun in create())
     if standin:
         standin.follow(shim)
         shim.exited = standin.exited
-    shim.begin_boot()
     finish(await shim.serve())
 
 

@@ -152,15 +152,34 @@ def unplug(rt: Runtime, cid: str, st: dict[str, Any]) -> None:
 def cleanup(store: Store, cid: str) -> None:
     """The container's state and runtime directories (remove_tree detaches what is still mounted below), and the
     host memory cgroup its shim joined."""
-    from ...storage.volumes import remove_tree
-
     with contextlib.suppress(NotFound, KeyError):
         cg = store.load(cid).get("cgroup")
         if cg:
             remove_cgroup(Path(cg))
+    for d in (store.dir(cid), store.rundir(cid)):
+        if not remove_leftovers(str(d)):
+            from ...storage.volumes import remove_tree
 
-    remove_tree(store.dir(cid))
-    remove_tree(store.rundir(cid))
+            remove_tree(d)
+
+
+# What a shim that finished leaves (it tore its VM's tree down itself), deepest first.
+LEFTOVERS = ("pod/logs/ctr.log", "state.json", "shim.log", "pod/logs", "pod", "")
+
+
+def remove_leftovers(d: str) -> bool:
+    """Removes the directory `d` if it holds no more than LEFTOVERS, without the imports of the mount-aware
+    remove_tree (~5 ms of each delete); False, having removed no directory that holds anything else (a mount
+    point, a share's contents): remove_tree's job."""
+    for name in LEFTOVERS:
+        path = f"{d}/{name}" if name else d
+        try:
+            (os.unlink if name.endswith((".json", ".log")) else os.rmdir)(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+    return True
 
 
 def remove_cgroup(cg: Path) -> None:

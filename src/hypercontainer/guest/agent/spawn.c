@@ -160,7 +160,8 @@ static int enter_new_root(struct err *e, const struct proc_spec *s)
 	return 0;
 }
 
-/* The child tells the parent 'N' once its namespace is set up and waits for 'G'; 'E' + struct err on failure. */
+/* The child tells the parent 'N' once it is set up (all but a last seccomp filter and the exec) and waits for 'G';
+ * 'E' + struct err on failure. */
 static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 {
 	sigset_t none;
@@ -171,15 +172,8 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 
 	if (s->cgroup && cg_join(s->cgroup, e) < 0)
 		return in_phase(e, PHASE_CGROUP);
-	if (s->rootfs) {
-		char go = 0;
-		if (enter_new_root(e, s) < 0)
-			return in_phase(e, PHASE_MOUNT);
-		if (write_full(sync_fd, "N", 1) < 0 || read(sync_fd, &go, 1) != 1 || go != 'G') {
-			fail(e, EPIPE, "agent went away during container setup");
-			return in_phase(e, PHASE_SPAWN);
-		}
-	}
+	if (s->rootfs && enter_new_root(e, s) < 0)
+		return in_phase(e, PHASE_MOUNT);
 	if (s->join_mntns >= 0) {
 		e->phase = PHASE_NAMESPACE;
 		if (setns(s->join_mntns, CLONE_NEWNS) < 0)
@@ -221,13 +215,34 @@ static int child_setup(struct err *e, const struct proc_spec *s, int sync_fd)
 	environ = s->envp;
 	if (!getenv("PATH"))
 		setenv("PATH", DEFAULT_PATH, 1);
+	/*
+	 * Set up, the file to exec found: the agent opens its namespaces and (NEW_CONTAINER with hold) lets it go on
+	 * only at START. As in runc, where `start` only releases an exec fifo, what is left after the release is the
+	 * seccomp filter that comes last and the exec: START is quick (a PATH search over a 9p share is a round trip
+	 * to the host per entry), and the steps that can fail have failed before.
+	 */
+	e->phase = PHASE_EXEC;
+	char exe[4096];
+	int found = s->builtin ? 0 : find_executable(s->argv[0], getenv("PATH"), exe, sizeof(exe));
+	if (found < 0)
+		return fail_errno(e, "exec %s", s->argv[0]);
+	if (s->rootfs) {
+		char go = 0;
+		if (write_full(sync_fd, "N", 1) < 0 || read(sync_fd, &go, 1) != 1 || go != 'G') {
+			fail(e, EPIPE, "agent went away during container setup");
+			return in_phase(e, PHASE_SPAWN);
+		}
+	}
 	e->phase = PHASE_SECCOMP;
 	if (s->seccomp && nnp && seccomp_install(s->seccomp, e) < 0)
 		return -1;
 	e->phase = PHASE_EXEC;
 	if (s->builtin) /* closes sync_fd with the rest: the agent sees the start as an exec's */
 		builtin_run(s->builtin, s->argv);
-	execvp(s->argv[0], s->argv);
+	if (found)
+		execv(exe, s->argv);
+	else
+		execvp(s->argv[0], s->argv);
 	return fail_errno(e, "exec %s", s->argv[0]);
 }
 

@@ -71,9 +71,10 @@ int spawn_process(const struct proc_spec *s, pid_t *pid, struct proc_io *io, int
 		  int *held, struct err *e);
 
 /*
- * held non-NULL (a container's first process, with s->rootfs): the process stops once its container is set up
- * (namespaces, cgroup, mounts, root) and before the rest (rlimits, working directory, filter, capabilities, user,
- * exec); *held gets the fd that spawn_release() takes to let it go on (-1 if it did not stop: no root).
+ * held non-NULL (a container's first process, with s->rootfs): the process stops once it is set up (namespaces,
+ * cgroup, mounts, root, rlimits, working directory, capabilities, user, the file to exec found) and before the
+ * rest (a seccomp filter that goes in last, with no_new_privs, and the exec); *held gets the fd that
+ * spawn_release() takes to let it go on (-1 if it did not stop: no root).
  */
 int spawn_release(int held, struct err *e);
 

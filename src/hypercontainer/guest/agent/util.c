@@ -127,3 +127,38 @@ int read_line(const char *path, char *buf, size_t len)
 	buf[strcspn(buf, "\n")] = 0;
 	return (int)strlen(buf);
 }
+
+int find_executable(const char *file, const char *path, char *out, size_t size)
+{
+	if (!*file)
+		return errno = ENOENT, -1;
+	if (strchr(file, '/'))
+		return 0;
+	int denied = 0;
+	for (const char *p = path;;) {
+		const char *colon = strchr(p, ':');
+		int n = colon ? (int)(colon - p) : (int)strlen(p);
+		int len = n ? snprintf(out, size, "%.*s/%s", n, p, file) : snprintf(out, size, "%s", file);
+		if (len < 0 || (size_t)len >= size)
+			return 0;
+		struct stat st;
+		if (stat(out, &st) == 0) {
+			if (!S_ISREG(st.st_mode))
+				denied = 1; /* execve's EACCES */
+			else if (access(out, X_OK) == 0)
+				return 1;
+			else if (errno == EACCES)
+				denied = 1;
+			else
+				return 0;
+		} else if (errno == EACCES) {
+			denied = 1;
+		} else if (errno != ENOENT && errno != ENOTDIR) {
+			return 0;
+		}
+		if (!colon)
+			break;
+		p = colon + 1;
+	}
+	return errno = denied ? EACCES : ENOENT, -1;
+}

@@ -37,5 +37,12 @@ int mkdir_p(const char *path, unsigned mode);
 int read_line(const char *path, char *buf, size_t len);
 /* A relative path with no "." or ".." components and no empty ones. */
 int path_is_clean_relative(const char *p);
+/*
+ * execvp's search of `path` (a PATH value) for `file`, done ahead (runc looks the binary up at create): 1 with
+ * the file to exec in out; 0 where the search is execvp's own (a file named with a '/', a step that failed for
+ * another reason than execvp would report); -1 with errno as execvp's would be (ENOENT, or EACCES if only a
+ * candidate that cannot be run was found).
+ */
+int find_executable(const char *file, const char *path, char *out, size_t size);
 
 #endif
