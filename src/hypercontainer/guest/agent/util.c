@@ -132,7 +132,7 @@ int find_executable(const char *file, const char *path, char *out, size_t size)
 {
 	if (!*file)
 		return errno = ENOENT, -1;
-	if (strchr(file, '/'))
+	if (strchr(file, '/') || !path)
 		return 0;
 	int denied = 0;
 	for (const char *p = path;;) {

@@ -55,6 +55,7 @@ int main(void)
 	CHECK(find_executable("", path, out, sizeof(out)) == -1 && errno == ENOENT);
 
 	CHECK(find_executable("./tool", path, out, sizeof(out)) == 0); /* a path: no search (execvp runs it) */
+	CHECK(find_executable("tool", NULL, out, sizeof(out)) == 0);	     /* no PATH: execvp's default */
 	CHECK(find_executable("tool", path, out, 8) == 0);	     /* too long for `out`: left to execvp */
 
 	char cwd[600]; /* an empty PATH entry is the working directory */
