@@ -424,6 +424,29 @@ def test_bad_bundles_leave_nothing(runv: Runv, bundle: Path, tmp_path: Path) -> 
     assert not [p for cid in ("b1", "b2", "b3") for p in processes_of(runv, cid)]
 
 
+def test_a_missing_command_fails_create_as_runcs_does(runv: Runv, bundle: Path, tmp_path: Path) -> None:
+    """A command that is certainly not in the root fails `create` with runc's words (engines make that exit 127);
+    one the host cannot decide (here it comes from a volume over a PATH directory) is the guest's to find."""
+    configure(bundle, ["no-such-command"])
+    r = runv("create", "--bundle", str(bundle), "m1")
+    assert r.returncode == 1 and b'exec: "no-such-command": executable file not found in $PATH' in r.stderr, r
+    configure(bundle, ["/no/such"])
+    r = runv("create", "--bundle", str(bundle), "m2")
+    assert r.returncode == 1 and b"stat /no/such: no such file or directory" in r.stderr, r
+    assert not list(runv.root.iterdir()) and not mounts_under(tmp_path)
+    assert not [p for cid in ("m1", "m2") for p in processes_of(runv, cid)]
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "tool").write_text("#!/bin/sh\necho tool ran\n")
+    (tools / "tool").chmod(0o755)
+    configure(bundle, ["tool"], env=["PATH=/opt/tools:/bin"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["mounts"].append({"destination": "/opt/tools", "type": "bind", "source": str(tools), "options": ["rbind"]})
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    r = runv("run", "--bundle", str(bundle), "m3")
+    assert (r.returncode, r.stdout) == (0, b"tool ran\n"), r
+
+
 def test_a_create_that_fails_once_the_boot_began_leaves_nothing(runv: Runv, bundle: Path, tmp_path: Path) -> None:
     """The VM begins to boot before create answers (its last steps overlap the boot): a create that fails after
     that (here its shim cannot listen: a directory holds its socket's path) stops the boot; no QEMU, mount, state
@@ -470,6 +493,12 @@ def test_podman_run_rm_echo(podman) -> None:
     r = podman("run", "--rm", "--network", "none", "busybox", "uname", "-r")
     assert r.stdout.strip().decode() != os.uname().release  # the VM's kernel
     assert podman("run", "--rm", "--network", "none", "busybox", "sh", "-c", "exit 7").returncode == 7
+
+
+def test_podman_run_of_a_missing_command_exits_127(podman) -> None:
+    """As with runc: the command looked up at create, podman's exit status 127."""
+    r = podman("run", "--rm", "--network", "none", "busybox", "no-such-command")
+    assert r.returncode == 127 and b"executable file not found" in r.stderr, r
 
 
 def test_podman_run_it_through_a_pty(podman) -> None:

@@ -39,7 +39,7 @@ from ...config import environment
 from ...errors import CommandNotRunnable, HCError
 from ...spec import oci
 from ...storage import mountns
-from . import factory, hooks, hostoom, wire
+from . import command, factory, hooks, hostoom, wire
 from .fdio import read_chunks, write_all
 from .state import Store, member_name, now_rfc3339
 
@@ -140,6 +140,12 @@ def pod_spec(cid: str, cfg: oci.Config, netns: str | None = None) -> PodSpec:
     if size:
         spec["resources"] = {"memory": max(MIN_MEMORY_MIB, size.get("memory", 256)), "vcpu": size.get("vcpu", 1)}
     return PodSpec.model_validate(spec)
+
+
+def check_command(cfg: oci.Config, root: Path) -> None:
+    """A command certainly missing from the root fails create, as runc's does (command.py)."""
+    if why := command.not_found(cfg, root):
+        raise CommandNotRunnable(why, 127)
 
 
 def sandbox_of(cfg: oci.Config) -> str | None:
@@ -244,6 +250,7 @@ class Shim:
                 await asyncio.to_thread(hooks.run, cfg, hook_kind,
                                         hooks.state(cfg, self.cid, str(self.bundle), "creating", self.pid),
                                         self.host_netns)
+        check_command(cfg, root)
         (self.store.dir(self.cid) / "pod" / "logs").mkdir(parents=True, exist_ok=True)
         if cfg.process and cfg.process.terminal:
             self.open_console(cfg)
@@ -801,6 +808,7 @@ class Member(Shim):
         root = oci.root_path(self.bundle, cfg)
         if not root.is_dir():
             raise HCError(f"root {root} is not a directory")
+        check_command(cfg, root)
         cspec, volumes = container_parts(cfg, member_name(self.cid))
         reader, writer = await asyncio.open_unix_connection(str(self.store.sock(sandbox)))
         writer.write(json.dumps({"op": "join", "spec": cspec, "volumes": volumes, "fields": oci_fields(cfg),
