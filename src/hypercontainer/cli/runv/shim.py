@@ -375,7 +375,7 @@ class Shim:
         await self.pod.start(start_containers=False)
         self.pod.timings.mark("vm")
         # The container set up in the guest now, its process waiting for `start` (runc's create): what is left
-        # for `start` is its own steps and exec.
+        # for `start` is its exec (and a seccomp filter that goes in with no_new_privs).
         await self.pod.hold_created(CONTAINER)
         self.pod.timings.mark("held")
         vm = self.pod.runtime()
