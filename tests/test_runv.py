@@ -126,6 +126,20 @@ def test_version_features_spec(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "config.json").read_text())["process"]["args"] == ["sh"]
 
 
+def test_state_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`runv state ID | grep -q ...`: a reader that went away ends the writer as SIGPIPE would (141), without a
+    traceback."""
+    (tmp_path / "root" / "c1").mkdir(parents=True)
+    (tmp_path / "root" / "c1" / "state.json").write_text(json.dumps({"id": "c1", "bundle": str(tmp_path),
+                                                                      "status": "stopped", "pid": 0}))
+    p = subprocess.Popen([RUNV, "--root", str(tmp_path / "root"), "state", "c1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert p.stdout and p.stderr
+    p.stdout.close()
+    err = p.stderr.read()
+    assert (p.wait(timeout=30), err) == (141, b"")
+
+
 def imported(argv: list[str]) -> set[str]:
     """The modules a Python command line imports (`-X importtime`)."""
     r = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, timeout=60)

@@ -25,6 +25,8 @@ def leave_after(main: Callable[[], object]) -> NoReturn:
         code: object = 0
     except SystemExit as e:
         code = e.code
+    except BrokenPipeError:  # stdout's reader went away (`runv state ID | grep -q ...`): no traceback, as a
+        code = 141  # writer killed by SIGPIPE ends (128 + 13)
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
