@@ -215,13 +215,13 @@ class Shim:
         t.add_done_callback(self._tasks.discard)
 
     # ---- create ------------------------------------------------------------------------------------------
-    async def create(self) -> None:
-        """The container is created: its config checked, its hooks ran, its terminal handed over, its state
-        "created" with the shim's pid. Its VM begins to boot before `create` answers (begin_boot()) and boots on
-        while the engine does its own work (network, hooks) before `start`, which waits for the boot; in a network
-        namespace of its own that is still empty, the VM boots without a NIC (and again at start if the engine gave
-        it one by then)."""
-        cfg = oci.load(self.bundle)
+    async def create(self, cfg: oci.Config | None = None) -> None:
+        """The container is created: its config checked (`cfg`, as config_of() read it; None: read now), its hooks
+        ran, its terminal handed over, its state "created" with the shim's pid. Its VM begins to boot before
+        `create` answers (begin_boot()) and boots on while the engine does its own work (network, hooks) before
+        `start`, which waits for the boot; in a network namespace of its own that is still empty, the VM boots
+        without a NIC (and again at start if the engine gave it one by then)."""
+        cfg = cfg or oci.load(self.bundle)
         for what in oci.unsupported(cfg):
             log.warning("not supported, ignored: %s", what)
         env = environment()  # runv's HYPERCONTAINER_* settings, read in one place (config.py)
@@ -796,8 +796,8 @@ class Member(Shim):
             release(self.ahead)
             self.ahead = None
 
-    async def create(self) -> None:
-        cfg = oci.load(self.bundle)
+    async def create(self, cfg: oci.Config | None = None) -> None:
+        cfg = cfg or oci.load(self.bundle)
         for what in oci.unsupported(cfg):
             log.warning("not supported, ignored: %s", what)
         sandbox = sandbox_of(cfg)
@@ -979,7 +979,7 @@ async def amain(args: argparse.Namespace, cfg: oci.Config | None, host_netns: in
     shim.ahead = ahead
     store.rundir(args.id).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        await shim.create()
+        await shim.create(cfg)
         await shim.listen()
     except BaseException as e:
         await shim.abandon_boot()
