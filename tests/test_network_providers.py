@@ -24,7 +24,8 @@ from hypercontainer.network.netns_mode import NamespaceProvider
 from hypercontainer.network.none_mode import NoneProvider
 from hypercontainer.network.provider import Provider
 from hypercontainer.network.user_mode import UserProvider
-from hypercontainer.pod.pool import Pool, Slot
+from hypercontainer.pod.pool import Pool
+from hypercontainer.pod.slot import Slot
 from hypercontainer.pod.templates import Templates
 from hypercontainer.spec.pod import PodSpec
 

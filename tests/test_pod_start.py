@@ -16,7 +16,7 @@ from hypercontainer.errors import AgentError, HCError, VMError
 from hypercontainer.image.store import Image
 from hypercontainer.pod.container import Container
 from hypercontainer.pod.pod import GuestAssets, Pod
-from hypercontainer.pod.pool import Lent, Slot
+from hypercontainer.pod.slot import Lent, Slot
 from hypercontainer.pod.sources import Parts
 from hypercontainer.pod.states import PodState
 from hypercontainer.pod.templates import Template

@@ -44,8 +44,8 @@ from ..storage.volumes import remove_tree
 from ..vm.machine import Machine
 from ..vm.qemu import Disk, HostForward, Nic, Share, Sockets, VMConfig
 from .container import Container, process_fields, with_overrides
-from .pool import SlotSource
 from .records import PodInfo
+from .slot import SlotSource
 from .sources import (
     CLONE_HANDSHAKE,
     Booted,

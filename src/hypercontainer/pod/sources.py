@@ -25,7 +25,7 @@ from ..protocol.agent import Agent
 from ..storage.share import PodShare, ninep
 from ..vm.machine import Machine
 from ..vm.qemu import Share, Sockets, VMConfig
-from .pool import Slot
+from .slot import Slot
 from .templates import Template
 
 BOOT_TIMEOUT = 60.0  # TCG on a loaded 2-core host can be slow; KVM boots in well under a second

@@ -40,7 +40,8 @@ from .factory_client import borrow, home, pin_dir, socket_path, status, warm_shi
 __all__ = ["borrow", "home", "pin_dir", "run", "socket_path", "status", "warm_shim"]
 
 if TYPE_CHECKING:
-    from ...pod.pool import Pool, Slot
+    from ...pod.pool import Pool
+    from ...pod.slot import Slot
 
 log = logging.getLogger("runv-factory")
 LENT = "lent"  # in a VM's directory once a shim has it
@@ -289,7 +290,7 @@ ENGINE_CONFIG: dict[str, Any] = {
 
 
 def warmup_fields() -> dict[str, Any] | None:
-    """NEW_CONTAINER's fields for the pool VMs' throwaway container (pool.warm_up()): an engine's container, with
+    """NEW_CONTAINER's fields for the pool VMs' throwaway container (slot.warm_up()): an engine's container, with
     the default seccomp profile where the host has one, so that under TCG the guest code a container's set-up
     runs (its filter, masked paths, capabilities, held then started) is translated before a container needs it
     (~30 ms of each runv container's create). None (a bare throwaway container) if that cannot be compiled."""
@@ -311,7 +312,7 @@ def warmup_fields() -> dict[str, Any] | None:
 def still_lent(vms: Path) -> set[Path]:
     """The directories of VMs an earlier factory lent whose QEMU still runs (a shim's container is in it)."""
     from ... import procs
-    from ...pod.pool import VM_RECORD
+    from ...pod.slot import VM_RECORD
 
     keep = set()
     for d in vms.iterdir() if vms.is_dir() else ():

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ...network.manager import Network
     from ...pod.container import Container, Event
     from ...pod.pod import GuestAssets, Pod
-    from ...pod.pool import Lent
+    from ...pod.slot import Lent
     from ...pod.templates import Templates
     from ...protocol.client import ProcessStreams
     from ...spec.pod import ContainerSpec, PodSpec
@@ -387,7 +387,7 @@ class Shim:
 
     async def borrow(self) -> Lent | None:
         """A VM from this root's factory (factory.py), ready and paused, if one runs and has one of this size."""
-        from ...pod.pool import Lent, Slot
+        from ...pod.slot import Lent, Slot
         from ...protocol.client import AgentClient
         from ...vm.machine import Machine
         from ...vm.qemu import Sockets, VMConfig
