@@ -2,7 +2,8 @@
 one (no QEMU start, no restore, no handshake: it resumes the VM and sends START_POD) and the pool refills in the
 background.
 
-How a slot is made and warmed up: slot.py.
+How a slot is made and warmed up: slot.py. Only providers that say `poolable` get pool VMs: not user mode (its port
+forwards are fixed when QEMU starts), not a pod whose network is an existing namespace (network/provider.py).
 
 hyperd keeps a pool unless told not to (`--pool 0`). Its size, unless given (`--pool N`), is hyperd's: one VM at
 first, one more each time a pod found the pool empty (pods came faster than it refills), up to `auto_limit` of
