@@ -48,7 +48,17 @@ def stop(socket: Path) -> None:
     while hyperd_pids(socket) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in hyperd_pids(socket):
+        print(f"first run: hyperd (pid {pid}) did not stop within 60 s of SIGTERM: killed", file=sys.stderr)
         os.kill(pid, signal.SIGKILL)
+
+
+def unpin(pin_dir: Path) -> None:
+    """A hyperd that did not stop cleanly leaves its mount namespace pinned under its run directory (see
+    storage/mountns.py): the pin goes, so that the run directory can (said on stderr)."""
+    for path in (pin_dir / "mnt", pin_dir):
+        if os.path.ismount(path):
+            print(f"first run: hyperd left {path} mounted: unmounted", file=sys.stderr)
+            subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def main() -> None:
@@ -82,6 +92,7 @@ def main() -> None:
         info = subprocess.run([str(hyperctl), "info"], env=env, capture_output=True, text=True).stdout
     finally:
         stop(socket)
+        unpin(root / "run" / "ns")
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print("make demo on a fresh clone, empty assets, no hyperd running (packages and .venv already installed):")
