@@ -65,12 +65,26 @@ class Image:
         return self.config.get("config") or {}
 
 
+class _CountingReader:
+    """Wraps a stream; counts what is read through it (the compressed bytes under a decompressor: their digest is
+    the blob's, checked where the blob is stored)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.n = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.n += len(data)
+        return data
+
+
 class _HashingReader:
     """Wraps a stream; hashes and counts what is read through it. With `compressed` (the counting reader under
     the decompressor) it also refuses a decompression bomb: past BOMB_FLOOR bytes, an expansion over
     BOMB_RATIO times."""
 
-    def __init__(self, raw: BinaryIO, compressed: _HashingReader | None = None) -> None:
+    def __init__(self, raw: BinaryIO, compressed: _CountingReader | None = None) -> None:
         self.raw = raw
         self.compressed = compressed
         self.h = hashlib.sha256()
@@ -204,7 +218,7 @@ class ImageStore:
         puts it in place. The caller may still be downloading: `stream` can be a pipe."""
         work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.tmp))
         try:
-            counted = _HashingReader(stream)
+            counted = _CountingReader(stream)
             hasher = _HashingReader(open_layer(counted), compressed=counted)  # type: ignore[arg-type]
             try:
                 unpack_layer(hasher, work / "root")  # type: ignore[arg-type]
